@@ -1,0 +1,353 @@
+"""The ``slipway`` command: one subcommand per release stage, plus local services.
+
+Options can also come from ``SLIPWAY_*`` environment variables (``--config`` from
+``SLIPWAY_CONFIG``, ``--out`` from ``SLIPWAY_OUT``, ``--plan`` from ``SLIPWAY_PLAN_FILE``).
+Exit codes: 0 ok, 2 configuration, 3 build failure, 4 failed check, 5 service, 6 publish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slipway import __version__
+from slipway.config import DEFAULT_CONFIG, ReleaseConfig, load_config
+from slipway.context import StageContext
+from slipway.errors import ConfigError, SlipwayError
+from slipway.plan import EVENTS, Trigger, git_sha, load_plan, make_plan, trigger_from_github
+
+STAGES = ("export", "wheels", "images", "smoke", "bench", "publish")
+STAGE_HELP = {
+    "export": "export each model (TorchScript, ONNX, SavedModel, frozen graph) and verify it",
+    "wheels": "build the C++ runtime wheels and check them against the golden outputs",
+    "images": "build one Docker image per variant",
+    "smoke": "prove every image and wheel answers the golden images correctly",
+    "bench": "measure latency, sizes and start-up; enforce the budgets",
+    "publish": "push images and wheels, attach models and checksums (only if smoke passed)",
+}
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"SLIPWAY_{name}", default)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", default=_env("CONFIG", DEFAULT_CONFIG), help="release.toml to read [SLIPWAY_CONFIG]"
+    )
+    p.add_argument("--out", default=_env("OUT"), help="output folder [SLIPWAY_OUT; default dist/<version>]")
+    p.add_argument("--plan", default=_env("PLAN_FILE"), help="plan JSON from 'slipway plan' [SLIPWAY_PLAN_FILE]")
+    p.add_argument("-v", "--verbose", action="store_true", help="more output")
+
+
+def _add_trigger(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--event", choices=EVENTS, default=_env("EVENT"), help="what triggered the run [SLIPWAY_EVENT]")
+    p.add_argument("--ref", default=_env("REF", ""), help="git ref, e.g. v1.2.3 or refs/tags/v1.2.3 [SLIPWAY_REF]")
+    p.add_argument("--sha", default=_env("SHA", ""), help="commit (default: git rev-parse HEAD)")
+    dry = p.add_mutually_exclusive_group()
+    dry.add_argument("--dry-run", dest="dry_run", action="store_true", default=None, help="never publish")
+    dry.add_argument("--no-dry-run", dest="dry_run", action="store_false", help="publish (not for pull requests)")
+    p.add_argument("--variants", default=_env("VARIANTS", ""), help="comma-separated subset of variants")
+    p.add_argument("--image-registry", default=_env("IMAGE_REGISTRY"), help="override registries.images")
+    p.add_argument("--package-index", default=_env("PACKAGE_INDEX"), help="override registries.packages")
+    p.add_argument(
+        "--github",
+        action="store_true",
+        help="read the trigger from GITHUB_EVENT_NAME, GITHUB_REF, GITHUB_SHA, GITHUB_EVENT_PATH",
+    )
+    p.add_argument("--github-event", metavar="FILE", help="a stored GitHub event payload (JSON) to plan from")
+    p.add_argument("--github-event-name", default="push", help="event name for --github-event (default push)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slipway",
+        description="Release pipeline for ML inference models: plan, export, wheels, images, smoke, bench, publish.",
+        epilog="Exit codes: 2 configuration, 3 build failure, 4 failed check, 5 service, 6 publish.",
+    )
+    parser.add_argument("--version", action="version", version=f"slipway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plan", help="write the release plan (version, flags, matrices) as JSON")
+    _add_common(p)
+    _add_trigger(p)
+    p.add_argument("--output", "-o", help="write the plan here (default: stdout)")
+    p.set_defaults(func=cmd_plan)
+
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=STAGE_HELP[stage], description=STAGE_HELP[stage])
+        _add_common(p)
+        if stage in ("export",):
+            p.add_argument("--model", action="append", help="only this model (repeatable)")
+        if stage in ("images", "smoke", "bench", "publish"):
+            p.add_argument("--variant", action="append", help="only this variant (repeatable)")
+        if stage == "images":
+            p.add_argument("--base-image", help="use this base image for every variant")
+            p.add_argument(
+                "--host-ca-certs",
+                choices=("auto", "yes", "no"),
+                default=_env("HOST_CA_CERTS", "auto"),
+                help="add the host's extra CA certificates to a locally built base image (local use only)",
+            )
+        if stage == "publish":
+            p.add_argument("--local", action="store_true", help="publish to the local registry and index")
+        p.set_defaults(func=cmd_stage, stage=stage)
+
+    p = sub.add_parser("release", help="run every stage in order: plan, export, wheels, images, smoke, bench, publish")
+    _add_common(p)
+    _add_trigger(p)
+    p.add_argument("--local", action="store_true", help="a local release: start local services, publish to them")
+    p.add_argument("--skip", action="append", default=[], choices=STAGES, help="skip a stage (repeatable)")
+    p.add_argument("--host-ca-certs", choices=("auto", "yes", "no"), default=_env("HOST_CA_CERTS", "auto"))
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("services", help="local Docker engine, registry and package index")
+    ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("up", "start what is not running (idempotent)"),
+        ("down", "stop what 'up' started, by PID"),
+        ("status", "show what runs, as JSON"),
+        ("env", "print shell exports that point docker at slipway's engine"),
+    ):
+        sp = ssub.add_parser(action, help=text, description=text)
+        sp.add_argument("names", nargs="*", metavar="NAME", help="docker, registry or index (default: all)")
+        sp.set_defaults(func=cmd_services)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of release.toml")
+    p.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the current schema")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _trigger(args: argparse.Namespace, root: Path) -> Trigger:
+    if args.github or args.github_event:
+        if args.github_event:
+            payload = json.loads(Path(args.github_event).read_text())
+            name = args.github_event_name
+            ref = args.ref or payload.get("ref", "")
+            sha = args.sha or payload.get("after") or payload.get("pull_request", {}).get("head", {}).get("sha", "")
+        else:
+            name = os.environ.get("GITHUB_EVENT_NAME", "")
+            ref = args.ref or os.environ.get("GITHUB_REF", "")
+            sha = args.sha or os.environ.get("GITHUB_SHA", "")
+            path = os.environ.get("GITHUB_EVENT_PATH")
+            payload = json.loads(Path(path).read_text()) if path and Path(path).exists() else {}
+        trig = trigger_from_github(name, ref, sha, payload)
+        overrides: dict[str, Any] = {}
+        if args.dry_run is not None:
+            overrides["dry_run"] = args.dry_run
+        if args.variants:
+            overrides["variants"] = tuple(v for v in args.variants.split(",") if v)
+        if args.event:
+            overrides["event"] = args.event
+    else:
+        trig = Trigger(
+            event=args.event or ("tag" if args.ref.startswith(("v", "refs/tags/")) else "local"),
+            ref=args.ref,
+            sha=args.sha,
+            dry_run=args.dry_run,
+            variants=tuple(v.strip() for v in (args.variants or "").split(",") if v.strip()),
+        )
+        overrides = {}
+    from dataclasses import replace
+
+    trig = replace(
+        trig,
+        **overrides,
+        sha=trig.sha or git_sha(root),
+        image_registry=args.image_registry,
+        package_index=args.package_index,
+    )
+    return trig
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    plan = make_plan(config, _trigger(args, config.root), config_path=args.config)
+    text = json.dumps(plan, indent=2)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+        print(f"plan for {plan['project']} {plan['version']} written to {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    github_output = os.environ.get("GITHUB_OUTPUT")
+    if args.github and github_output:
+        with open(github_output, "a") as fh:
+            fh.write(f"plan={json.dumps(plan, separators=(',', ':'))}\n")
+            fh.write(f"version={plan['version']}\n")
+    return 0
+
+
+def _context(args: argparse.Namespace, config: ReleaseConfig, plan: dict[str, Any] | None = None) -> StageContext:
+    if plan is None:
+        if args.plan:
+            plan = load_plan(Path(args.plan))
+        else:
+            out_guess = Path(args.out) if args.out else None
+            if out_guess and (out_guess / "plan.json").exists():
+                plan = load_plan(out_guess / "plan.json")
+            else:
+                # No plan given: a local plan, as 'slipway plan --event local' would write.
+                plan = make_plan(config, Trigger(event="local", sha=git_sha(config.root)), config_path=args.config)
+    out = Path(args.out) if args.out else config.root / plan["output_dir"]
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "plan.json").exists() or args.plan:
+        (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    return StageContext(config=config, plan=plan, out=out, root=config.root, verbose=getattr(args, "verbose", False))
+
+
+def run_stage(stage: str, ctx: StageContext, **options: Any) -> dict[str, Any]:
+    """Run one stage and record its status and duration in stages.json."""
+    module = importlib.import_module(f"slipway.stages.{stage}")
+    ctx.log(f"== {stage}")
+    started = time.monotonic()
+    status, summary = "ok", ""
+    try:
+        result = module.run(ctx, **options) or {}
+        summary = result.get("summary", "")
+        return result
+    except SlipwayError as exc:
+        status, summary = "failed", str(exc).splitlines()[0]
+        raise
+    except KeyboardInterrupt:
+        status, summary = "interrupted", ""
+        raise
+    finally:
+        record = {}
+        path = ctx.out / "stages.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+        record[stage] = {"status": status, "seconds": round(time.monotonic() - started, 1), "summary": summary}
+        ctx.write_json("stages.json", record)
+        ctx.log(f"== {stage}: {status} in {time.monotonic() - started:.1f}s {summary}")
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    ctx = _context(args, config)
+    options: dict[str, Any] = {}
+    if getattr(args, "model", None):
+        options["models"] = args.model
+    if getattr(args, "variant", None):
+        options["variants"] = args.variant
+    if args.stage == "images":
+        options["base_image"] = args.base_image
+        options["host_ca"] = args.host_ca_certs
+    if args.stage == "publish" and args.local:
+        options["local"] = True
+    run_stage(args.stage, ctx, **options)
+    return 0
+
+
+def summary_table(ctx: StageContext) -> str:
+    path = ctx.out / "stages.json"
+    stages = json.loads(path.read_text()) if path.exists() else {}
+    rows = [("stage", "status", "seconds", "result")]
+    for name in ("plan", *STAGES):
+        if name in stages:
+            s = stages[name]
+            rows.append((name, s["status"], f"{s['seconds']:.1f}", s.get("summary", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+    return "\n".join(lines)
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.local and not args.event:
+        args.event = "local"
+    started = time.monotonic()
+    plan = make_plan(config, _trigger(args, config.root), config_path=args.config)
+    ctx = _context(args, config, plan)
+    (ctx.out / "stages.json").unlink(missing_ok=True)
+    ctx.write_json("stages.json", {"plan": {"status": "ok", "seconds": round(time.monotonic() - started, 1),
+                                            "summary": f"{plan['project']} {plan['version']}"}})
+    ctx.log(f"release {plan['project']} {plan['version']} ({plan['event']}, dry run: {plan['dry_run']}) into {ctx.out}")
+    if args.local:
+        from slipway import services
+
+        services.up()
+    try:
+        for stage in STAGES:
+            if stage in args.skip:
+                continue
+            options: dict[str, Any] = {}
+            if stage == "images":
+                options["host_ca"] = args.host_ca_certs
+            if stage == "publish" and args.local:
+                options["local"] = True
+            run_stage(stage, ctx, **options)
+    finally:
+        print("\n" + summary_table(ctx), file=sys.stderr)
+    print(f"\nrelease {plan['version']} done in {time.monotonic() - started:.0f}s; see {ctx.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from slipway import services
+
+    unknown = [n for n in args.names if n not in services.SERVICES]
+    if unknown:
+        raise ConfigError(f"unknown service(s) {', '.join(unknown)}: expected docker, registry or index")
+    names = args.names or None
+    if args.action == "up":
+        services.up(names)
+    elif args.action == "down":
+        services.down(names)
+    elif args.action == "status":
+        print(json.dumps(services.status(), indent=2))
+    else:
+        host = services.docker_env().get("DOCKER_HOST")
+        if host:
+            print(f"export DOCKER_HOST={host}")
+        print(f"export SLIPWAY_DOCKER={services.docker_cli()}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from slipway.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.check:
+        current = Path(args.check).read_text() if Path(args.check).exists() else ""
+        if current != text:
+            print(f"{args.check} is stale: run 'slipway schema > {args.check}'", file=sys.stderr)
+            return 1
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SlipwayError as exc:
+        kind = type(exc).__name__.replace("Error", " error").lower()
+        print(f"slipway: {kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("slipway: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["ConfigError", "main"]

@@ -1,0 +1,392 @@
+"""Local services for a release that never leaves the machine.
+
+``slipway services up`` finds or starts: a Docker engine, the CNCF distribution registry on
+127.0.0.1, and pypiserver on 127.0.0.1. Everything it starts lives under one state folder
+(PID files, logs, data) and ``down`` stops exactly that, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from slipway.errors import ServiceError
+
+REGISTRY_ADDR = os.environ.get("SLIPWAY_REGISTRY_ADDR", "127.0.0.1:5000")
+INDEX_ADDR = os.environ.get("SLIPWAY_INDEX_ADDR", "127.0.0.1:8765")
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def state_dir() -> Path:
+    """One place for everything slipway keeps between runs; ``SLIPWAY_STATE_DIR`` overrides it."""
+    env = os.environ.get("SLIPWAY_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "slipway"
+
+
+# --------------------------------------------------------------------------------------------
+# PID files that survive PID reuse: the process start time is stored beside the PID.
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command name in field 2 may contain spaces, so split after ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+@dataclass(frozen=True)
+class PidFile:
+    path: Path
+
+    def write(self, pid: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"pid": pid, "start": _start_time(pid)}))
+
+    def read(self) -> int | None:
+        """The PID if that very process is still alive; a stale file is removed."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            self.path.unlink(missing_ok=True)
+            return None
+        pid = data.get("pid")
+        if isinstance(pid, int) and _start_time(pid) is not None and _start_time(pid) == data.get("start"):
+            return pid
+        self.path.unlink(missing_ok=True)
+        return None
+
+
+def _stop_pid(pid: int, name: str, log: Log, timeout: float = 30.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _start_time(pid) is None or _is_zombie(pid):
+            return
+        time.sleep(0.2)
+    log(f"{name} (pid {pid}) did not stop in {timeout:.0f}s; killing it")
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
+    return proc.pid
+
+
+def _wait_for(check: Callable[[], bool], what: str, log_path: Path, pid: int | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if pid is not None and (_start_time(pid) is None or _is_zombie(pid)):
+            break
+        time.sleep(0.25)
+    tail = ""
+    try:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+    except OSError:
+        pass
+    raise ServiceError(f"{what} did not become ready (log: {log_path}):\n{tail}")
+
+
+def _port_open(addr: str) -> bool:
+    host, port = addr.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status < 500
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _apt_install(packages: list[str], log: Log) -> None:
+    if os.geteuid() != 0 or not Path("/etc/debian_version").exists() or not shutil.which("apt-get"):
+        raise ServiceError(
+            f"{', '.join(packages)} not installed, and slipway installs them only as root on Debian: "
+            f"install them (apt-get install {' '.join(packages)}) or start the service yourself"
+        )
+    log(f"installing Debian packages: {' '.join(packages)} (one time)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ServiceError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+
+
+# --------------------------------------------------------------------------------------------
+# Docker engine
+
+
+def _docker_socket() -> Path:
+    return state_dir() / "docker" / "docker.sock"
+
+
+def docker_env() -> dict[str, str]:
+    """The environment under which ``docker`` reaches the engine slipway uses."""
+    env = dict(os.environ)
+    pid = PidFile(state_dir() / "docker" / "dockerd.slipway.pid").read()
+    if pid is not None and "DOCKER_HOST" not in os.environ:
+        env["DOCKER_HOST"] = f"unix://{_docker_socket()}"
+    env.setdefault("DOCKER_BUILDKIT", "1")
+    return env
+
+
+def _docker_clients() -> list[str]:
+    seen: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+        candidate = os.path.join(directory, "docker")
+        real = os.path.realpath(candidate)
+        if os.access(candidate, os.X_OK) and real not in [os.path.realpath(s) for s in seen]:
+            seen.append(candidate)
+    return seen
+
+
+_CLIENT: str | None = None
+
+
+def docker_cli() -> str:
+    """A docker client that builds with BuildKit: one with the buildx plugin, or one older than
+    23.0, where BuildKit is built in. A newer client without buildx falls back to the classic
+    builder, which is slower to rebuild."""
+    global _CLIENT
+    if _CLIENT:
+        return _CLIENT
+    clients = _docker_clients()
+    if not clients:
+        raise ServiceError("no 'docker' client found on PATH")
+    chosen = clients[0]
+    for client in clients:
+        if subprocess.run([client, "buildx", "version"], capture_output=True).returncode == 0:
+            chosen = client
+            break
+        res = subprocess.run([client, "--version"], capture_output=True, text=True)
+        major = res.stdout.split("version", 1)[-1].strip().split(".")[0]
+        if major.isdigit() and int(major) < 23:
+            chosen = client
+            break
+    _CLIENT = chosen
+    return chosen
+
+
+def docker(*args: str, check: bool = True, capture: bool = True, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
+    cmd = [docker_cli(), *args]
+    res = subprocess.run(cmd, env=docker_env(), capture_output=capture, text=True, timeout=timeout, **kw)
+    if check and res.returncode != 0:
+        raise ServiceError(f"{' '.join(cmd[:4])}... failed ({res.returncode}): {(res.stderr or '')[-3000:]}")
+    return res
+
+
+def docker_reachable() -> bool:
+    if not _docker_clients():
+        return False
+    try:
+        return docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def ensure_docker(log: Log = _stderr) -> str:
+    """Use a running engine; else start Debian's dockerd under the state folder."""
+    pidfile = PidFile(state_dir() / "docker" / "dockerd.slipway.pid")
+    if docker_reachable():
+        return "running"
+    if not shutil.which("dockerd") and not Path("/usr/sbin/dockerd").exists():
+        _apt_install(["docker.io"], log)
+    dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+    root = state_dir() / "docker"
+    for sub in ("data", "exec"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    sock = _docker_socket()
+    sock.unlink(missing_ok=True)
+    log("starting dockerd (overlay2, no iptables, no bridge: containers use host networking)")
+    cmd = [
+        dockerd,
+        f"--data-root={root / 'data'}",
+        f"--exec-root={root / 'exec'}",
+        f"--pidfile={root / 'dockerd.pid'}",
+        f"--host=unix://{sock}",
+        "--storage-driver=overlay2",
+        "--iptables=false",
+        "--ip-masq=false",
+        "--bridge=none",
+    ]
+    pid = _spawn(cmd, root / "dockerd.log")
+    pidfile.write(pid)
+    os.environ.pop("DOCKER_HOST", None)
+    _wait_for(docker_reachable, "dockerd", root / "dockerd.log", pid, timeout=60)
+    return "started"
+
+
+# --------------------------------------------------------------------------------------------
+# Registry and package index
+
+
+def _registry_config(root: Path) -> Path:
+    config = root / "config.yml"
+    # Written by slipway: the packaged config listens on every interface.
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: info\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        "  delete:\n    enabled: true\n"
+        "http:\n"
+        f"  addr: {REGISTRY_ADDR}\n"
+        "  headers:\n    X-Content-Type-Options: [nosniff]\n"
+    )
+    return config
+
+
+def ensure_registry(log: Log = _stderr) -> str:
+    root = state_dir() / "registry"
+    pidfile = PidFile(root / "registry.pid")
+    url = f"http://{REGISTRY_ADDR}/v2/"
+    if pidfile.read() is not None and _http_ok(url):
+        return "running"
+    if _port_open(REGISTRY_ADDR):
+        if _http_ok(url):
+            return "running (not started by slipway)"
+        raise ServiceError(f"{REGISTRY_ADDR} is taken by something that is not a registry")
+    binary = shutil.which("docker-registry") or shutil.which("registry")
+    if not binary:
+        _apt_install(["docker-registry"], log)
+        binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    log(f"starting registry on {REGISTRY_ADDR}")
+    pid = _spawn([binary, "serve", str(_registry_config(root))], root / "registry.log")
+    pidfile.write(pid)
+    _wait_for(lambda: _http_ok(url), "registry", root / "registry.log", pid, timeout=30)
+    return "started"
+
+
+def ensure_index(log: Log = _stderr) -> str:
+    root = state_dir() / "pypi"
+    pidfile = PidFile(root / "pypiserver.pid")
+    url = f"http://{INDEX_ADDR}/simple/"
+    if pidfile.read() is not None and _http_ok(url):
+        return "running"
+    if _port_open(INDEX_ADDR):
+        if _http_ok(url):
+            return "running (not started by slipway)"
+        raise ServiceError(f"{INDEX_ADDR} is taken by something that is not a package index")
+    packages = root / "packages"
+    packages.mkdir(parents=True, exist_ok=True)
+    host, port = INDEX_ADDR.rsplit(":", 1)
+    server = Path(sys.executable).with_name("pypi-server")
+    cmd = [str(server)] if server.exists() else [sys.executable, "-m", "pypiserver"]
+    # No authentication on loopback; uploads never overwrite an existing file (the default).
+    cmd += ["run", "--host", host, "--port", port, "--authenticate", ".", "--passwords", ".", str(packages)]
+    log(f"starting package index on {INDEX_ADDR}")
+    pid = _spawn(cmd, root / "pypiserver.log")
+    pidfile.write(pid)
+    _wait_for(lambda: _http_ok(url), "package index", root / "pypiserver.log", pid, timeout=30)
+    return "started"
+
+
+SERVICES = {"docker": ensure_docker, "registry": ensure_registry, "index": ensure_index}
+PIDFILES = {
+    "docker": ("docker", "dockerd.slipway.pid"),
+    "registry": ("registry", "registry.pid"),
+    "index": ("pypi", "pypiserver.pid"),
+}
+
+
+def up(names: list[str] | None = None, log: Log = _stderr) -> dict[str, str]:
+    result = {}
+    for name in names or list(SERVICES):
+        result[name] = SERVICES[name](log)
+        log(f"{name}: {result[name]}")
+    return result
+
+
+def down(names: list[str] | None = None, log: Log = _stderr) -> dict[str, str]:
+    result = {}
+    # Reverse order: the engine goes last, after whatever might still use it.
+    for name in reversed(names or list(SERVICES)):
+        folder, file = PIDFILES[name]
+        pidfile = PidFile(state_dir() / folder / file)
+        pid = pidfile.read()
+        if pid is None:
+            result[name] = "not started by slipway"
+            continue
+        if name == "docker":
+            _stop_containers(log)
+        _stop_pid(pid, name, log)
+        pidfile.path.unlink(missing_ok=True)
+        result[name] = "stopped"
+        log(f"{name}: stopped (pid {pid})")
+    return result
+
+
+def _stop_containers(log: Log) -> None:
+    try:
+        ids = docker("ps", "-q", check=False, timeout=20).stdout.split()
+        if ids:
+            log(f"stopping {len(ids)} container(s) before the engine")
+            docker("rm", "-f", *ids, check=False, timeout=60)
+    except (ServiceError, subprocess.TimeoutExpired):
+        pass
+
+
+def status() -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for name, (folder, file) in PIDFILES.items():
+        pid = PidFile(state_dir() / folder / file).read()
+        out[name] = {"pid": pid, "managed": pid is not None}
+    out["docker"]["reachable"] = docker_reachable()
+    out["registry"]["reachable"] = _http_ok(f"http://{REGISTRY_ADDR}/v2/")
+    out["registry"]["url"] = f"http://{REGISTRY_ADDR}"
+    out["index"]["reachable"] = _http_ok(f"http://{INDEX_ADDR}/simple/")
+    out["index"]["url"] = f"http://{INDEX_ADDR}"
+    out["docker"]["docker_host"] = docker_env().get("DOCKER_HOST", "(default)")
+    return out
