@@ -1,0 +1,95 @@
+"""Service configuration, read once from the environment (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+BACKENDS = ("torchscript", "cpp", "onnx", "tensorflow", "tfserving")
+DEVICES = ("auto", "cpu", "gpu")
+
+
+class ConfigurationError(ValueError):
+    """The environment does not describe a service that can start; the message names the variable."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    model_dir: Path
+    backend: str = "torchscript"
+    device: str = "auto"
+    tfserving_url: str | None = None
+    tfserving_timeout_s: float = 30.0
+    host: str = "0.0.0.0"
+    port: int = 8080
+    threads: int = 2
+    # 32 MiB covers a lossless 8K photo; anything larger is almost certainly not a single image.
+    max_body_bytes: int = 32 * 1024 * 1024
+    # Checked against the header before any pixel is decoded; 20000x20000 (400 MP) must never be
+    # allocated, while 8K (33 MP) is still a legitimate camera frame.
+    max_image_pixels: int = 40_000_000
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def integer(key: str, default: int, minimum: int, maximum: int | None = None) -> int:
+            raw = env.get(key, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"{key}={raw!r}: expected an integer")
+                return default
+            if value < minimum or (maximum is not None and value > maximum):
+                bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+                problems.append(f"{key}={value}: expected an integer {bound}")
+            return value
+
+        model_dir_raw = env.get("MODEL_DIR", "").strip()
+        if not model_dir_raw:
+            problems.append("MODEL_DIR is not set: it must name a folder holding model.json")
+        backend = env.get("BACKEND", "torchscript").strip().lower() or "torchscript"
+        if backend not in BACKENDS:
+            problems.append(f"BACKEND={backend!r}: expected one of {', '.join(BACKENDS)}")
+        device = env.get("DEVICE", "auto").strip().lower() or "auto"
+        if device not in DEVICES:
+            problems.append(f"DEVICE={device!r}: expected one of {', '.join(DEVICES)}")
+        tfserving_url = env.get("TFSERVING_URL", "").strip().rstrip("/") or None
+        if backend == "tfserving" and not tfserving_url:
+            problems.append("BACKEND=tfserving needs TFSERVING_URL (for example http://127.0.0.1:8501)")
+        if tfserving_url and not tfserving_url.startswith(("http://", "https://")):
+            problems.append(f"TFSERVING_URL={tfserving_url!r}: expected an http:// or https:// URL")
+        timeout_raw = env.get("TFSERVING_TIMEOUT", "").strip()
+        timeout = 30.0
+        if timeout_raw:
+            try:
+                timeout = float(timeout_raw)
+                if timeout <= 0:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"TFSERVING_TIMEOUT={timeout_raw!r}: expected a positive number of seconds")
+                timeout = 30.0
+        settings = cls(
+            model_dir=Path(model_dir_raw or "."),
+            backend=backend,
+            device=device,
+            tfserving_url=tfserving_url,
+            tfserving_timeout_s=timeout,
+            host=env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
+            port=integer("PORT", 8080, 1, 65535),
+            threads=integer("THREADS", 2, 1, 256),
+            max_body_bytes=integer("MAX_BODY_BYTES", cls.max_body_bytes, 1),
+            max_image_pixels=integer("MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
+            log_level=env.get("LOG_LEVEL", "info").strip().lower() or "info",
+        )
+        if problems:
+            raise ConfigurationError(
+                "invalid service configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+            )
+        return settings
