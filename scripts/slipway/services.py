@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -93,10 +94,8 @@ def _stop_pid(pid: int, name: str, log: Log, timeout: float = 30.0) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _is_zombie(pid: int) -> bool:
@@ -125,10 +124,8 @@ def _wait_for(check: Callable[[], bool], what: str, log_path: Path, pid: int | N
             break
         time.sleep(0.25)
     tail = ""
-    try:
+    with contextlib.suppress(OSError):
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-    except OSError:
-        pass
     raise ServiceError(f"{what} did not become ready (log: {log_path}):\n{tail}")
 
 
@@ -183,7 +180,7 @@ def docker_env() -> dict[str, str]:
 
 def _docker_clients() -> list[str]:
     seen: list[str] = []
-    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
         candidate = os.path.join(directory, "docker")
         real = os.path.realpath(candidate)
         if os.access(candidate, os.X_OK) and real not in [os.path.realpath(s) for s in seen]:

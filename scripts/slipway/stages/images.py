@@ -1,0 +1,209 @@
+"""``slipway images``: build one image per variant from the shared multi-stage Dockerfiles.
+
+Each variant gets a build context of its own under ``build/<variant>/`` (service code, shared
+pre/postprocessing, requirements, its model export, a wheelhouse of local wheels), so the engine
+receives only what that image needs and unchanged variants rebuild from cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slipway import baseimage, services
+from slipway.context import StageContext
+from slipway.errors import BuildError, ConfigError
+from slipway.fsutil import link_or_copy, sync_tree
+
+CONTEXT_FILES = ("requirements.txt", "requirements-pytorch.txt", "requirements-tensorflow.txt")
+CONTEXT_PACKAGES = ("serving", "model_export")
+# Weights and training code stay out of images: the export is what runs.
+PACKAGE_IGNORE = ("__pycache__", "*.pyc", "weights", "train.py")
+
+
+def _pinned(requirements: Path, package: str) -> str | None:
+    for line in requirements.read_text().splitlines():
+        m = re.match(rf"^\s*{re.escape(package)}\s*==\s*([^\s;#]+)", line)
+        if m:
+            return m.group(1)
+    return None
+
+
+def torch_wheel(ctx: StageContext) -> Path | None:
+    """The torch CPU wheel, fetched once by the host's pip into slipway's wheel cache.
+
+    pip inside an image build cannot see the host's local wheel folders; the wheelhouse can.
+    """
+    req = ctx.root / "requirements-pytorch.txt"
+    version = _pinned(req, "torch") if req.exists() else None
+    if not version:
+        return None
+    cache = services.state_dir() / "wheelhouse"
+    cache.mkdir(parents=True, exist_ok=True)
+    # The CPU build carries a local version label (+cpu) on some indexes; accept both.
+    pattern = f"torch-{version}*-cp{sys.version_info.major}*manylinux*x86_64.whl"
+    found = sorted(cache.glob(pattern))
+    if found:
+        return found[-1]
+    ctx.log(f"fetching the torch {version} CPU wheel into the wheel cache (one time)")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(cache),
+           f"torch=={version}"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(cache.glob(pattern))
+    if res.returncode != 0 or not found:
+        ctx.log(f"no local torch wheel ({res.stderr.strip().splitlines()[-1:] if res.stderr else ''}); "
+                "the image build will use the index")
+        return None
+    return found[-1]
+
+
+def stage_context(ctx: StageContext, entry: dict[str, Any]) -> Path:
+    """Assemble the build context of one variant; return its folder."""
+    build = ctx.out / "build" / entry["variant"]
+    build.mkdir(parents=True, exist_ok=True)
+    for name in CONTEXT_FILES:
+        src = ctx.root / name
+        if src.exists():
+            shutil.copy2(src, build / name)
+    for package in CONTEXT_PACKAGES:
+        src = ctx.root / package
+        if not src.is_dir():
+            raise BuildError(f"build context for {entry['variant']}: {src} is missing")
+        sync_tree(src, build / package, ignore=PACKAGE_IGNORE)
+    model_dir = ctx.out / "models" / entry["model"]
+    if not (model_dir / "model.json").exists():
+        raise BuildError(
+            f"variant '{entry['variant']}' needs the export of model '{entry['model']}' in {model_dir}: "
+            "run 'slipway export' first"
+        )
+    sync_tree(model_dir, build / "model", ignore=("__pycache__", ".fingerprint"))
+    wheelhouse = build / "wheelhouse"
+    if wheelhouse.exists():
+        shutil.rmtree(wheelhouse)
+    wheelhouse.mkdir()
+    wanted: list[Path] = []
+    if entry["runtime"] == "torchscript" and entry["device"] == "cpu":
+        wheel = torch_wheel(ctx)
+        if wheel:
+            wanted.append(wheel)
+    if entry["runtime"] == "cpp":
+        wheels = sorted((ctx.out / "wheels").glob("slipway_runtime-*.whl"))
+        if not wheels:
+            raise BuildError(
+                f"variant '{entry['variant']}' needs the C++ runtime wheel in {ctx.out / 'wheels'}: "
+                "run 'slipway wheels' first"
+            )
+        wanted.extend(w for w in wheels if f"cp{sys.version_info.major}{sys.version_info.minor}" in w.name)
+    for wheel in wanted:
+        link_or_copy(wheel, wheelhouse / wheel.name)
+    (wheelhouse / ".keep").touch()
+    return build
+
+
+def _created(ctx: StageContext) -> str:
+    """The commit time, not the build time: a rebuild of the same commit gives the same image."""
+    res = subprocess.run(["git", "log", "-1", "--format=%cI"], cwd=ctx.root, capture_output=True, text=True)
+    return res.stdout.strip() or "1970-01-01T00:00:00Z"
+
+
+def inspect_image(ref: str) -> dict[str, Any]:
+    info = json.loads(services.docker("image", "inspect", ref, timeout=60).stdout)[0]
+    history = services.docker("history", "--no-trunc", "--format", "{{json .}}", ref, timeout=60).stdout
+    layers = []
+    for line in history.splitlines():
+        row = json.loads(line)
+        size = _parse_size(row.get("Size", "0"))
+        if size:
+            layers.append({"size": size, "created_by": row.get("CreatedBy", "")[:200]})
+    return {
+        "id": info["Id"],
+        "size": int(info["Size"]),
+        "layers": sorted(layers, key=lambda l: -l["size"]),
+        "labels": (info.get("Config") or {}).get("Labels") or {},
+    }
+
+
+def _parse_size(text: str) -> int:
+    m = re.match(r"^([\d.]+)\s*([kMG]?B)$", str(text).strip())
+    if not m:
+        return 0
+    factor = {"B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3}[m.group(2)]
+    return int(float(m.group(1)) * factor)
+
+
+def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | None = None,
+        host_ca: str = "auto") -> dict[str, Any]:
+    entries = ctx.plan["matrix"]["images"]
+    if variants:
+        unknown = sorted(set(variants) - {e["variant"] for e in entries})
+        if unknown:
+            raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
+        entries = [e for e in entries if e["variant"] in variants]
+    services.ensure_docker(ctx.log)
+    images_path = ctx.out / "images.json"
+    images = json.loads(images_path.read_text()) if images_path.exists() else {}
+    created = _created(ctx)
+    bases: dict[str, str] = {}
+    for entry in entries:
+        variant = ctx.config.variant(entry["variant"])
+        requested = base_image or variant.base_image
+        if requested not in bases:
+            bases[requested] = baseimage.resolve_base_image(requested, host_ca=host_ca, log=ctx.log)
+        build = stage_context(ctx, entry)
+        tag = f"{entry['image']}:{ctx.plan['version']}"
+        args = {
+            "BASE_IMAGE": bases[requested],
+            "DEVICE": entry["device"],
+            "VERSION": ctx.plan["version"],
+            "GIT_REVISION": ctx.plan["sha"],
+            "CREATED": created,
+            "SOURCE": ctx.config.project.source,
+            **variant.build_args,
+        }
+        cmd = ["build", "-f", str(ctx.root / entry["dockerfile"]), "--target", entry["target"], "-t", tag]
+        for key, value in args.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        cmd.append(str(build))
+        ctx.log(f"{entry['variant']}: building {tag} (target {entry['target']}, base {bases[requested]})")
+        started = time.monotonic()
+        log_path = ctx.out / "build" / f"{entry['variant']}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [services.docker_cli(), *cmd], env=services.docker_env(), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True,
+            )
+            assert proc.stdout is not None
+            last = time.monotonic()
+            for line in proc.stdout:
+                log.write(line)
+                # Progress without flooding: the build's step lines, at most every few seconds.
+                if ctx.verbose or (line.startswith(("#", "Step ")) and time.monotonic() - last > 5):
+                    ctx.log(f"{entry['variant']}: {line.rstrip()[:150]}")
+                    last = time.monotonic()
+            proc.wait()
+        seconds = time.monotonic() - started
+        if proc.returncode != 0:
+            tail = "\n".join(log_path.read_text().splitlines()[-25:])
+            raise BuildError(f"image build of variant '{entry['variant']}' failed (log: {log_path}):\n{tail}")
+        info = inspect_image(tag)
+        images[entry["variant"]] = {
+            "variant": entry["variant"],
+            "model": entry["model"],
+            "runtime": entry["runtime"],
+            "device": entry["device"],
+            "image": entry["image"],
+            "tag": tag,
+            "base_image": bases[requested],
+            "build_seconds": round(seconds, 1),
+            **info,
+        }
+        ctx.write_json("images.json", images)
+        ctx.log(f"{entry['variant']}: built in {seconds:.1f}s, {info['size'] / 1e6:.0f} MB")
+    sizes = ", ".join(f"{v}: {images[v]['size'] / 1e6:.0f} MB" for v in (e["variant"] for e in entries))
+    return {"summary": sizes, "images": images}
