@@ -1,0 +1,223 @@
+"""PyTorch side of the export: load the model, TorchScript (script or trace) and ONNX."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model_export.errors import ExportError
+from model_export.postprocess import postprocess
+from model_export.preprocess import InputSpec, preprocess_batch, preprocess_torch
+
+# Tracer warnings with this text mean a tensor value became a Python value: control flow or a
+# size that depends on the data, frozen into the trace for the example input only.
+DATA_DEPENDENT_MARKERS = ("might cause the trace to be incorrect", "Converting a tensor to a Python")
+
+
+def load_entry_point(entry_point: str, name: str) -> Any:
+    module_name, sep, attr = entry_point.partition(":")
+    if not sep or not module_name or not attr:
+        raise ExportError(name, entry_point, "entry point must look like 'package.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ExportError(name, _module_file(module_name),
+                          f"entry point {entry_point!r} does not import: {type(exc).__name__}: {exc}") from exc
+    target = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ExportError(name, module.__file__, f"entry point {entry_point!r}: no attribute {part!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ExportError(name, module.__file__, f"entry point {entry_point!r} is not callable")
+    return target
+
+
+def _module_file(module_name: str) -> str:
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    return spec.origin if spec is not None and spec.origin else f"module {module_name}"
+
+
+def _source_file(model: nn.Module) -> str:
+    try:
+        return inspect.getsourcefile(type(model)) or type(model).__module__
+    except TypeError:
+        return type(model).__module__
+
+
+class PreparedTorch:
+    output_format = "candidates"
+
+    def __init__(self, cfg: Any, name: str, spec: InputSpec, log):
+        self.cfg, self.name, self.spec, self.log = cfg, name, spec, log
+        self.weights = Path(cfg.weights)
+        self.framework_version = torch.__version__.split("+")[0]
+        factory = load_entry_point(cfg.entry_point, name)
+        try:
+            model = factory()
+        except Exception as exc:
+            raise ExportError(name, _module_file(cfg.entry_point.partition(":")[0]),
+                              f"entry point {cfg.entry_point!r} raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise ExportError(name, cfg.entry_point, f"entry point returned {type(model).__name__}, not a torch.nn.Module")
+        self._load_weights(model)
+        self.model = model.eval()
+        self.parameters = sum(p.numel() for p in model.parameters())
+        self._check_input_spec()
+
+    def _load_weights(self, model: nn.Module) -> None:
+        try:
+            state = torch.load(self.weights, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ExportError(self.name, self.weights,
+                              f"cannot read the weights file (corrupt or not a torch.save file): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ExportError(self.name, self.weights, "weights file does not hold a state_dict (name -> tensor)")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ExportError(self.name, self.weights, f"weights do not fit the model: {exc}") from exc
+
+    def _check_input_spec(self) -> None:
+        spec = self.spec
+        first_conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first_conv is not None and first_conv.in_channels != spec.channels:
+            raise ExportError(self.name, self.weights,
+                              f"input spec says {spec.channels} channels but the model's first convolution "
+                              f"expects {first_conv.in_channels}")
+        x = torch.zeros(2, spec.channels, spec.height, spec.width)
+        try:
+            with torch.inference_mode():
+                out = self.model(x)
+        except Exception as exc:
+            raise ExportError(self.name, self.weights,
+                              f"model fails on the input spec [N, {spec.channels}, {spec.height}, {spec.width}]: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        self._check_outputs(out)
+
+    def _check_outputs(self, out: Any) -> None:
+        problem = None
+        if not isinstance(out, tuple) or len(out) != 3 or not all(isinstance(t, torch.Tensor) for t in out):
+            problem = f"forward must return (boxes, scores, classes), got {type(out).__name__}"
+        else:
+            boxes, scores, classes = out
+            n, k = scores.shape[:2] if scores.dim() == 2 else (-1, -1)
+            if tuple(boxes.shape) != (n, k, 4) or tuple(classes.shape) != (n, k) or n != 2:
+                problem = (f"output shapes {tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(classes.shape)} "
+                           "are not [N,K,4], [N,K], [N,K]")
+            elif boxes.dtype != torch.float32 or scores.dtype != torch.float32 or classes.dtype != torch.int64:
+                problem = f"output dtypes {boxes.dtype}, {scores.dtype}, {classes.dtype} are not float32, float32, int64"
+            elif k and (classes.min() < 0 or classes.max() >= len(self.cfg.labels)):
+                problem = f"class ids outside 0..{len(self.cfg.labels) - 1} (labels has {len(self.cfg.labels)})"
+        if problem:
+            raise ExportError(self.name, _source_file(self.model), f"output breaks the detection contract: {problem}")
+
+    # -- reference ---------------------------------------------------------------------------
+
+    def reference(self, images: list[np.ndarray]) -> list[list[dict]]:
+        """Eager model + torch preprocessing + numpy postprocessing, one image at a time."""
+        out = []
+        with torch.inference_mode():
+            for image in images:
+                boxes, scores, classes = self.model(preprocess_torch(image, self.spec))
+                out.append(postprocess(
+                    boxes[0].numpy(), scores[0].numpy(), classes[0].numpy(),
+                    input_size=(self.spec.height, self.spec.width), image_size=image.shape[:2],
+                    output=self.cfg.output, labels=self.cfg.labels,
+                ))
+        return out
+
+    # -- exporters ---------------------------------------------------------------------------
+
+    def export(self, kind: str, out_dir: Path, golden_images: list[np.ndarray]) -> dict:
+        if kind == "torchscript":
+            return self._torchscript(out_dir / "model.torchscript.pt", golden_images)
+        if kind == "onnx":
+            return self._onnx(out_dir / "model.onnx", golden_images)
+        raise ExportError(self.name, None, f"unknown exporter {kind!r} for pytorch")
+
+    def _torchscript(self, path: Path, golden_images: list[np.ndarray]) -> dict:
+        method = getattr(self.cfg, "torchscript_method", "script")
+        x = torch.from_numpy(preprocess_batch(golden_images, self.spec))
+        if method == "script":
+            module = self._script()
+        elif method == "trace":
+            module = self._trace(x)
+        else:
+            raise ExportError(self.name, path.name, f"torchscript_method must be 'script' or 'trace', got {method!r}")
+        # Frozen only: freezing already folds BatchNorm into the convolutions. optimize_for_inference
+        # would turn weights into MKLDNN constants, which torch 2.13 saves but cannot load back
+        # ("required keyword attribute 'value' is undefined"); a runtime may apply it after loading.
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            frozen = torch.jit.freeze(module.eval())
+        frozen.save(str(path))
+        return {"method": method, "frozen": True, "optimized_for_inference": False, "file": path.name}
+
+    def _script(self) -> torch.jit.ScriptModule:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            try:
+                return torch.jit.script(self.model)
+            except Exception as exc:
+                first = "\n".join(str(exc).strip().splitlines()[:12])
+                raise ExportError(self.name, _source_file(self.model),
+                                  f"the model cannot be compiled by torch.jit.script: {type(exc).__name__}: {first}"
+                                  ) from exc
+
+    def _trace(self, x: torch.Tensor) -> torch.jit.ScriptModule:
+        """Trace on the first golden image; refuse when the trace cannot stand for the model.
+
+        Two independent signs: tracer warnings that a tensor value became a Python value
+        (data-dependent control flow or sizes), and a trace whose outputs differ from the eager
+        model on the other golden images, which have different content.
+        """
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                traced = torch.jit.trace(self.model, x[:1], check_trace=False)
+            except Exception as exc:
+                raise ExportError(self.name, _source_file(self.model),
+                                  f"torch.jit.trace failed: {type(exc).__name__}: {exc}") from exc
+        data_dependent = sorted({
+            str(w.message).splitlines()[0] for w in caught
+            if issubclass(w.category, torch.jit.TracerWarning)
+            and any(m in str(w.message) for m in DATA_DEPENDENT_MARKERS)
+        })
+        mismatched = []
+        with torch.inference_mode():
+            for i in range(x.shape[0]):
+                want, got = self.model(x[i : i + 1]), traced(x[i : i + 1])
+                if any(a.shape != b.shape or not torch.allclose(a.float(), b.float(), atol=1e-4)
+                       for a, b in zip(want, got, strict=True)):
+                    mismatched.append(i)
+        if data_dependent or mismatched:
+            reasons = []
+            if data_dependent:
+                reasons.append("the tracer reports data-dependent Python values: " + "; ".join(data_dependent))
+            if mismatched:
+                reasons.append(f"the trace differs from the eager model on golden images {mismatched}")
+            raise ExportError(self.name, _source_file(self.model),
+                              "torchscript_method = 'trace' is refused: forward has data-dependent control flow "
+                              f"({' and '.join(reasons)}); use torchscript_method = 'script'")
+        return traced
+
+    def _onnx(self, path: Path, golden_images: list[np.ndarray]) -> dict:
+        raise ExportError(self.name, path.name, "ONNX export is not implemented yet")
+
+
+def prepare(cfg: Any, name: str, spec: InputSpec, log) -> PreparedTorch:
+    return PreparedTorch(cfg, name, spec, log)
