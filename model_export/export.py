@@ -71,13 +71,19 @@ def _clean(out_dir: Path, created: bool) -> None:
                 p.unlink(missing_ok=True)
 
 
+def exporters_for(cfg: Any) -> tuple[str, ...]:
+    """The configured exporters; all that the framework supports when the config leaves it open."""
+    chosen = getattr(cfg, "exporters", None)
+    return tuple(chosen) if chosen is not None else EXPORTERS.get(cfg.framework, ())
+
+
 def _check_config(cfg: Any, name: str) -> tuple[InputSpec, OutputSpec]:
     framework = cfg.framework
     if framework not in EXPORTERS:
         raise ExportError(name, None, f"unknown framework {framework!r} (expected one of {sorted(EXPORTERS)})")
-    wrong = [e for e in cfg.exporters if e not in EXPORTERS[framework]]
-    if wrong or not cfg.exporters:
-        raise ExportError(name, None, f"exporters {list(cfg.exporters)} are not valid for {framework} "
+    wrong = [e for e in exporters_for(cfg) if e not in EXPORTERS[framework]]
+    if wrong or not exporters_for(cfg):
+        raise ExportError(name, None, f"exporters {list(exporters_for(cfg))} are not valid for {framework} "
                                       f"(choose from {list(EXPORTERS[framework])})")
     if not cfg.labels:
         raise ExportError(name, None, "labels are empty")
@@ -125,7 +131,7 @@ def _export(cfg: Any, name: str, out_dir: Path, *, version: str, git_commit: str
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_golden(out_dir, samples, reference)
     exporters: dict[str, dict] = {}
-    for kind in cfg.exporters:
+    for kind in exporters_for(cfg):
         log(f"{name}: exporting {kind}")
         exporters[kind] = prepared.export(kind, out_dir, images)
 
@@ -198,5 +204,5 @@ def run_verification(model_dir: Path, formats: list[str], name: str, threads: in
             for r in failed
         )
         raise ExportError(name, model_dir / FILE_NAMES.get(failed[0]["format"], ""),
-                          f"exported model does not match the eager model on the golden images:\n{details}")
+                          f"verification failed: the export does not match the eager model on the golden images:\n{details}")
     return result

@@ -20,6 +20,7 @@ from model_export.preprocess import InputSpec, preprocess_batch, preprocess_torc
 
 # Tracer warnings with this text mean a tensor value became a Python value: control flow or a
 # size that depends on the data, frozen into the trace for the example input only.
+ONNX_OPSET = 17
 DATA_DEPENDENT_MARKERS = ("might cause the trace to be incorrect", "Converting a tensor to a Python")
 
 
@@ -192,11 +193,7 @@ class PreparedTorch:
             except Exception as exc:
                 raise ExportError(self.name, _source_file(self.model),
                                   f"torch.jit.trace failed: {type(exc).__name__}: {exc}") from exc
-        data_dependent = sorted({
-            str(w.message).splitlines()[0] for w in caught
-            if issubclass(w.category, torch.jit.TracerWarning)
-            and any(m in str(w.message) for m in DATA_DEPENDENT_MARKERS)
-        })
+        data_dependent = _data_dependent(caught)
         mismatched = []
         with torch.inference_mode():
             for i in range(x.shape[0]):
@@ -216,7 +213,47 @@ class PreparedTorch:
         return traced
 
     def _onnx(self, path: Path, golden_images: list[np.ndarray]) -> dict:
-        raise ExportError(self.name, path.name, "ONNX export is not implemented yet")
+        """ONNX with a dynamic batch dimension, through torch's TorchScript-based exporter.
+
+        torch 2.13 defaults to the torch.export-based exporter, which needs the ``onnxscript``
+        package; the TorchScript-based one (``dynamo=False``) needs nothing beyond torch and
+        handles this kind of model, so it is used. It is deprecated upstream: when it goes,
+        switch to ``dynamo=True`` with ``dynamic_shapes`` and add onnxscript to the dependencies.
+        """
+        x = torch.from_numpy(preprocess_batch(golden_images[:2], self.spec))
+        names = ["boxes", "scores", "classes"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                torch.onnx.export(
+                    self.model, (x,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                    input_names=["images"], output_names=names,
+                    dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
+                )
+            except Exception as exc:
+                raise ExportError(self.name, path.name, f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+        data_dependent = _data_dependent(caught)
+        if data_dependent:
+            raise ExportError(self.name, _source_file(self.model),
+                              "ONNX export traces the model and the tracer reports data-dependent Python values: "
+                              + "; ".join(data_dependent))
+        try:
+            import onnx
+
+            onnx.checker.check_model(str(path))
+        except ImportError:
+            pass
+        except Exception as exc:
+            raise ExportError(self.name, path.name, f"the ONNX checker rejects the file: {exc}") from exc
+        return {"opset": ONNX_OPSET, "exporter": "torch.onnx (TorchScript-based, dynamo=False)",
+                "dynamic_axes": {"batch": 0}, "input": "images", "outputs": names, "file": path.name}
+
+
+def _data_dependent(caught: list[warnings.WarningMessage]) -> list[str]:
+    return sorted({
+        f"{str(w.message).splitlines()[0]} ({Path(w.filename).name}:{w.lineno})" for w in caught
+        if issubclass(w.category, torch.jit.TracerWarning) and any(m in str(w.message) for m in DATA_DEPENDENT_MARKERS)
+    })
 
 
 def prepare(cfg: Any, name: str, spec: InputSpec, log) -> PreparedTorch:

@@ -58,7 +58,10 @@ class ShapesDetector(nn.Module):
         n, c, gh, gw = logits.shape
         cells = gh * gw
         scores = torch.sigmoid(logits).reshape(n, c * cells)
-        k = min(self.top_k, c * cells)
+        # A constant K, not min(K, c * cells): a Python min over sizes would be frozen into traces
+        # and ONNX graphs as data-dependent control flow. The exporter's input-spec check runs the
+        # model once, so an input too small for K candidates fails there with a clear message.
+        k = self.top_k
         top_scores, idx = torch.topk(scores, k, dim=1)
         classes = torch.div(idx, cells, rounding_mode="floor")
         loc = idx - classes * cells
