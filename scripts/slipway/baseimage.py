@@ -122,8 +122,8 @@ def build_local_base(tag: str = LOCAL_BASE, *, with_host_ca: bool, log: Log = _s
         "ENV LANG=C.UTF-8",
         "ENV PYTHONDONTWRITEBYTECODE=1",
         'CMD ["python3"]',
-        "LABEL org.opencontainers.image.title=slipway-local-python-base",
-        f"LABEL org.opencontainers.image.description=Debian {SUITE} with Python 3.11, built by slipway",
+        'LABEL org.opencontainers.image.title="slipway-local-python-base"',
+        f'LABEL org.opencontainers.image.description="Debian {SUITE} with Python 3.11, built by slipway"',
     ]
     if certs:
         changes.append(f"LABEL {HOST_CA_LABEL}=true")

@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sp = ssub.add_parser(action, help=text, description=text)
         sp.add_argument("names", nargs="*", metavar="NAME", help="docker, registry or index (default: all)")
+        if action in ("up", "down"):
+            sp.add_argument(
+                "--session",
+                metavar="FILE",
+                help="up: record in FILE what this call started; down: stop only what FILE records",
+            )
         sp.set_defaults(func=cmd_services)
 
     p = sub.add_parser("schema", help="print the JSON Schema of release.toml")
@@ -304,10 +310,24 @@ def cmd_services(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown service(s) {', '.join(unknown)}: expected docker, registry or index")
     names = args.names or None
+    session = Path(args.session) if getattr(args, "session", None) else None
     if args.action == "up":
-        services.up(names)
+        result = services.up(names)
+        if session:
+            started = [name for name, state in result.items() if state == "started"]
+            previous = json.loads(session.read_text()) if session.exists() else []
+            session.write_text(json.dumps(sorted(set(previous) | set(started))))
     elif args.action == "down":
-        services.down(names)
+        if session:
+            recorded = json.loads(session.read_text()) if session.exists() else []
+            names = [n for n in recorded if not args.names or n in args.names]
+            if names:
+                services.down(names)
+            else:
+                print("services: nothing was started by this session", file=sys.stderr)
+            session.unlink(missing_ok=True)
+        else:
+            services.down(names)
     elif args.action == "status":
         print(json.dumps(services.status(), indent=2))
     else:

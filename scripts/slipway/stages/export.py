@@ -72,7 +72,7 @@ def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
         except ExportError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             failed_check = "verification" in str(exc).lower()
-            raise (CheckError if failed_check else BuildError)(f"export of model '{model.name}' failed: {exc}") from exc
+            raise (CheckError if failed_check else BuildError)(str(exc)) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -124,7 +124,7 @@ def inspect_image(ref: str) -> dict[str, Any]:
     return {
         "id": info["Id"],
         "size": int(info["Size"]),
-        "layers": sorted(layers, key=lambda l: -l["size"]),
+        "layers": sorted(layers, key=lambda layer: -layer["size"]),
         "labels": (info.get("Config") or {}).get("Labels") or {},
     }
 

@@ -1,0 +1,55 @@
+# Two commands do all the set-up on a fresh Debian machine:
+#   make release   the whole local release of the example models (local registry and index)
+#   make test      every test; starts what it needs and stops what it started
+# Also: make lint, make services, make down, make clean.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.slipway-installed
+# The PyTorch CPU build; on a machine without a local copy, point pip at PyTorch's CPU index,
+# e.g. make PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH := $(shell sed -n 's/^torch==//p' requirements-pytorch.txt)
+SESSION := .slipway-services.json
+PYTEST_ARGS ?=
+
+.PHONY: all venv release test lint services down clean schema
+
+all: test
+
+$(STAMP): pyproject.toml requirements.txt requirements-pytorch.txt requirements-tensorflow.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing slipway and its tools into $(VENV) (first time: a few minutes)"
+	$(BIN)/pip install -q "torch==$(TORCH)"
+	$(BIN)/pip install -q -e ".[pytorch,tensorflow,serve,publish,dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+services: venv
+	$(BIN)/slipway services up
+
+down: venv
+	$(BIN)/slipway services down
+
+release: venv
+	$(BIN)/slipway release --local
+
+# Services are started for the tests and, afterwards, only those the tests started are stopped.
+test: venv
+	$(BIN)/slipway services up --session $(SESSION)
+	$(BIN)/pytest $(PYTEST_ARGS); status=$$?; \
+	  $(BIN)/slipway services down --session $(SESSION); \
+	  exit $$status
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/hadolint dockerfiles/*.Dockerfile
+	$(BIN)/actionlint .github/workflows/*.yml
+	$(BIN)/zizmor --offline .github
+
+schema: venv
+	$(BIN)/slipway schema > scripts/slipway/release.schema.json
+
+clean:
+	rm -rf dist build .pytest_cache .ruff_cache

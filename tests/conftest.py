@@ -1,0 +1,49 @@
+"""Shared fixtures: the repository root, the local services, and the GPU skip.
+
+Integration tests use the real Docker engine, registry and index that 'slipway services up'
+starts ('make test' starts them first); nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _has_gpu() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+HAS_GPU = _has_gpu()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU; runs on the GPU runner of _smoke.yml")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_GPU:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def local_services():
+    """The Docker engine, registry and index, started if needed (and left for 'make test' to stop)."""
+    from slipway import services
+
+    services.up()
+    env = services.docker_env()
+    if "DOCKER_HOST" in env:
+        os.environ["DOCKER_HOST"] = env["DOCKER_HOST"]
+    return services.status()

@@ -1,0 +1,44 @@
+"""The command line: --help everywhere, exit codes per error class."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from slipway.cli import STAGES, build_parser, main
+
+COMMANDS = ["plan", *STAGES, "release", "services", "services up", "services down", "services status", "schema"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command.split(), "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: slipway")
+
+
+def test_console_script_runs():
+    res = subprocess.run([sys.executable, "-m", "slipway.cli", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("slipway ")
+
+
+def test_config_error_exit_code(tmp_path, capsys):
+    bad = tmp_path / "release.toml"
+    bad.write_text('[project]\nname = "x"\nbogus = 1\n')
+    assert main(["plan", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "project.bogus" in err and "models" in err
+
+
+def test_stage_options_read_environment(monkeypatch):
+    monkeypatch.setenv("SLIPWAY_CONFIG", "other.toml")
+    monkeypatch.setenv("SLIPWAY_OUT", "somewhere")
+    args = build_parser().parse_args(["images"])
+    assert args.config == "other.toml" and args.out == "somewhere"
+
+
+def test_unknown_service_is_a_config_error(capsys):
+    assert main(["services", "status", "postgres"]) == 2

@@ -1,0 +1,112 @@
+"""slipway plan: versions from tags, dry-run rules, matrices; golden-tested whole."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from slipway.cli import main
+from slipway.config import load_config
+from slipway.errors import ConfigError
+from slipway.plan import Trigger, make_plan, trigger_from_github
+from slipway.version import parse_version, version_from_tag
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(ROOT / "release.toml")
+
+
+def _golden(name: str, plan: dict) -> None:
+    path = GOLDEN / name
+    text = json.dumps(plan, indent=2) + "\n"
+    if os.environ.get("SLIPWAY_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert json.loads(path.read_text()) == plan, f"plan differs from {path}; SLIPWAY_UPDATE_GOLDEN=1 rewrites it"
+
+
+def test_tag_plan_golden(config):
+    plan = make_plan(config.model_copy(update={"project": config.project.model_copy(update={"version": None})}),
+                     Trigger(event="tag", ref="refs/tags/v1.2.3", sha=SHA))
+    assert plan["version"] == "1.2.3" and plan["dry_run"] is False and plan["prerelease"] is False
+    _golden("plan-tag.json", plan)
+
+
+def test_local_plan_golden(config):
+    _golden("plan-local.json", make_plan(config, Trigger(event="local", sha=SHA)))
+
+
+def test_every_variant_is_in_the_images_and_smoke_matrices(config):
+    plan = make_plan(config, Trigger(event="local", sha=SHA))
+    names = [v.name for v in config.variants]
+    assert [e["variant"] for e in plan["matrix"]["images"]] == names
+    assert [e["variant"] for e in plan["matrix"]["smoke"] if e["kind"] == "image"] == names
+    assert {e["model"] for e in plan["matrix"]["export"]} == {"shapes-torch", "shapes-tf"}
+    assert [w["arch"] for w in plan["matrix"]["wheels"]] == ["x86_64", "aarch64"]
+
+
+def test_variant_subset_narrows_every_matrix(config):
+    plan = make_plan(config, Trigger(event="local", sha=SHA, variants=("pytorch-cpu",)))
+    assert [e["variant"] for e in plan["matrix"]["images"]] == ["pytorch-cpu"]
+    assert [e["model"] for e in plan["matrix"]["export"]] == ["shapes-torch"]
+    assert plan["matrix"]["wheels"] == []  # no C++ variant selected
+    with pytest.raises(ConfigError, match="no variant of that name"):
+        make_plan(config, Trigger(event="local", variants=("pytorch-cuda",)))
+
+
+@pytest.mark.parametrize(
+    ("event", "dry_run", "expected"),
+    [("tag", None, False), ("local", None, False), ("dispatch", None, True), ("call", None, True),
+     ("dispatch", False, False), ("pull_request", False, True)],
+)
+def test_dry_run_rules(config, event, dry_run, expected):
+    ref = "refs/tags/v0.1.0" if event == "tag" else "refs/heads/main"
+    assert make_plan(config, Trigger(event=event, ref=ref, dry_run=dry_run))["dry_run"] is expected
+
+
+def test_tag_must_agree_with_fixed_version(config):
+    with pytest.raises(ConfigError) as info:
+        make_plan(config, Trigger(event="tag", ref="refs/tags/v9.9.9"))
+    assert "project.version" in str(info.value) and "v9.9.9" in str(info.value)
+
+
+@pytest.mark.parametrize("ref", ["vbad", "v1.2", "1.2.3", "refs/tags/release-1"])
+def test_bad_tags(ref):
+    with pytest.raises(ValueError, match=ref.removeprefix("refs/tags/")):
+        version_from_tag(ref)
+
+
+def test_prerelease_versions():
+    assert parse_version("1.2.3-rc.1").prerelease and str(parse_version("1.2.3-rc.1")) == "1.2.3rc1"
+    assert not parse_version("1.2.3").prerelease
+    assert parse_version("1.2.3").major_minor == "1.2"
+
+
+def test_cli_plan_tag_prints_json(capsys, tmp_path):
+    cfg = tmp_path / "release.toml"
+    text = (ROOT / "release.toml").read_text().replace('version = "0.1.0"', "# no fixed version")
+    cfg.write_text(text)
+    for sub in ("dockerfiles", "model_export"):
+        (tmp_path / sub).symlink_to(ROOT / sub)
+    assert main(["plan", "--config", str(cfg), "--event", "tag", "--ref", "v1.2.3", "--sha", SHA]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["version"] == "1.2.3"
+    assert set(plan["matrix"]) == {"export", "wheels", "images", "smoke", "publish"}
+    assert main(["plan", "--config", str(cfg), "--ref", "vbad"]) == 2
+    assert "vbad" in capsys.readouterr().err
+
+
+def test_github_trigger_reading():
+    trig = trigger_from_github("workflow_dispatch", "refs/heads/main", SHA,
+                               {"inputs": {"dry-run": "false", "variants": "pytorch-cpu, onnx-cpu"}})
+    assert trig.event == "dispatch" and trig.dry_run is False and trig.variants == ("pytorch-cpu", "onnx-cpu")
+    assert trigger_from_github("push", "refs/heads/main", SHA, {}).event == "pull_request"
+    assert trigger_from_github("push", "refs/tags/v1.0.0", SHA, {}).event == "tag"
+    with pytest.raises(ConfigError, match="schedule"):
+        trigger_from_github("schedule", "", SHA, {})

@@ -1,0 +1,53 @@
+"""Local services: idempotent start, PID files that survive PID reuse, the base image."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+from slipway import services
+from slipway.services import PidFile
+
+pytestmark = pytest.mark.docker
+
+
+def test_stale_pid_file_is_detected(tmp_path):
+    pidfile = PidFile(tmp_path / "x.pid")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    pidfile.write(proc.pid)
+    assert pidfile.read() is None  # the process is gone
+    assert not pidfile.path.exists()
+    # A live PID whose start time differs (PID reused by another process) is stale too.
+    pidfile.path.write_text(json.dumps({"pid": os.getpid(), "start": "1"}))
+    assert pidfile.read() is None
+    pidfile.write(os.getpid())
+    assert pidfile.read() == os.getpid()
+    pidfile.path.write_text("12345")  # not ours: a bare PID written by something else
+    assert pidfile.read() is None
+
+
+def test_up_is_idempotent_and_services_answer(local_services):
+    again = services.up()
+    assert all(state.startswith("running") for state in again.values()), again
+    assert httpx.get("http://127.0.0.1:5000/v2/", timeout=5).status_code == 200
+    assert httpx.get(f"http://{services.INDEX_ADDR}/simple/", timeout=5).status_code == 200
+    assert services.docker_reachable()
+
+
+def test_registry_listens_on_loopback_only(local_services):
+    config = (services.state_dir() / "registry" / "config.yml").read_text()
+    assert "addr: 127.0.0.1:" in config
+
+
+def test_local_base_image_has_python(local_services):
+    from slipway.baseimage import resolve_base_image
+
+    base = resolve_base_image("python:3.11-slim-bookworm")
+    res = services.docker("run", "--rm", "--network", "none", base, "python3", "-c",
+                          "import sys, venv; print(sys.version_info[:2])", timeout=120)
+    assert res.stdout.strip() == "(3, 11)"
