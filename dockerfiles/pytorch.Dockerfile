@@ -54,7 +54,8 @@ RUN pip install --find-links /wheelhouse -c /requirements/requirements-pytorch.t
 # ---------------------------------------------------------------------------------------------
 # What every final image shares: the base, a non-root user, the service's environment.
 FROM ${BASE_IMAGE} AS runtime
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+RUN groupadd --system --gid 10001 slipway \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin slipway
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -250,7 +250,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                 f"Content-Type {media_type!r} is not accepted; expected one of "
                 f"{', '.join(sorted(SUPPORTED_CONTENT_TYPES))} or multipart/form-data",
             )
-        ready, reason = await run_in_threadpool(service.backend.readiness)
+        ready, reason = await run_in_threadpool(service.backend.readiness, probe=False)
         if not ready:
             # The full reason (maybe a long traceback) is for operators, on /readyz.
             short = (reason or "").strip().splitlines()[0][:200] if reason else "unknown"

@@ -46,3 +46,9 @@ def load_manifest(model_dir: Path) -> dict[str, Any]:
 def label_for(manifest: dict[str, Any], class_id: int) -> str:
     labels = manifest.get("labels") or []
     return labels[class_id] if 0 <= class_id < len(labels) else str(class_id)
+
+
+def model_file(manifest: dict[str, Any], key: str, default: str) -> str:
+    """The file (or folder) of one export format, as model.json's ``files`` names it."""
+    entry = (manifest.get("files") or {}).get(key) or {}
+    return entry.get("path") or default

@@ -135,14 +135,18 @@ class Backend(ABC):
         """True once ``start`` has finished, whatever its outcome."""
         return self._ready_event.wait(timeout)
 
-    def readiness(self) -> tuple[bool, str | None]:
-        """(ready, reason): loaded, warmed up, and whatever it depends on reachable."""
+    def readiness(self, *, probe: bool = True) -> tuple[bool, str | None]:
+        """(ready, reason): loaded, warmed up, and (with ``probe``) whatever it depends on reachable.
+
+        Predict passes ``probe=False``: it finds out about an unreachable server by calling it,
+        without paying for a status request first.
+        """
         self._retry_if_waiting()
         if self.state == ERROR:
             return False, self.error
         if self.state == LOADING:
             return False, self.error or "model is loading"
-        problem = self.check()
+        problem = self.check() if probe else None
         return problem is None, problem
 
     def predict(self, image: np.ndarray) -> list[Detection]:

@@ -10,13 +10,9 @@ import numpy as np
 
 from serving.backends._candidates import CandidatesMixin
 from serving.backends.base import Backend, Detection
+from serving.manifest import model_file
 
 log = logging.getLogger("serving.backend.torchscript")
-
-
-def _model_file(manifest: dict[str, Any], key: str, default: str) -> str:
-    entry = (manifest.get("files") or {}).get(key) or {}
-    return entry.get("path") or default
 
 
 class TorchScriptBackend(CandidatesMixin, Backend):
@@ -30,7 +26,7 @@ class TorchScriptBackend(CandidatesMixin, Backend):
         # same process (tests) finds it already set, which is harmless.
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(1)
-        path = self.model_dir / _model_file(self.manifest, "torchscript", "model.torchscript.pt")
+        path = self.model_dir / model_file(self.manifest, "torchscript", "model.torchscript.pt")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: TorchScript file not found")
         want_gpu = self.device in ("gpu", "auto") and torch.cuda.is_available()

@@ -1,0 +1,41 @@
+"""What the TensorFlow backends share: a SavedModel's serving outputs -> detections.
+
+The signature has already resized, run NMS and scaled boxes to the original image (the contract
+in docs/architecture.md); its outputs are padded, and ``num_detections`` says how many are real.
+This is the same reading model_export's verification applies to the SavedModel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+REQUIRED_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
+
+
+def detections_from_outputs(outputs: Mapping[str, Any], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Outputs of ONE image (leading batch dimension of 1, or none) -> detections."""
+    missing = [k for k in REQUIRED_OUTPUTS if k not in outputs]
+    if missing:
+        raise ValueError(f"the model's outputs lack {', '.join(missing)} (got {', '.join(sorted(outputs))})")
+    boxes = np.asarray(outputs["boxes"], dtype=np.float64)
+    scores = np.asarray(outputs["scores"], dtype=np.float64)
+    classes = np.asarray(outputs["classes"])
+    num = np.asarray(outputs["num_detections"])
+    if boxes.ndim == 3:
+        boxes, scores, classes, num = boxes[0], scores[0], classes[0], num.reshape(-1)[0]
+    count = min(int(num), len(scores))
+    out = []
+    for j in range(count):
+        c = int(classes[j])
+        out.append(
+            {
+                "box": [float(v) for v in boxes[j]],
+                "score": float(scores[j]),
+                "class_id": c,
+                "label": labels[c] if 0 <= c < len(labels) else str(c),
+            }
+        )
+    return out
