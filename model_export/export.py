@@ -94,9 +94,6 @@ def _check_config(cfg: Any, name: str) -> tuple[InputSpec, OutputSpec]:
         output = OutputSpec.from_any(cfg.output)
     except (TypeError, ValueError) as exc:
         raise ExportError(name, None, f"invalid input/output spec: {exc}") from exc
-    if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
-        raise ExportError(name, None, f"input mean/std have {len(spec.mean)}/{len(spec.std)} values "
-                                      f"for {spec.channels} channels")
     if spec.dtype != "uint8" or spec.resize != "stretch":
         raise ExportError(name, None, f"input dtype {spec.dtype!r} / resize {spec.resize!r} unsupported "
                                       "(the contract is uint8 images, 'stretch' resize)")
@@ -119,9 +116,13 @@ def _prepare(cfg: Any, name: str, spec: InputSpec, log) -> Prepared:
 def _export(cfg: Any, name: str, out_dir: Path, *, version: str, git_commit: str, log) -> dict:
     spec, output = _check_config(cfg, name)
     prepared = _prepare(cfg, name, spec, log)
+    # Checked after the model has seen the spec, so that a spec contradicting the model is reported
+    # as exactly that; these are the contract's own limits.
     if spec.channels != 3:
-        # Reached only when the model itself accepted this channel count: the contract's images are RGB.
         raise ExportError(name, None, f"input.channels = {spec.channels}, but images are RGB (3 channels)")
+    if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
+        raise ExportError(name, None, f"input mean/std have {len(spec.mean)}/{len(spec.std)} values "
+                                      f"for {spec.channels} channels")
 
     samples = artifacts.golden_samples(int(cfg.golden_images), int(cfg.golden_seed))
     images = [s.image for s in samples]
