@@ -178,6 +178,15 @@ def docker_env() -> dict[str, str]:
     return env
 
 
+def host_networking() -> bool:
+    """True when the engine has no bridge network (the one slipway starts): builds and containers
+    must then use the host's network."""
+    if PidFile(state_dir() / "docker" / "dockerd.slipway.pid").read() is not None:
+        return True
+    res = docker("network", "ls", "--format", "{{.Name}}", check=False, timeout=20)
+    return res.returncode == 0 and "bridge" not in res.stdout.split()
+
+
 def _docker_clients() -> list[str]:
     seen: list[str] = []
     for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:

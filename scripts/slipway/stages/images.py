@@ -167,6 +167,8 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
             **variant.build_args,
         }
         cmd = ["build", "-f", str(ctx.root / entry["dockerfile"]), "--target", entry["target"], "-t", tag]
+        if services.host_networking():
+            cmd += ["--network", "host"]
         for key, value in args.items():
             cmd += ["--build-arg", f"{key}={value}"]
         cmd.append(str(build))
