@@ -337,9 +337,15 @@ def _cross_reference_problems(data: dict[str, Any], file: str) -> list[ConfigPro
                 )
         dockerfile = v.get("dockerfile")
         if isinstance(dockerfile, str):
-            base = Path(file).resolve().parent
-            if not (base / dockerfile).is_file():
-                problems.append(ConfigProblem(file, f"variants[{i}].dockerfile", dockerfile, "file does not exist"))
+            from slipway.paths import resolve
+
+            if resolve(dockerfile, Path(file).resolve().parent) is None:
+                problems.append(
+                    ConfigProblem(
+                        file, f"variants[{i}].dockerfile", dockerfile,
+                        "file does not exist (looked beside the config file and in Slipway's own dockerfiles/)",
+                    )
+                )
     wheels = data.get("wheels")
     if isinstance(wheels, dict) and isinstance(wheels.get("model"), str) and wheels["model"] not in by_name:
         problems.append(ConfigProblem(file, "wheels.model", wheels["model"], "no model of that name"))

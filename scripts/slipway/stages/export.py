@@ -35,8 +35,14 @@ def _fingerprint(ctx: StageContext, model: Any) -> str:
 
 
 def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
+    import sys
+
     from model_export.errors import ExportError
     from model_export.export import export_model
+
+    # A project's own model code (its entry points) lives beside its release.toml.
+    if str(ctx.root) not in sys.path:
+        sys.path.insert(0, str(ctx.root))
 
     entries = ctx.plan["matrix"]["export"]
     if models:

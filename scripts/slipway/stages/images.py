@@ -20,6 +20,7 @@ from slipway import baseimage, services
 from slipway.context import StageContext
 from slipway.errors import BuildError, ConfigError
 from slipway.fsutil import link_or_copy, sync_tree
+from slipway.paths import resolve
 
 CONTEXT_FILES = ("requirements.txt", "requirements-pytorch.txt", "requirements-tensorflow.txt")
 CONTEXT_PACKAGES = ("serving", "model_export")
@@ -40,8 +41,8 @@ def torch_wheel(ctx: StageContext) -> Path | None:
 
     pip inside an image build cannot see the host's local wheel folders; the wheelhouse can.
     """
-    req = ctx.root / "requirements-pytorch.txt"
-    version = _pinned(req, "torch") if req.exists() else None
+    req = resolve("requirements-pytorch.txt", ctx.root)
+    version = _pinned(req, "torch") if req is not None else None
     if not version:
         return None
     cache = services.state_dir() / "wheelhouse"
@@ -67,14 +68,15 @@ def stage_context(ctx: StageContext, entry: dict[str, Any]) -> Path:
     """Assemble the build context of one variant; return its folder."""
     build = ctx.out / "build" / entry["variant"]
     build.mkdir(parents=True, exist_ok=True)
+    # A project may bring its own requirements files; the service code is always Slipway's.
     for name in CONTEXT_FILES:
-        src = ctx.root / name
-        if src.exists():
+        src = resolve(name, ctx.root)
+        if src is not None:
             shutil.copy2(src, build / name)
     for package in CONTEXT_PACKAGES:
-        src = ctx.root / package
-        if not src.is_dir():
-            raise BuildError(f"build context for {entry['variant']}: {src} is missing")
+        src = resolve(package)
+        if src is None or not src.is_dir():
+            raise BuildError(f"build context for {entry['variant']}: Slipway's {package}/ is missing")
         sync_tree(src, build / package, ignore=PACKAGE_IGNORE)
     model_dir = ctx.out / "models" / entry["model"]
     if not (model_dir / "model.json").exists():
@@ -166,7 +168,10 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
             "SOURCE": ctx.config.project.source,
             **variant.build_args,
         }
-        cmd = ["build", "-f", str(ctx.root / entry["dockerfile"]), "--target", entry["target"], "-t", tag]
+        dockerfile = resolve(entry["dockerfile"], ctx.root)
+        if dockerfile is None:
+            raise BuildError(f"variant '{entry['variant']}': Dockerfile {entry['dockerfile']} not found")
+        cmd = ["build", "-f", str(dockerfile), "--target", entry["target"], "-t", tag]
         if services.host_networking():
             cmd += ["--network", "host"]
         for key, value in args.items():
@@ -175,11 +180,10 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
         ctx.log(f"{entry['variant']}: building {tag} (target {entry['target']}, base {bases[requested]})")
         started = time.monotonic()
         log_path = ctx.out / "build" / f"{entry['variant']}.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [services.docker_cli(), *cmd], env=services.docker_env(), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True,
-            )
+        with open(log_path, "w") as log, subprocess.Popen(
+            [services.docker_cli(), *cmd], env=services.docker_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        ) as proc:
             assert proc.stdout is not None
             last = time.monotonic()
             for line in proc.stdout:

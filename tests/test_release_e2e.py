@@ -1,0 +1,104 @@
+"""The thin release end to end, against the real Docker engine, registry and index.
+
+plan -> export (TorchScript) -> image (pytorch-cpu) -> smoke (real HTTP predict on golden images,
+checked against the model's own detections) -> publish to the local registry. Then the same
+release again: what did not change is reused, and the registry is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from slipway.cli import main
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(tmp_path: Path, project: str) -> Path:
+    weights = (ROOT / "model_export" / "examples" / "weights" / "shapes_torch.pt").as_posix()
+    path = tmp_path / "release.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [project]
+            name = "{project}"
+            version = "0.1.0"
+
+            [[models]]
+            name = "shapes-torch"
+            framework = "pytorch"
+            entry-point = "model_export.examples.torch_detector:build_model"
+            weights = "{weights}"
+            labels = ["circle", "square", "triangle"]
+            exporters = ["torchscript"]
+            golden-images = 4
+            input = {{ height = 128, width = 128, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }}
+
+            [[variants]]
+            name = "pytorch-cpu"
+            model = "shapes-torch"
+            runtime = "torchscript"
+            dockerfile = "dockerfiles/pytorch.Dockerfile"
+            target = "pytorch-cpu"
+
+            [wheels]
+            enabled = false
+
+            [registries]
+            images = "127.0.0.1:5000/slipway-e2e"
+            """
+        )
+    )
+    return path
+
+
+def test_thin_release_end_to_end(local_services, tmp_path, capsys):
+    project = f"e2e-{uuid.uuid4().hex[:8]}"
+    config = _config(tmp_path, project)
+    out = tmp_path / "dist"
+    args = [
+        "release",
+        "--config",
+        str(config),
+        "--local",
+        "--out",
+        str(out),
+        "--skip",
+        "wheels",
+        "--skip",
+        "bench",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    # The summary table: every stage, its status and time.
+    for stage in ("plan", "export", "images", "smoke", "publish"):
+        assert any(line.startswith(stage) and " ok " in line for line in err.splitlines()), err
+
+    repo = f"slipway-e2e/{project}-pytorch-cpu"
+    catalog = httpx.get("http://127.0.0.1:5000/v2/_catalog?n=1000", timeout=10).json()["repositories"]
+    assert repo in catalog
+    tags = httpx.get(f"http://127.0.0.1:5000/v2/{repo}/tags/list", timeout=10).json()["tags"]
+    assert {"0.1.0", "0.1", "latest"} <= set(tags) and any(t.startswith("sha-") for t in tags)
+
+    smoke = json.loads((out / "smoke" / "image-pytorch-cpu.json").read_text())
+    assert smoke["ok"] and smoke["images"] == 4
+    assert smoke["min_iou"] >= 0.99 and smoke["max_score_diff"] <= 1e-4
+    # The served model finds the shapes that are really there, not just "something".
+    assert smoke["map50_vs_ground_truth"] >= 0.9
+
+    first = json.loads((out / "release.json").read_text())["images"]["pytorch-cpu"]
+
+    # Second run: the export is reused, the image comes from cache, the registry is unchanged.
+    assert main(args) == 0
+    stages = json.loads((out / "stages.json").read_text())
+    assert stages["export"]["summary"] == "0 exported, 1 reused"
+    second = json.loads((out / "release.json").read_text())["images"]["pytorch-cpu"]
+    assert second["image_id"] == first["image_id"]
+    assert second["tags"] == first["tags"]
