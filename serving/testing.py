@@ -16,6 +16,7 @@ import io
 import json
 import math
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,12 +362,15 @@ def run_cases_against(base_url: str, model: str, *, timeout: float = 30.0, **kwa
 
 
 # --- a tiny model -----------------------------------------------------------------------------
-def write_tiny_model(folder: Path, *, name: str = "tiny-torch", height: int = 64, width: int = 64) -> Path:
+def write_tiny_model(
+    folder: Path, *, name: str = "tiny-torch", height: int = 64, width: int = 64, onnx: bool = False
+) -> Path:
     """Write a model export folder with ``model.json`` and a frozen TorchScript detector.
 
     The detector proposes the four quadrants of its input; each quadrant's class is its dominant
     colour channel and its score grows with how much that channel dominates, so a red top-left
     quadrant yields one confident "red" box over that quadrant and a grey image yields nothing.
+    With ``onnx`` it also writes ``model.onnx`` (needs the ``onnx`` package).
     """
     import torch
 
@@ -398,6 +402,24 @@ def write_tiny_model(folder: Path, *, name: str = "tiny-torch", height: int = 64
     module = torch.jit.freeze(torch.jit.script(QuadrantDetector().eval()))
     path = folder / "model.torchscript.pt"
     torch.jit.save(module, str(path))
+    files = {"torchscript": {"path": path.name, "size": path.stat().st_size}}
+    if onnx:
+        onnx_path = folder / "model.onnx"
+        names = ["boxes", "scores", "classes"]
+        # The eager module, traced: this detector has no data-dependent control flow, and the input
+        # size is fixed by preprocessing, so the tracer's "shape becomes a constant" warning is moot.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                QuadrantDetector().eval(),
+                (torch.zeros(1, 3, height, width),),
+                str(onnx_path),
+                dynamo=False,
+                input_names=["images"],
+                output_names=names,
+                dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
+            )
+        files["onnx"] = {"path": onnx_path.name, "size": onnx_path.stat().st_size}
     manifest = {
         "name": name,
         "version": "0.0.1",
@@ -414,7 +436,7 @@ def write_tiny_model(folder: Path, *, name: str = "tiny-torch", height: int = 64
         },
         "labels": list(TINY_LABELS),
         "output": {"format": "candidates", "score_threshold": 0.3, "nms_iou": 0.5, "max_detections": 50},
-        "files": {"torchscript": {"path": path.name, "size": path.stat().st_size}},
+        "files": files,
     }
     (folder / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return folder

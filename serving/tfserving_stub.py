@@ -49,8 +49,11 @@ def saved_model_runner(path: Path, threads: int = 2) -> tuple[Runner, dict[str, 
     """Load a SavedModel's serving_default; return (runner, metadata)."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        log.warning("TensorFlow was already initialised in this process; thread settings unchanged")
     loaded = tf.saved_model.load(str(path))
     signature = loaded.signatures["serving_default"]
     inputs = signature.structured_input_signature[1]

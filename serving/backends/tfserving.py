@@ -38,7 +38,8 @@ class TFServingBackend(Backend):
         import httpx
 
         self._httpx = httpx
-        self._client = httpx.Client(base_url=self.url, timeout=self.timeout_s)
+        if self._client is None:  # load is retried while the server is down; keep one connection pool
+            self._client = httpx.Client(base_url=self.url, timeout=self.timeout_s)
         problem = self.check()
         if problem:
             raise BackendUnavailable(problem)

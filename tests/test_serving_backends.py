@@ -1,0 +1,375 @@
+"""The backends other than TorchScript: ONNX Runtime, the C++ runtime, TF Serving over REST, TensorFlow."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_export.compare import compare_detections
+from serving.app import create_app
+from serving.backends import create_backend
+from serving.config import Settings
+from serving.manifest import load_manifest
+from serving.testing import encode, run_cases, sample_image, write_tiny_model
+from serving.tfserving_stub import SERVER, make_server
+
+with warnings.catch_warnings():
+    # Starlette asks for its httpx fork; the TestClient works the same with httpx meanwhile.
+    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
+    from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "tiny-torch"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("model"), name=MODEL, onnx=True)
+
+
+def _images():
+    rng = np.random.default_rng(7)
+    images = [
+        sample_image(w, h, seed=i) for i, (w, h) in enumerate([(64, 64), (150, 90), (33, 211), (640, 480)])
+    ]
+    images.append(rng.integers(0, 256, size=(120, 100, 3), dtype=np.uint8))
+    blue = np.full((70, 50, 3), 120, dtype=np.uint8)
+    blue[35:, 25:] = (0, 0, 250)
+    images.append(blue)
+    return images
+
+
+def _started(name, model_dir, **options):
+    backend = create_backend(name, model_dir, load_manifest(model_dir), **options)
+    backend.start()
+    return backend
+
+
+def test_onnx_backend_matches_torchscript(model_dir):
+    torchscript = _started("torchscript", model_dir)
+    onnx = _started("onnx", model_dir)
+    assert onnx.state == "ready", onnx.error
+    assert onnx.describe()["runtime"].startswith("onnxruntime ")
+    found = 0
+    for image in _images():
+        ref, got = torchscript.predict(image), onnx.predict(image)
+        result = compare_detections(ref, got, iou=0.99, score=1e-4)
+        assert result.ok, result.table()
+        found += len(got)
+    assert found >= 4, "the sample images hold coloured quadrants; the comparison must not be of empty lists"
+
+
+def test_onnx_backend_reports_missing_file(tmp_path):
+    folder = write_tiny_model(tmp_path / "m", name=MODEL)  # no model.onnx
+    backend = _started("onnx", folder)
+    assert backend.state == "error"
+    assert "model.onnx" in backend.error
+
+
+def test_cpp_backend_refuses_a_process_with_torch(model_dir):
+    import torch  # noqa: F401  (the condition under test: torch already imported)
+
+    backend = _started("cpp", model_dir)
+    assert backend.state == "error"
+    assert "torch" in backend.error and "abort" in backend.error
+
+
+def _run_without_torch(code: str, extra_path: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(extra_path or ""), str(ROOT)) if p)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_cpp_backend_without_the_wheel_says_what_is_missing(model_dir):
+    if importlib.util.find_spec("slipway_runtime") is not None:
+        pytest.skip("slipway_runtime is installed here; the missing-wheel message cannot be observed")
+    code = textwrap.dedent(f"""
+        import sys
+        from serving.backends import create_backend
+        from serving.manifest import load_manifest
+        b = create_backend("cpp", {str(model_dir)!r}, load_manifest({str(model_dir)!r}))
+        b.start()
+        assert "torch" not in sys.modules, "the cpp backend must not import torch"
+        print(b.state, b.error)
+    """)
+    res = _run_without_torch(code)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("error ")
+    assert "slipway-runtime" in res.stdout
+
+
+def test_cpp_backend_serves_what_the_runtime_returns(model_dir, tmp_path):
+    """With a stand-in ``slipway_runtime`` module: the wiring (path, arguments, conversion, labels)."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "slipway_runtime.py").write_text(
+        textwrap.dedent("""
+        __version__ = "0.0.0-fake"
+        class Detector:
+            def __init__(self, path):
+                import json, pathlib
+                self.manifest = json.loads((pathlib.Path(path) / "model.json").read_text())
+                self.calls = 0
+            def predict(self, image):
+                assert image.dtype.name == "uint8" and image.ndim == 3 and image.shape[2] == 3
+                self.calls += 1
+                h, w = image.shape[:2]
+                return [{"box": [0, 0, w / 2, h / 2], "score": 0.875, "class_id": 2}]
+    """)
+    )
+    code = textwrap.dedent(f"""
+        import json, sys, warnings
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+        from serving.app import create_app
+        from serving.config import Settings
+        from serving.testing import encode, sample_image
+        app = create_app(Settings(model_dir={str(model_dir)!r}, backend="cpp"))
+        with TestClient(app) as c:
+            app.state.service.backend.wait_started(30)
+            r = c.post("/v1/models/{MODEL}:predict", content=encode(sample_image(90, 60)),
+                       headers={{"content-type": "image/png"}})
+            info = c.get("/v1/models/{MODEL}").json()
+            print(json.dumps({{"status": r.status_code, "body": r.json(), "info": info,
+                               "torch": "torch" in sys.modules}}))
+    """)
+    res = _run_without_torch(code, fake)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["status"] == 200, out
+    assert out["body"]["detections"] == [
+        {"box": [0.0, 0.0, 45.0, 30.0], "score": 0.875, "class_id": 2, "label": "blue"}
+    ]
+    assert out["info"]["runtime"] == "slipway_runtime 0.0.0-fake"
+    assert out["torch"] is False
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("slipway_runtime") is None, reason="slipway_runtime is not installed"
+)
+def test_cpp_backend_matches_torchscript_with_the_real_wheel(model_dir):
+    images = _images()
+    reference = _started("torchscript", model_dir)
+    ref = [reference.predict(im) for im in images]
+    np.save(model_dir.parent / "images.npy", np.array(images, dtype=object), allow_pickle=True)
+    code = textwrap.dedent(f"""
+        import json, numpy as np
+        from serving.backends import create_backend
+        from serving.manifest import load_manifest
+        b = create_backend("cpp", {str(model_dir)!r}, load_manifest({str(model_dir)!r}))
+        b.start()
+        assert b.state == "ready", b.error
+        images = np.load({str(model_dir.parent / "images.npy")!r}, allow_pickle=True)
+        print(json.dumps([b.predict(np.ascontiguousarray(im)) for im in images]))
+    """)
+    res = _run_without_torch(code)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    for r, g in zip(ref, got, strict=True):
+        result = compare_detections(r, g, iou=0.99, score=1e-4)
+        assert result.ok, result.table()
+
+
+# --- TF Serving over REST -----------------------------------------------------------------------
+def quadrant_savedmodel_outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """What a SavedModel with the contract's serving signature returns, computed with numpy:
+    per quadrant whose dominant channel clearly dominates, one box in original-image pixels."""
+    n, h, w, _ = batch.shape
+    m = 4
+    boxes = np.zeros((n, m, 4), np.float32)
+    scores = np.zeros((n, m), np.float32)
+    classes = np.zeros((n, m), np.float32)
+    num = np.zeros((n,), np.int32)
+    quads = [(0, 0, w // 2, h // 2), (w // 2, 0, w, h // 2), (0, h // 2, w // 2, h), (w // 2, h // 2, w, h)]
+    for i in range(n):
+        found = []
+        for x1, y1, x2, y2 in quads:
+            mean = batch[i, y1:y2, x1:x2].reshape(-1, 3).mean(axis=0)
+            c = int(mean.argmax())
+            if mean[c] - np.delete(mean, c).mean() > 100:
+                found.append(((x1, y1, x2, y2), mean[c] / 255.0, c))
+        found.sort(key=lambda f: -f[1])
+        for j, (box, score, c) in enumerate(found):
+            boxes[i, j], scores[i, j], classes[i, j] = box, score, c
+        num[i] = len(found)
+    return {"boxes": boxes, "scores": scores, "classes": classes, "num_detections": num}
+
+
+class Stub:
+    """The TF Serving stand-in on a fixed port, stoppable and restartable (to play 'server down')."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.server = make_server(name, quadrant_savedmodel_outputs, port=0)
+        self.port = self.server.server_address[1]
+        self.thread = None
+        self.start()
+
+    def start(self):
+        if self.server is None:
+            self.server = make_server(self.name, quadrant_savedmodel_outputs, port=self.port)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.server = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def tf_model_dir(tmp_path):
+    folder = tmp_path / "tfmodel"
+    folder.mkdir()
+    manifest = {
+        "name": "tiny-tf",
+        "version": "0.0.1",
+        "framework": "tensorflow",
+        "input": {
+            "height": 64,
+            "width": 64,
+            "channels": 3,
+            "dtype": "uint8",
+            "resize": "stretch",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
+        "labels": ["red", "green", "blue"],
+        "output": {"format": "detections", "score_threshold": 0.3, "nms_iou": 0.5, "max_detections": 50},
+        "files": {"saved_model": {"path": "saved_model"}},
+    }
+    (folder / "model.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def _wait(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_tfserving_backend_through_the_stub(tf_model_dir):
+    stub = Stub("tiny-tf")
+    try:
+        status = __import__("httpx").get(f"{stub.url}/v1/models/tiny-tf").json()
+        assert status["server"] == SERVER and "not TensorFlow Serving" in SERVER
+        app = create_app(Settings(model_dir=tf_model_dir, backend="tfserving", tfserving_url=stub.url))
+        with TestClient(app) as client:
+            assert app.state.service.backend.wait_started(30)
+            assert client.get("/readyz").status_code == 200
+            image = np.full((90, 140, 3), 128, np.uint8)
+            image[45:, :70] = (10, 240, 10)
+            r = client.post(
+                "/v1/models/tiny-tf:predict", content=encode(image), headers={"content-type": "image/png"}
+            )
+            assert r.status_code == 200, r.text
+            expected = quadrant_savedmodel_outputs(image[None])
+            assert r.json()["detections"] == [
+                {
+                    "box": [float(v) for v in expected["boxes"][0, 0]],
+                    "score": float(expected["scores"][0, 0]),
+                    "class_id": 1,
+                    "label": "green",
+                }
+            ]
+            info = client.get("/v1/models/tiny-tf").json()
+            assert info["tfserving_url"] == stub.url and info["backend"] == "tfserving"
+            failed = [res for res in run_cases(client, "tiny-tf") if not res.ok]
+            assert not failed, failed
+    finally:
+        stub.stop()
+
+
+def test_tfserving_down_is_503_then_recovers(tf_model_dir):
+    stub = Stub("tiny-tf")
+    stub.stop()  # the port is known, nothing listens on it
+    app = create_app(
+        Settings(model_dir=tf_model_dir, backend="tfserving", tfserving_url=stub.url, tfserving_timeout_s=2)
+    )
+    app.state.service.backend.retry_interval_s = 0.0
+    png = encode(sample_image())
+    headers = {"content-type": "image/png"}
+    with TestClient(app) as client:
+        assert app.state.service.backend.wait_started(30)
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "unreachable" in ready.json()["reason"]
+        r = client.post("/v1/models/tiny-tf:predict", content=png, headers=headers)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+
+        stub.start()
+        try:
+            assert _wait(lambda: client.get("/readyz").status_code == 200), client.get("/readyz").text
+            assert client.post("/v1/models/tiny-tf:predict", content=png, headers=headers).status_code == 200
+        finally:
+            stub.stop()
+
+        # Down again after it was ready: both predict and /readyz say so.
+        r = client.post("/v1/models/tiny-tf:predict", content=png, headers=headers)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
+        assert client.get("/readyz").status_code == 503
+
+
+def test_tfserving_wrong_model_name_on_server(tf_model_dir):
+    stub = Stub("some-other-model")
+    try:
+        app = create_app(Settings(model_dir=tf_model_dir, backend="tfserving", tfserving_url=stub.url))
+        with TestClient(app) as client:
+            assert app.state.service.backend.wait_started(30)
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert "404" in ready.json()["reason"] and "tiny-tf" in ready.json()["reason"]
+    finally:
+        stub.stop()
+
+
+def test_stub_answers_like_tf_serving_for_bad_requests():
+    import httpx
+
+    stub = Stub("tiny-tf")
+    try:
+        assert httpx.get(f"{stub.url}/v1/models/nope").status_code == 404
+        bad = httpx.post(f"{stub.url}/v1/models/tiny-tf:predict", content=b"{not json")
+        assert bad.status_code == 400 and "error" in bad.json()
+        ragged = {"instances": [np.zeros((2, 2, 3), int).tolist(), np.zeros((3, 2, 3), int).tolist()]}
+        assert httpx.post(f"{stub.url}/v1/models/tiny-tf:predict", json=ragged).status_code == 400
+        columnar = httpx.post(
+            f"{stub.url}/v1/models/tiny-tf/versions/1:predict",
+            json={"inputs": [np.zeros((4, 4, 3), int).tolist()]},
+        )
+        assert columnar.status_code == 200 and set(columnar.json()["outputs"]) == {
+            "boxes",
+            "scores",
+            "classes",
+            "num_detections",
+        }
+    finally:
+        stub.stop()
+
+
+# --- TensorFlow in the service --------------------------------------------------------------------
+def test_tensorflow_backend_without_tensorflow_is_an_error_state(tf_model_dir):
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("TensorFlow is installed here")
+    backend = _started("tensorflow", tf_model_dir)
+    assert backend.state == "error"
+    assert "tensorflow" in backend.error.lower()
