@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from slipway.cli import main
 from slipway.config import load_config
 from slipway.errors import ConfigError
@@ -28,12 +29,16 @@ def _golden(name: str, plan: dict) -> None:
     text = json.dumps(plan, indent=2) + "\n"
     if os.environ.get("SLIPWAY_UPDATE_GOLDEN") == "1":
         path.write_text(text)
-    assert json.loads(path.read_text()) == plan, f"plan differs from {path}; SLIPWAY_UPDATE_GOLDEN=1 rewrites it"
+    assert json.loads(path.read_text()) == plan, (
+        f"plan differs from {path}; SLIPWAY_UPDATE_GOLDEN=1 rewrites it"
+    )
 
 
 def test_tag_plan_golden(config):
-    plan = make_plan(config.model_copy(update={"project": config.project.model_copy(update={"version": None})}),
-                     Trigger(event="tag", ref="refs/tags/v1.2.3", sha=SHA))
+    plan = make_plan(
+        config.model_copy(update={"project": config.project.model_copy(update={"version": None})}),
+        Trigger(event="tag", ref="refs/tags/v1.2.3", sha=SHA),
+    )
     assert plan["version"] == "1.2.3" and plan["dry_run"] is False and plan["prerelease"] is False
     _golden("plan-tag.json", plan)
 
@@ -62,8 +67,14 @@ def test_variant_subset_narrows_every_matrix(config):
 
 @pytest.mark.parametrize(
     ("event", "dry_run", "expected"),
-    [("tag", None, False), ("local", None, False), ("dispatch", None, True), ("call", None, True),
-     ("dispatch", False, False), ("pull_request", False, True)],
+    [
+        ("tag", None, False),
+        ("local", None, False),
+        ("dispatch", None, True),
+        ("call", None, True),
+        ("dispatch", False, False),
+        ("pull_request", False, True),
+    ],
 )
 def test_dry_run_rules(config, event, dry_run, expected):
     ref = "refs/tags/v0.1.0" if event == "tag" else "refs/heads/main"
@@ -103,8 +114,12 @@ def test_cli_plan_tag_prints_json(capsys, tmp_path):
 
 
 def test_github_trigger_reading():
-    trig = trigger_from_github("workflow_dispatch", "refs/heads/main", SHA,
-                               {"inputs": {"dry-run": "false", "variants": "pytorch-cpu, onnx-cpu"}})
+    trig = trigger_from_github(
+        "workflow_dispatch",
+        "refs/heads/main",
+        SHA,
+        {"inputs": {"dry-run": "false", "variants": "pytorch-cpu, onnx-cpu"}},
+    )
     assert trig.event == "dispatch" and trig.dry_run is False and trig.variants == ("pytorch-cpu", "onnx-cpu")
     assert trigger_from_github("push", "refs/heads/main", SHA, {}).event == "pull_request"
     assert trigger_from_github("push", "refs/tags/v1.0.0", SHA, {}).event == "tag"

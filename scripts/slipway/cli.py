@@ -169,11 +169,21 @@ def _trigger(args: argparse.Namespace, root: Path) -> Trigger:
     trig = replace(
         trig,
         **overrides,
+        gpu=_has_gpu(),
         sha=trig.sha or git_sha(root),
         image_registry=args.image_registry,
         package_index=args.package_index,
     )
     return trig
+
+
+def _has_gpu() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -204,7 +214,9 @@ def _context(args: argparse.Namespace, config: ReleaseConfig, plan: dict[str, An
                 plan = load_plan(out_guess / "plan.json")
             else:
                 # No plan given: a local plan, as 'slipway plan --event local' would write.
-                plan = make_plan(config, Trigger(event="local", sha=git_sha(config.root)), config_path=args.config)
+                plan = make_plan(
+                    config, Trigger(event="local", sha=git_sha(config.root), gpu=_has_gpu()), config_path=args.config
+                )
     out = Path(args.out) if args.out else config.root / plan["output_dir"]
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "plan.json").exists() or args.plan:
@@ -283,6 +295,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     ctx.write_json("stages.json", {"plan": {"status": "ok", "seconds": round(time.monotonic() - started, 1),
                                             "summary": f"{plan['project']} {plan['version']}"}})
     ctx.log(f"release {plan['project']} {plan['version']} ({plan['event']}, dry run: {plan['dry_run']}) into {ctx.out}")
+    for skipped in plan.get("skipped", []):
+        ctx.log(f"skipping variant {skipped['variant']}: {skipped['reason']}")
     if args.local:
         from slipway import services
 

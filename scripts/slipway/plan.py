@@ -40,6 +40,9 @@ class Trigger:
     variants: tuple[str, ...] = ()
     image_registry: str | None = None
     package_index: str | None = None
+    # Whether this machine has a GPU; a local release without one leaves GPU variants out
+    # unless they are named in ``variants``.
+    gpu: bool = True
 
 
 def trigger_from_github(event_name: str, ref: str, sha: str, payload: dict[str, Any]) -> Trigger:
@@ -118,6 +121,14 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
     selected = [
         v for v in config.variants if v.enabled and (not trigger.variants or v.name in trigger.variants)
     ]
+    skipped = []
+    if trigger.event == "local" and not trigger.gpu and not trigger.variants:
+        skipped = [
+            {"variant": v.name, "reason": f"no GPU on this machine; build it with --variants {v.name}"}
+            for v in selected
+            if v.device == "gpu"
+        ]
+        selected = [v for v in selected if v.device != "gpu"]
 
     # Pull requests never publish; tags and local releases do unless asked not to; dispatch and
     # calls default to a dry run, so a stray click cannot ship.
@@ -197,6 +208,7 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
         "config": config_path,
         "registries": {"images": images_registry, "packages": package_index},
         "matrix": {"export": export, "wheels": wheels, "images": images, "smoke": smoke, "publish": publish},
+        "skipped": skipped,
     }
 
 
