@@ -6,9 +6,19 @@ import subprocess
 import sys
 
 import pytest
+
 from slipway.cli import STAGES, build_parser, main
 
-COMMANDS = ["plan", *STAGES, "release", "services", "services up", "services down", "services status", "schema"]
+COMMANDS = [
+    "plan",
+    *STAGES,
+    "release",
+    "services",
+    "services up",
+    "services down",
+    "services status",
+    "schema",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

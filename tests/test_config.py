@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from slipway.config import json_schema, load_config
 from slipway.errors import ConfigError
 
@@ -18,7 +19,12 @@ def test_repository_config_parses():
     config = load_config(ROOT / "release.toml")
     assert [m.name for m in config.models] == ["shapes-torch", "shapes-tf"]
     assert config.model("shapes-torch").weights.is_absolute()
-    assert {v.name for v in config.variants} >= {"pytorch-cpu", "pytorch-cpp-cpu", "tfserving-client", "onnx-cpu"}
+    assert {v.name for v in config.variants} >= {
+        "pytorch-cpu",
+        "pytorch-cpp-cpu",
+        "tfserving-client",
+        "onnx-cpu",
+    }
     # Frozen: configuration cannot change under a running stage.
     with pytest.raises(Exception, match="frozen"):
         config.project.name = "other"  # type: ignore[misc]
@@ -81,7 +87,10 @@ timeout-s = "soon"
 
 
 def test_missing_required_key_and_bad_literal(tmp_path):
-    path = _write(tmp_path, GOOD_MODEL.replace('framework = "pytorch"', 'framework = "jax"').replace('labels = ["a"]\n', ""))
+    path = _write(
+        tmp_path,
+        GOOD_MODEL.replace('framework = "pytorch"', 'framework = "jax"').replace('labels = ["a"]\n', ""),
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     problems = {p.key: p for p in info.value.problems}
@@ -91,7 +100,9 @@ def test_missing_required_key_and_bad_literal(tmp_path):
 
 
 def test_mean_must_match_channels_and_runtime_must_match_framework(tmp_path):
-    body = GOOD_MODEL.replace("mean = [0.5, 0.5, 0.5]", "mean = [0.5]") + """
+    body = (
+        GOOD_MODEL.replace("mean = [0.5, 0.5, 0.5]", "mean = [0.5]")
+        + """
 [[variants]]
 name = "tf"
 model = "det"
@@ -99,6 +110,7 @@ runtime = "tensorflow"
 dockerfile = "dockerfiles/pytorch.Dockerfile"
 target = "x"
 """
+    )
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, body))
     keys = {p.key for p in info.value.problems}
@@ -121,6 +133,14 @@ def test_committed_schema_is_current():
 
 def test_schema_validates_the_repository_config_shape():
     schema = json_schema()
-    assert set(schema["properties"]) >= {"project", "models", "variants", "wheels", "registries", "smoke", "budgets"}
+    assert set(schema["properties"]) >= {
+        "project",
+        "models",
+        "variants",
+        "wheels",
+        "registries",
+        "smoke",
+        "budgets",
+    }
     model = schema["$defs"]["ModelSpec"]["properties"]
     assert "entry-point" in model and "torchscript-method" in model

@@ -9,6 +9,7 @@ import sys
 
 import httpx
 import pytest
+
 from slipway import services
 from slipway.services import PidFile
 
@@ -48,6 +49,15 @@ def test_local_base_image_has_python(local_services):
     from slipway.baseimage import resolve_base_image
 
     base = resolve_base_image("python:3.11-slim-bookworm")
-    res = services.docker("run", "--rm", "--network", "none", base, "python3", "-c",
-                          "import sys, venv; print(sys.version_info[:2])", timeout=120)
+    res = services.docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        base,
+        "python3",
+        "-c",
+        "import sys, venv; print(sys.version_info[:2])",
+        timeout=120,
+    )
     assert res.stdout.strip() == "(3, 11)"
