@@ -1,0 +1,297 @@
+#include "image_ops.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+#include <sys/stat.h>
+
+#include "json.hpp"
+
+namespace slipway::detail {
+
+namespace {
+
+// Source indices and weights along one axis, as ATen's upsample_bilinear2d (align_corners=False)
+// and model_export.preprocess._linear_weights compute them, in float32.
+struct Axis {
+  std::vector<int> i0, i1;
+  std::vector<float> w0, w1;
+};
+
+Axis linear_axis(int in_size, int out_size) {
+  Axis a;
+  a.i0.resize(out_size);
+  a.i1.resize(out_size);
+  a.w0.resize(out_size);
+  a.w1.resize(out_size);
+  const float scale = static_cast<float>(static_cast<double>(in_size) / out_size);
+  for (int i = 0; i < out_size; ++i) {
+    float src = (static_cast<float>(i) + 0.5f) * scale - 0.5f;
+    src = std::max(src, 0.0f);
+    int lo = std::min(static_cast<int>(std::floor(src)), in_size - 1);
+    a.i0[i] = lo;
+    a.i1[i] = std::min(lo + 1, in_size - 1);
+    a.w1[i] = src - static_cast<float>(lo);
+    a.w0[i] = 1.0f - a.w1[i];
+  }
+  return a;
+}
+
+}  // namespace
+
+void resize_normalize(const uint8_t* image, int height, int width, int out_height, int out_width,
+                      const std::array<float, 3>& mean, const std::array<float, 3>& std, float* out) {
+  const size_t plane = static_cast<size_t>(out_height) * out_width;
+  const size_t row_stride = static_cast<size_t>(width) * 3;
+  if (height == out_height && width == out_width) {
+    for (int y = 0; y < out_height; ++y) {
+      const uint8_t* row = image + y * row_stride;
+      for (int x = 0; x < out_width; ++x) {
+        for (int c = 0; c < 3; ++c) {
+          float v = static_cast<float>(row[x * 3 + c]);
+          out[c * plane + static_cast<size_t>(y) * out_width + x] = (v / 255.0f - mean[c]) / std[c];
+        }
+      }
+    }
+    return;
+  }
+  const Axis ay = linear_axis(height, out_height);
+  const Axis ax = linear_axis(width, out_width);
+  for (int y = 0; y < out_height; ++y) {
+    const uint8_t* r0 = image + ay.i0[y] * row_stride;
+    const uint8_t* r1 = image + ay.i1[y] * row_stride;
+    const float wy0 = ay.w0[y], wy1 = ay.w1[y];
+    float* o = out + static_cast<size_t>(y) * out_width;
+    for (int x = 0; x < out_width; ++x) {
+      const int x0 = ax.i0[x] * 3, x1 = ax.i1[x] * 3;
+      const float wx0 = ax.w0[x], wx1 = ax.w1[x];
+      for (int c = 0; c < 3; ++c) {
+        // Rows first, then columns, each product rounded on its own (this file is compiled with
+        // -ffp-contract=off): the order numpy evaluates in model_export.preprocess.resize_bilinear.
+        const float left = static_cast<float>(r0[x0 + c]) * wy0 + static_cast<float>(r1[x0 + c]) * wy1;
+        const float right = static_cast<float>(r0[x1 + c]) * wy0 + static_cast<float>(r1[x1 + c]) * wy1;
+        const float v = left * wx0 + right * wx1;
+        o[c * plane + x] = (v / 255.0f - mean[c]) / std[c];
+      }
+    }
+  }
+}
+
+namespace {
+
+// IoU in double, as model_export.postprocess.box_iou computes it from float32 boxes.
+double iou(const float* a, const float* b) {
+  const double ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];
+  const double bx1 = b[0], by1 = b[1], bx2 = b[2], by2 = b[3];
+  const double w = std::max(std::min(ax2, bx2) - std::max(ax1, bx1), 0.0);
+  const double h = std::max(std::min(ay2, by2) - std::max(ay1, by1), 0.0);
+  const double inter = w * h;
+  const double area_a = std::max(ax2 - ax1, 0.0) * std::max(ay2 - ay1, 0.0);
+  const double area_b = std::max(bx2 - bx1, 0.0) * std::max(by2 - by1, 0.0);
+  const double uni = area_a + area_b - inter;
+  return uni > 0 ? inter / uni : 0.0;
+}
+
+}  // namespace
+
+std::vector<Detection> postprocess(const float* boxes, const float* scores, const int64_t* classes, int64_t k,
+                                   const PostprocessParams& params, int image_height, int image_width,
+                                   const std::vector<std::string>& labels) {
+  // numpy compares a float32 array with a Python float in float32 (NEP 50): so do we.
+  const float threshold = static_cast<float>(params.score_threshold);
+  std::vector<int64_t> order;
+  order.reserve(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    if (scores[i] >= threshold) order.push_back(i);
+  }
+  // Ties keep the earlier candidate, like np.argsort(-scores, kind="stable").
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return scores[a] > scores[b]; });
+
+  std::vector<int64_t> keep;
+  std::vector<char> suppressed(order.size(), 0);
+  for (size_t i = 0; i < order.size() && static_cast<int>(keep.size()) < params.max_detections; ++i) {
+    if (suppressed[i]) continue;
+    const int64_t bi = order[i];
+    keep.push_back(bi);
+    for (size_t j = i + 1; j < order.size(); ++j) {
+      const int64_t bj = order[j];
+      if (!suppressed[j] && classes[bj] == classes[bi] && iou(boxes + 4 * bi, boxes + 4 * bj) > params.nms_iou) {
+        suppressed[j] = 1;
+      }
+    }
+  }
+
+  // The scale factors are double quotients rounded to float32, as in the numpy reference.
+  const float sx = static_cast<float>(static_cast<double>(image_width) / params.input_width);
+  const float sy = static_cast<float>(static_cast<double>(image_height) / params.input_height);
+  const float scale[4] = {sx, sy, sx, sy};
+  const float limit[4] = {static_cast<float>(image_width), static_cast<float>(image_height),
+                          static_cast<float>(image_width), static_cast<float>(image_height)};
+  std::vector<Detection> out;
+  out.reserve(keep.size());
+  for (int64_t i : keep) {
+    Detection d;
+    for (int c = 0; c < 4; ++c) {
+      d.box[c] = std::min(std::max(boxes[4 * i + c] * scale[c], 0.0f), limit[c]);
+    }
+    d.score = scores[i];
+    d.class_id = classes[i];
+    d.label = (d.class_id >= 0 && d.class_id < static_cast<int64_t>(labels.size()))
+                  ? labels[static_cast<size_t>(d.class_id)]
+                  : std::to_string(d.class_id);
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+namespace {
+
+bool is_dir(const std::string& p) {
+  struct stat st{};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_file(const std::string& p) {
+  struct stat st{};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string parent_of(const std::string& p) {
+  auto slash = p.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return p.substr(0, slash);
+}
+
+class Manifest {
+ public:
+  Manifest(const json::Value& root, std::string file) : root_(root), file_(std::move(file)) {}
+
+  const json::Value& get(const std::string& dotted, json::Value::Type type) const {
+    const json::Value* v = lookup(dotted);
+    if (!v) fail(dotted, "is missing");
+    if (!v->is(type)) fail(dotted, std::string("must be ") + json::type_name(type) + ", not " + json::type_name(v->type()));
+    return *v;
+  }
+
+  const json::Value* lookup(const std::string& dotted) const {
+    const json::Value* v = &root_;
+    size_t start = 0;
+    while (v) {
+      size_t dot = dotted.find('.', start);
+      v = v->find(dotted.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+    return v;
+  }
+
+  double number(const std::string& key) const { return get(key, json::Value::Type::Number).as_number(); }
+
+  int positive_int(const std::string& key) const {
+    double d = number(key);
+    if (d < 1 || d > 1 << 20 || d != std::floor(d)) fail(key, "must be a positive integer");
+    return static_cast<int>(d);
+  }
+
+  std::string string_or(const std::string& key, const std::string& fallback) const {
+    const json::Value* v = lookup(key);
+    if (!v || v->is(json::Value::Type::Null)) return fallback;
+    if (!v->is(json::Value::Type::String)) fail(key, "must be a string");
+    return v->as_string();
+  }
+
+  std::array<float, 3> triple(const std::string& key) const {
+    const auto& items = get(key, json::Value::Type::Array).as_array();
+    if (items.size() != 3) fail(key, "must hold 3 numbers, one per RGB channel");
+    std::array<float, 3> out{};
+    for (size_t i = 0; i < 3; ++i) {
+      if (!items[i].is(json::Value::Type::Number)) fail(key, "must hold numbers");
+      out[i] = static_cast<float>(items[i].as_number());
+    }
+    return out;
+  }
+
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    throw Error(file_ + ": " + key + " " + what);
+  }
+
+ private:
+  const json::Value& root_;
+  std::string file_;
+};
+
+}  // namespace
+
+ModelInfo read_model_info(const std::string& model_path) {
+  std::string dir, manifest_file;
+  std::string torchscript_file;
+  if (is_dir(model_path)) {
+    dir = model_path;
+  } else if (is_file(model_path)) {
+    dir = parent_of(model_path);
+    torchscript_file = model_path;
+  } else {
+    throw Error("model not found: " + model_path + " (expected an export folder with model.json, or its TorchScript file)");
+  }
+  manifest_file = dir + "/model.json";
+  std::ifstream in(manifest_file, std::ios::binary);
+  if (!in) throw Error("no model.json in " + dir + ": the runtime needs the export's manifest beside the TorchScript file");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  json::Value root;
+  try {
+    root = json::parse(buf.str());
+  } catch (const std::runtime_error& e) {
+    throw Error(manifest_file + ": " + e.what());
+  }
+  Manifest m(root, manifest_file);
+
+  ModelInfo info;
+  info.name = m.string_or("name", "");
+  info.version = m.string_or("version", "");
+  info.framework_version = m.string_or("framework_version", "");
+  const std::string framework = m.string_or("framework", "pytorch");
+  if (framework != "pytorch") m.fail("framework", "is '" + framework + "': the C++ runtime runs PyTorch exports only");
+  const std::string format = m.string_or("output.format", "candidates");
+  if (format != "candidates") {
+    m.fail("output.format", "is '" + format + "': the C++ runtime expects a model returning top-K candidates");
+  }
+  const std::string resize = m.string_or("input.resize", "stretch");
+  if (resize != "stretch") m.fail("input.resize", "is '" + resize + "': only 'stretch' is supported");
+  const json::Value* channels = m.lookup("input.channels");
+  if (channels && !(channels->is(json::Value::Type::Number) && channels->as_number() == 3)) {
+    m.fail("input.channels", "must be 3: the runtime takes RGB images");
+  }
+  info.input_height = m.positive_int("input.height");
+  info.input_width = m.positive_int("input.width");
+  info.mean = m.triple("input.mean");
+  info.std = m.triple("input.std");
+  for (float s : info.std) {
+    if (!(s > 0.0f)) m.fail("input.std", "must be positive");
+  }
+  for (const auto& label : m.get("labels", json::Value::Type::Array).as_array()) {
+    if (!label.is(json::Value::Type::String)) m.fail("labels", "must be a list of strings");
+    info.labels.push_back(label.as_string());
+  }
+  info.score_threshold = m.number("output.score_threshold");
+  info.nms_iou = m.number("output.nms_iou");
+  info.max_detections = m.positive_int("output.max_detections");
+  if (info.score_threshold < 0 || info.score_threshold > 1) m.fail("output.score_threshold", "must be in [0, 1]");
+  if (!(info.nms_iou > 0) || info.nms_iou > 1) m.fail("output.nms_iou", "must be in (0, 1]");
+
+  if (torchscript_file.empty()) {
+    std::string rel = m.string_or("files.torchscript.path", m.string_or("exporters.torchscript.file", "model.torchscript.pt"));
+    if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos) {
+      m.fail("files.torchscript.path", "must be a path inside the export folder");
+    }
+    torchscript_file = dir + "/" + rel;
+  }
+  if (!is_file(torchscript_file)) throw Error("TorchScript file not found: " + torchscript_file);
+  info.torchscript_path = torchscript_file;
+  return info;
+}
+
+}  // namespace slipway::detail
