@@ -98,6 +98,8 @@ def evaluate(budgets: Any, results: dict[str, Any]) -> list[Check]:
         entry = served.get(variant, {})
         if variant not in scope_variants:
             checks.append(Check(key, variant, limit, None, "s", SKIPPED, "variant not in this run"))
+        elif entry.get("skipped"):
+            checks.append(Check(key, variant, limit, None, "s", SKIPPED, entry.get("reason", "")))
         elif "ready_s" not in entry:
             checks.append(Check(key, variant, limit, None, "s", NOT_MEASURED, entry.get("reason", "not started")))
         else:

@@ -1,0 +1,358 @@
+"""``slipway bench``: the numbers a release is judged by, and the budgets that gate it.
+
+In one run, on one machine:
+
+- in-process latency of every runtime on the same golden images with the same thread count,
+  per stage, against the eager PyTorch baseline (``slipway.benchmark.inprocess``);
+- served latency and throughput of every image at concurrency 1 and 8, and its start-up time
+  (``slipway.benchmark.served``);
+- sizes of images (gzip-compressed and uncompressed), wheels and model files
+  (``slipway.benchmark.sizes``);
+- import times of the C++ wheel, torch and TensorFlow.
+
+Writes ``bench/results.json`` (with a run id and the machine's fingerprint), ``bench/table.md`` and
+``bench/chart.png``, then checks ``[budgets]``; an exceeded budget raises CheckError, which stops
+``slipway release`` before ``publish``.
+
+Settings come from keyword arguments, else ``SLIPWAY_BENCH_*`` environment variables
+(``RUNS``, ``WARMUP``, ``THREADS``, ``SECONDS``, ``CONCURRENCY`` as ``1,8``, ``READY_RUNS``,
+``IMPORT_REPEATS``, ``SERVED`` = 0 to leave out the containers), else the defaults below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slipway import services
+from slipway.benchmark import budgets as budget_checks
+from slipway.benchmark import inprocess, machine, report, served, sizes
+from slipway.context import StageContext
+from slipway.errors import CheckError, ConfigError, SlipwayError
+from slipway.smoketest import run_container
+
+RESULTS_SCHEMA = 1
+
+
+@dataclass
+class BenchSettings:
+    threads: int = 2
+    warmup: int = 10
+    runs: int = 60
+    seconds: float = 5.0
+    concurrency: tuple[int, ...] = (1, 8)
+    ready_runs: int = 3
+    import_repeats: int = 3
+    served: bool = True
+
+    @classmethod
+    def resolve(cls, **given: Any) -> BenchSettings:
+        s = cls()
+        for name, cast in (("threads", int), ("warmup", int), ("runs", int), ("seconds", float),
+                           ("ready_runs", int), ("import_repeats", int)):
+            value = given.get(name)
+            if value is None:
+                raw = os.environ.get(f"SLIPWAY_BENCH_{name.upper()}")
+                if raw:
+                    try:
+                        value = cast(raw)
+                    except ValueError as exc:
+                        raise ConfigError(f"SLIPWAY_BENCH_{name.upper()}={raw!r}: expected a number") from exc
+            if value is not None:
+                if value <= 0 and name != "warmup":
+                    raise ConfigError(f"bench setting {name} must be positive, got {value}")
+                setattr(s, name, value)
+        conc = given.get("concurrency") or os.environ.get("SLIPWAY_BENCH_CONCURRENCY")
+        if conc:
+            try:
+                s.concurrency = tuple(int(c) for c in (conc.split(",") if isinstance(conc, str) else conc))
+            except ValueError as exc:
+                raise ConfigError(f"bench concurrency {conc!r}: expected numbers like 1,8") from exc
+        served_flag = given.get("served")
+        if served_flag is None and os.environ.get("SLIPWAY_BENCH_SERVED"):
+            served_flag = os.environ["SLIPWAY_BENCH_SERVED"].lower() not in ("0", "no", "false")
+        if served_flag is not None:
+            s.served = bool(served_flag)
+        return s
+
+
+def _scope(ctx: StageContext, variants: list[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The image entries and the models this run measures."""
+    entries = list(ctx.plan["matrix"]["images"])
+    if variants:
+        unknown = sorted(set(variants) - {e["variant"] for e in entries})
+        if unknown:
+            raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
+        entries = [e for e in entries if e["variant"] in variants]
+        models = sorted({e["model"] for e in entries})
+    else:
+        models = [e["model"] for e in ctx.plan["matrix"]["export"]]
+    return entries, models
+
+
+def _eager_source(ctx: StageContext, model: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Entry point and weights of the eager model; the weights must be the ones that were exported."""
+    try:
+        spec = ctx.config.model(model)
+    except KeyError:
+        return {"reason": f"model {model} is not in the configuration"}
+    weights = Path(spec.weights)
+    if not weights.is_file():
+        return {"reason": f"weights file {weights.name} not found"}
+    want = (manifest.get("source") or {}).get("weights_sha256")
+    if want:
+        h = hashlib.sha256()
+        with weights.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != want:
+            return {"reason": f"{weights.name} changed since the export: it is not the exported model"}
+    return {"entry_point": spec.entry_point, "weights": str(weights)}
+
+
+def _tolerances(ctx: StageContext) -> dict[str, dict[str, float]]:
+    return {name: tol.model_dump() for name, tol in ctx.config.smoke.tolerance.items()}
+
+
+def measure_in_process(ctx: StageContext, models: list[str], settings: BenchSettings,
+                       work: Path) -> tuple[dict[str, Any], inprocess.CppEnv]:
+    if ctx.config.wheels.enabled:
+        cpp = inprocess.prepare_cpp(ctx.out / "wheels", work, log=ctx.log)
+    else:
+        cpp = inprocess.CppEnv(reason="wheels.enabled = false in the configuration")
+    ip_settings = inprocess.Settings(threads=settings.threads, warmup=settings.warmup, runs=settings.runs,
+                                     tolerance=_tolerances(ctx))
+    out: dict[str, Any] = {}
+    for model in models:
+        model_dir = ctx.out / "models" / model
+        if not (model_dir / "model.json").is_file():
+            reason = f"no export in models/{model} (run 'slipway export')"
+            framework = ctx.config.model(model).framework
+            out[model] = {rt: {"runtime": rt, "available": False, "reason": reason}
+                          for rt in inprocess.RUNTIMES.get(framework, ())}
+            ctx.log(f"{model}: no export to measure")
+            continue
+        manifest = json.loads((model_dir / "model.json").read_text())
+        out[model] = inprocess.measure_model(model_dir, manifest, ip_settings, cpp=cpp, log=ctx.log,
+                                             eager=_eager_source(ctx, model, manifest))
+        if not ctx.config.wheels.enabled and "cpp" in out[model]:
+            out[model]["cpp"]["skipped"] = True
+    return {"threads": settings.threads, "warmup": settings.warmup, "runs": settings.runs,
+            "batch": ip_settings.batch, "models": out}, cpp
+
+
+def measure_imports(ctx: StageContext, models: list[str], settings: BenchSettings,
+                    cpp: inprocess.CppEnv) -> dict[str, Any]:
+    frameworks = set()
+    for model in models:
+        try:
+            frameworks.add(ctx.config.model(model).framework)
+        except KeyError:
+            continue
+    out: dict[str, Any] = {}
+    wanted = []
+    if "pytorch" in frameworks:
+        wanted.append(("torch", None))
+        if cpp.available:
+            wanted.append(("slipway_runtime", cpp.env()))
+        else:
+            out["slipway_runtime"] = {"module": "slipway_runtime", "available": False, "reason": cpp.reason}
+    if "tensorflow" in frameworks or importlib.util.find_spec("tensorflow") is not None:
+        wanted.append(("tensorflow", None))
+    for module, env in wanted:
+        if env is None and importlib.util.find_spec(module) is None:
+            out[module] = {"module": module, "available": False, "reason": f"{module} is not installed"}
+            continue
+        ctx.log(f"import time of {module}: {settings.import_repeats} fresh interpreter(s)")
+        out[module] = inprocess.import_time(module, env=env, repeats=settings.import_repeats,
+                                            threads=settings.threads)
+    return out
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
+
+
+def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dict[str, Any],
+                   settings: BenchSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if not entries:
+        return out
+    if not settings.served:
+        return {e["variant"]: {"skipped": True, "reason": "served benchmark turned off (SLIPWAY_BENCH_SERVED=0)"}
+                for e in entries}
+    try:
+        services.ensure_docker(ctx.log)
+    except SlipwayError as exc:
+        return {e["variant"]: {"reason": f"no Docker engine: {str(exc).splitlines()[0]}"} for e in entries}
+    for entry in entries:
+        variant = entry["variant"]
+        if variant not in images:
+            out[variant] = {"reason": "no image built for this variant (run 'slipway images')"}
+            continue
+        image = images[variant]
+        if image.get("device") == "gpu" and not _has_gpu():
+            out[variant] = {"skipped": True, "reason": "GPU image; this machine has no GPU"}
+            continue
+        model_dir = ctx.out / "models" / image["model"]
+        golden = sorted((model_dir / "golden").glob("*.png"))
+        if not golden:
+            out[variant] = {"reason": f"no golden images in models/{image['model']}/golden"}
+            continue
+        bodies = [p.read_bytes() for p in golden]
+        result: dict[str, Any] = {"image": image["tag"], "image_id": image.get("id"), "runtime": image["runtime"],
+                                  "cpus": ctx.config.smoke.cpus, "memory": ctx.config.smoke.memory,
+                                  "load": [], "ready_s": {"runs": []}}
+        try:
+            for i in range(settings.ready_runs):
+                with run_container(image["tag"], memory=ctx.config.smoke.memory, cpus=ctx.config.smoke.cpus,
+                                   timeout=ctx.config.smoke.timeout_s, env={"THREADS": str(settings.threads)},
+                                   logs_to=ctx.out / "bench" / f"container-{variant}.log") as running:
+                    result["ready_s"]["runs"].append(round(running.ready_seconds, 3))
+                    ctx.log(f"{variant}: start {i + 1}/{settings.ready_runs}: ready in {running.ready_seconds:.2f}s")
+                    if i == 0:
+                        for conc in settings.concurrency:
+                            load = served.load_test(running.url, image_model_name(model_dir), bodies,
+                                                    concurrency=conc, seconds=settings.seconds)
+                            result["load"].append(load)
+                            lat = load["latency_ms"]
+                            ctx.log(f"{variant}: concurrency {conc}: {load['requests_per_s']:.1f} req/s, "
+                                    f"p50 {lat.get('p50', 0):.1f} ms, p95 {lat.get('p95', 0):.1f} ms, "
+                                    f"errors {sum(load['errors'].values())}")
+        except (CheckError, SlipwayError) as exc:
+            result["reason"] = str(exc).splitlines()[0]
+            ctx.log(f"{variant}: {result['reason']}")
+        runs = result["ready_s"]["runs"]
+        if runs and "reason" not in result:
+            result["ready_s"]["median"] = round(statistics.median(runs), 3)
+        else:
+            result.pop("ready_s")
+        out[variant] = result
+    return out
+
+
+def image_model_name(model_dir: Path) -> str:
+    return json.loads((model_dir / "model.json").read_text())["name"]
+
+
+def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict[str, Any],
+                  models: list[str], docker_ok: bool) -> dict[str, Any]:
+    image_sizes: dict[str, Any] = {}
+    cache_path = ctx.out / "bench" / ".layer-gzip-cache.json"
+    cache = sizes.load_cache(cache_path)
+    for entry in entries:
+        variant = entry["variant"]
+        if variant not in images:
+            image_sizes[variant] = {"reason": "no image built for this variant"}
+            continue
+        if not docker_ok:
+            image_sizes[variant] = {"reason": "no Docker engine to read the image from"}
+            continue
+        ctx.log(f"{variant}: image sizes (docker save, gzip per layer)")
+        started = time.monotonic()
+        try:
+            image_sizes[variant] = {"image": images[variant]["tag"], **sizes.image_sizes(images[variant]["tag"], cache)}
+        except (SlipwayError, RuntimeError, KeyError, ValueError) as exc:
+            image_sizes[variant] = {"reason": f"could not measure: {str(exc).splitlines()[0]}"}
+            continue
+        finally:
+            sizes.save_cache(cache_path, cache)
+        s = image_sizes[variant]
+        ctx.log(f"{variant}: {s['compressed_bytes'] / 1e6:.0f} MB compressed, {s['uncompressed_bytes'] / 1e6:.0f} MB "
+                f"uncompressed ({time.monotonic() - started:.0f}s)")
+    model_files = {}
+    for model in models:
+        if (ctx.out / "models" / model / "model.json").is_file():
+            model_files[model] = sizes.model_file_sizes(ctx.out / "models" / model)
+    wheels = sizes.wheel_sizes(ctx.out / "wheels", ctx.config.wheels.max_size_mib)
+    for w in wheels:
+        if not w["within_limit"]:
+            ctx.log(f"wheel {w['file']}: {w['mib']} MiB is over the {w['limit_mib']} MiB limit")
+    return {"images": image_sizes, "wheels": wheels, "models": model_files}
+
+
+def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    settings = BenchSettings.resolve(**options)
+    entries, models = _scope(ctx, variants)
+    bench_dir = ctx.out / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    work = bench_dir / "work"
+    run_info = machine.new_run()
+    ctx.log(f"bench run {run_info['run_id']}: models {', '.join(models) or '-'}; "
+            f"variants {', '.join(e['variant'] for e in entries) or '-'}")
+    if settings.runs < 30:
+        ctx.log(f"only {settings.runs} timed runs per runtime: p95 is a rough estimate")
+    load_before = machine.load_average()
+    started = time.monotonic()
+
+    in_process, cpp = measure_in_process(ctx, models, settings, work)
+    imports = measure_imports(ctx, models, settings, cpp)
+    images = ctx.read_json("images.json") if (ctx.out / "images.json").exists() else {}
+    served_results = measure_served(ctx, entries, images, settings)
+    docker_ok = bool(entries) and images and services.docker_reachable()
+    size_results = measure_sizes(ctx, entries, images, models, bool(docker_ok))
+
+    extra_libs = {}
+    for model in in_process["models"].values():
+        cpp_result = model.get("cpp", {})
+        if cpp_result.get("available") and cpp_result.get("version"):
+            extra_libs["slipway_runtime"] = cpp_result["version"]
+    docker_version = ""
+    if docker_ok:
+        docker_version = services.docker("version", "--format", "{{.Server.Version}}", check=False,
+                                         timeout=30).stdout.strip()
+    results: dict[str, Any] = {
+        "schema": RESULTS_SCHEMA,
+        **run_info,
+        "project": ctx.plan.get("project"),
+        "version": ctx.plan.get("version"),
+        "git_commit": ctx.plan.get("sha"),
+        "machine": {**machine.machine_info(extra_libs), "docker_server": docker_version or None,
+                    "load_average_before": load_before, "load_average_after": machine.load_average()},
+        "settings": {"threads": settings.threads, "warmup": settings.warmup, "runs": settings.runs,
+                     "served_seconds": settings.seconds, "concurrency": list(settings.concurrency),
+                     "ready_runs": settings.ready_runs, "import_repeats": settings.import_repeats},
+        "scope": {"models": models, "variants": [e["variant"] for e in entries]},
+        "inprocess": in_process,
+        "imports": imports,
+        "served": served_results,
+        "sizes": size_results,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    checks = budget_checks.evaluate(ctx.config.budgets, results)
+    failed = [c for c in checks if c.failed]
+    results["budgets"] = {"ok": not failed, "checks": [c.to_json() for c in checks]}
+    ctx.write_json("bench/results.json", results)
+    (bench_dir / "table.md").write_text(report.markdown(results))
+    report.chart(results, bench_dir / "chart.png")
+    shutil.rmtree(work, ignore_errors=True)
+    ctx.log(f"bench: results in {bench_dir} (run {run_info['run_id']}, machine {results['machine']['fingerprint']})")
+    if checks:
+        ctx.log("budgets:\n" + budget_checks.table(checks))
+    if failed:
+        raise CheckError(
+            f"{len(failed)} budget(s) not met: {', '.join(sorted({c.budget for c in failed}))}\n"
+            + budget_checks.table(failed) + f"\n(all numbers: {bench_dir / 'results.json'})"
+        )
+    return {"summary": _summary(results, checks)}
+
+
+def _summary(results: dict[str, Any], checks: list[budget_checks.Check]) -> str:
+    parts = []
+    for model, runtimes in results["inprocess"]["models"].items():
+        cpp = runtimes.get("cpp", {})
+        if cpp.get("speedup_vs_eager"):
+            parts.append(f"{model}: C++ {cpp['speedup_vs_eager']['p50']:.1f}x eager")
+        elif "torchscript" in runtimes and runtimes["torchscript"].get("total"):
+            parts.append(f"{model}: TorchScript p50 {runtimes['torchscript']['total']['p50']:.1f} ms")
+    measured = [c for c in checks if c.status != budget_checks.SKIPPED]
+    parts.append(f"{len(measured)} budget(s) met" if measured else "no budgets set")
+    return "; ".join(parts)
