@@ -1,18 +1,33 @@
-"""Running a served image against the golden images: start, wait for ready, predict, compare.
+"""Proving an artifact against the golden images: start it, wait for ready, predict, compare.
 
-Shared by ``slipway smoke`` and ``slipway bench``; a container is always removed afterwards.
+Shared by ``slipway smoke`` and ``slipway bench``. Three kinds of artifact:
+
+- a served image: ``run_container`` starts it (limited memory and CPUs, host networking, a free
+  port), ``check_golden`` sends every golden PNG to its predict endpoint;
+- the external model server a ``tfserving`` image talks to: ``tfserving_server`` starts the real
+  ``tensorflow/serving`` image (GitHub) or the REST stand-in ``serving.tfserving_stub`` (here);
+- a C++ runtime wheel: ``smoke_wheel`` installs it into a fresh virtualenv without torch and runs
+  ``slipway_runtime.Detector(model_dir).predict(image)`` on the golden images.
+
+Whatever was started is stopped and removed afterwards, also when a check fails; logs are kept
+when something failed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
+import os
+import platform
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +36,22 @@ import httpx
 from slipway import services
 from slipway.errors import CheckError
 
+# The real TF Serving on GitHub; pinned, and overridable for a newer TensorFlow.
+TFSERVING_IMAGE = os.environ.get("SLIPWAY_TFSERVING_IMAGE", "tensorflow/serving:2.20.0")
+STUB_DESCRIPTION = "slipway tfserving_stub (a stand-in speaking TF Serving's REST API; NOT TensorFlow Serving)"
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def has_gpu() -> bool:
+    """An NVIDIA GPU that containers can be given (``--gpus all``)."""
+    if os.environ.get("SLIPWAY_NO_GPU") == "1" or not shutil.which("nvidia-smi"):
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
 @dataclass
@@ -45,6 +71,7 @@ def run_container(
     timeout: float = 120.0,
     logs_to: Path | None = None,
     keep_logs: bool = False,
+    gpus: bool = False,
 ) -> Iterator[Running]:
     """Start ``image`` with host networking on a free port; yield once /readyz answers 200.
 
@@ -55,10 +82,15 @@ def run_container(
     name = f"slipway-smoke-{uuid.uuid4().hex[:10]}"
     args = ["run", "-d", "--name", name, "--network", "host", "--memory", memory, "--cpus", str(cpus),
             "-e", f"PORT={port}", "-e", "HOST=127.0.0.1"]
+    if gpus:
+        args += ["--gpus", "all"]
     for key, value in (env or {}).items():
         args += ["-e", f"{key}={value}"]
     started = time.monotonic()
-    services.docker(*args, image, timeout=60)
+    res = services.docker(*args, image, timeout=120, check=False)
+    if res.returncode != 0:
+        services.docker("rm", "-f", name, check=False, timeout=60)
+        raise CheckError(f"cannot start {image}: {(res.stderr or '').strip()[-500:]}")
     url = f"http://127.0.0.1:{port}"
     failed = True
     try:
@@ -67,10 +99,14 @@ def run_container(
         failed = False
     finally:
         if logs_to is not None and (failed or keep_logs):
-            logs = services.docker("logs", name, check=False, timeout=30)
-            logs_to.parent.mkdir(parents=True, exist_ok=True)
-            logs_to.write_text((logs.stdout or "") + (logs.stderr or ""))
+            _save_container_logs(name, logs_to)
         services.docker("rm", "-f", name, check=False, timeout=60)
+
+
+def _save_container_logs(name: str, logs_to: Path) -> None:
+    logs = services.docker("logs", name, check=False, timeout=30)
+    logs_to.parent.mkdir(parents=True, exist_ok=True)
+    logs_to.write_text((logs.stdout or "") + (logs.stderr or ""))
 
 
 def wait_ready(url: str, name: str, timeout: float) -> float:
@@ -91,42 +127,187 @@ def wait_ready(url: str, name: str, timeout: float) -> float:
     raise CheckError(f"container {name} not ready after {timeout:.0f}s ({last})")
 
 
+def model_info(url: str, model: str) -> dict[str, Any]:
+    """What the service says about its model (backend, device, runtime); {} when it says nothing."""
+    try:
+        r = httpx.get(f"{url}/v1/models/{model}", timeout=10)
+        return r.json() if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------------------------
+# The external model server of the tfserving-client image
+
+
+@dataclass
+class ExternalServer:
+    url: str
+    kind: str  # "tensorflow/serving" or "stub"
+    description: str
+    ready_seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def tfserving_mode(requested: str | None = None) -> str:
+    """``image`` (the real tensorflow/serving) on GitHub, ``stub`` elsewhere, unless asked.
+
+    ``SLIPWAY_TFSERVING`` (``image``|``stub``|``auto``) chooses where the CLI has no option.
+    """
+    mode = (requested or os.environ.get("SLIPWAY_TFSERVING") or "auto").strip().lower()
+    if mode not in ("auto", "image", "stub"):
+        raise CheckError(f"SLIPWAY_TFSERVING={mode!r}: expected auto, image or stub")
+    if mode == "auto":
+        return "image" if os.environ.get("GITHUB_ACTIONS") == "true" else "stub"
+    return mode
+
+
+def _wait_model_available(url: str, name: str, timeout: float, alive: Callable[[], str | None]) -> float:
+    started = time.monotonic()
+    deadline = started + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/v1/models/{name}", timeout=2)
+            if r.status_code == 200 and any(
+                v.get("state") == "AVAILABLE" for v in r.json().get("model_version_status") or []
+            ):
+                return time.monotonic() - started
+            last = f"answered {r.status_code}: {r.text[:200]}"
+        except (httpx.HTTPError, ValueError) as exc:
+            last = type(exc).__name__
+        dead = alive()
+        if dead:
+            raise CheckError(f"the model server stopped before it served {name!r}: {dead}")
+        time.sleep(0.3)
+    raise CheckError(f"the model server did not serve {name!r} within {timeout:.0f}s ({last})")
+
+
+@contextlib.contextmanager
+def tfserving_server(
+    model_dir: Path,
+    *,
+    mode: str,
+    timeout: float = 120.0,
+    memory: str = "2g",
+    cpus: float = 2.0,
+    logs_to: Path | None = None,
+    keep_logs: bool = False,
+) -> Iterator[ExternalServer]:
+    """Serve the SavedModel of the export ``model_dir`` over TF Serving's REST API on a free port.
+
+    ``mode="image"`` runs the real ``tensorflow/serving`` image (SavedModel mounted read-only as
+    version 1); ``mode="stub"`` runs ``python -m serving.tfserving_stub`` on the host, which is a
+    stand-in, not TF Serving, and says so in every result.
+    """
+    manifest = json.loads((model_dir / "model.json").read_text())
+    name = manifest["name"]
+    saved_model = model_dir / ((manifest.get("files") or {}).get("saved_model") or {}).get("path", "saved_model")
+    if not (saved_model / "saved_model.pb").is_file():
+        raise CheckError(f"{saved_model}: no SavedModel to serve (export the model with the saved_model exporter)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    failed = True
+    if mode == "image":
+        container = f"slipway-tfserving-{uuid.uuid4().hex[:10]}"
+        grpc_port = free_port()
+        # The entrypoint script would add its own --port/--rest_api_port; with host networking the
+        # defaults (8500/8501) may be taken, so the server binary is called directly.
+        args = ["run", "-d", "--name", container, "--network", "host", "--memory", memory, "--cpus", str(cpus),
+                "-v", f"{saved_model.resolve()}:/models/{name}/1:ro", "--entrypoint", "tensorflow_model_server",
+                TFSERVING_IMAGE, f"--port={grpc_port}", f"--rest_api_port={port}", f"--model_name={name}",
+                f"--model_base_path=/models/{name}"]
+        res = services.docker(*args, check=False, timeout=900)
+        if res.returncode != 0:
+            services.docker("rm", "-f", container, check=False, timeout=60)
+            raise CheckError(f"cannot start {TFSERVING_IMAGE}: {(res.stderr or '').strip()[-500:]}")
+
+        def alive() -> str | None:
+            state = services.docker("inspect", "-f", "{{.State.Status}}", container, check=False,
+                                    timeout=30).stdout.strip()
+            return f"container {state}" if state in ("exited", "dead", "") else None
+
+        try:
+            ready = _wait_model_available(url, name, timeout, alive)
+            inspect = services.docker("image", "inspect", "-f", "{{json .RepoDigests}}", TFSERVING_IMAGE,
+                                      check=False, timeout=30)
+            digests = json.loads(inspect.stdout) if inspect.returncode == 0 and inspect.stdout.strip() else []
+            yield ExternalServer(url=url, kind="tensorflow/serving", description=f"TensorFlow Serving ({TFSERVING_IMAGE})",
+                                 ready_seconds=ready, details={"image": TFSERVING_IMAGE, "repo_digests": digests})
+            failed = False
+        finally:
+            if logs_to is not None and (failed or keep_logs):
+                _save_container_logs(container, logs_to)
+            services.docker("rm", "-f", container, check=False, timeout=60)
+        return
+
+    log_path = logs_to or Path(tempfile.mkstemp(prefix="tfserving-stub-", suffix=".log")[1])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "serving.tfserving_stub", "--model-dir", str(model_dir), "--port", str(port),
+           "--threads", str(max(1, int(cpus)))]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        ready = _wait_model_available(
+            url, name, timeout, lambda: None if proc.poll() is None else f"exit code {proc.returncode}"
+        )
+        yield ExternalServer(url=url, kind="stub", description=STUB_DESCRIPTION, ready_seconds=ready,
+                             details={"command": ["python", *cmd[1:]]})
+        failed = False
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        if logs_to is None or not (failed or keep_logs):
+            log_path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Golden images
+
+
 def png_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
 def predict(url: str, model: str, body: bytes, content_type: str = "image/png") -> tuple[dict[str, Any], float]:
     started = time.perf_counter()
-    r = httpx.post(f"{url}/v1/models/{model}:predict", content=body, headers={"content-type": content_type},
-                   timeout=60)
+    try:
+        r = httpx.post(f"{url}/v1/models/{model}:predict", content=body, headers={"content-type": content_type},
+                       timeout=60)
+    except httpx.HTTPError as exc:
+        raise CheckError(f"predict failed: {type(exc).__name__}: {exc}") from exc
     elapsed = time.perf_counter() - started
     if r.status_code != 200:
         raise CheckError(f"predict answered {r.status_code}: {r.text[:300]}")
     return r.json(), elapsed
 
 
-def check_golden(url: str, model_dir: Path, *, iou: float, score: float) -> dict[str, Any]:
-    """Send every golden image; compare with the reference detections and the ground truth."""
+def compare_golden(
+    model_dir: Path, detect: Callable[[dict[str, Any], Path], tuple[list[dict[str, Any]], float]], *,
+    iou: float, score: float,
+) -> dict[str, Any]:
+    """Run ``detect(reference_entry, png_path) -> (detections, seconds)`` on every golden image and
+    compare with the export's reference detections (tolerance ``iou``/``score``) and ground truth."""
     from model_export.compare import compare_detections, mean_average_precision
 
     manifest = json.loads((model_dir / "model.json").read_text())
     reference = json.loads((model_dir / "golden" / "reference.json").read_text())["images"]
-    name = manifest["name"]
     results, latencies, got_all = [], [], []
     for entry in reference:
-        body = png_bytes(model_dir / "golden" / entry["file"])
-        answer, seconds = predict(url, name, body)
+        got, seconds = detect(entry, model_dir / "golden" / entry["file"])
         latencies.append(seconds * 1000)
-        got = answer.get("detections", [])
         got_all.append(got)
         cmp = compare_detections(entry["detections"], got, iou=iou, score=score)
         results.append({"file": entry["file"], **cmp.to_json(), "differences": cmp.table()})
     gt = [e["ground_truth"] for e in reference]
     map50, _ = mean_average_precision(gt, got_all, num_classes=len(manifest["labels"]))
-    ok = all(r["ok"] for r in results)
     return {
-        "ok": ok,
-        "model": name,
+        "ok": bool(results) and all(r["ok"] for r in results),
+        "model": manifest["name"],
         "images": len(results),
         "min_iou": min((r["min_iou"] for r in results), default=1.0),
         "max_score_diff": max((r["max_score_diff"] for r in results), default=0.0),
@@ -134,6 +315,17 @@ def check_golden(url: str, model_dir: Path, *, iou: float, score: float) -> dict
         "latency_ms": {"p50": _pct(latencies, 50), "max": max(latencies, default=0.0)},
         "per_image": results,
     }
+
+
+def check_golden(url: str, model_dir: Path, *, iou: float, score: float) -> dict[str, Any]:
+    """Send every golden image to a served model; compare with the reference detections and the ground truth."""
+    name = json.loads((model_dir / "model.json").read_text())["name"]
+
+    def detect(entry: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], float]:
+        answer, seconds = predict(url, name, png_bytes(path))
+        return answer.get("detections", []), seconds
+
+    return compare_golden(model_dir, detect, iou=iou, score=score)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -144,4 +336,184 @@ def _pct(values: list[float], q: float) -> float:
     return s[k]
 
 
-__all__ = ["Running", "check_golden", "free_port", "io", "predict", "run_container", "wait_ready"]
+# --------------------------------------------------------------------------------------------
+# Wheels
+
+# Runs inside the wheel's virtualenv, where only the wheel, its dependencies and numpy exist.
+_WHEEL_RUNNER = r'''
+import importlib.util, json, sys, time
+from pathlib import Path
+import numpy as np
+model_dir, inputs, out = sys.argv[1:4]
+import slipway_runtime
+det = slipway_runtime.Detector(model_dir)
+
+def field(d, key):
+    return d[key] if isinstance(d, dict) else getattr(d, key)
+
+def as_dict(d):
+    label = d.get("label") if isinstance(d, dict) else getattr(d, "label", None)
+    return {"box": [float(v) for v in field(d, "box")], "score": float(field(d, "score")),
+            "class_id": int(field(d, "class_id")), "label": label}
+
+images = {}
+files = sorted(Path(inputs).glob("*.npy"))
+for i, f in enumerate(files):
+    image = np.load(f)
+    if i == 0:
+        det.predict(image)  # warm-up: first-call allocations are not the runtime's speed
+    t = time.perf_counter()
+    got = det.predict(image)
+    ms = (time.perf_counter() - t) * 1000
+    images[f.stem] = {"detections": [as_dict(d) for d in got], "ms": ms}
+Path(out).write_text(json.dumps({
+    "images": images,
+    "module": slipway_runtime.__file__,
+    "version": getattr(slipway_runtime, "__version__", None),
+    "torch_imported": "torch" in sys.modules,
+    "torch_installed": importlib.util.find_spec("torch") is not None,
+}))
+'''
+
+
+def wheel_tags(filename: str) -> list[tuple[str, str, str]]:
+    """(interpreter, abi, platform) triples of a wheel file name, compressed tag sets expanded (PEP 425)."""
+    parts = filename.removesuffix(".whl").split("-")
+    if len(parts) not in (5, 6):
+        raise CheckError(f"{filename}: not a wheel file name (name-version[-build]-python-abi-platform.whl)")
+    pythons, abis, platforms = (p.split(".") for p in parts[-3:])
+    return [(py, abi, plat) for py in pythons for abi in abis for plat in platforms]
+
+
+def _python_version(python: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run([python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    parts = out.stdout.split()
+    return (int(parts[0]), int(parts[1])) if out.returncode == 0 and len(parts) == 2 else None
+
+
+def interpreter_for(wheel: Path) -> tuple[str | None, str]:
+    """A Python on this machine that can install ``wheel``, or (None, why not)."""
+    machine = platform.machine()
+    candidates = [sys.executable] + [p for p in (shutil.which(f"python3.{m}") for m in range(8, 16)) if p]
+    versions = {}
+    for python in candidates:
+        version = _python_version(python)
+        if version and version not in versions:
+            versions[version] = python
+    wanted = []
+    for interpreter, _abi, plat in wheel_tags(wheel.name):
+        if plat != "any" and not (plat.startswith(("linux", "manylinux", "musllinux")) and plat.endswith(machine)):
+            continue
+        for (major, minor), python in versions.items():
+            if interpreter in (f"cp{major}{minor}", f"py{major}", f"py{major}{minor}"):
+                return python, ""
+        wanted.append(f"{interpreter}-{plat}")
+    have = ", ".join(f"{a}.{b}" for a, b in sorted(versions)) or "none"
+    need = ", ".join(sorted(set(wanted))) or "+".join(sorted({t[2] for t in wheel_tags(wheel.name)}))
+    return None, f"no Python on this {machine} machine can run it (needs {need}; found Python {have})"
+
+
+def _run(cmd: list[str], *, log: Path, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}\n")
+    return res
+
+
+def smoke_wheel(
+    wheel: Path, model_dir: Path, *, work: Path, iou: float, score: float, python: str | None = None,
+    timeout: float = 900.0, keep: bool = False,
+) -> dict[str, Any]:
+    """Install ``wheel`` into a fresh virtualenv (no torch), run the golden images through
+    ``slipway_runtime.Detector(model_dir).predict(image)`` and compare with the reference.
+
+    Never raises for a failed check: the result says ``ok`` false and why. ``work`` holds the
+    virtualenv and the log; it is removed afterwards unless the check failed or ``keep`` is set.
+    """
+    import numpy as np
+    from PIL import Image
+
+    result: dict[str, Any] = {"ok": False}
+    if python is None:
+        python, why = interpreter_for(wheel)
+        if python is None:
+            return {"ok": False, "untested": True, "error": f"{wheel.name}: {why}"}
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    log = work / "smoke.log"
+    venv = work / "venv"
+    vpy = venv / "bin" / "python"
+    # The host's pip settings (index, proxy CA) apply; its site-packages, which hold torch, never do.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    failed = True
+    try:
+        res = _run([python, "-m", "venv", str(venv)], log=log, timeout=120, env=env)
+        if res.returncode != 0:
+            result["error"] = f"cannot create a virtualenv with {python}: {res.stderr.strip()[-300:]}"
+            return result
+        res = _run([str(vpy), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet",
+                    "--only-binary", ":all:", str(wheel), "numpy"], log=log, timeout=timeout, env=env)
+        if res.returncode != 0:
+            result["error"] = f"pip install {wheel.name} failed: {(res.stderr or res.stdout).strip()[-500:]}"
+            return result
+        frozen = _run([str(vpy), "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
+                      log=log, timeout=120, env=env)
+        packages = {p["name"]: p["version"] for p in json.loads(frozen.stdout or "[]")}
+        result["installed"] = packages
+        if any(name.lower() == "torch" for name in packages):
+            result["error"] = (f"installing {wheel.name} brought torch ({packages.get('torch')}): "
+                               "the runtime wheel must work without the torch package")
+            return result
+        inputs = work / "inputs"
+        inputs.mkdir()
+        reference = json.loads((model_dir / "golden" / "reference.json").read_text())["images"]
+        for entry in reference:
+            with Image.open(model_dir / "golden" / entry["file"]) as im:
+                np.save(inputs / f"{Path(entry['file']).stem}.npy", np.asarray(im.convert("RGB"), dtype=np.uint8))
+        runner = work / "run_golden.py"
+        runner.write_text(_WHEEL_RUNNER)
+        answers = work / "answers.json"
+        # From an empty folder: the repository's own slipway_runtime sources must not shadow the wheel.
+        res = subprocess.run([str(vpy), str(runner), str(model_dir.resolve()), str(inputs), str(answers)],
+                             capture_output=True, text=True, timeout=timeout, cwd=inputs, env=env)
+        with open(log, "a") as fh:
+            fh.write(f"$ run_golden.py\n{res.stdout}{res.stderr}\n")
+        if res.returncode != 0:
+            result["error"] = f"slipway_runtime.Detector failed: {(res.stderr or res.stdout).strip()[-800:]}"
+            return result
+        got = json.loads(answers.read_text())
+        result.update({"module": got["module"], "runtime_version": got["version"],
+                       "torch_imported": got["torch_imported"], "torch_installed": got["torch_installed"]})
+        by_stem = got["images"]
+
+        def detect(entry: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], float]:
+            answer = by_stem[Path(entry["file"]).stem]
+            return answer["detections"], answer["ms"] / 1000
+
+        result.update(compare_golden(model_dir, detect, iou=iou, score=score))
+        if got["torch_imported"] or got["torch_installed"]:
+            result["ok"] = False
+            result["error"] = "torch was present while the wheel ran; the check must run without it"
+        failed = not result["ok"]
+        return result
+    except subprocess.TimeoutExpired as exc:
+        result["error"] = f"timed out after {exc.timeout:.0f}s: {' '.join(map(str, exc.cmd))[:200]}"
+        return result
+    finally:
+        result["log"] = str(log) if (failed or keep) else None
+        if failed:
+            shutil.rmtree(venv, ignore_errors=True)  # the log stays; a venv is hundreds of MB
+        elif not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+__all__ = [
+    "ExternalServer", "Running", "check_golden", "compare_golden", "free_port", "has_gpu", "interpreter_for",
+    "model_info", "predict", "run_container", "smoke_wheel", "tfserving_mode", "tfserving_server", "wait_ready",
+    "wheel_tags",
+]
