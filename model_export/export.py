@@ -104,13 +104,19 @@ def _check_config(cfg: Any, name: str) -> tuple[InputSpec, OutputSpec]:
 
 
 def _prepare(cfg: Any, name: str, spec: InputSpec, log) -> Prepared:
-    if cfg.framework == "pytorch":
-        from model_export import torch_export
-
-        return torch_export.prepare(cfg, name, spec, log)
-    from model_export import tf_export
-
-    return tf_export.prepare(cfg, name, spec, log)
+    # Imported here: each framework takes seconds to import and only one of them may be installed.
+    package = {"pytorch": "torch", "tensorflow": "tensorflow"}[cfg.framework]
+    try:
+        if cfg.framework == "pytorch":
+            from model_export import torch_export as exporter
+        else:
+            from model_export import tf_export as exporter
+    except ImportError as exc:
+        if exc.name != package:
+            raise
+        raise ExportError(name, None, f"{cfg.framework} export needs the '{package}' package, which is not "
+                                      f"installed (pip install 'slipway[{cfg.framework}]')") from exc
+    return exporter.prepare(cfg, name, spec, log)
 
 
 def _export(cfg: Any, name: str, out_dir: Path, *, version: str, git_commit: str, log) -> dict:
@@ -182,6 +188,7 @@ def run_verification(model_dir: Path, formats: list[str], name: str, threads: in
     package_parent = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cmd = [sys.executable, "-m", "model_export.verify", str(model_dir), "--threads", str(threads)]
     for f in formats:
         cmd += ["--format", f]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import warnings
 from collections.abc import Mapping
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_export.entry_points import load_entry_point, module_file
 from model_export.errors import ExportError
 from model_export.postprocess import postprocess
 from model_export.preprocess import InputSpec, preprocess_batch, preprocess_torch
@@ -22,33 +21,6 @@ from model_export.preprocess import InputSpec, preprocess_batch, preprocess_torc
 # size that depends on the data, frozen into the trace for the example input only.
 ONNX_OPSET = 17
 DATA_DEPENDENT_MARKERS = ("might cause the trace to be incorrect", "Converting a tensor to a Python")
-
-
-def load_entry_point(entry_point: str, name: str) -> Any:
-    module_name, sep, attr = entry_point.partition(":")
-    if not sep or not module_name or not attr:
-        raise ExportError(name, entry_point, "entry point must look like 'package.module:callable'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ExportError(name, _module_file(module_name),
-                          f"entry point {entry_point!r} does not import: {type(exc).__name__}: {exc}") from exc
-    target = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ExportError(name, module.__file__, f"entry point {entry_point!r}: no attribute {part!r}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ExportError(name, module.__file__, f"entry point {entry_point!r} is not callable")
-    return target
-
-
-def _module_file(module_name: str) -> str:
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        spec = None
-    return spec.origin if spec is not None and spec.origin else f"module {module_name}"
 
 
 def _source_file(model: nn.Module) -> str:
@@ -69,7 +41,7 @@ class PreparedTorch:
         try:
             model = factory()
         except Exception as exc:
-            raise ExportError(name, _module_file(cfg.entry_point.partition(":")[0]),
+            raise ExportError(name, module_file(cfg.entry_point.partition(":")[0]),
                               f"entry point {cfg.entry_point!r} raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(model, nn.Module):
             raise ExportError(name, cfg.entry_point, f"entry point returned {type(model).__name__}, not a torch.nn.Module")

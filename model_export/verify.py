@@ -101,7 +101,9 @@ def saved_model_runner(model_dir: Path, manifest: dict, threads: int) -> Runner:
 def frozen_graph_runner(model_dir: Path, manifest: dict, threads: int) -> Runner:
     from model_export.tf_export import load_frozen_graph
 
-    fn = load_frozen_graph(model_dir / manifest["files"]["frozen_graph"]["path"], threads)
+    names = manifest["exporters"]["frozen_graph"]
+    fn = load_frozen_graph(model_dir / manifest["files"]["frozen_graph"]["path"], names["inputs"], names["outputs"],
+                           threads)
 
     def run(images: list[np.ndarray]) -> list[list[dict]]:
         result = []

@@ -86,23 +86,40 @@ def test_preprocess_batch_stacks_images_of_different_sizes():
 
 
 def test_postprocess_threshold_nms_per_class_limit_scale_and_clip():
-    boxes = np.array([
-        [10, 10, 50, 50],   # kept
-        [12, 12, 52, 52],   # same class, IoU ~0.82 with the first: suppressed
-        [11, 11, 51, 51],   # other class, same place: kept (class-aware)
-        [100, 100, 140, 140],  # reaches past the 128 input and past the image after scaling: clipped
-        [60, 60, 70, 70],   # below threshold
-    ], dtype=np.float32)
+    boxes = np.array(
+        [
+            [10, 10, 50, 50],  # kept
+            [12, 12, 52, 52],  # same class, IoU ~0.82 with the first: suppressed
+            [11, 11, 51, 51],  # other class, same place: kept (class-aware)
+            [100, 100, 140, 140],  # reaches past the 128 input and past the image after scaling: clipped
+            [60, 60, 70, 70],  # below threshold
+        ],
+        dtype=np.float32,
+    )
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.1], dtype=np.float32)
     classes = np.array([0, 0, 1, 2, 0])
-    out = postprocess(boxes, scores, classes, input_size=(128, 128), image_size=(64, 256),
-                      output={"score_threshold": 0.3, "nms_iou": 0.5, "max_detections": 50}, labels=LABELS)
+    out = postprocess(
+        boxes,
+        scores,
+        classes,
+        input_size=(128, 128),
+        image_size=(64, 256),
+        output={"score_threshold": 0.3, "nms_iou": 0.5, "max_detections": 50},
+        labels=LABELS,
+    )
     assert [d["score"] for d in out] == pytest.approx([0.9, 0.7, 0.6])
     assert [d["label"] for d in out] == ["circle", "square", "triangle"]
     assert out[0]["box"] == pytest.approx([20, 5, 100, 25])  # x * 2, y * 0.5
     assert out[2]["box"] == pytest.approx([200, 50, 256, 64])  # clipped to the 256x64 image
-    limited = postprocess(boxes, scores, classes, input_size=(128, 128), image_size=(128, 128),
-                          output={"score_threshold": 0.3, "nms_iou": 0.5, "max_detections": 2}, labels=LABELS)
+    limited = postprocess(
+        boxes,
+        scores,
+        classes,
+        input_size=(128, 128),
+        image_size=(128, 128),
+        output={"score_threshold": 0.3, "nms_iou": 0.5, "max_detections": 2},
+        labels=LABELS,
+    )
     assert [d["score"] for d in limited] == pytest.approx([0.9, 0.7])
 
 
@@ -171,7 +188,9 @@ def test_detector_scripts_and_matches_eager():
 def torch_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "shapes-torch"
     logs: list[str] = []
-    manifest = export_model(example_config("pytorch"), out, version="1.2.3", git_commit="f" * 40, log=logs.append)
+    manifest = export_model(
+        example_config("pytorch"), out, version="1.2.3", git_commit="f" * 40, log=logs.append
+    )
     return out, manifest, logs
 
 
@@ -180,12 +199,23 @@ def test_export_writes_the_contract_folder(torch_export):
     assert json.loads((out / "model.json").read_text()) == manifest
     assert {p.name for p in out.iterdir()} == {"model.json", "model.torchscript.pt", "model.onnx", "golden"}
     assert manifest["name"] == "shapes-torch" and manifest["version"] == "1.2.3"
-    assert manifest["framework"] == "pytorch" and manifest["framework_version"] == torch.__version__.split("+")[0]
-    assert manifest["output"] == {"format": "candidates", "score_threshold": 0.3, "nms_iou": 0.5, "max_detections": 50}
+    assert (
+        manifest["framework"] == "pytorch"
+        and manifest["framework_version"] == torch.__version__.split("+")[0]
+    )
+    assert manifest["output"] == {
+        "format": "candidates",
+        "score_threshold": 0.3,
+        "nms_iou": 0.5,
+        "max_detections": 50,
+    }
     assert manifest["input"]["height"] == 128 and manifest["input"]["mean"] == [0.5, 0.5, 0.5]
     assert manifest["labels"] == list(LABELS) and manifest["git_commit"] == "f" * 40
     assert manifest["parameters"] == sum(p.numel() for p in build_model().parameters())
-    assert manifest["exporters"]["torchscript"]["method"] == "script" and manifest["exporters"]["torchscript"]["frozen"]
+    assert (
+        manifest["exporters"]["torchscript"]["method"] == "script"
+        and manifest["exporters"]["torchscript"]["frozen"]
+    )
     assert manifest["exporters"]["onnx"]["dynamic_axes"] == {"batch": 0}
 
 
@@ -261,7 +291,9 @@ def test_non_empty_output_folder_is_refused(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "keep.txt").write_text("mine")
     with pytest.raises(ExportError, match="not empty"):
-        export_model(example_config("pytorch"), tmp_path / "m", version="0", git_commit="x", log=lambda _: None)
+        export_model(
+            example_config("pytorch"), tmp_path / "m", version="0", git_commit="x", log=lambda _: None
+        )
     assert (tmp_path / "m" / "keep.txt").read_text() == "mine"
 
 
@@ -331,8 +363,13 @@ def test_missing_weights_file(tmp_path):
 
 def test_entry_point_that_does_not_import(tmp_path, bad_models):
     cfg = example_config("pytorch", entry_point=f"{bad_models['broken_import']}:build_model")
-    _assert_fails_cleanly(tmp_path, cfg, f"{bad_models['broken_import']}.py", "does not import",
-                          "slipway_no_such_package_for_tests")
+    _assert_fails_cleanly(
+        tmp_path,
+        cfg,
+        f"{bad_models['broken_import']}.py",
+        "does not import",
+        "slipway_no_such_package_for_tests",
+    )
 
 
 def test_entry_point_module_that_does_not_exist(tmp_path):
@@ -342,7 +379,9 @@ def test_entry_point_module_that_does_not_exist(tmp_path):
 
 def test_model_that_cannot_be_scripted(tmp_path, bad_models):
     cfg = example_config("pytorch", entry_point=f"{bad_models['unscriptable']}:build_model")
-    _assert_fails_cleanly(tmp_path, cfg, f"{bad_models['unscriptable']}.py", "cannot be compiled by torch.jit.script")
+    _assert_fails_cleanly(
+        tmp_path, cfg, f"{bad_models['unscriptable']}.py", "cannot be compiled by torch.jit.script"
+    )
 
 
 def test_corrupt_weights_file(tmp_path):
@@ -362,8 +401,9 @@ def test_weights_of_another_model(tmp_path):
 
 def test_input_spec_with_the_wrong_channel_count(tmp_path):
     cfg = example_config("pytorch", input={"channels": 1, "mean": (0.5,), "std": (0.25,)})
-    _assert_fails_cleanly(tmp_path, cfg, "shapes_torch.pt", "input spec says 1 channels",
-                          "first convolution expects 3")
+    _assert_fails_cleanly(
+        tmp_path, cfg, "shapes_torch.pt", "input spec says 1 channels", "first convolution expects 3"
+    )
 
 
 def test_input_spec_too_small_for_the_model(tmp_path):
@@ -372,10 +412,20 @@ def test_input_spec_too_small_for_the_model(tmp_path):
 
 
 def test_trace_refused_for_data_dependent_control_flow(tmp_path, bad_models):
-    cfg = example_config("pytorch", entry_point=f"{bad_models['data_dependent']}:build_model",
-                         torchscript_method="trace", exporters=("torchscript",))
-    _assert_fails_cleanly(tmp_path, cfg, f"{bad_models['data_dependent']}.py", "'trace' is refused",
-                          "data-dependent", "use torchscript_method = 'script'")
+    cfg = example_config(
+        "pytorch",
+        entry_point=f"{bad_models['data_dependent']}:build_model",
+        torchscript_method="trace",
+        exporters=("torchscript",),
+    )
+    _assert_fails_cleanly(
+        tmp_path,
+        cfg,
+        f"{bad_models['data_dependent']}.py",
+        "'trace' is refused",
+        "data-dependent",
+        "use torchscript_method = 'script'",
+    )
 
 
 def test_exporter_not_valid_for_the_framework(tmp_path):
