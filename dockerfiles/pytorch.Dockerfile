@@ -22,7 +22,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 COPY requirements.txt requirements-pytorch.txt /requirements/
 COPY wheelhouse/ /wheelhouse/
-RUN pip install --find-links /wheelhouse -r /requirements/requirements.txt
+# setuptools is only seeded by venv (a framework that needs it installs it again); numpy's own test
+# suite is never run in a service image.
+RUN pip install --find-links /wheelhouse -r /requirements/requirements.txt \
+    && pip uninstall --yes setuptools \
+    && find /opt/venv/lib -path '*/site-packages/numpy/*' -type d -name tests -prune -exec rm -rf {} +
 
 FROM venv AS venv-torch
 ARG DEVICE=cpu

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving import __version__
 from serving.backends import Backend, BackendUnavailable, create_backend
 from serving.config import Settings
-from serving.images import SUPPORTED_CONTENT_TYPES, ImageRejected, decode_image
+from serving.images import SUPPORTED_CONTENT_TYPES, ImageRejected, decode_image, to_array
 from serving.manifest import load_manifest
 from serving.metrics import Metrics
 
@@ -73,17 +73,16 @@ class Service:
         self.model_name: str = self.manifest["name"]
         self.metrics = Metrics()
         self.created = time.monotonic()
-        self.ready_after_s: float | None = None
+
+    @property
+    def ready_after_s(self) -> float | None:
+        """Seconds from app creation to the first time the backend was ready (loaded and warmed up)."""
+        ready_at = self.backend.ready_at
+        return None if ready_at is None else round(max(0.0, ready_at - self.created), 3)
 
     def start_in_background(self) -> threading.Thread:
         """Load off the event loop, so /healthz answers (and the container looks alive) while a big model loads."""
-
-        def run() -> None:
-            self.backend.start()
-            if self.backend.state == "ready":
-                self.ready_after_s = time.monotonic() - self.created
-
-        thread = threading.Thread(target=run, name="backend-start", daemon=True)
+        thread = threading.Thread(target=self.backend.start, name="backend-start", daemon=True)
         thread.start()
         return thread
 
@@ -143,6 +142,11 @@ async def _image_from_multipart(request: Request, body: bytes) -> bytes:
         return await field.read()
     finally:
         await form.close()
+
+
+def _decode(data: bytes, max_pixels: int, as_array: bool):
+    image = decode_image(data, max_pixels=max_pixels)
+    return to_array(image) if as_array else image
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
@@ -265,23 +269,26 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         else:
             data = body
         try:
-            image = await run_in_threadpool(decode_image, data, max_pixels=service.settings.max_image_pixels)
+            image = await run_in_threadpool(
+                _decode, data, service.settings.max_image_pixels, service.backend.input_kind == "array"
+            )
         except ImageRejected as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         decoded = time.perf_counter()
+        width, height = (int(image.shape[1]), int(image.shape[0])) if hasattr(image, "shape") else image.size
         try:
             detections = await run_in_threadpool(service.backend.predict, image)
         except BackendUnavailable as exc:
             raise ApiError(503, "backend_unavailable", str(exc), {"Retry-After": "1"}) from None
         except Exception:
-            log.exception("predict failed for an image of shape %s", image.shape)
+            log.exception("predict failed for an image of %dx%d", width, height)
             raise ApiError(500, "inference_failed", "inference failed; see the service log") from None
         done = time.perf_counter()
         service.metrics.observe_inference(service.model_name, done - decoded)
         return {
             "model": service.model_name,
             "detections": detections,
-            "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
+            "image": {"width": width, "height": height},
             "timing_ms": {
                 "decode": round((decoded - started) * 1000, 3),
                 "inference": round((done - decoded) * 1000, 3),

@@ -1,4 +1,4 @@
-"""Turning untrusted request bytes into a uint8 HWC RGB array, or a client error.
+"""Turning untrusted request bytes into an RGB image (then a uint8 HWC array), or a client error.
 
 Every failure here is the client's: the bytes are not an image we read, are truncated, or
 describe more pixels than we agree to allocate. The dimensions are checked from the header,
@@ -8,9 +8,12 @@ before any pixel data is decoded, so a small file claiming 20000x20000 costs not
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Formats a client may send; restricting Image.open keeps exotic, less-hardened decoders out of reach.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")
@@ -38,7 +41,8 @@ class ImageRejected(Exception):
         self.message = message
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """The decoded image, RGB, pixels loaded; numpy-free so the tfserving-client image needs no numpy."""
     if not data:
         raise ImageRejected(400, "empty_body", "the request carried no image bytes")
     # A truncated file must be an error, never a silently half-grey image.
@@ -75,7 +79,14 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             raise ImageRejected(
                 400, "invalid_image", f"the image data is truncated or corrupt: {exc}"
             ) from None
-    array = np.asarray(rgb, dtype=np.uint8)
+    return rgb
+
+
+def to_array(image: Image.Image) -> np.ndarray:
+    """An RGB image as the contract's uint8 HWC array."""
+    import numpy as np
+
+    array = np.asarray(image, dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3:
         raise ImageRejected(400, "invalid_image", f"decoded to an unexpected shape {array.shape}")
     return np.ascontiguousarray(array)

@@ -319,6 +319,7 @@ def test_tfserving_down_is_503_then_recovers(tf_model_dir):
         stub.start()
         try:
             assert _wait(lambda: client.get("/readyz").status_code == 200), client.get("/readyz").text
+            assert client.get("/readyz").json()["ready_after_s"] > 0
             assert client.post("/v1/models/tiny-tf:predict", content=png, headers=headers).status_code == 200
         finally:
             stub.stop()
@@ -338,6 +339,48 @@ def test_tfserving_wrong_model_name_on_server(tf_model_dir):
             ready = client.get("/readyz")
             assert ready.status_code == 503
             assert "404" in ready.json()["reason"] and "tiny-tf" in ready.json()["reason"]
+    finally:
+        stub.stop()
+
+
+def test_instances_json_is_the_image_as_nested_lists():
+    from PIL import Image
+
+    from serving.backends.tfserving import instances_json
+
+    image = np.random.default_rng(1).integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+    assert json.loads(instances_json(Image.fromarray(image))) == {"instances": [image.tolist()]}
+
+
+def test_tfserving_service_runs_without_numpy(tf_model_dir):
+    """The tfserving-client image has no numpy: the whole request path must work without it."""
+    stub = Stub("tiny-tf")
+    try:
+        code = textwrap.dedent(f"""
+            import io, json, sys, warnings
+            sys.modules["numpy"] = None  # any import of numpy now fails
+            warnings.simplefilter("ignore")
+            from PIL import Image
+            from fastapi.testclient import TestClient
+            from serving.app import create_app
+            from serving.config import Settings
+            image = Image.new("RGB", (40, 30), (128, 128, 128))
+            image.paste((250, 0, 0), (0, 0, 20, 15))
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            app = create_app(Settings(model_dir={str(tf_model_dir)!r}, backend="tfserving",
+                                      tfserving_url={stub.url!r}))
+            with TestClient(app) as c:
+                app.state.service.backend.wait_started(30)
+                r = c.post("/v1/models/tiny-tf:predict", content=buf.getvalue(), headers={{"content-type": "image/png"}})
+                print(json.dumps({{"status": r.status_code, "body": r.json()}}))
+        """)
+        res = _run_without_torch(code)
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        assert out["status"] == 200, out
+        assert [d["label"] for d in out["body"]["detections"]] == ["red"]
+        assert out["body"]["detections"][0]["box"] == [0.0, 0.0, 20.0, 15.0]
     finally:
         stub.stop()
 

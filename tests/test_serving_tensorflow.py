@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
 tf = pytest.importorskip("tensorflow")
@@ -174,8 +175,9 @@ def test_stub_with_the_savedmodel_matches_the_in_process_backend(tf_export):
         assert remote.state == "ready", remote.error
         for image in images():
             outputs = {k: v for k, v in runner(image[None]).items()}
-            assert approx_equal(remote.predict(image), detections_from_outputs(outputs, LABELS))
-            assert approx_equal(remote.predict(image), numpy_reference(image))
+            got = remote.predict(Image.fromarray(image))
+            assert approx_equal(got, detections_from_outputs(outputs, LABELS))
+            assert approx_equal(got, numpy_reference(image))
     finally:
         server.shutdown()
         server.server_close()

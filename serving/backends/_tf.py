@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 REQUIRED_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 
 
@@ -20,12 +18,12 @@ def detections_from_outputs(outputs: Mapping[str, Any], labels: Sequence[str]) -
     missing = [k for k in REQUIRED_OUTPUTS if k not in outputs]
     if missing:
         raise ValueError(f"the model's outputs lack {', '.join(missing)} (got {', '.join(sorted(outputs))})")
-    boxes = np.asarray(outputs["boxes"], dtype=np.float64)
-    scores = np.asarray(outputs["scores"], dtype=np.float64)
-    classes = np.asarray(outputs["classes"])
-    num = np.asarray(outputs["num_detections"])
-    if boxes.ndim == 3:
-        boxes, scores, classes, num = boxes[0], scores[0], classes[0], num.reshape(-1)[0]
+    # Plain lists (TF Serving's JSON) or numpy arrays (TensorFlow in process); no numpy needed here.
+    boxes, scores, classes, num = (_as_list(outputs[k]) for k in REQUIRED_OUTPUTS)
+    if boxes and isinstance(boxes[0], list) and boxes[0] and isinstance(boxes[0][0], list):
+        boxes, scores, classes = boxes[0], scores[0], classes[0]  # drop the batch dimension of 1
+    while isinstance(num, list):
+        num = num[0]
     count = min(int(num), len(scores))
     out = []
     for j in range(count):
@@ -39,3 +37,7 @@ def detections_from_outputs(outputs: Mapping[str, Any], labels: Sequence[str]) -
             }
         )
     return out
+
+
+def _as_list(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value

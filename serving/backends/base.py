@@ -17,9 +17,11 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
 
 log = logging.getLogger("serving.backend")
 
@@ -40,6 +42,9 @@ class BackendUnavailable(BackendError):
 
 class Backend(ABC):
     name: ClassVar[str]
+    # What ``predict`` takes: "array" (uint8 HWC numpy array, the contract) or "pil" (an RGB PIL
+    # image, for a backend that only forwards pixels and so lets its image go without numpy).
+    input_kind: ClassVar[str] = "array"
 
     def __init__(
         self, model_dir: Path, manifest: dict[str, Any], *, threads: int = 2, device: str = "auto", **options
@@ -53,6 +58,7 @@ class Backend(ABC):
         self.error: str | None = None
         self.load_seconds: float | None = None
         self.warmup_seconds: float | None = None
+        self.ready_at: float | None = None  # time.monotonic() when it became ready
         # One inference at a time: each backend already uses ``threads`` cores, so running requests
         # concurrently only oversubscribes the CPU and makes every latency worse.
         self._lock = threading.Lock()
@@ -73,9 +79,16 @@ class Backend(ABC):
         """Detections for one uint8 HWC RGB image, boxes in the image's own pixels."""
 
     def warmup(self) -> None:
-        """One inference on a neutral image at the model's input size."""
+        """One inference on a neutral grey image at the model's input size."""
         inp = self.manifest["input"]
-        self._predict(np.full((inp["height"], inp["width"], 3), 127, dtype=np.uint8))
+        if self.input_kind == "pil":
+            from PIL import Image
+
+            self._predict(Image.new("RGB", (inp["width"], inp["height"]), (127, 127, 127)))
+        else:
+            import numpy as np
+
+            self._predict(np.full((inp["height"], inp["width"], 3), 127, dtype=np.uint8))
 
     def check(self) -> str | None:
         """For backends that depend on something outside the process: why it cannot serve now, or None."""
@@ -117,6 +130,7 @@ class Backend(ABC):
             return
         self.state = READY
         self.error = None
+        self.ready_at = time.monotonic()
         log.info(
             "backend %s ready (load %.2fs, warm-up %.2fs)", self.name, self.load_seconds, self.warmup_seconds
         )
@@ -149,11 +163,14 @@ class Backend(ABC):
         problem = self.check() if probe else None
         return problem is None, problem
 
-    def predict(self, image: np.ndarray) -> list[Detection]:
+    def predict(self, image: np.ndarray | Image.Image) -> list[Detection]:
         self._retry_if_waiting()
         if self.state != READY:
             raise BackendUnavailable(self.error or "model is loading")
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected a uint8 HWC RGB image, got {image.dtype} {image.shape}")
+        if self.input_kind == "pil":
+            if getattr(image, "mode", None) != "RGB":
+                raise ValueError(f"expected an RGB PIL image, got {type(image).__name__}")
+        elif getattr(image, "dtype", None) != "uint8" or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a uint8 HWC RGB array, got {getattr(image, 'dtype', type(image))}")
         with self._lock:
             return self._predict(image)

@@ -1,6 +1,6 @@
 """An external TensorFlow Serving, over its REST predict API (the tfserving-client image).
 
-No TensorFlow here: the image is sent as ``{"instances": [image]}`` (uint8 HWC as nested lists,
+No TensorFlow and no numpy here: the image is sent as ``{"instances": [image]}`` (uint8 HWC as nested lists,
 the SavedModel's ``serving_default`` does the resize and NMS) to
 ``POST {TFSERVING_URL}/v1/models/<name>:predict``, where ``<name>`` is model.json's ``name``, and
 the ``{"predictions": [...]}`` answer is read like the SavedModel's own outputs.
@@ -11,17 +11,40 @@ When the server is unreachable, or does not (yet) serve the model, predict answe
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from serving.backends._tf import detections_from_outputs
 from serving.backends.base import Backend, BackendError, BackendUnavailable, Detection
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+_DECIMAL = [str(i) for i in range(256)]
+
+
+def instances_json(image: Image.Image) -> str:
+    """``{"instances": [image]}`` with the RGB image as nested [H][W][3] lists, built from its bytes.
+
+    Written without numpy (the tfserving-client image has none) and without building millions of
+    Python ints for json.dumps.
+    """
+    width, height = image.size
+    data = image.tobytes()
+    stride = width * 3
+    rows = []
+    for y in range(height):
+        row = data[y * stride : (y + 1) * stride]
+        pixels = [
+            f"[{_DECIMAL[r]},{_DECIMAL[g]},{_DECIMAL[b]}]"
+            for r, g, b in zip(row[0::3], row[1::3], row[2::3], strict=True)
+        ]
+        rows.append("[" + ",".join(pixels) + "]")
+    return '{"instances":[[' + ",".join(rows) + "]]}"
+
 
 class TFServingBackend(Backend):
     name = "tfserving"
+    input_kind = "pil"
 
     def __init__(
         self, *args: Any, tfserving_url: str | None = None, tfserving_timeout_s: float = 30.0, **kw: Any
@@ -68,9 +91,9 @@ class TFServingBackend(Backend):
         # Short: /readyz is polled and must answer quickly even when the server hangs.
         return self._status(timeout=min(2.0, self.timeout_s))
 
-    def _predict(self, image: np.ndarray) -> list[Detection]:
+    def _predict(self, image: Image.Image) -> list[Detection]:
         # Unnamed row format: valid for a one-input signature whatever its input is called.
-        body = json.dumps({"instances": [image.tolist()]}, separators=(",", ":"))
+        body = instances_json(image)
         try:
             response = self._client.post(
                 f"/v1/models/{self.remote_name}:predict",
