@@ -91,8 +91,10 @@ class Worker:
         )
         self.answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.stderr: list[str] = []
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self.readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                        threading.Thread(target=self._read_stderr, daemon=True)]
+        for reader in self.readers:
+            reader.start()
         self.send(spec)
 
     def _read_stdout(self) -> None:
@@ -133,15 +135,18 @@ class Worker:
         return self.answer(timeout)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for reader in self.readers:
+            reader.join(timeout=10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 def summarize_samples(samples: dict[str, list[float]]) -> dict[str, Any]:
@@ -183,7 +188,8 @@ def measure_model(model_dir: Path, manifest: dict[str, Any], settings: Settings,
             reason = ""
             if runtime == "eager":
                 reason = eager.get("reason", "")
-                spec.update(entry_point=eager.get("entry_point"), weights=eager.get("weights"))
+                spec.update(entry_point=eager.get("entry_point"), weights=eager.get("weights"),
+                            sys_path=eager.get("sys_path", []))
             if runtime == "cpp":
                 reason = cpp.reason if not cpp.available else ""
                 env = cpp.env() if cpp.available else None

@@ -106,8 +106,13 @@ class EagerRunner(_Candidates):
     def __init__(self, model_dir: Path, manifest: dict, spec: dict):
         super().__init__(model_dir, manifest)
         torch = _torch_threads(spec["threads"])
-        from model_export.torch_export import load_entry_point
+        try:
+            from model_export.entry_points import load_entry_point
+        except ImportError:
+            from model_export.torch_export import load_entry_point
 
+        # The model's own code may live beside the project's release.toml.
+        sys.path[:0] = [p for p in spec.get("sys_path", []) if p not in sys.path]
         entry_point = spec.get("entry_point") or manifest.get("source", {}).get("entry_point")
         weights = spec.get("weights")
         if not entry_point or not weights:
@@ -225,7 +230,6 @@ class TensorFlowRunner(Runner):
 _NATIVE_KEYS = {
     "preprocess": ("preprocess", "preprocess_ms", "pre"),
     "inference": ("inference", "inference_ms", "forward", "model"),
-    "postprocess": ("postprocess", "postprocess_ms", "post"),
 }
 
 
@@ -244,7 +248,7 @@ class CppRunner(Runner):
         self._timing = self._find_timing()
 
     def _find_timing(self) -> Callable[[], Any] | None:
-        for name in ("last_timing", "timing", "timings", "last_timings"):
+        for name in ("last_timings", "last_timing", "timings", "timing"):
             attr = getattr(self.detector, name, None)
             if attr is not None:
                 return attr if callable(attr) else (lambda n=name: getattr(self.detector, n))
@@ -298,9 +302,12 @@ def _run_once(runner: Runner, png: bytes) -> tuple[list[dict], dict[str, float]]
     ms = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "inference": (t3 - t2) * 1e3,
           "postprocess": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
     if runner.native_stages is not None:
-        # One native call did preprocess + inference + postprocess: use the runtime's own split of it.
-        for stage in ("preprocess", "inference", "postprocess"):
-            ms[stage] = runner.native_stages[stage]
+        # One native call did preprocess + inference + postprocess: split it by the runtime's own
+        # timing; postprocess keeps the rest of the call (the binding's conversion to Python).
+        call = ms["preprocess"] + ms["inference"] + ms["postprocess"]
+        ms["preprocess"] = runner.native_stages["preprocess"]
+        ms["inference"] = runner.native_stages["inference"]
+        ms["postprocess"] = max(0.0, call - ms["preprocess"] - ms["inference"])
     return dets, ms
 
 

@@ -16,13 +16,16 @@ Writes ``bench/results.json`` (with a run id and the machine's fingerprint), ``b
 
 Settings come from keyword arguments, else ``SLIPWAY_BENCH_*`` environment variables
 (``RUNS``, ``WARMUP``, ``THREADS``, ``SECONDS``, ``CONCURRENCY`` as ``1,8``, ``READY_RUNS``,
-``IMPORT_REPEATS``, ``SERVED`` = 0 to leave out the containers), else the defaults below.
+``IMPORT_REPEATS`` (0 leaves import times out), ``SERVED`` = 0 to leave out the containers),
+else the defaults below.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slipway import services
+from slipway import services, smoketest
 from slipway.benchmark import budgets as budget_checks
 from slipway.benchmark import inprocess, machine, report, served, sizes
 from slipway.context import StageContext
@@ -67,7 +70,7 @@ class BenchSettings:
                     except ValueError as exc:
                         raise ConfigError(f"SLIPWAY_BENCH_{name.upper()}={raw!r}: expected a number") from exc
             if value is not None:
-                if value <= 0 and name != "warmup":
+                if value < 0 or (value == 0 and name not in ("warmup", "import_repeats")):
                     raise ConfigError(f"bench setting {name} must be positive, got {value}")
                 setattr(s, name, value)
         conc = given.get("concurrency") or os.environ.get("SLIPWAY_BENCH_CONCURRENCY")
@@ -115,7 +118,7 @@ def _eager_source(ctx: StageContext, model: str, manifest: dict[str, Any]) -> di
                 h.update(chunk)
         if h.hexdigest() != want:
             return {"reason": f"{weights.name} changed since the export: it is not the exported model"}
-    return {"entry_point": spec.entry_point, "weights": str(weights)}
+    return {"entry_point": spec.entry_point, "weights": str(weights), "sys_path": [str(ctx.root)]}
 
 
 def _tolerances(ctx: StageContext) -> dict[str, dict[str, float]]:
@@ -167,6 +170,8 @@ def measure_imports(ctx: StageContext, models: list[str], settings: BenchSetting
             out["slipway_runtime"] = {"module": "slipway_runtime", "available": False, "reason": cpp.reason}
     if "tensorflow" in frameworks or importlib.util.find_spec("tensorflow") is not None:
         wanted.append(("tensorflow", None))
+    if settings.import_repeats == 0:
+        return {}
     for module, env in wanted:
         if env is None and importlib.util.find_spec(module) is None:
             out[module] = {"module": module, "available": False, "reason": f"{module} is not installed"}
@@ -178,11 +183,39 @@ def measure_imports(ctx: StageContext, models: list[str], settings: BenchSetting
 
 
 def _has_gpu() -> bool:
+    check = getattr(smoketest, "has_gpu", None)
+    if check is not None:
+        return bool(check())
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
+
+
+@contextlib.contextmanager
+def _external_server(image: dict[str, Any], model_dir: Path, ctx: StageContext, variant: str):
+    """The model server a ``tfserving`` image talks to (as the smoke test starts it); else nothing."""
+    if image.get("runtime") != "tfserving":
+        yield {}, None
+        return
+    server = getattr(smoketest, "tfserving_server", None)
+    if server is None:
+        raise CheckError("this slipway cannot start the external TF Serving server the image needs")
+    mode = smoketest.tfserving_mode() if hasattr(smoketest, "tfserving_mode") else "stub"
+    with server(model_dir, mode=mode, timeout=ctx.config.smoke.timeout_s, memory=ctx.config.smoke.memory,
+                cpus=ctx.config.smoke.cpus, logs_to=ctx.out / "bench" / f"tfserving-{variant}.log") as ext:
+        yield {"TFSERVING_URL": ext.url}, ext.description
+
+
+def _start(image: dict[str, Any], ctx: StageContext, variant: str, env: dict[str, str]):
+    options: dict[str, Any] = {}
+    if image.get("device") == "gpu" and "gpus" in inspect.signature(run_container).parameters:
+        options["gpus"] = True
+    return run_container(image["tag"], memory=ctx.config.smoke.memory, cpus=ctx.config.smoke.cpus,
+                         timeout=ctx.config.smoke.timeout_s, env=env,
+                         logs_to=ctx.out / "bench" / f"container-{variant}.log", **options)
 
 
 def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dict[str, Any],
                    settings: BenchSettings) -> dict[str, Any]:
+    """Per image: ``ready_runs`` starts to /readyz; during the first, a load test per concurrency."""
     out: dict[str, Any] = {}
     if not entries:
         return out
@@ -208,26 +241,31 @@ def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dic
             out[variant] = {"reason": f"no golden images in models/{image['model']}/golden"}
             continue
         bodies = [p.read_bytes() for p in golden]
+        model_name = json.loads((model_dir / "model.json").read_text())["name"]
         result: dict[str, Any] = {"image": image["tag"], "image_id": image.get("id"), "runtime": image["runtime"],
-                                  "cpus": ctx.config.smoke.cpus, "memory": ctx.config.smoke.memory,
-                                  "load": [], "ready_s": {"runs": []}}
+                                  "device": image.get("device"), "cpus": ctx.config.smoke.cpus,
+                                  "memory": ctx.config.smoke.memory, "load": [], "ready_s": {"runs": []}}
         try:
-            for i in range(settings.ready_runs):
-                with run_container(image["tag"], memory=ctx.config.smoke.memory, cpus=ctx.config.smoke.cpus,
-                                   timeout=ctx.config.smoke.timeout_s, env={"THREADS": str(settings.threads)},
-                                   logs_to=ctx.out / "bench" / f"container-{variant}.log") as running:
-                    result["ready_s"]["runs"].append(round(running.ready_seconds, 3))
-                    ctx.log(f"{variant}: start {i + 1}/{settings.ready_runs}: ready in {running.ready_seconds:.2f}s")
-                    if i == 0:
+            with _external_server(image, model_dir, ctx, variant) as (extra_env, external):
+                if external:
+                    result["external_server"] = external
+                env = {"THREADS": str(settings.threads), **extra_env}
+                for i in range(settings.ready_runs):
+                    with _start(image, ctx, variant, env) as running:
+                        result["ready_s"]["runs"].append(round(running.ready_seconds, 3))
+                        ctx.log(f"{variant}: start {i + 1}/{settings.ready_runs}: ready in "
+                                f"{running.ready_seconds:.2f}s")
+                        if i > 0:
+                            continue
                         for conc in settings.concurrency:
-                            load = served.load_test(running.url, image_model_name(model_dir), bodies,
-                                                    concurrency=conc, seconds=settings.seconds)
+                            load = served.load_test(running.url, model_name, bodies, concurrency=conc,
+                                                    seconds=settings.seconds)
                             result["load"].append(load)
                             lat = load["latency_ms"]
                             ctx.log(f"{variant}: concurrency {conc}: {load['requests_per_s']:.1f} req/s, "
                                     f"p50 {lat.get('p50', 0):.1f} ms, p95 {lat.get('p95', 0):.1f} ms, "
                                     f"errors {sum(load['errors'].values())}")
-        except (CheckError, SlipwayError) as exc:
+        except SlipwayError as exc:
             result["reason"] = str(exc).splitlines()[0]
             ctx.log(f"{variant}: {result['reason']}")
         runs = result["ready_s"]["runs"]
@@ -237,10 +275,6 @@ def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dic
             result.pop("ready_s")
         out[variant] = result
     return out
-
-
-def image_model_name(model_dir: Path) -> str:
-    return json.loads((model_dir / "model.json").read_text())["name"]
 
 
 def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict[str, Any],

@@ -1,0 +1,283 @@
+"""slipway bench: real measurements of the example model, budgets on them, and the release gate.
+
+Nothing measured is mocked: the runtimes run the example export in their own processes; only the
+number of iterations is small, so the numbers are rough and the tests check structure, not speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slipway.benchmark import budgets, report, served, stats
+from slipway.benchmark.inprocess import CppEnv, Settings, find_cpp_wheel, import_time, measure_model
+from slipway.cli import main
+from slipway.config import BudgetsSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS = ROOT / "model_export" / "examples" / "weights" / "shapes_torch.pt"
+ENTRY_POINT = "model_export.examples.torch_detector:build_model"
+FEW = Settings(threads=2, warmup=2, runs=6, batch=3)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    from model_export.examples.config import example_config
+    from model_export.export import export_model
+
+    out = tmp_path_factory.mktemp("bench-export") / "shapes-torch"
+    export_model(example_config("pytorch"), out, version="0.0.1", git_commit="0" * 40, log=lambda _m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def measured(export_dir, tmp_path_factory) -> dict:
+    """One real in-process run of every PyTorch runtime on the export (few iterations)."""
+    manifest = json.loads((export_dir / "model.json").read_text())
+    wheels = tmp_path_factory.mktemp("no-wheels")
+    wheel, reason = find_cpp_wheel(wheels)
+    assert wheel is None
+    return measure_model(export_dir, manifest, FEW, cpp=CppEnv(reason=reason), log=lambda _m: None,
+                         eager={"entry_point": ENTRY_POINT, "weights": str(WEIGHTS)})
+
+
+def results_of(measured: dict, variants: tuple[str, ...] = ()) -> dict:
+    return {"run_id": "r1", "machine": {"fingerprint": "m1"}, "scope": {"variants": list(variants)},
+            "inprocess": {"models": {"shapes-torch": measured}}, "served": {}, "sizes": {"images": {}}}
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+
+
+def test_percentiles_agree_with_numpy():
+    rng = np.random.default_rng(0)
+    values = list(rng.exponential(10, size=37))
+    for q in (0, 50, 95, 100):
+        assert stats.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    s = stats.summarize([3.0, 1.0, 2.0])
+    assert (s["n"], s["p50"], s["min"], s["max"]) == (3, 2.0, 1.0, 3.0)
+
+
+# --------------------------------------------------------------------------------------------
+# In-process
+
+
+def test_every_runtime_is_measured_side_by_side(measured):
+    assert list(measured) == ["eager", "torchscript", "cpp", "onnx"]
+    for runtime in ("eager", "torchscript", "onnx"):
+        r = measured[runtime]
+        assert r["available"], r
+        assert r["total"]["n"] == FEW.runs
+        assert set(r["stages"]) == {"decode", "preprocess", "inference", "postprocess"}
+        assert all(r["stages"][s]["p50"] > 0 for s in r["stages"])
+        assert r["total"]["p95"] >= r["total"]["p50"] > 0
+        # Ratios against the eager baseline come from this very run.
+        want = measured["eager"]["total"]["p50"] / r["total"]["p50"]
+        assert r["speedup_vs_eager"]["p50"] == pytest.approx(want, rel=1e-3)
+    assert measured["eager"]["speedup_vs_eager"]["p50"] == 1.0
+    # The exported formats answer like the reference; the PIL baseline is only close to it.
+    assert measured["torchscript"]["reference_check"]["ok"]
+    assert measured["onnx"]["reference_check"]["ok"]
+    assert measured["eager"]["reference_check"]["min_iou"] > 0.9
+
+
+def test_a_missing_cpp_wheel_is_reported_never_faked(measured):
+    cpp = measured["cpp"]
+    assert cpp["available"] is False
+    assert "slipway wheels" in cpp["reason"]
+    assert "total" not in cpp and "speedup_vs_eager" not in cpp
+
+
+def test_cpp_wheel_for_another_interpreter_is_not_used(tmp_path):
+    other = "cp39" if sys.version_info[:2] != (3, 9) else "cp38"
+    (tmp_path / f"slipway_runtime-0.1.0-{other}-{other}-manylinux_2_28_x86_64.whl").write_bytes(b"x")
+    wheel, reason = find_cpp_wheel(tmp_path)
+    assert wheel is None and "no slipway_runtime wheel for this interpreter" in reason
+
+
+def test_an_unloadable_cpp_wheel_says_why(export_dir, tmp_path):
+    """A 'wheel' whose module fails to import: the worker reports the import error."""
+    site = tmp_path / "site" / "slipway_runtime"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("raise ImportError('libtorch_cpu.so: cannot open shared object file')\n")
+    manifest = json.loads((export_dir / "model.json").read_text())
+    out = measure_model(export_dir, manifest, FEW, cpp=CppEnv(site=site.parent), only=("cpp",),
+                        eager={}, log=lambda _m: None)
+    assert out["cpp"]["available"] is False
+    assert "libtorch_cpu.so" in out["cpp"]["reason"]
+
+
+def test_import_time_in_a_fresh_interpreter():
+    r = import_time("json", repeats=2)
+    assert r["available"] and len(r["runs_s"]) == 2 and r["median_s"] >= 0
+    missing = import_time("no_such_module_slipway", repeats=1)
+    assert missing["available"] is False and "ModuleNotFoundError" in missing["reason"]
+
+
+# --------------------------------------------------------------------------------------------
+# Budgets, evaluated on the measured results
+
+
+def test_impossible_p95_budget_is_exceeded(measured):
+    checks = budgets.evaluate(BudgetsSpec(max_p95_ms={"torchscript": 0.001, "onnx": 1e6}), results_of(measured))
+    by_subject = {c.subject: c for c in checks}
+    ts = by_subject["shapes-torch/torchscript"]
+    assert ts.status == budgets.EXCEEDED and ts.failed
+    assert ts.measured == pytest.approx(measured["torchscript"]["total"]["p95"], abs=0.01)
+    assert by_subject["shapes-torch/onnx"].status == budgets.OK
+    text = budgets.table([c for c in checks if c.failed])
+    assert "budgets.max-p95-ms.torchscript" in text and "EXCEEDED" in text and "onnx" not in text
+
+
+def test_cpp_speedup_budget_fails_when_the_wheel_was_not_measured(measured):
+    checks = budgets.evaluate(BudgetsSpec(min_cpp_speedup=3.0), results_of(measured))
+    assert [(c.budget, c.status) for c in checks] == [("budgets.min-cpp-speedup", budgets.NOT_MEASURED)]
+    assert "slipway wheels" in checks[0].note
+
+
+def test_cpp_speedup_budget_uses_the_same_runs_p50(measured):
+    # The eager baseline measured against itself: speed-up exactly 1.
+    fake_cpp = dict(measured["eager"])
+    results = results_of({**measured, "cpp": fake_cpp})
+    (check,) = budgets.evaluate(BudgetsSpec(min_cpp_speedup=1.0), results)
+    assert check.status == budgets.OK and check.measured == 1.0
+    (check,) = budgets.evaluate(BudgetsSpec(min_cpp_speedup=1.5), results)
+    assert check.status == budgets.EXCEEDED
+
+
+def test_variant_budgets_skip_variants_outside_the_run_and_fail_unmeasured_ones(measured):
+    spec = BudgetsSpec(max_image_mb={"a": 100, "b": 100}, max_ready_s={"a": 5, "c": 5})
+    results = results_of(measured, variants=("a", "c"))
+    results["sizes"]["images"] = {"a": {"uncompressed_bytes": 150_000_000}}
+    results["served"] = {"a": {"ready_s": {"runs": [1.0, 2.0, 9.0], "median": 2.0}}, "c": {"reason": "no image"}}
+    got = {(c.budget, c.status) for c in budgets.evaluate(spec, results)}
+    assert got == {
+        ("budgets.max-image-mb.a", budgets.EXCEEDED),
+        ("budgets.max-image-mb.b", budgets.SKIPPED),
+        ("budgets.max-ready-s.a", budgets.OK),
+        ("budgets.max-ready-s.c", budgets.NOT_MEASURED),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def test_report_shows_one_run_and_refuses_to_mix_runs(measured, tmp_path):
+    results = results_of(measured)
+    results.update(project="p", version="1.0.0", date="2026-01-01T00:00:00+00:00", settings={},
+                   machine={"fingerprint": "m1", "cpu_model": "cpu", "libraries": {"torch": "2"}})
+    checks = budgets.evaluate(BudgetsSpec(max_p95_ms={"torchscript": 0.001}), results)
+    results["budgets"] = {"ok": False, "checks": [c.to_json() for c in checks]}
+    md = report.markdown(results)
+    assert "Run `r1`" in md and "machine `m1`" in md
+    assert "TorchScript from Python" in md and "not available" in md
+    assert "**EXCEEDED**" in md
+    png = report.chart(results, tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report.check_same_run(results, dict(results))
+    other = {**results, "run_id": "r2"}
+    with pytest.raises(report.MixedRunsError):
+        report.check_same_run(results, other)
+
+
+# --------------------------------------------------------------------------------------------
+# Served: the load generator against the real service, run as a process on loopback
+
+
+def test_load_generator_only_talks_to_loopback():
+    with pytest.raises(ValueError, match="loopback"):
+        served.load_test("http://example.com:8080", "m", [b""], concurrency=1, seconds=0.1)
+
+
+def test_load_generator_against_the_real_service(export_dir):
+    from slipway.smoketest import free_port
+
+    port = free_port()
+    env = {**os.environ, "MODEL_DIR": str(export_dir), "BACKEND": "onnx", "PORT": str(port), "HOST": "127.0.0.1",
+           "THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "serving"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "the service exited"
+            time.sleep(0.2)
+        bodies = [p.read_bytes() for p in sorted((export_dir / "golden").glob("*.png"))]
+        for conc in (1, 4):
+            r = served.load_test(url, "shapes-torch", bodies, concurrency=conc, seconds=1.0)
+            assert r["concurrency"] == conc and r["requests"] > 0 and not r["errors"]
+            assert r["requests_per_s"] == pytest.approx(r["requests"] / r["seconds"], rel=0.01)
+            assert r["latency_ms"]["p95"] >= r["latency_ms"]["p50"] > 0
+            assert r["server_total_ms"]["p50"] <= r["latency_ms"]["p50"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------------------------
+# The release gate: an impossible budget stops 'slipway release' before publish
+
+
+def test_release_stops_before_publish_on_an_exceeded_budget(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "release.toml"
+    config.write_text(textwrap.dedent(f"""
+        [project]
+        name = "bench-gate"
+        version = "0.0.1"
+
+        [[models]]
+        name = "shapes-torch"
+        framework = "pytorch"
+        entry-point = "{ENTRY_POINT}"
+        weights = "{WEIGHTS.as_posix()}"
+        labels = ["circle", "square", "triangle"]
+        exporters = ["torchscript"]
+        input = {{ height = 128, width = 128, channels = 3, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }}
+
+        [wheels]
+        model = "shapes-torch"
+
+        [budgets]
+        max-p95-ms = {{ torchscript = 0.001 }}
+    """))
+    for key, value in {"RUNS": "4", "WARMUP": "1", "IMPORT_REPEATS": "0", "SERVED": "0"}.items():
+        monkeypatch.setenv(f"SLIPWAY_BENCH_{key}", value)
+    out = tmp_path / "out"
+    code = main(["release", "--config", str(config), "--out", str(out), "--dry-run",
+                 "--skip", "wheels", "--skip", "images", "--skip", "smoke"])
+    err = capsys.readouterr().err
+    assert code == 4, err
+    stages = json.loads((out / "stages.json").read_text())
+    assert stages["export"]["status"] == "ok"
+    assert stages["bench"]["status"] == "failed"
+    assert "budgets.max-p95-ms.torchscript" in stages["bench"]["summary"]
+    assert "publish" not in stages
+    assert not (out / "release.json").exists()
+    assert "budgets.max-p95-ms.torchscript" in err and "EXCEEDED" in err
+    # The numbers that failed the release are kept, from one identified run.
+    results = json.loads((out / "bench" / "results.json").read_text())
+    assert results["run_id"] and len(results["machine"]["fingerprint"]) == 16
+    assert results["machine"]["cpu_model"] and results["machine"]["libraries"]["torch"]
+    assert results["budgets"]["ok"] is False
+    assert results["inprocess"]["models"]["shapes-torch"]["torchscript"]["available"]
+    assert "slipway wheels" in results["inprocess"]["models"]["shapes-torch"]["cpp"]["reason"]
+    assert (out / "bench" / "table.md").read_text().count(results["run_id"]) == 1
+    assert (out / "bench" / "chart.png").stat().st_size > 10_000
