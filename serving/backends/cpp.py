@@ -1,14 +1,13 @@
 """The C++ runtime (``slipway_runtime``, libtorch inside) from its wheel: the pytorch-cpp-cpu image.
 
 The wheel does its own pre- and postprocessing in C++ (the same contract as model_export), so
-this backend only converts its results. ``slipway_runtime`` vendors libtorch: a process that has
-also imported the ``torch`` package aborts (two copies register the same operators), so the
-backend refuses to load in that case instead of letting the process die.
+this backend only converts its results. The self-contained wheel vendors libtorch and refuses to
+load next to the ``torch`` package (two copies would abort the process); that refusal, like a
+missing wheel, becomes this backend's error state with the runtime's own message.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -21,22 +20,17 @@ class CppBackend(Backend):
     name = "cpp"
 
     def load(self) -> None:
-        if "torch" in sys.modules:
-            raise BackendError(
-                "the cpp backend cannot share a process with the torch package (both load libtorch and the "
-                "process would abort); run it in an image or environment without torch"
-            )
         try:
             import slipway_runtime
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
+            if exc.name != "slipway_runtime":
+                raise
             raise BackendError(
-                f"BACKEND=cpp needs the C++ runtime wheel 'slipway-runtime' (module slipway_runtime): {exc}"
+                "BACKEND=cpp needs the C++ runtime wheel 'slipway-runtime' (module slipway_runtime), "
+                "which is not installed"
             ) from exc
         self._runtime = slipway_runtime
-        self._detector = slipway_runtime.Detector(str(self.model_dir))
-        set_threads = getattr(self._detector, "set_num_threads", None)
-        if callable(set_threads):
-            set_threads(self.threads)
+        self._detector = slipway_runtime.Detector(str(self.model_dir), threads=self.threads)
 
     def _predict(self, image: np.ndarray) -> list[Detection]:
         return [self._convert(d) for d in self._detector.predict(np.ascontiguousarray(image))]
