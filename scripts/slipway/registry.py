@@ -8,13 +8,14 @@ anything else (404 aside, which means "absent") is final.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
@@ -244,8 +245,8 @@ def simple_url(upload_url: str, override: str | None = None) -> str:
 _LINK = re.compile(r'<a\s[^>]*href="([^"]+)"[^>]*>([^<]+)</a>', re.IGNORECASE)
 
 
-def index_files(simple: str, project: str) -> dict[str, str | None]:
-    """Files the index lists for ``project``: file name -> sha256 (None when the index gives none)."""
+def index_files(simple: str, project: str) -> dict[str, tuple[str, str | None]]:
+    """Files the index lists for ``project``: file name -> (absolute URL, sha256 or None when not listed)."""
     url = f"{simple.rstrip('/')}/{normalize_project(project)}/"
     try:
         r = httpx.get(url, timeout=15, follow_redirects=True)
@@ -257,9 +258,25 @@ def index_files(simple: str, project: str) -> dict[str, str | None]:
         raise Transient(f"{urlsplit(url).netloc} answered {r.status_code}")
     if r.status_code != 200:
         raise RegistryError(f"{url} answered {r.status_code}: {r.text[:300]}")
-    files: dict[str, str | None] = {}
+    files: dict[str, tuple[str, str | None]] = {}
     for href, text in _LINK.findall(r.text):
-        fragment = href.partition("#")[2]
+        link, _, fragment = href.partition("#")
         digest = fragment.removeprefix("sha256=") if fragment.startswith("sha256=") else None
-        files[text.strip()] = digest
+        files[text.strip()] = (urljoin(str(r.url), link), digest)
     return files
+
+
+def download_sha256(url: str) -> str:
+    """The sha256 of a file on an index, for indexes that list no hashes."""
+    h = hashlib.sha256()
+    try:
+        with httpx.stream("GET", url, timeout=60, follow_redirects=True) as r:
+            if r.status_code >= 500:
+                raise Transient(f"{urlsplit(url).netloc} answered {r.status_code}")
+            if r.status_code != 200:
+                raise RegistryError(f"{url} answered {r.status_code}")
+            for chunk in r.iter_bytes():
+                h.update(chunk)
+    except httpx.TransportError as exc:
+        raise Transient(f"{type(exc).__name__} from {urlsplit(url).netloc}") from exc
+    return h.hexdigest()
