@@ -50,6 +50,8 @@ def export_model(model_cfg: Any, out_dir: Path, *, version: str, git_commit: str
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(name, out_dir, "output folder exists and is not empty")
+    if not out_dir.parent.is_dir():
+        raise ExportError(name, out_dir, "the parent of the output folder does not exist")
     created = not out_dir.exists()
     try:
         return _export(model_cfg, name, out_dir, version=version, git_commit=git_commit, log=log)
@@ -135,7 +137,7 @@ def _export(cfg: Any, name: str, out_dir: Path, *, version: str, git_commit: str
     log(f"{name}: eager reference on {len(images)} golden images")
     reference = prepared.reference(images)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)
     artifacts.write_golden(out_dir, samples, reference)
     exporters: dict[str, dict] = {}
     for kind in exporters_for(cfg):
