@@ -45,8 +45,8 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/hadolint dockerfiles/*.Dockerfile
-	$(BIN)/actionlint .github/workflows/*.yml
-	$(BIN)/zizmor --offline .github
+	$(BIN)/actionlint .github/workflows/*.yml docs/example-caller.yml
+	$(BIN)/zizmor --offline --strict-collection .github docs/example-caller.yml
 
 schema: venv
 	$(BIN)/slipway schema > scripts/slipway/release.schema.json

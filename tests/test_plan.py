@@ -77,8 +77,13 @@ def test_variant_subset_narrows_every_matrix(config):
     ],
 )
 def test_dry_run_rules(config, event, dry_run, expected):
-    ref = "refs/tags/v0.1.0" if event == "tag" else "refs/heads/main"
+    ref = "refs/tags/v0.1.0" if event == "tag" or dry_run is False else "refs/heads/main"
     assert make_plan(config, Trigger(event=event, ref=ref, dry_run=dry_run))["dry_run"] is expected
+
+
+def test_real_release_off_a_tag_is_refused(config):
+    with pytest.raises(ConfigError, match="must run on a version tag"):
+        make_plan(config, Trigger(event="dispatch", ref="refs/heads/main", dry_run=False))
 
 
 def test_tag_must_agree_with_fixed_version(config):

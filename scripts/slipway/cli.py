@@ -147,14 +147,12 @@ def _trigger(args: argparse.Namespace, root: Path) -> Trigger:
             sha = args.sha or os.environ.get("GITHUB_SHA", "")
             path = os.environ.get("GITHUB_EVENT_PATH")
             payload = json.loads(Path(path).read_text()) if path and Path(path).exists() else {}
-        trig = trigger_from_github(name, ref, sha, payload)
+        trig = trigger_from_github(name, ref, sha, payload, override=args.event)
         overrides: dict[str, Any] = {}
         if args.dry_run is not None:
             overrides["dry_run"] = args.dry_run
         if args.variants:
             overrides["variants"] = tuple(v for v in args.variants.split(",") if v)
-        if args.event:
-            overrides["event"] = args.event
     else:
         trig = Trigger(
             event=args.event or ("tag" if args.ref.startswith(("v", "refs/tags/")) else "local"),
@@ -217,7 +215,8 @@ def _context(args: argparse.Namespace, config: ReleaseConfig, plan: dict[str, An
                 plan = make_plan(
                     config, Trigger(event="local", sha=git_sha(config.root), gpu=_has_gpu()), config_path=args.config
                 )
-    out = Path(args.out) if args.out else config.root / plan["output_dir"]
+    # Relative to where slipway runs (the workspace), like every other path on its command line.
+    out = Path(args.out) if args.out else Path.cwd() / plan["output_dir"]
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "plan.json").exists() or args.plan:
         (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")

@@ -45,14 +45,21 @@ class Trigger:
     gpu: bool = True
 
 
-def trigger_from_github(event_name: str, ref: str, sha: str, payload: dict[str, Any]) -> Trigger:
+def trigger_from_github(
+    event_name: str, ref: str, sha: str, payload: dict[str, Any], override: str | None = None
+) -> Trigger:
     """Read a GitHub event (name, ref, payload) the way the release workflow receives it."""
     event = GITHUB_EVENTS.get(event_name)
+    if event is None and override:
+        # The caller says what this run is (e.g. a release triggered by 'schedule' or 'release').
+        event = override
     if event is None:
         raise ConfigError(
             [ConfigProblem("GITHUB_EVENT_NAME", "event", event_name, f"expected one of {sorted(GITHUB_EVENTS)}")]
         )
-    if event == "tag" and not ref.startswith("refs/tags/"):
+    if override:
+        event = override
+    elif event == "tag" and not ref.startswith("refs/tags/"):
         # A push to a branch is CI, not a release: plan it as a dry run.
         event = "pull_request"
     inputs = payload.get("inputs") or {}
@@ -138,6 +145,16 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
         dry_run = trigger.dry_run
     else:
         dry_run = trigger.event not in ("tag", "local")
+    is_tag_ref = trigger.ref.startswith("refs/tags/") or (trigger.event == "tag")
+    if not dry_run and trigger.event in ("dispatch", "call") and not is_tag_ref:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "--ref", "ref", trigger.ref or MISSING,
+                    "a real (not dry-run) release must run on a version tag; dispatch it on a tag such as v1.2.3",
+                )
+            ]
+        )
 
     images_registry = (trigger.image_registry or config.registries.images).rstrip("/")
     package_index = trigger.package_index or config.registries.packages
@@ -164,7 +181,14 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
         for platform in config.wheels.platforms:
             arch = platform.rsplit("_", 1)[-1] if not platform.endswith("x86_64") else "x86_64"
             wheels.append(
-                {"arch": arch, "platform": platform, "runner": WHEEL_RUNNERS.get(arch, "ubuntu-24.04"), "build": build}
+                {
+                    "arch": arch,
+                    "platform": platform,
+                    "runner": WHEEL_RUNNERS.get(arch, "ubuntu-24.04"),
+                    "build": build,
+                    # The export whose golden outputs the wheel test checks.
+                    "model": wheels_model.name,
+                }
             )
 
     images = [

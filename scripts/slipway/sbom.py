@@ -179,8 +179,10 @@ def _timestamp(created: str | None) -> str | None:
 
 def image_inventory(image: str, timeout: float = 300) -> dict[str, Any]:
     """What is installed in ``image``, read by the image's own Python in a container without network."""
-    res = services.docker("run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", _INVENTORY,
-                          check=False, timeout=timeout)
+    # The image's first Python on PATH (a service's virtualenv), else the system's python3.
+    launcher = 'p=$(command -v python || command -v python3) && exec "$p" -c "$1"'
+    res = services.docker("run", "--rm", "--network", "none", "--user", "65534:65534", "--entrypoint", "sh", image,
+                          "-c", launcher, "sh", _INVENTORY, check=False, timeout=timeout)
     if res.returncode != 0:
         raise BuildError(f"cannot read what {image} contains: {(res.stderr or '').strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
