@@ -51,10 +51,20 @@ labels = ["circle", "square"]
 input = { height = 32, width = 32 }
 """
 VARIANTS = [
-    {"name": "alpha", "model": "replay-model", "runtime": "torchscript", "dockerfile": "dockerfiles/pytorch.Dockerfile",
-     "target": "pytorch-cpu"},
-    {"name": "beta", "model": "replay-model", "runtime": "torchscript", "dockerfile": "dockerfiles/pytorch.Dockerfile",
-     "target": "pytorch-cpu"},
+    {
+        "name": "alpha",
+        "model": "replay-model",
+        "runtime": "torchscript",
+        "dockerfile": "dockerfiles/pytorch.Dockerfile",
+        "target": "pytorch-cpu",
+    },
+    {
+        "name": "beta",
+        "model": "replay-model",
+        "runtime": "torchscript",
+        "dockerfile": "dockerfiles/pytorch.Dockerfile",
+        "target": "pytorch-cpu",
+    },
 ]
 
 
@@ -64,8 +74,13 @@ VARIANTS = [
 
 def test_image_tags_release_and_prerelease():
     assert publish.image_tags({"version": "1.2.3", "short_sha": "abcdef0"}) == (
-        ["1.2.3", "sha-abcdef0"], ["1.2", "latest"])
-    assert publish.image_tags({"version": "1.2.3rc1", "short_sha": "abcdef0"}) == (["1.2.3rc1", "sha-abcdef0"], [])
+        ["1.2.3", "sha-abcdef0"],
+        ["1.2", "latest"],
+    )
+    assert publish.image_tags({"version": "1.2.3rc1", "short_sha": "abcdef0"}) == (
+        ["1.2.3rc1", "sha-abcdef0"],
+        [],
+    )
 
 
 def test_retry_is_bounded_and_retries_only_transient_errors(monkeypatch):
@@ -117,16 +132,19 @@ def test_retry_attempts_and_backoff_come_from_the_environment(monkeypatch):
     assert 1.0 <= delays[0] <= 3.0 and 2.0 <= delays[1] <= 6.0  # jittered exponential
 
 
-@pytest.mark.parametrize(("text", "transient"), [
-    ("Get \"http://127.0.0.1:5001/v2/\": dial tcp 127.0.0.1:5001: connect: connection refused", True),
-    ("read tcp 127.0.0.1:1->127.0.0.1:5000: read: connection reset by peer", True),
-    ("received unexpected HTTP status: 503 Service Unavailable", True),
-    ("HTTPError: 502 Bad Gateway from http://index/", True),
-    ("put: EOF", True),
-    ("denied: requested access to the resource is denied", False),
-    ("HTTPError: 409 Conflict from http://127.0.0.1:8765/", False),
-    ("manifest invalid: manifest invalid", False),
-])
+@pytest.mark.parametrize(
+    ("text", "transient"),
+    [
+        ('Get "http://127.0.0.1:5001/v2/": dial tcp 127.0.0.1:5001: connect: connection refused', True),
+        ("read tcp 127.0.0.1:1->127.0.0.1:5000: read: connection reset by peer", True),
+        ("received unexpected HTTP status: 503 Service Unavailable", True),
+        ("HTTPError: 502 Bad Gateway from http://index/", True),
+        ("put: EOF", True),
+        ("denied: requested access to the resource is denied", False),
+        ("HTTPError: 409 Conflict from http://127.0.0.1:8765/", False),
+        ("manifest invalid: manifest invalid", False),
+    ],
+)
 def test_transient_failures_are_told_apart(text, transient):
     assert registry.is_transient_text(text) is transient
 
@@ -152,8 +170,13 @@ class _FlakyRegistry(BaseHTTPRequestHandler):
             self.send_response(503)
             self.end_headers()
             return
-        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                           "config": {"digest": "sha256:" + "c" * 64}}).encode()
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"digest": "sha256:" + "c" * 64},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Docker-Content-Digest", "sha256:" + "d" * 64)
         self.send_header("Content-Length", str(len(body)))
@@ -184,8 +207,15 @@ def test_unreachable_registry_is_transient():
 
 
 def _context(tmp_path: Path, plan: dict, summary: dict | None) -> StageContext:
-    config = load_config(make_project(tmp_path / "proj", name="unit", models=REPLAY_MODEL, variants=VARIANTS,
-                                      registry="127.0.0.1:5000/unit"))
+    config = load_config(
+        make_project(
+            tmp_path / "proj",
+            name="unit",
+            models=REPLAY_MODEL,
+            variants=VARIANTS,
+            registry="127.0.0.1:5000/unit",
+        )
+    )
     out = tmp_path / "out"
     (out / "smoke").mkdir(parents=True)
     if summary is not None:
@@ -194,15 +224,23 @@ def _context(tmp_path: Path, plan: dict, summary: dict | None) -> StageContext:
 
 
 def _plan(artifacts: list[str]) -> dict:
-    return {"version": "1.0.0", "short_sha": "abcdef0", "matrix": {
-        "smoke": [{"artifact": a, "kind": "image", "variant": a.split(":")[1]} for a in artifacts]}}
+    return {
+        "version": "1.0.0",
+        "short_sha": "abcdef0",
+        "matrix": {
+            "smoke": [{"artifact": a, "kind": "image", "variant": a.split(":")[1]} for a in artifacts]
+        },
+    }
 
 
 def test_gate_refuses_naming_every_failed_and_untested_artifact(tmp_path):
-    summary = {"ok": False, "artifacts": {
-        "image:alpha": {"ok": True, "error": ""},
-        "image:beta": {"ok": False, "error": "2 of 4 golden image(s) differ from the reference"},
-    }}
+    summary = {
+        "ok": False,
+        "artifacts": {
+            "image:alpha": {"ok": True, "error": ""},
+            "image:beta": {"ok": False, "error": "2 of 4 golden image(s) differ from the reference"},
+        },
+    }
     ctx = _context(tmp_path, _plan(["image:alpha", "image:beta", "image:gamma"]), summary)
     with pytest.raises(PublishError) as err:
         publish.check_smoke(ctx, None)
@@ -219,14 +257,21 @@ def test_gate_refuses_without_smoke_results_and_for_changed_wheels(tmp_path):
     ctx = _context(tmp_path, _plan(["image:alpha"]), None)
     with pytest.raises(PublishError, match="run 'slipway smoke' first"):
         publish.check_smoke(ctx, None)
-    wheel = make_wheel(ctx.out / "wheels", dist="unit-pkg", version="1.0", files={"unit_pkg/__init__.py": ""},
-                       readme="# x")
-    summary = {"ok": True, "artifacts": {
-        "image:alpha": {"ok": True}, "wheels": {"ok": True},
-        f"wheel:{wheel.name}": {"ok": True, "sha256": "0" * 64},
-    }}
+    wheel = make_wheel(
+        ctx.out / "wheels", dist="unit-pkg", version="1.0", files={"unit_pkg/__init__.py": ""}, readme="# x"
+    )
+    summary = {
+        "ok": True,
+        "artifacts": {
+            "image:alpha": {"ok": True},
+            "wheels": {"ok": True},
+            f"wheel:{wheel.name}": {"ok": True, "sha256": "0" * 64},
+        },
+    }
     (ctx.out / "smoke" / "summary.json").write_text(json.dumps(summary))
-    with pytest.raises(PublishError, match=re.escape(f"wheel:{wheel.name} (changed since it was smoke-tested)")):
+    with pytest.raises(
+        PublishError, match=re.escape(f"wheel:{wheel.name} (changed since it was smoke-tested)")
+    ):
         publish.check_smoke(ctx, None)
 
 
@@ -247,7 +292,9 @@ def test_model_archive_is_byte_for_byte_reproducible(tmp_path):
 
 def _official_schema_problems(bom: dict) -> str | None:
     """Validation against CycloneDX's own JSON schema, when cyclonedx-python-lib is installed."""
-    validation = pytest.importorskip("cyclonedx.validation.json", reason="cyclonedx-python-lib[json-validation]")
+    validation = pytest.importorskip(
+        "cyclonedx.validation.json", reason="cyclonedx-python-lib[json-validation]"
+    )
     from cyclonedx.schema import SchemaVersion
 
     error = validation.JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(bom))
@@ -255,12 +302,18 @@ def _official_schema_problems(bom: dict) -> str | None:
 
 
 def _wheel_with_vendored_lib(tmp_path: Path) -> Path:
-    return make_wheel(tmp_path, dist="slipway-runtime", version="0.1.0", readme="# runtime", files={
-        "slipway_runtime/__init__.py": "",
-        "slipway_runtime/_core.cpython-311-x86_64-linux-gnu.so": "binary",
-        "slipway_runtime.libs/libtorch_cpu-1a2b3c4d.so": "vendored libtorch",
-        "slipway_runtime.libs/libgomp-a34b3233.so.1.0.0": "vendored gomp",
-    })
+    return make_wheel(
+        tmp_path,
+        dist="slipway-runtime",
+        version="0.1.0",
+        readme="# runtime",
+        files={
+            "slipway_runtime/__init__.py": "",
+            "slipway_runtime/_core.cpython-311-x86_64-linux-gnu.so": "binary",
+            "slipway_runtime.libs/libtorch_cpu-1a2b3c4d.so": "vendored libtorch",
+            "slipway_runtime.libs/libgomp-a34b3233.so.1.0.0": "vendored gomp",
+        },
+    )
 
 
 def test_wheel_sbom_lists_metadata_requirements_and_vendored_libraries(tmp_path):
@@ -289,7 +342,9 @@ def test_sbom_validation_reports_what_is_wrong(tmp_path):
     bom["components"][1]["bom-ref"] = bom["components"][0]["bom-ref"]
     bom["dependencies"].append({"ref": "nowhere", "dependsOn": []})
     problems = "\n".join(sbom.validate(bom))
-    assert "specVersion" in problems and "gadget" in problems and "unique" in problems and "nowhere" in problems
+    assert (
+        "specVersion" in problems and "gadget" in problems and "unique" in problems and "nowhere" in problems
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,8 +356,14 @@ def replay_release(tmp_path_factory, local_services):
     """Two smoke-tested replay images and a smoke-tested replay wheel, ready to publish."""
     uid = run_id()
     root = tmp_path_factory.mktemp("replay-release")
-    config = make_project(root / "proj", name=uid, models=REPLAY_MODEL, variants=VARIANTS,
-                          registry=f"127.0.0.1:5000/{uid}", version=None)
+    config = make_project(
+        root / "proj",
+        name=uid,
+        models=REPLAY_MODEL,
+        variants=VARIANTS,
+        registry=f"127.0.0.1:5000/{uid}",
+        version=None,
+    )
     out = root / "out"
     model_dir = write_fake_export(out / "models" / "replay-model", name="replay-model")
     images = {}
@@ -318,24 +379,53 @@ def replay_release(tmp_path_factory, local_services):
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "smoke" / "summary.json").read_text())
     assert set(summary["artifacts"]) == {"image:alpha", "image:beta", "wheels", f"wheel:{wheel.name}"}
-    return SimpleNamespace(uid=uid, root=root, config=config, out=out, images=images, wheel=wheel,
-                           model_dir=model_dir)
+    return SimpleNamespace(
+        uid=uid, root=root, config=config, out=out, images=images, wheel=wheel, model_dir=model_dir
+    )
 
 
-def _release_copy(rel: SimpleNamespace, tmp_path: Path, *, version: str, image_registry: str, index: str,
-                  extra: tuple[str, ...] = ()) -> Path:
+def _release_copy(
+    rel: SimpleNamespace,
+    tmp_path: Path,
+    *,
+    version: str,
+    image_registry: str,
+    index: str,
+    extra: tuple[str, ...] = (),
+) -> Path:
     """This test's own output folder (a copy) with a plan for ``version`` to the given registry and index."""
     out = tmp_path / "out"
     shutil.copytree(rel.out, out)
-    res = slipway("plan", "--config", str(rel.config), "--ref", f"v{version}", "--image-registry", image_registry,
-                  "--package-index", index, *extra, "-o", str(out / "plan.json"))
+    res = slipway(
+        "plan",
+        "--config",
+        str(rel.config),
+        "--ref",
+        f"v{version}",
+        "--image-registry",
+        image_registry,
+        "--package-index",
+        index,
+        *extra,
+        "-o",
+        str(out / "plan.json"),
+    )
     assert res.returncode == 0, res.stderr
     return out
 
 
 def _publish(rel: SimpleNamespace, out: Path, *args: str, env: dict[str, str] | None = None):
-    return slipway("publish", "--config", str(rel.config), "--out", str(out), "--plan", str(out / "plan.json"),
-                   *args, env=env)
+    return slipway(
+        "publish",
+        "--config",
+        str(rel.config),
+        "--out",
+        str(out),
+        "--plan",
+        str(out / "plan.json"),
+        *args,
+        env=env,
+    )
 
 
 FAST_RETRIES = {"SLIPWAY_RETRY_ATTEMPTS": "3", "SLIPWAY_RETRY_BASE_S": "0.2"}
@@ -351,14 +441,32 @@ def test_publish_interrupted_by_registry_crash_completes_on_rerun(replay_release
         prefix = f"{reg.address}/{rel.uid}"
         out = _release_copy(rel, tmp_path, version="1.2.0", image_registry=prefix, index=index.url)
         alpha, beta = f"{prefix}/{rel.uid}-alpha", f"{prefix}/{rel.uid}-beta"
-        expected_tags = {"1.2.0", "1.2", "latest", f"sha-{json.loads((out / 'plan.json').read_text())['short_sha']}"}
+        expected_tags = {
+            "1.2.0",
+            "1.2",
+            "latest",
+            f"sha-{json.loads((out / 'plan.json').read_text())['short_sha']}",
+        }
 
         # First attempt: the registry crashes (SIGKILL) right after the first tag is pushed.
         first_digest, lines = None, []
         with subprocess.Popen(
-            [sys.executable, "-m", "slipway.cli", "publish", "--config", str(rel.config), "--out", str(out),
-             "--plan", str(out / "plan.json")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **FAST_RETRIES},
+            [
+                sys.executable,
+                "-m",
+                "slipway.cli",
+                "publish",
+                "--config",
+                str(rel.config),
+                "--out",
+                str(out),
+                "--plan",
+                str(out / "plan.json"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **FAST_RETRIES},
         ) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -374,8 +482,10 @@ def test_publish_interrupted_by_registry_crash_completes_on_rerun(replay_release
         assert not (out / "release.json").exists()
 
         reg.start()  # same storage: what was pushed before the crash is still there
-        partial = {**{f"alpha:{t}": d for t, d in registry_state(alpha).items()},
-                   **{f"beta:{t}": d for t, d in registry_state(beta).items()}}
+        partial = {
+            **{f"alpha:{t}": d for t, d in registry_state(alpha).items()},
+            **{f"beta:{t}": d for t, d in registry_state(beta).items()},
+        }
         assert partial.get("alpha:1.2.0") == first_digest
         assert len(partial) < 2 * len(expected_tags), partial
         assert registry.index_files(f"{index.url}simple/", f"{rel.uid}-runtime") == {}
@@ -421,7 +531,9 @@ def test_publish_refuses_same_version_with_other_image(replay_release, tmp_path)
     # Same version, other content: alpha rebuilt with one file changed, smoke-tested again (green).
     images = json.loads((out / "images.json").read_text())
     tag = f"localhost/{rel.uid}/alpha:rebuilt"
-    build_replay_image(tmp_path / "ctx", tag=tag, model_dir=rel.model_dir, content=f"{rel.uid} alpha, changed")
+    build_replay_image(
+        tmp_path / "ctx", tag=tag, model_dir=rel.model_dir, content=f"{rel.uid} alpha, changed"
+    )
     images["alpha"] = image_entry("alpha", tag, model="replay-model")
     (out / "images.json").write_text(json.dumps(images, indent=1))
     res = slipway("smoke", "--config", str(rel.config), "--out", str(out), "--variant", "alpha")
@@ -447,8 +559,12 @@ def test_publish_refuses_wheel_with_other_content(replay_release, tmp_path):
         alpha_before = registry_state(f"{prefix}/{rel.uid}-alpha")
 
         # Same file name, other bytes (a rebuilt wheel of the same version), smoke-tested again.
-        other = make_replay_wheel(tmp_path / "other", dist=f"{rel.uid}-runtime", model_dir=rel.model_dir,
-                                  readme=f"# {rel.uid}-runtime\n\nRebuilt: different bytes, same version.")
+        other = make_replay_wheel(
+            tmp_path / "other",
+            dist=f"{rel.uid}-runtime",
+            model_dir=rel.model_dir,
+            readme=f"# {rel.uid}-runtime\n\nRebuilt: different bytes, same version.",
+        )
         assert other.name == rel.wheel.name
         shutil.copy2(other, out / "wheels" / other.name)
         res = slipway("smoke", "--config", str(rel.config), "--out", str(out))
@@ -471,14 +587,18 @@ def test_dry_run_prints_exactly_what_it_would_push_and_pushes_nothing(replay_rel
     index.start()
     try:
         prefix = f"127.0.0.1:5000/{rel.uid}-dry"
-        out = _release_copy(rel, tmp_path, version="3.0.0", image_registry=prefix, index=index.url,
-                            extra=("--dry-run",))
+        out = _release_copy(
+            rel, tmp_path, version="3.0.0", image_registry=prefix, index=index.url, extra=("--dry-run",)
+        )
         res = _publish(rel, out)
         assert res.returncode == 0, res.stderr
         short = json.loads((out / "plan.json").read_text())["short_sha"]
         pushes = sorted(re.findall(r"would push\s+(\S+)", res.stdout))
-        assert pushes == sorted(f"{prefix}/{rel.uid}-{v}:{t}" for v in ("alpha", "beta")
-                                for t in ("3.0.0", "3.0", "latest", f"sha-{short}"))
+        assert pushes == sorted(
+            f"{prefix}/{rel.uid}-{v}:{t}"
+            for v in ("alpha", "beta")
+            for t in ("3.0.0", "3.0", "latest", f"sha-{short}")
+        )
         assert re.findall(r"would upload\s+(\S+)", res.stdout) == [rel.wheel.name]
         attached = re.findall(r"would attach\s+(\S+)", res.stdout)
         assert "replay-model-3.0.0.tar.gz" in attached and "SHA256SUMS" in attached
@@ -514,16 +634,18 @@ def test_local_publish_writes_assets_sboms_and_keeps_latest_on_the_newest(replay
             assert sbom.validate(bom) == []
         alpha_bom = json.loads((assets / sboms["image:alpha"]["file"]).read_text())
         assert alpha_bom["metadata"]["component"]["type"] == "container"
-        assert alpha_bom["metadata"]["component"]["hashes"][0]["content"] == \
-            release["images"]["alpha"]["image_id"].removeprefix("sha256:")
+        assert alpha_bom["metadata"]["component"]["hashes"][0]["content"] == release["images"]["alpha"][
+            "image_id"
+        ].removeprefix("sha256:")
         purls = [c.get("purl", "") for c in alpha_bom["components"]]
         assert any(p.startswith("pkg:deb/debian/python3") for p in purls)
         assert any(p.startswith("pkg:pypi/pip@") for p in purls)
         assert _official_schema_problems(alpha_bom) is None
 
         # An older release published afterwards moves its own minor tag, never 'latest'.
-        older = _release_copy(rel, tmp_path / "older", version="4.0.3", image_registry=prefix,
-                              index="http://127.0.0.1:8765/")
+        older = _release_copy(
+            rel, tmp_path / "older", version="4.0.3", image_registry=prefix, index="http://127.0.0.1:8765/"
+        )
         res = _publish(rel, older, "--local")
         assert res.returncode == 0, res.stderr
         assert re.search(rf"skip\s+{re.escape(prefix)}/{rel.uid}-alpha:latest", res.stdout)

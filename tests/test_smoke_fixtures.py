@@ -35,22 +35,43 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-LINKED = ("serving", "model_export", "dockerfiles", "requirements.txt", "requirements-pytorch.txt",
-          "requirements-tensorflow.txt")
+LINKED = (
+    "serving",
+    "model_export",
+    "dockerfiles",
+    "requirements.txt",
+    "requirements-pytorch.txt",
+    "requirements-tensorflow.txt",
+)
 
 
 def run_id() -> str:
     return f"swt{uuid.uuid4().hex[:8]}"
 
 
-def slipway(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def slipway(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """The CLI, as a user runs it (a separate process)."""
-    return subprocess.run([sys.executable, "-m", "slipway.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "slipway.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
-def make_project(folder: Path, *, name: str, models: str, variants: list[dict[str, str]], registry: str,
-                 index: str = "http://127.0.0.1:8765/", version: str | None = "0.0.1") -> Path:
+def make_project(
+    folder: Path,
+    *,
+    name: str,
+    models: str,
+    variants: list[dict[str, str]],
+    registry: str,
+    index: str = "http://127.0.0.1:8765/",
+    version: str | None = "0.0.1",
+) -> Path:
     """A project using the repository's code (symlinked) with its own release.toml; returns that file."""
     folder.mkdir(parents=True, exist_ok=True)
     for item in LINKED:
@@ -65,8 +86,20 @@ def make_project(folder: Path, *, name: str, models: str, variants: list[dict[st
         lines.append("[[variants]]")
         lines += [f'{k} = "{val}"' for k, val in v.items()]
         lines.append("")
-    lines += ["[wheels]", "enabled = false", "", "[registries]", f'images = "{registry}"', f'packages = "{index}"',
-              "", "[smoke]", "timeout-s = 90", 'memory = "1g"', "cpus = 1", ""]
+    lines += [
+        "[wheels]",
+        "enabled = false",
+        "",
+        "[registries]",
+        f'images = "{registry}"',
+        f'packages = "{index}"',
+        "",
+        "[smoke]",
+        "timeout-s = 90",
+        'memory = "1g"',
+        "cpus = 1",
+        "",
+    ]
     config = folder / "release.toml"
     config.write_text("\n".join(lines))
     return config
@@ -108,17 +141,39 @@ def write_fake_export(folder: Path, *, name: str, images: int = 3, seed: int = 7
     for i in range(images):
         pixels = rng.integers(0, 256, size=(48 + 8 * i, 64, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(golden / f"{i:03d}.png")
-        dets = [{"box": [4.0 + i, 5.0, 30.0, 33.0 + i], "score": 0.91 - 0.01 * i, "class_id": i % 2,
-                 "label": ["circle", "square"][i % 2]}]
-        entries.append({"file": f"{i:03d}.png", "width": 64, "height": 48 + 8 * i,
-                        "ground_truth": [{"box": d["box"], "class_id": d["class_id"]} for d in dets],
-                        "detections": dets})
+        dets = [
+            {
+                "box": [4.0 + i, 5.0, 30.0, 33.0 + i],
+                "score": 0.91 - 0.01 * i,
+                "class_id": i % 2,
+                "label": ["circle", "square"][i % 2],
+            }
+        ]
+        entries.append(
+            {
+                "file": f"{i:03d}.png",
+                "width": 64,
+                "height": 48 + 8 * i,
+                "ground_truth": [{"box": d["box"], "class_id": d["class_id"]} for d in dets],
+                "detections": dets,
+            }
+        )
     (golden / "reference.json").write_text(json.dumps({"images": entries}, indent=1))
-    manifest = {"name": name, "version": "0.0.1", "framework": "pytorch", "labels": ["circle", "square"],
-                "input": {"height": 32, "width": 32, "channels": 3}, "files": {},
-                "golden": {"dir": "golden", "reference": "golden/reference.json"},
-                "verification": {"ok": True, "runs": [{"format": "torchscript", "ok": True, "min_iou": 1.0,
-                                                        "max_score_diff": 0.0, "images": images}]}}
+    manifest = {
+        "name": name,
+        "version": "0.0.1",
+        "framework": "pytorch",
+        "labels": ["circle", "square"],
+        "input": {"height": 32, "width": 32, "channels": 3},
+        "files": {},
+        "golden": {"dir": "golden", "reference": "golden/reference.json"},
+        "verification": {
+            "ok": True,
+            "runs": [
+                {"format": "torchscript", "ok": True, "min_iou": 1.0, "max_score_diff": 0.0, "images": images}
+            ],
+        },
+    }
     (folder / "model.json").write_text(json.dumps(manifest, indent=1))
     return folder
 
@@ -135,7 +190,9 @@ from pathlib import Path
 MODEL = Path(os.environ.get("MODEL_DIR", "/model"))
 NAME = json.loads((MODEL / "model.json").read_text())["name"]
 REF = json.loads((MODEL / "golden" / "reference.json").read_text())["images"]
-BY_HASH = {hashlib.sha256((MODEL / "golden" / e["file"]).read_bytes()).hexdigest(): e["detections"] for e in REF}
+BY_HASH = {}
+for e in REF:
+    BY_HASH[hashlib.sha256((MODEL / "golden" / e["file"]).read_bytes()).hexdigest()] = e["detections"]
 
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
@@ -153,7 +210,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/readyz":
             self.send(200, {"ready": True})
         elif self.path == f"/v1/models/{NAME}":
-            self.send(200, {"name": NAME, "backend": os.environ.get("BACKEND", "torchscript"), "device": "cpu"})
+            backend = os.environ.get("BACKEND", "torchscript")
+            self.send(200, {"name": NAME, "backend": backend, "device": "cpu"})
         else:
             self.send(404, {"error": "not found"})
 
@@ -166,7 +224,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(400, {"error": "not a golden image"})
         self.send(200, {"model": NAME, "detections": dets})
 
-ThreadingHTTPServer((os.environ.get("HOST", "0.0.0.0"), int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
+address = (os.environ.get("HOST", "0.0.0.0"), int(os.environ.get("PORT", "8080")))
+ThreadingHTTPServer(address, Handler).serve_forever()
 '''
 
 
@@ -206,12 +265,21 @@ def build_replay_image(folder: Path, *, tag: str, model_dir: Path, content: str)
     return docker_build(folder, tag)
 
 
-def image_entry(variant: str, tag: str, *, model: str, runtime: str = "torchscript", device: str = "cpu") -> dict:
+def image_entry(
+    variant: str, tag: str, *, model: str, runtime: str = "torchscript", device: str = "cpu"
+) -> dict:
     """An images.json entry for a locally built image, as 'slipway images' writes it."""
     from slipway.stages.images import inspect_image
 
-    return {"variant": variant, "model": model, "runtime": runtime, "device": device,
-            "image": tag.rsplit(":", 1)[0], "tag": tag, **inspect_image(tag)}
+    return {
+        "variant": variant,
+        "model": model,
+        "runtime": runtime,
+        "device": device,
+        "image": tag.rsplit(":", 1)[0],
+        "tag": tag,
+        **inspect_image(tag),
+    }
 
 
 def _record_line(path: str, data: bytes) -> str:
@@ -224,11 +292,18 @@ def make_wheel(folder: Path, *, dist: str, version: str, files: dict[str, str], 
     folder.mkdir(parents=True, exist_ok=True)
     name = dist.replace("-", "_")
     info = f"{name}-{version}.dist-info"
-    metadata = (f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\nSummary: slipway test wheel\n"
-                "License: Apache-2.0\nRequires-Python: >=3.9\nRequires-Dist: numpy\n"
-                f"Description-Content-Type: text/markdown\n\n{readme}\n")
-    contents = {**files, f"{info}/METADATA": metadata,
-                f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: slipway-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    metadata = (
+        f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\nSummary: slipway test wheel\n"
+        "License: Apache-2.0\nRequires-Python: >=3.9\nRequires-Dist: numpy\n"
+        f"Description-Content-Type: text/markdown\n\n{readme}\n"
+    )
+    contents = {
+        **files,
+        f"{info}/METADATA": metadata,
+        f"{info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: slipway-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
     record = [_record_line(p, c.encode()) for p, c in contents.items()] + [f"{info}/RECORD,,"]
     path = folder / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -236,11 +311,15 @@ def make_wheel(folder: Path, *, dist: str, version: str, files: dict[str, str], 
             info_entry = zipfile.ZipInfo(p, date_time=(2026, 1, 1, 0, 0, 0))
             info_entry.external_attr = 0o644 << 16
             zf.writestr(info_entry, c)
-        zf.writestr(zipfile.ZipInfo(f"{info}/RECORD", date_time=(2026, 1, 1, 0, 0, 0)), "\n".join(record) + "\n")
+        zf.writestr(
+            zipfile.ZipInfo(f"{info}/RECORD", date_time=(2026, 1, 1, 0, 0, 0)), "\n".join(record) + "\n"
+        )
     return path
 
 
-def make_replay_wheel(folder: Path, *, dist: str, model_dir: Path, version: str = "0.0.1", readme: str = "") -> Path:
+def make_replay_wheel(
+    folder: Path, *, dist: str, model_dir: Path, version: str = "0.0.1", readme: str = ""
+) -> Path:
     """A wheel providing ``slipway_runtime.Detector`` that replays ``model_dir``'s references.
 
     Images are recognised by the sha256 of their pixels, decoded here exactly as the smoke test does.
@@ -260,8 +339,13 @@ def make_replay_wheel(folder: Path, *, dist: str, model_dir: Path, version: str 
         "    def predict(self, image):\n"
         "        return _TABLE[hashlib.sha256(image.tobytes()).hexdigest()]\n"
     )
-    return make_wheel(folder, dist=dist, version=version, files={"slipway_runtime/__init__.py": code},
-                      readme=readme or f"# {dist}\n\nA test double of the slipway runtime.")
+    return make_wheel(
+        folder,
+        dist=dist,
+        version=version,
+        files={"slipway_runtime/__init__.py": code},
+        readme=readme or f"# {dist}\n\nA test double of the slipway runtime.",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,8 +374,13 @@ class _Process:
 
     def start(self) -> None:
         log = open(self.folder / f"{self.name}.log", "ab")  # noqa: SIM115 - the child owns it while it runs
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -300,7 +389,9 @@ class _Process:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not start: {(self.folder / f'{self.name}.log').read_text()[-2000:]}")
+        raise RuntimeError(
+            f"{self.name} did not start: {(self.folder / f'{self.name}.log').read_text()[-2000:]}"
+        )
 
     def kill(self) -> None:
         """SIGKILL: a crash, not a shutdown."""
@@ -359,8 +450,21 @@ class TestIndex(_Process):
         return f"http://127.0.0.1:{self.port}/"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "pypiserver", "run", "--host", "127.0.0.1", "--port", str(self.port),
-                "--authenticate", ".", "--passwords", ".", str(self.folder / "packages")]
+        return [
+            sys.executable,
+            "-m",
+            "pypiserver",
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--authenticate",
+            ".",
+            "--passwords",
+            ".",
+            str(self.folder / "packages"),
+        ]
 
     def ready(self) -> bool:
         try:

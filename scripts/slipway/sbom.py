@@ -33,13 +33,24 @@ from slipway.errors import BuildError
 
 SPEC_VERSION = "1.5"
 COMPONENT_TYPES = {
-    "application", "framework", "library", "container", "platform", "operating-system", "device",
-    "device-driver", "firmware", "file", "machine-learning-model", "data", "cryptographic-asset",
+    "application",
+    "framework",
+    "library",
+    "container",
+    "platform",
+    "operating-system",
+    "device",
+    "device-driver",
+    "firmware",
+    "file",
+    "machine-learning-model",
+    "data",
+    "cryptographic-asset",
 }
 _HASH_LENGTHS = {"SHA-1": 40, "SHA-256": 64, "SHA-384": 96, "SHA-512": 128}
 
 # Runs inside the image with its own Python: stdlib only, so it works in every variant.
-_INVENTORY = r'''
+_INVENTORY = r"""
 import json, os, platform, sys
 from importlib import metadata
 
@@ -89,7 +100,7 @@ if os.path.exists("/etc/os-release"):
 print(json.dumps({"python": platform.python_version(), "executable": sys.executable,
                   "implementation": platform.python_implementation(), "machine": platform.machine(),
                   "os": osr, "python_dists": dists, "debs": debs}))
-'''
+"""
 
 
 def _purl_version(version: str) -> str:
@@ -109,7 +120,9 @@ def deb_purl(name: str, version: str, arch: str, distro: str) -> str:
     qualifiers = [f"arch={quote(arch)}"] if arch else []
     if distro:
         qualifiers.append(f"distro={quote(distro)}")
-    return f"pkg:deb/debian/{quote(name)}@{_purl_version(version)}" + ("?" + "&".join(qualifiers) if qualifiers else "")
+    return f"pkg:deb/debian/{quote(name)}@{_purl_version(version)}" + (
+        "?" + "&".join(qualifiers) if qualifiers else ""
+    )
 
 
 def _licenses(expression: str, text: str, classifiers: list[str]) -> list[dict[str, Any]]:
@@ -147,8 +160,13 @@ def _deb_dependency_names(depends: str) -> list[list[str]]:
     return groups
 
 
-def _bom(root: dict[str, Any], components: list[dict[str, Any]], dependencies: list[dict[str, Any]],
-         identity: str, timestamp: str | None) -> dict[str, Any]:
+def _bom(
+    root: dict[str, Any],
+    components: list[dict[str, Any]],
+    dependencies: list[dict[str, Any]],
+    identity: str,
+    timestamp: str | None,
+) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "tools": {"components": [{"type": "application", "name": "slipway", "version": __version__}]},
         "component": root,
@@ -181,15 +199,37 @@ def image_inventory(image: str, timeout: float = 300) -> dict[str, Any]:
     """What is installed in ``image``, read by the image's own Python in a container without network."""
     # The image's first Python on PATH (a service's virtualenv), else the system's python3.
     launcher = 'p=$(command -v python || command -v python3) && exec "$p" -c "$1"'
-    res = services.docker("run", "--rm", "--network", "none", "--user", "65534:65534", "--entrypoint", "sh", image,
-                          "-c", launcher, "sh", _INVENTORY, check=False, timeout=timeout)
+    res = services.docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        "65534:65534",
+        "--entrypoint",
+        "sh",
+        image,
+        "-c",
+        launcher,
+        "sh",
+        _INVENTORY,
+        check=False,
+        timeout=timeout,
+    )
     if res.returncode != 0:
         raise BuildError(f"cannot read what {image} contains: {(res.stderr or '').strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def image_sbom(image: str, *, image_id: str, name: str, version: str, labels: dict[str, str] | None = None,
-               inventory: dict[str, Any] | None = None) -> dict[str, Any]:
+def image_sbom(
+    image: str,
+    *,
+    image_id: str,
+    name: str,
+    version: str,
+    labels: dict[str, str] | None = None,
+    inventory: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The SBOM of the local image ``image`` (tag or ID), published as ``name:version``."""
     inv = inventory if inventory is not None else image_inventory(image)
     labels = labels or {}
@@ -213,19 +253,36 @@ def image_sbom(image: str, *, image_id: str, name: str, version: str, labels: di
     depends: dict[str, list[str]] = {}
     if os_release:
         ref = f"os:{os_release.get('ID', 'linux')}@{os_release.get('VERSION_ID', '')}"
-        components.append({"type": "operating-system", "bom-ref": ref, "name": os_release.get("ID", "linux"),
-                           "version": os_release.get("VERSION_ID", ""),
-                           "description": os_release.get("PRETTY_NAME", "")})
+        components.append(
+            {
+                "type": "operating-system",
+                "bom-ref": ref,
+                "name": os_release.get("ID", "linux"),
+                "version": os_release.get("VERSION_ID", ""),
+                "description": os_release.get("PRETTY_NAME", ""),
+            }
+        )
         depends[ref] = []
     py_ref = f"python:{inv['implementation'].lower()}@{inv['python']}"
-    components.append({"type": "application", "bom-ref": py_ref, "name": inv["implementation"].lower(),
-                       "version": inv["python"], "properties": [{"name": "slipway:executable",
-                                                                  "value": inv["executable"]}]})
+    components.append(
+        {
+            "type": "application",
+            "bom-ref": py_ref,
+            "name": inv["implementation"].lower(),
+            "version": inv["python"],
+            "properties": [{"name": "slipway:executable", "value": inv["executable"]}],
+        }
+    )
     depends[py_ref] = []
     for d in inv.get("python_dists", []):
         purl = pypi_purl(d["name"], d["version"])
-        comp: dict[str, Any] = {"type": "library", "bom-ref": purl, "name": d["name"], "version": d["version"],
-                                "purl": purl}
+        comp: dict[str, Any] = {
+            "type": "library",
+            "bom-ref": purl,
+            "name": d["name"],
+            "version": d["version"],
+            "purl": purl,
+        }
         if d.get("summary"):
             comp["description"] = d["summary"]
         licenses = _licenses(d.get("license_expression", ""), d.get("license", ""), d.get("classifiers", []))
@@ -237,12 +294,22 @@ def image_sbom(image: str, *, image_id: str, name: str, version: str, labels: di
         refs[f"pypi:{normalize(d['name'])}"] = purl
     for d in inv.get("python_dists", []):
         purl = refs[f"pypi:{normalize(d['name'])}"]
-        depends[purl] = sorted({refs[f"pypi:{n}"] for n in _requirement_names(d.get("requires", []))
-                                if f"pypi:{n}" in refs and refs[f"pypi:{n}"] != purl})
+        depends[purl] = sorted(
+            {
+                refs[f"pypi:{n}"]
+                for n in _requirement_names(d.get("requires", []))
+                if f"pypi:{n}" in refs and refs[f"pypi:{n}"] != purl
+            }
+        )
     for p in inv.get("debs", []):
         purl = deb_purl(p["Package"], p["Version"], p["Architecture"], distro)
-        comp = {"type": "library" if p["Package"].startswith("lib") else "application", "bom-ref": purl,
-                "name": p["Package"], "version": p["Version"], "purl": purl}
+        comp = {
+            "type": "library" if p["Package"].startswith("lib") else "application",
+            "bom-ref": purl,
+            "name": p["Package"],
+            "version": p["Version"],
+            "purl": purl,
+        }
         if p.get("Source"):
             comp["properties"] = [{"name": "slipway:deb-source", "value": p["Source"]}]
         components.append(comp)
@@ -257,8 +324,13 @@ def image_sbom(image: str, *, image_id: str, name: str, version: str, labels: di
         depends[purl] = sorted(deps)
     dependencies = [{"ref": root_ref, "dependsOn": sorted(c["bom-ref"] for c in components)}]
     dependencies += [{"ref": ref, "dependsOn": deps} for ref, deps in depends.items()]
-    return _bom(root, components, dependencies, identity=root_ref,
-                timestamp=_timestamp(labels.get("org.opencontainers.image.created")))
+    return _bom(
+        root,
+        components,
+        dependencies,
+        identity=root_ref,
+        timestamp=_timestamp(labels.get("org.opencontainers.image.created")),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,8 +368,11 @@ def wheel_sbom(wheel: Path, *, created: str | None = None) -> dict[str, Any]:
         "purl": root_purl,
         "hashes": [{"alg": "SHA-256", "content": digest}],
     }
-    licenses = _licenses(meta.get("License-Expression") or "", meta.get("License") or "",
-                         [c for c in (meta.get_all("Classifier") or []) if c.startswith("License ::")])
+    licenses = _licenses(
+        meta.get("License-Expression") or "",
+        meta.get("License") or "",
+        [c for c in (meta.get_all("Classifier") or []) if c.startswith("License ::")],
+    )
     if licenses:
         root["licenses"] = licenses
     if meta.get("Summary"):
@@ -316,7 +391,10 @@ def wheel_sbom(wheel: Path, *, created: str | None = None) -> dict[str, Any]:
             "properties": [
                 {"name": "slipway:path-in-wheel", "value": path},
                 {"name": "slipway:size", "value": str(size)},
-                {"name": "slipway:origin", "value": "vendored by auditwheel" if vendored else "built with the wheel"},
+                {
+                    "name": "slipway:origin",
+                    "value": "vendored by auditwheel" if vendored else "built with the wheel",
+                },
             ],
         }
         if m and m.group("ver"):
@@ -330,12 +408,21 @@ def wheel_sbom(wheel: Path, *, created: str | None = None) -> dict[str, Any]:
         optional = "extra" in req.partition(";")[2]
         if any(c["bom-ref"] == purl for c in components):
             continue
-        components.append({"type": "library", "bom-ref": purl, "name": normalize(m.group(1)), "purl": purl,
-                           "scope": "optional" if optional else "required",
-                           "properties": [{"name": "slipway:requirement", "value": req}]})
+        components.append(
+            {
+                "type": "library",
+                "bom-ref": purl,
+                "name": normalize(m.group(1)),
+                "purl": purl,
+                "scope": "optional" if optional else "required",
+                "properties": [{"name": "slipway:requirement", "value": req}],
+            }
+        )
     dependencies = [{"ref": root_purl, "dependsOn": sorted(c["bom-ref"] for c in components)}]
     dependencies += [{"ref": c["bom-ref"], "dependsOn": []} for c in components]
-    return _bom(root, components, dependencies, identity=f"{wheel.name}#{digest}", timestamp=_timestamp(created))
+    return _bom(
+        root, components, dependencies, identity=f"{wheel.name}#{digest}", timestamp=_timestamp(created)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,8 +446,10 @@ def validate(bom: dict[str, Any]) -> list[str]:
         problems.append("bomFormat must be 'CycloneDX'")
     if bom.get("specVersion") not in ("1.5", "1.6"):
         problems.append(f"specVersion {bom.get('specVersion')!r}: expected 1.5 or 1.6")
-    if not re.match(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-                    str(bom.get("serialNumber", ""))):
+    if not re.match(
+        r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        str(bom.get("serialNumber", "")),
+    ):
         problems.append("serialNumber must be urn:uuid:<RFC 4122 UUID>")
     if not isinstance(bom.get("version"), int) or bom["version"] < 1:
         problems.append("version must be an integer >= 1")
@@ -384,9 +473,17 @@ def validate(bom: dict[str, Any]) -> list[str]:
             if length is None or not re.fullmatch(rf"[0-9a-f]{{{length}}}", str(h.get("content", ""))):
                 problems.append(f"{where}: hash {h} is not a valid {h.get('alg')} hex digest")
         for lic in c.get("licenses", []):
-            if not (("expression" in lic and len(lic) == 1)
-                    or ("license" in lic and len(lic) == 1 and ("id" in lic["license"] or "name" in lic["license"]))):
-                problems.append(f"{where}: licence entry {lic} is neither {{license: {{id|name}}}} nor {{expression}}")
+            if not (
+                ("expression" in lic and len(lic) == 1)
+                or (
+                    "license" in lic
+                    and len(lic) == 1
+                    and ("id" in lic["license"] or "name" in lic["license"])
+                )
+            ):
+                problems.append(
+                    f"{where}: licence entry {lic} is neither {{license: {{id|name}}}} nor {{expression}}"
+                )
         for p in c.get("properties", []):
             if not isinstance(p.get("name"), str) or not isinstance(p.get("value"), str):
                 problems.append(f"{where}: property {p} needs string name and value")

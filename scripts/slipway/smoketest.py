@@ -38,7 +38,9 @@ from slipway.errors import CheckError
 
 # The real TF Serving on GitHub; pinned, and overridable for a newer TensorFlow.
 TFSERVING_IMAGE = os.environ.get("SLIPWAY_TFSERVING_IMAGE", "tensorflow/serving:2.20.0")
-STUB_DESCRIPTION = "slipway tfserving_stub (a stand-in speaking TF Serving's REST API; NOT TensorFlow Serving)"
+STUB_DESCRIPTION = (
+    "slipway tfserving_stub (a stand-in speaking TF Serving's REST API; NOT TensorFlow Serving)"
+)
 
 
 def free_port() -> int:
@@ -80,8 +82,22 @@ def run_container(
     """
     port = free_port()
     name = f"slipway-smoke-{uuid.uuid4().hex[:10]}"
-    args = ["run", "-d", "--name", name, "--network", "host", "--memory", memory, "--cpus", str(cpus),
-            "-e", f"PORT={port}", "-e", "HOST=127.0.0.1"]
+    args = [
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--memory",
+        memory,
+        "--cpus",
+        str(cpus),
+        "-e",
+        f"PORT={port}",
+        "-e",
+        "HOST=127.0.0.1",
+    ]
     if gpus:
         args += ["--gpus", "all"]
     for key, value in (env or {}).items():
@@ -99,11 +115,11 @@ def run_container(
         failed = False
     finally:
         if logs_to is not None and (failed or keep_logs):
-            _save_container_logs(name, logs_to)
+            save_container_logs(name, logs_to)
         services.docker("rm", "-f", name, check=False, timeout=60)
 
 
-def _save_container_logs(name: str, logs_to: Path) -> None:
+def save_container_logs(name: str, logs_to: Path) -> None:
     logs = services.docker("logs", name, check=False, timeout=30)
     logs_to.parent.mkdir(parents=True, exist_ok=True)
     logs_to.write_text((logs.stdout or "") + (logs.stderr or ""))
@@ -120,7 +136,9 @@ def wait_ready(url: str, name: str, timeout: float) -> float:
             last = f"/readyz answered {r.status_code}: {r.text[:200]}"
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}"
-        state = services.docker("inspect", "-f", "{{.State.Status}}", name, check=False, timeout=30).stdout.strip()
+        state = services.docker(
+            "inspect", "-f", "{{.State.Status}}", name, check=False, timeout=30
+        ).stdout.strip()
         if state in ("exited", "dead"):
             raise CheckError(f"container {name} exited before it was ready ({last})")
         time.sleep(0.2)
@@ -202,9 +220,13 @@ def tfserving_server(
     """
     manifest = json.loads((model_dir / "model.json").read_text())
     name = manifest["name"]
-    saved_model = model_dir / ((manifest.get("files") or {}).get("saved_model") or {}).get("path", "saved_model")
+    saved_model = model_dir / ((manifest.get("files") or {}).get("saved_model") or {}).get(
+        "path", "saved_model"
+    )
     if not (saved_model / "saved_model.pb").is_file():
-        raise CheckError(f"{saved_model}: no SavedModel to serve (export the model with the saved_model exporter)")
+        raise CheckError(
+            f"{saved_model}: no SavedModel to serve (export the model with the saved_model exporter)"
+        )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     failed = True
@@ -213,46 +235,84 @@ def tfserving_server(
         grpc_port = free_port()
         # The entrypoint script would add its own --port/--rest_api_port; with host networking the
         # defaults (8500/8501) may be taken, so the server binary is called directly.
-        args = ["run", "-d", "--name", container, "--network", "host", "--memory", memory, "--cpus", str(cpus),
-                "-v", f"{saved_model.resolve()}:/models/{name}/1:ro", "--entrypoint", "tensorflow_model_server",
-                TFSERVING_IMAGE, f"--port={grpc_port}", f"--rest_api_port={port}", f"--model_name={name}",
-                f"--model_base_path=/models/{name}"]
+        args = [
+            "run",
+            "-d",
+            "--name",
+            container,
+            "--network",
+            "host",
+            "--memory",
+            memory,
+            "--cpus",
+            str(cpus),
+            "-v",
+            f"{saved_model.resolve()}:/models/{name}/1:ro",
+            "--entrypoint",
+            "tensorflow_model_server",
+            TFSERVING_IMAGE,
+            f"--port={grpc_port}",
+            f"--rest_api_port={port}",
+            f"--model_name={name}",
+            f"--model_base_path=/models/{name}",
+        ]
         res = services.docker(*args, check=False, timeout=900)
         if res.returncode != 0:
             services.docker("rm", "-f", container, check=False, timeout=60)
             raise CheckError(f"cannot start {TFSERVING_IMAGE}: {(res.stderr or '').strip()[-500:]}")
 
         def alive() -> str | None:
-            state = services.docker("inspect", "-f", "{{.State.Status}}", container, check=False,
-                                    timeout=30).stdout.strip()
+            state = services.docker(
+                "inspect", "-f", "{{.State.Status}}", container, check=False, timeout=30
+            ).stdout.strip()
             return f"container {state}" if state in ("exited", "dead", "") else None
 
         try:
             ready = _wait_model_available(url, name, timeout, alive)
-            inspect = services.docker("image", "inspect", "-f", "{{json .RepoDigests}}", TFSERVING_IMAGE,
-                                      check=False, timeout=30)
+            inspect = services.docker(
+                "image", "inspect", "-f", "{{json .RepoDigests}}", TFSERVING_IMAGE, check=False, timeout=30
+            )
             digests = json.loads(inspect.stdout) if inspect.returncode == 0 and inspect.stdout.strip() else []
-            yield ExternalServer(url=url, kind="tensorflow/serving", description=f"TensorFlow Serving ({TFSERVING_IMAGE})",
-                                 ready_seconds=ready, details={"image": TFSERVING_IMAGE, "repo_digests": digests})
+            yield ExternalServer(
+                url=url,
+                kind="tensorflow/serving",
+                description=f"TensorFlow Serving ({TFSERVING_IMAGE})",
+                ready_seconds=ready,
+                details={"image": TFSERVING_IMAGE, "repo_digests": digests},
+            )
             failed = False
         finally:
             if logs_to is not None and (failed or keep_logs):
-                _save_container_logs(container, logs_to)
+                save_container_logs(container, logs_to)
             services.docker("rm", "-f", container, check=False, timeout=60)
         return
 
     log_path = logs_to or Path(tempfile.mkstemp(prefix="tfserving-stub-", suffix=".log")[1])
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "serving.tfserving_stub", "--model-dir", str(model_dir), "--port", str(port),
-           "--threads", str(max(1, int(cpus)))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving.tfserving_stub",
+        "--model-dir",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--threads",
+        str(max(1, int(cpus))),
+    ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         ready = _wait_model_available(
             url, name, timeout, lambda: None if proc.poll() is None else f"exit code {proc.returncode}"
         )
-        yield ExternalServer(url=url, kind="stub", description=STUB_DESCRIPTION, ready_seconds=ready,
-                             details={"command": ["python", *cmd[1:]]})
+        yield ExternalServer(
+            url=url,
+            kind="stub",
+            description=STUB_DESCRIPTION,
+            ready_seconds=ready,
+            details={"command": ["python", *cmd[1:]]},
+        )
         failed = False
     finally:
         proc.terminate()
@@ -273,11 +333,17 @@ def png_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def predict(url: str, model: str, body: bytes, content_type: str = "image/png") -> tuple[dict[str, Any], float]:
+def predict(
+    url: str, model: str, body: bytes, content_type: str = "image/png"
+) -> tuple[dict[str, Any], float]:
     started = time.perf_counter()
     try:
-        r = httpx.post(f"{url}/v1/models/{model}:predict", content=body, headers={"content-type": content_type},
-                       timeout=60)
+        r = httpx.post(
+            f"{url}/v1/models/{model}:predict",
+            content=body,
+            headers={"content-type": content_type},
+            timeout=60,
+        )
     except httpx.HTTPError as exc:
         raise CheckError(f"predict failed: {type(exc).__name__}: {exc}") from exc
     elapsed = time.perf_counter() - started
@@ -287,8 +353,11 @@ def predict(url: str, model: str, body: bytes, content_type: str = "image/png") 
 
 
 def compare_golden(
-    model_dir: Path, detect: Callable[[dict[str, Any], Path], tuple[list[dict[str, Any]], float]], *,
-    iou: float, score: float,
+    model_dir: Path,
+    detect: Callable[[dict[str, Any], Path], tuple[list[dict[str, Any]], float]],
+    *,
+    iou: float,
+    score: float,
 ) -> dict[str, Any]:
     """Run ``detect(reference_entry, png_path) -> (detections, seconds)`` on every golden image and
     compare with the export's reference detections (tolerance ``iou``/``score``) and ground truth."""
@@ -318,7 +387,7 @@ def compare_golden(
 
 
 def check_golden(url: str, model_dir: Path, *, iou: float, score: float) -> dict[str, Any]:
-    """Send every golden image to a served model; compare with the reference detections and the ground truth."""
+    """Send every golden image to a served model; compare with the reference and the ground truth."""
     name = json.loads((model_dir / "model.json").read_text())["name"]
 
     def detect(entry: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], float]:
@@ -340,7 +409,7 @@ def _pct(values: list[float], q: float) -> float:
 # Wheels
 
 # Runs inside the wheel's virtualenv, where only the wheel, its dependencies and numpy exist.
-_WHEEL_RUNNER = r'''
+_WHEEL_RUNNER = r"""
 import importlib.util, json, sys, time
 from pathlib import Path
 import numpy as np
@@ -373,7 +442,7 @@ Path(out).write_text(json.dumps({
     "torch_imported": "torch" in sys.modules,
     "torch_installed": importlib.util.find_spec("torch") is not None,
 }))
-'''
+"""
 
 
 def wheel_tags(filename: str) -> list[tuple[str, str, str]]:
@@ -387,8 +456,12 @@ def wheel_tags(filename: str) -> list[tuple[str, str, str]]:
 
 def _python_version(python: str) -> tuple[int, int] | None:
     try:
-        out = subprocess.run([python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     parts = out.stdout.split()
@@ -406,7 +479,9 @@ def interpreter_for(wheel: Path) -> tuple[str | None, str]:
             versions[version] = python
     wanted = []
     for interpreter, _abi, plat in wheel_tags(wheel.name):
-        if plat != "any" and not (plat.startswith(("linux", "manylinux", "musllinux")) and plat.endswith(machine)):
+        if plat != "any" and not (
+            plat.startswith(("linux", "manylinux", "musllinux")) and plat.endswith(machine)
+        ):
             continue
         for (major, minor), python in versions.items():
             if interpreter in (f"cp{major}{minor}", f"py{major}", f"py{major}{minor}"):
@@ -417,7 +492,9 @@ def interpreter_for(wheel: Path) -> tuple[str | None, str]:
     return None, f"no Python on this {machine} machine can run it (needs {need}; found Python {have})"
 
 
-def _run(cmd: list[str], *, log: Path, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], *, log: Path, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     with open(log, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}\n")
@@ -425,8 +502,15 @@ def _run(cmd: list[str], *, log: Path, timeout: float, env: dict[str, str] | Non
 
 
 def smoke_wheel(
-    wheel: Path, model_dir: Path, *, work: Path, iou: float, score: float, python: str | None = None,
-    timeout: float = 900.0, keep: bool = False,
+    wheel: Path,
+    model_dir: Path,
+    *,
+    work: Path,
+    iou: float,
+    score: float,
+    python: str | None = None,
+    timeout: float = 900.0,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """Install ``wheel`` into a fresh virtualenv (no torch), run the golden images through
     ``slipway_runtime.Detector(model_dir).predict(image)`` and compare with the reference.
@@ -456,39 +540,75 @@ def smoke_wheel(
         if res.returncode != 0:
             result["error"] = f"cannot create a virtualenv with {python}: {res.stderr.strip()[-300:]}"
             return result
-        res = _run([str(vpy), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet",
-                    "--only-binary", ":all:", str(wheel), "numpy"], log=log, timeout=timeout, env=env)
+        res = _run(
+            [
+                str(vpy),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--quiet",
+                "--only-binary",
+                ":all:",
+                str(wheel),
+                "numpy",
+            ],
+            log=log,
+            timeout=timeout,
+            env=env,
+        )
         if res.returncode != 0:
             result["error"] = f"pip install {wheel.name} failed: {(res.stderr or res.stdout).strip()[-500:]}"
             return result
-        frozen = _run([str(vpy), "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
-                      log=log, timeout=120, env=env)
+        frozen = _run(
+            [str(vpy), "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
+            log=log,
+            timeout=120,
+            env=env,
+        )
         packages = {p["name"]: p["version"] for p in json.loads(frozen.stdout or "[]")}
         result["installed"] = packages
         if any(name.lower() == "torch" for name in packages):
-            result["error"] = (f"installing {wheel.name} brought torch ({packages.get('torch')}): "
-                               "the runtime wheel must work without the torch package")
+            result["error"] = (
+                f"installing {wheel.name} brought torch ({packages.get('torch')}): "
+                "the runtime wheel must work without the torch package"
+            )
             return result
         inputs = work / "inputs"
         inputs.mkdir()
         reference = json.loads((model_dir / "golden" / "reference.json").read_text())["images"]
         for entry in reference:
             with Image.open(model_dir / "golden" / entry["file"]) as im:
-                np.save(inputs / f"{Path(entry['file']).stem}.npy", np.asarray(im.convert("RGB"), dtype=np.uint8))
+                np.save(
+                    inputs / f"{Path(entry['file']).stem}.npy", np.asarray(im.convert("RGB"), dtype=np.uint8)
+                )
         runner = work / "run_golden.py"
         runner.write_text(_WHEEL_RUNNER)
         answers = work / "answers.json"
         # From an empty folder: the repository's own slipway_runtime sources must not shadow the wheel.
-        res = subprocess.run([str(vpy), str(runner), str(model_dir.resolve()), str(inputs), str(answers)],
-                             capture_output=True, text=True, timeout=timeout, cwd=inputs, env=env)
+        res = subprocess.run(
+            [str(vpy), str(runner), str(model_dir.resolve()), str(inputs), str(answers)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=inputs,
+            env=env,
+        )
         with open(log, "a") as fh:
             fh.write(f"$ run_golden.py\n{res.stdout}{res.stderr}\n")
         if res.returncode != 0:
             result["error"] = f"slipway_runtime.Detector failed: {(res.stderr or res.stdout).strip()[-800:]}"
             return result
         got = json.loads(answers.read_text())
-        result.update({"module": got["module"], "runtime_version": got["version"],
-                       "torch_imported": got["torch_imported"], "torch_installed": got["torch_installed"]})
+        result.update(
+            {
+                "module": got["module"],
+                "runtime_version": got["version"],
+                "torch_imported": got["torch_imported"],
+                "torch_installed": got["torch_installed"],
+            }
+        )
         by_stem = got["images"]
 
         def detect(entry: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], float]:
@@ -513,7 +633,20 @@ def smoke_wheel(
 
 
 __all__ = [
-    "ExternalServer", "Running", "check_golden", "compare_golden", "free_port", "has_gpu", "interpreter_for",
-    "model_info", "predict", "run_container", "smoke_wheel", "tfserving_mode", "tfserving_server", "wait_ready",
+    "ExternalServer",
+    "Running",
+    "check_golden",
+    "compare_golden",
+    "free_port",
+    "has_gpu",
+    "interpreter_for",
+    "model_info",
+    "predict",
+    "run_container",
+    "save_container_logs",
+    "smoke_wheel",
+    "tfserving_mode",
+    "tfserving_server",
+    "wait_ready",
     "wheel_tags",
 ]

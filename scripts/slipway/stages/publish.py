@@ -60,17 +60,26 @@ def image_tags(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
 def check_smoke(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]:
     path = ctx.out / "smoke" / "summary.json"
     if not path.exists():
-        raise PublishError(f"no smoke results in {path.parent}: run 'slipway smoke' first; nothing was published")
+        raise PublishError(
+            f"no smoke results in {path.parent}: run 'slipway smoke' first; nothing was published"
+        )
     summary = json.loads(path.read_text())
     artifacts = summary.get("artifacts", {})
-    wanted = [e["artifact"] for e in ctx.plan["matrix"]["smoke"]
-              if e["kind"] != "image" or not variants or e.get("variant") in variants]
+    wanted = [
+        e["artifact"]
+        for e in ctx.plan["matrix"]["smoke"]
+        if e["kind"] != "image" or not variants or e.get("variant") in variants
+    ]
     wheels = sorted((ctx.out / "wheels").glob("*.whl"))
     if wheels and "wheels" not in wanted:
         wanted.append("wheels")
     wanted += [f"wheel:{w.name}" for w in wheels]
     missing = [a for a in wanted if a not in artifacts]
-    failed = [f"{a} ({artifacts[a].get('error') or 'failed'})" for a in wanted if a in artifacts and not artifacts[a]["ok"]]
+    failed = [
+        f"{a} ({artifacts[a].get('error') or 'failed'})"
+        for a in wanted
+        if a in artifacts and not artifacts[a]["ok"]
+    ]
     stale = []
     for w in wheels:
         entry = artifacts.get(f"wheel:{w.name}")
@@ -121,11 +130,15 @@ def collect_images(ctx: StageContext, variants: list[str] | None, summary: dict[
         if variants and variant not in variants:
             continue
         if variant not in images:
-            raise PublishError(f"variant '{variant}' has no built image in images.json; nothing was published")
+            raise PublishError(
+                f"variant '{variant}' has no built image in images.json; nothing was published"
+            )
         built = images[variant]
         res = services.docker("image", "inspect", built["tag"], check=False, timeout=60)
         if res.returncode != 0:
-            raise PublishError(f"{built['tag']} is not in the local engine (rebuild it); nothing was published")
+            raise PublishError(
+                f"{built['tag']} is not in the local engine (rebuild it); nothing was published"
+            )
         info = json.loads(res.stdout)[0]
         smoke_id = summary["artifacts"].get(f"image:{variant}", {}).get("image_id")
         if smoke_id and info["Id"] != smoke_id:
@@ -139,7 +152,9 @@ def collect_images(ctx: StageContext, variants: list[str] | None, summary: dict[
                 f"{built['tag']} was built on a local base image carrying this host's CA certificates; "
                 f"it may go to a loopback registry only, not {entry['image']}; nothing was published"
             )
-        job = ImageJob(variant=variant, local=built["tag"], image=entry["image"], image_id=info["Id"], labels=labels)
+        job = ImageJob(
+            variant=variant, local=built["tag"], image=entry["image"], image_id=info["Id"], labels=labels
+        )
         job.tags = [(t, True) for t in immutable] + [(t, False) for t in moving]
         jobs.append(job)
     return jobs
@@ -150,15 +165,20 @@ def wheel_project(path: Path) -> str:
 
 
 def collect_wheels(ctx: StageContext) -> list[WheelJob]:
-    return [WheelJob(path=w, sha256=sha256_file(w), project=wheel_project(w))
-            for w in sorted((ctx.out / "wheels").glob("*.whl"))]
+    return [
+        WheelJob(path=w, sha256=sha256_file(w), project=wheel_project(w))
+        for w in sorted((ctx.out / "wheels").glob("*.whl"))
+    ]
 
 
 def twine_check(wheels: list[WheelJob]) -> None:
     if not wheels:
         return
-    res = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *(str(w.path) for w in wheels)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", *(str(w.path) for w in wheels)],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
         raise PublishError(f"twine check failed; nothing was published:\n{(res.stdout + res.stderr)[-2000:]}")
 
@@ -167,7 +187,9 @@ def twine_check(wheels: list[WheelJob]) -> None:
 # 2. SBOMs and release assets (written locally, deterministic: the same release gives the same files)
 
 
-def write_sboms(ctx: StageContext, images: list[ImageJob], wheels: list[WheelJob]) -> dict[str, dict[str, Any]]:
+def write_sboms(
+    ctx: StageContext, images: list[ImageJob], wheels: list[WheelJob]
+) -> dict[str, dict[str, Any]]:
     """One CycloneDX SBOM per image and per wheel under ``sbom/``; artifact -> {file, sha256, components}."""
     folder = ctx.out / "sbom"
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,20 +201,31 @@ def write_sboms(ctx: StageContext, images: list[ImageJob], wheels: list[WheelJob
         if not _sbom_current(path, job.image_id):
             ctx.log(f"{job.variant}: SBOM of {job.local}")
             try:
-                bom = sbom.image_sbom(job.local, image_id=job.image_id, name=name, version=ctx.plan["version"],
-                                      labels=job.labels)
+                bom = sbom.image_sbom(
+                    job.local,
+                    image_id=job.image_id,
+                    name=name,
+                    version=ctx.plan["version"],
+                    labels=job.labels,
+                )
             except BuildError as exc:
                 raise PublishError(f"{exc}; nothing was published") from exc
             sbom.write(bom, path)
         created = created or job.labels.get("org.opencontainers.image.created")
-        out[f"image:{job.variant}"] = {"file": path.name, "sha256": sha256_file(path),
-                                       "components": sbom.summary(json.loads(path.read_text()))}
+        out[f"image:{job.variant}"] = {
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "components": sbom.summary(json.loads(path.read_text())),
+        }
     for job in wheels:
         path = folder / f"{job.path.name.removesuffix('.whl')}.cdx.json"
         bom = sbom.wheel_sbom(job.path, created=_commit_time(ctx) or created)
         sbom.write(bom, path)
-        out[f"wheel:{job.path.name}"] = {"file": path.name, "sha256": sha256_file(path),
-                                         "components": sbom.summary(bom)}
+        out[f"wheel:{job.path.name}"] = {
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "components": sbom.summary(bom),
+        }
     return out
 
 
@@ -202,13 +235,16 @@ def _sbom_current(path: Path, image_id: str) -> bool:
         bom = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    props = {p["name"]: p["value"] for p in bom.get("metadata", {}).get("component", {}).get("properties", [])}
+    props = {
+        p["name"]: p["value"] for p in bom.get("metadata", {}).get("component", {}).get("properties", [])
+    }
     return props.get("slipway:image-id") == image_id and not sbom.validate(bom)
 
 
 def _commit_time(ctx: StageContext) -> str | None:
-    res = subprocess.run(["git", "log", "-1", "--format=%cI", ctx.plan["sha"]], cwd=ctx.root, capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        ["git", "log", "-1", "--format=%cI", ctx.plan["sha"]], cwd=ctx.root, capture_output=True, text=True
+    )
     return (res.stdout.strip() or None) if res.returncode == 0 else None
 
 
@@ -216,7 +252,11 @@ def _deterministic_tar_gz(folder: Path, dest: Path, arcname: str) -> None:
     """A tar.gz whose bytes depend only on the files' names, modes and contents."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        paths = sorted(p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        paths = sorted(
+            p
+            for p in folder.rglob("*")
+            if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
         for path in [folder, *paths]:
             rel = path.relative_to(folder).as_posix()
             info = tar.gettarinfo(str(path), arcname=f"{arcname}/{rel}" if rel != "." else arcname)
@@ -243,9 +283,15 @@ def stage_assets(ctx: StageContext, sboms: dict[str, dict[str, Any]]) -> dict[st
     for manifest_path in sorted((ctx.out / "models").glob("*/model.json")):
         manifest = json.loads(manifest_path.read_text())
         name = f"{manifest['name']}-{ctx.plan['version']}.tar.gz"
-        _deterministic_tar_gz(manifest_path.parent, folder / name, f"{manifest['name']}-{ctx.plan['version']}")
-        models[manifest["name"]] = {"asset": name, "sha256": sha256_file(folder / name),
-                                    "manifest_sha256": sha256_file(manifest_path), "files": manifest.get("files", {})}
+        _deterministic_tar_gz(
+            manifest_path.parent, folder / name, f"{manifest['name']}-{ctx.plan['version']}"
+        )
+        models[manifest["name"]] = {
+            "asset": name,
+            "sha256": sha256_file(folder / name),
+            "manifest_sha256": sha256_file(manifest_path),
+            "files": manifest.get("files", {}),
+        }
     for entry in sboms.values():
         shutil.copy2(ctx.out / "sbom" / entry["file"], folder / entry["file"])
     if (ctx.out / "smoke" / "table.md").exists():
@@ -283,8 +329,12 @@ def preflight_images(ctx: StageContext, jobs: list[ImageJob], *, dry_run: bool) 
     attempts = 1 if dry_run else None
     for job in jobs:
         try:
-            existing_tags = registry.retry(lambda j=job: registry.tags(j.image), what=f"list tags of {job.image}",
-                                           attempts=attempts, log=ctx.log)
+            existing_tags = registry.retry(
+                lambda j=job: registry.tags(j.image),
+                what=f"list tags of {job.image}",
+                attempts=attempts,
+                log=ctx.log,
+            )
         except (registry.Transient, registry.RegistryError) as exc:
             if not dry_run:
                 raise PublishError(f"cannot read {job.image}: {exc}; nothing was published") from exc
@@ -296,16 +346,24 @@ def preflight_images(ctx: StageContext, jobs: list[ImageJob], *, dry_run: bool) 
             if tag == "latest" and any(_key(v) > _key(this) for v in released):
                 job.state[tag] = "skip: a newer release holds it"
                 continue
-            if not immutable and tag != "latest" and any(
-                (v.major, v.minor) == (this.major, this.minor) and v.patch > this.patch for v in released
+            if (
+                not immutable
+                and tag != "latest"
+                and any(
+                    (v.major, v.minor) == (this.major, this.minor) and v.patch > this.patch for v in released
+                )
             ):
                 job.state[tag] = "skip: a newer patch release holds it"
                 continue
             if tag not in existing_tags:
                 job.state[tag] = "absent"
                 continue
-            found = registry.retry(lambda t=tag, j=job: registry.manifest(j.image, t), what=f"look up {job.image}:{tag}",
-                                   attempts=attempts, log=ctx.log)
+            found = registry.retry(
+                lambda t=tag, j=job: registry.manifest(j.image, t),
+                what=f"look up {job.image}:{tag}",
+                attempts=attempts,
+                log=ctx.log,
+            )
             if registry.same_image(found, job.image_id):
                 job.state[tag] = "same"
                 job.digests[tag] = found["digest"]
@@ -315,8 +373,10 @@ def preflight_images(ctx: StageContext, jobs: list[ImageJob], *, dry_run: bool) 
                 job.state[tag] = "different"
                 if immutable:
                     what = "a multi-platform index" if found.get("index") else f"image {found.get('config')}"
-                    conflicts.append(f"{job.image}:{tag} already holds other content ({what}, digest {found['digest']}); "
-                                     f"this release's image is {job.image_id}")
+                    conflicts.append(
+                        f"{job.image}:{tag} already holds other content ({what}, digest {found['digest']}); "
+                        f"this release's image is {job.image_id}"
+                    )
     return conflicts
 
 
@@ -336,8 +396,12 @@ def preflight_wheels(ctx: StageContext, jobs: list[WheelJob], simple: str, *, dr
     attempts = 1 if dry_run else None
     for job in jobs:
         try:
-            present, digest = registry.retry(lambda j=job: _index_digest(simple, j), what=f"look up {job.path.name}",
-                                             attempts=attempts, log=ctx.log)
+            present, digest = registry.retry(
+                lambda j=job: _index_digest(simple, j),
+                what=f"look up {job.path.name}",
+                attempts=attempts,
+                log=ctx.log,
+            )
         except (registry.Transient, registry.RegistryError) as exc:
             if not dry_run:
                 raise PublishError(f"cannot read the index {simple}: {exc}; nothing was published") from exc
@@ -349,8 +413,10 @@ def preflight_wheels(ctx: StageContext, jobs: list[WheelJob], simple: str, *, dr
             job.state = "same"
         else:
             job.state = "different"
-            conflicts.append(f"{job.path.name} is already on {simple} with other content (sha256 {digest}, "
-                             f"this one {job.sha256}); a released file is never replaced")
+            conflicts.append(
+                f"{job.path.name} is already on {simple} with other content (sha256 {digest}, "
+                f"this one {job.sha256}); a released file is never replaced"
+            )
     return conflicts
 
 
@@ -361,7 +427,9 @@ def preflight_assets(assets: dict[str, Any], dest: Path | None) -> list[str]:
     for line in (dest / "SHA256SUMS").read_text().splitlines():
         digest, _, name = line.partition("  ")
         if name in assets["files"] and assets["files"][name] != digest:
-            conflicts.append(f"release asset {name} of this version already exists in {dest} with other content")
+            conflicts.append(
+                f"release asset {name} of this version already exists in {dest} with other content"
+            )
     return conflicts
 
 
@@ -384,9 +452,13 @@ def _push(ctx: StageContext, job: ImageJob, tag: str) -> str:
     ctx.log(f"pushing {ref}")
     try:
         registry.retry(push, what=f"push {ref}", log=ctx.log)
-        found = registry.retry(lambda: registry.manifest(job.image, tag), what=f"read back {ref}", log=ctx.log)
+        found = registry.retry(
+            lambda: registry.manifest(job.image, tag), what=f"read back {ref}", log=ctx.log
+        )
     except registry.Transient as exc:
-        raise PublishError(f"pushing {ref} failed after retries: {exc}; run publish again to complete it") from exc
+        raise PublishError(
+            f"pushing {ref} failed after retries: {exc}; run publish again to complete it"
+        ) from exc
     if not registry.same_image(found, job.image_id):
         raise PublishError(f"{ref} does not hold what was pushed ({found and found.get('digest')})")
     ctx.log(f"pushed {ref} ({found['digest']})")
@@ -394,9 +466,19 @@ def _push(ctx: StageContext, job: ImageJob, tag: str) -> str:
 
 
 def _upload(ctx: StageContext, job: WheelJob, index: str, simple: str) -> None:
-    cmd = [sys.executable, "-m", "twine", "upload", "--non-interactive", "--disable-progress-bar",
-           "--repository-url", index]
-    if registry.is_loopback_host(index.split("://", 1)[-1].split("/", 1)[0]) and not os.environ.get("TWINE_USERNAME"):
+    cmd = [
+        sys.executable,
+        "-m",
+        "twine",
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+        index,
+    ]
+    if registry.is_loopback_host(index.split("://", 1)[-1].split("/", 1)[0]) and not os.environ.get(
+        "TWINE_USERNAME"
+    ):
         # The local pypiserver takes any credentials; twine refuses to run without some.
         cmd += ["-u", "slipway", "-p", "local"]
     cmd.append(str(job.path))
@@ -416,44 +498,92 @@ def _upload(ctx: StageContext, job: WheelJob, index: str, simple: str) -> None:
     ctx.log(f"uploading {job.path.name} to {index}")
     try:
         registry.retry(upload, what=f"upload {job.path.name}", log=ctx.log)
-        present, digest = registry.retry(lambda: _index_digest(simple, job), what=f"read back {job.path.name}",
-                                         log=ctx.log)
+        present, digest = registry.retry(
+            lambda: _index_digest(simple, job), what=f"read back {job.path.name}", log=ctx.log
+        )
     except registry.Transient as exc:
-        raise PublishError(f"uploading {job.path.name} failed after retries: {exc}; run publish again") from exc
+        raise PublishError(
+            f"uploading {job.path.name} failed after retries: {exc}; run publish again"
+        ) from exc
     if not present or digest != job.sha256:
-        raise PublishError(f"{job.path.name} on {simple} is not the file uploaded (sha256 {digest}); refusing to go on")
+        raise PublishError(
+            f"{job.path.name} on {simple} is not the file uploaded (sha256 {digest}); refusing to go on"
+        )
     ctx.log(f"uploaded {job.path.name}")
 
 
-def _print_actions(ctx: StageContext, images: list[ImageJob], wheels: list[WheelJob], assets: dict[str, Any],
-                   index: str, dest: Path | None, dry_run: bool) -> list[dict[str, Any]]:
+def _print_actions(
+    ctx: StageContext,
+    images: list[ImageJob],
+    wheels: list[WheelJob],
+    assets: dict[str, Any],
+    index: str,
+    dest: Path | None,
+    dry_run: bool,
+) -> list[dict[str, Any]]:
     actions: list[dict[str, Any]] = []
     for job in images:
         for tag, immutable in job.tags:
             state = job.state.get(tag, "unknown")
-            act = "push" if state in ("absent", "unknown") or (state == "different" and not immutable) else "keep"
+            act = (
+                "push"
+                if state in ("absent", "unknown") or (state == "different" and not immutable)
+                else "keep"
+            )
             if state.startswith("skip"):
                 act = "skip"
-            actions.append({"action": act, "what": "image", "ref": f"{job.image}:{tag}", "image_id": job.image_id,
-                            "state": state, "immutable": immutable})
+            actions.append(
+                {
+                    "action": act,
+                    "what": "image",
+                    "ref": f"{job.image}:{tag}",
+                    "image_id": job.image_id,
+                    "state": state,
+                    "immutable": immutable,
+                }
+            )
     for job in wheels:
         act = "upload" if job.state in ("absent", "unknown") else "keep"
-        actions.append({"action": act, "what": "wheel", "ref": job.path.name, "sha256": job.sha256, "index": index,
-                        "state": job.state})
+        actions.append(
+            {
+                "action": act,
+                "what": "wheel",
+                "ref": job.path.name,
+                "sha256": job.sha256,
+                "index": index,
+                "state": job.state,
+            }
+        )
     target = str(dest) if dest else f"{ASSETS}/ (the workflow attaches it to the GitHub release)"
     for path in sorted(p for p in assets["folder"].iterdir() if p.is_file()):
         digest = assets["files"].get(path.name) or sha256_file(path)
-        actions.append({"action": "asset", "what": "release asset", "ref": path.name, "sha256": digest, "to": target})
-    actions.append({"action": "asset", "what": "release asset", "ref": "release.json", "sha256": "(written last)",
-                    "to": target})
+        actions.append(
+            {"action": "asset", "what": "release asset", "ref": path.name, "sha256": digest, "to": target}
+        )
+    actions.append(
+        {
+            "action": "asset",
+            "what": "release asset",
+            "ref": "release.json",
+            "sha256": "(written last)",
+            "to": target,
+        }
+    )
     head = "dry run: publish would do this; nothing was pushed" if dry_run else "publish will do this"
     lines = [f"{head} ({ctx.plan['project']} {ctx.plan['version']}):"]
     for a in actions:
-        detail = {"image": lambda a: f"image {a['image_id'][:19]}",
-                  "wheel": lambda a: f"sha256 {a['sha256'][:12]} -> {a['index']}",
-                  "release asset": lambda a: f"sha256 {a['sha256'][:12]} -> {a['to']}"}[a["what"]](a)
-        verb = {"push": "would push" if dry_run else "push", "upload": "would upload" if dry_run else "upload",
-                "keep": "keep", "skip": "skip", "asset": "would attach" if dry_run else "attach"}[a["action"]]
+        detail = {
+            "image": lambda a: f"image {a['image_id'][:19]}",
+            "wheel": lambda a: f"sha256 {a['sha256'][:12]} -> {a['index']}",
+            "release asset": lambda a: f"sha256 {a['sha256'][:12]} -> {a['to']}",
+        }[a["what"]](a)
+        verb = {
+            "push": "would push" if dry_run else "push",
+            "upload": "would upload" if dry_run else "upload",
+            "keep": "keep",
+            "skip": "skip",
+            "asset": "would attach" if dry_run else "attach",
+        }[a["action"]]
         state = f" [{a['state']}]" if "state" in a else ""
         lines.append(f"  {verb:<13} {a['ref']}  ({detail}){state}")
     print("\n".join(lines), flush=True)
@@ -485,8 +615,10 @@ def run(ctx: StageContext, variants: list[str] | None = None, local: bool = Fals
     actions = _print_actions(ctx, images, wheels, assets, index, dest, dry_run)
     ctx.write_json("publish-plan.json", {"dry_run": dry_run, "actions": actions, "conflicts": conflicts})
     if conflicts:
-        raise PublishError("refusing to publish: this version already exists with other content; nothing was "
-                           "published:\n  " + "\n  ".join(conflicts))
+        raise PublishError(
+            "refusing to publish: this version already exists with other content; nothing was "
+            "published:\n  " + "\n  ".join(conflicts)
+        )
 
     if not dry_run:
         for job in images:
@@ -520,15 +652,17 @@ def run(ctx: StageContext, variants: list[str] | None = None, local: bool = Fals
     pushed = sum(1 for a in actions if a["action"] == "push")
     uploaded = sum(1 for a in actions if a["action"] == "upload")
     word = "would push" if dry_run else "pushed"
-    return {"summary": f"{word} {pushed} image tag(s) of {len(images)} image(s), {uploaded} of {len(wheels)} wheel(s)"
-                       f"{' (dry run)' if dry_run else ''}",
-            "release": release}
+    text = f"{word} {pushed} image tag(s) of {len(images)} image(s), {uploaded} of {len(wheels)} wheel(s)"
+    return {"summary": text + (" (dry run)" if dry_run else ""), "release": release}
 
 
 def _ensure_local_services(ctx: StageContext, plan: dict[str, Any]) -> None:
     """Start the local registry and index when the plan publishes to them (and only then)."""
     try:
-        if plan["matrix"]["images"] and registry.split_ref(plan["registries"]["images"])[0] == services.REGISTRY_ADDR:
+        if (
+            plan["matrix"]["images"]
+            and registry.split_ref(plan["registries"]["images"])[0] == services.REGISTRY_ADDR
+        ):
             services.ensure_registry(ctx.log)
         if plan["registries"]["packages"].rstrip("/").endswith(services.INDEX_ADDR):
             services.ensure_index(ctx.log)
@@ -536,30 +670,62 @@ def _ensure_local_services(ctx: StageContext, plan: dict[str, Any]) -> None:
         raise PublishError(f"local services are not available: {exc}") from exc
 
 
-def _release_record(ctx: StageContext, images: list[ImageJob], wheels: list[WheelJob], sboms: dict[str, Any],
-                    assets: dict[str, Any], summary: dict[str, Any], index: str, dry_run: bool) -> dict[str, Any]:
+def _release_record(
+    ctx: StageContext,
+    images: list[ImageJob],
+    wheels: list[WheelJob],
+    sboms: dict[str, Any],
+    assets: dict[str, Any],
+    summary: dict[str, Any],
+    index: str,
+    dry_run: bool,
+) -> dict[str, Any]:
     plan = ctx.plan
     record: dict[str, Any] = {
-        "project": plan["project"], "version": plan["version"], "sha": plan["sha"],
-        "prerelease": plan["prerelease"], "dry_run": dry_run, "images": {}, "wheels": [], "models": assets["models"],
-        "sboms": [], "smoke": {"ok": summary["ok"], "gpu_present": summary.get("gpu_present")},
+        "project": plan["project"],
+        "version": plan["version"],
+        "sha": plan["sha"],
+        "prerelease": plan["prerelease"],
+        "dry_run": dry_run,
+        "images": {},
+        "wheels": [],
+        "models": assets["models"],
+        "sboms": [],
+        "smoke": {"ok": summary["ok"], "gpu_present": summary.get("gpu_present")},
     }
     for job in images:
         digests = {t: job.digests.get(t) for t, _ in job.tags}
         distinct = {d for d in digests.values() if d}
         record["images"][job.variant] = {
-            "image": job.image, "image_id": job.image_id,
+            "image": job.image,
+            "image_id": job.image_id,
             "digest": distinct.pop() if len(distinct) == 1 else None,
-            "tags": digests, "sbom": sboms.get(f"image:{job.variant}"),
-            "smoke": {k: summary["artifacts"].get(f"image:{job.variant}", {}).get(k)
-                      for k in ("min_iou", "max_score_diff", "model_server", "gpu")},
+            "tags": digests,
+            "sbom": sboms.get(f"image:{job.variant}"),
+            "smoke": {
+                k: summary["artifacts"].get(f"image:{job.variant}", {}).get(k)
+                for k in ("min_iou", "max_score_diff", "model_server", "gpu")
+            },
         }
     for job in wheels:
-        record["wheels"].append({"file": job.path.name, "sha256": job.sha256, "index": index,
-                                 "sbom": sboms.get(f"wheel:{job.path.name}")})
+        record["wheels"].append(
+            {
+                "file": job.path.name,
+                "sha256": job.sha256,
+                "index": index,
+                "sbom": sboms.get(f"wheel:{job.path.name}"),
+            }
+        )
     for artifact, entry in sorted(sboms.items()):
-        record["sboms"].append({"artifact": artifact, "file": entry["file"], "sha256": entry["sha256"],
-                                "format": f"CycloneDX {sbom.SPEC_VERSION} JSON", "components": entry["components"]})
+        record["sboms"].append(
+            {
+                "artifact": artifact,
+                "file": entry["file"],
+                "sha256": entry["sha256"],
+                "format": f"CycloneDX {sbom.SPEC_VERSION} JSON",
+                "components": entry["components"],
+            }
+        )
     record["assets"] = {"folder": ASSETS, "files": assets["files"]}
     record["checksums"] = {"file": "SHA256SUMS", "sha256": sha256_file(assets["folder"] / "SHA256SUMS")}
     return record

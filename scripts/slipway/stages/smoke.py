@@ -30,14 +30,20 @@ from slipway.smoketest import (
     has_gpu,
     model_info,
     run_container,
+    save_container_logs,
     smoke_wheel,
     tfserving_mode,
     tfserving_server,
 )
 
 # The names the service reports for its backend, per runtime of release.toml.
-BACKEND_OF_RUNTIME = {"torchscript": "torchscript", "cpp": "cpp", "onnx": "onnx", "tensorflow": "tensorflow",
-                      "tfserving": "tfserving"}
+BACKEND_OF_RUNTIME = {
+    "torchscript": "torchscript",
+    "cpp": "cpp",
+    "onnx": "onnx",
+    "tensorflow": "tensorflow",
+    "tfserving": "tfserving",
+}
 FORMAT_LABELS = {
     "torchscript": "TorchScript",
     "onnx": "ONNX",
@@ -55,27 +61,40 @@ def _safe(name: str) -> str:
 # Images
 
 
-def smoke_image(ctx: StageContext, entry: dict[str, Any], *, gpu_present: bool,
-                tfserving: str | None = None) -> dict[str, Any]:
+def smoke_image(
+    ctx: StageContext, entry: dict[str, Any], *, gpu_present: bool, tfserving: str | None = None
+) -> dict[str, Any]:
     variant = entry["variant"]
     runtime = entry["runtime"]
     device = entry.get("device", "cpu")
     tolerance = ctx.config.smoke.tolerance_for(runtime)
     model_dir = ctx.out / "models" / entry["model"]
     result: dict[str, Any] = {
-        "artifact": f"image:{variant}", "kind": "image", "variant": variant, "model": entry["model"],
-        "image": entry["tag"], "image_id": entry["id"], "runtime": runtime, "device": device,
+        "artifact": f"image:{variant}",
+        "kind": "image",
+        "variant": variant,
+        "model": entry["model"],
+        "image": entry["tag"],
+        "image_id": entry["id"],
+        "runtime": runtime,
+        "device": device,
         "tolerance": tolerance.model_dump(),
-        "limits": {"memory": ctx.config.smoke.memory, "cpus": ctx.config.smoke.cpus,
-                   "ready_timeout_s": ctx.config.smoke.timeout_s},
+        "limits": {
+            "memory": ctx.config.smoke.memory,
+            "cpus": ctx.config.smoke.cpus,
+            "ready_timeout_s": ctx.config.smoke.timeout_s,
+        },
     }
     if device == "gpu":
         result["gpu"] = {"requested": True, "available": gpu_present, "exercised": False}
         if not gpu_present:
-            result["gpu"]["note"] = ("no GPU on this machine: the image ran on the CPU (the framework's fallback); "
-                                     "its GPU path was NOT exercised")
+            result["gpu"]["note"] = (
+                "no GPU on this machine: the image ran on the CPU (the framework's fallback); "
+                "its GPU path was NOT exercised"
+            )
     started = time.monotonic()
     logs = ctx.out / "smoke" / f"image-{_safe(variant)}.log"
+    server_logs = ctx.out / "smoke" / f"image-{_safe(variant)}.model-server.log"
     try:
         if not (model_dir / "golden" / "reference.json").exists():
             raise CheckError(f"no golden reference in {model_dir} (run 'slipway export')")
@@ -83,27 +102,49 @@ def smoke_image(ctx: StageContext, entry: dict[str, Any], *, gpu_present: bool,
             env: dict[str, str] = {}
             if runtime == "tfserving":
                 mode = tfserving_mode(tfserving)
-                server = stack.enter_context(tfserving_server(
-                    model_dir, mode=mode, timeout=ctx.config.smoke.timeout_s, memory=ctx.config.smoke.memory,
-                    cpus=ctx.config.smoke.cpus, logs_to=ctx.out / "smoke" / f"image-{_safe(variant)}.model-server.log",
-                ))
+                server = stack.enter_context(
+                    tfserving_server(
+                        model_dir,
+                        mode=mode,
+                        timeout=ctx.config.smoke.timeout_s,
+                        memory=ctx.config.smoke.memory,
+                        cpus=ctx.config.smoke.cpus,
+                        logs_to=server_logs,
+                        keep_logs=True,
+                    )
+                )
                 env["TFSERVING_URL"] = server.url
-                result["model_server"] = {"kind": server.kind, "description": server.description,
-                                          "ready_seconds": round(server.ready_seconds, 2), **server.details}
+                result["model_server"] = {
+                    "kind": server.kind,
+                    "description": server.description,
+                    "ready_seconds": round(server.ready_seconds, 2),
+                    **server.details,
+                }
                 ctx.log(f"{variant}: model server: {server.description} at {server.url}")
-            running = stack.enter_context(run_container(
-                entry["tag"], env=env, memory=ctx.config.smoke.memory, cpus=ctx.config.smoke.cpus,
-                timeout=ctx.config.smoke.timeout_s, logs_to=logs, gpus=device == "gpu" and gpu_present,
-            ))
+            running = stack.enter_context(
+                run_container(
+                    entry["tag"],
+                    env=env,
+                    memory=ctx.config.smoke.memory,
+                    cpus=ctx.config.smoke.cpus,
+                    timeout=ctx.config.smoke.timeout_s,
+                    logs_to=logs,
+                    gpus=device == "gpu" and gpu_present,
+                )
+            )
             result["ready_seconds"] = round(running.ready_seconds, 2)
             name = json.loads((model_dir / "model.json").read_text())["name"]
             info = model_info(running.url, name)
-            result["service"] = {k: info.get(k) for k in ("backend", "device", "runtime", "state") if k in info}
+            result["service"] = {
+                k: info.get(k) for k in ("backend", "device", "runtime", "state") if k in info
+            }
             result.update(check_golden(running.url, model_dir, iou=tolerance.iou, score=tolerance.score))
             backend = info.get("backend")
             if backend and backend != BACKEND_OF_RUNTIME.get(runtime, runtime):
                 result["ok"] = False
-                result["error"] = f"the image serves with backend '{backend}', but the variant's runtime is '{runtime}'"
+                result["error"] = (
+                    f"the image serves with backend '{backend}', but the variant's runtime is '{runtime}'"
+                )
             if device == "gpu":
                 reported = str(info.get("device") or "")
                 result["gpu"]["exercised"] = gpu_present and ("cuda" in reported or "gpu" in reported.lower())
@@ -111,15 +152,21 @@ def smoke_image(ctx: StageContext, entry: dict[str, Any], *, gpu_present: bool,
                 if gpu_present and not result["gpu"]["exercised"]:
                     result["ok"] = False
                     result["error"] = f"a GPU was given to the container but the service runs on '{reported}'"
+            if not result["ok"]:
+                save_container_logs(running.name, logs)  # the container goes away with the context
             if not result["ok"] and "error" not in result:
                 bad = [r for r in result["per_image"] if not r["ok"]]
-                result["error"] = (f"{len(bad)} of {result['images']} golden image(s) differ from the reference "
-                                   f"(min IoU {result['min_iou']:.4f}, max score diff {result['max_score_diff']:.2e}; "
-                                   f"tolerance IoU >= {tolerance.iou}, score <= {tolerance.score})")
+                result["error"] = (
+                    f"{len(bad)} of {result['images']} golden image(s) differ from the reference "
+                    f"(min IoU {result['min_iou']:.4f}, max score diff {result['max_score_diff']:.2e}; "
+                    f"tolerance IoU >= {tolerance.iou}, score <= {tolerance.score})"
+                )
     except CheckError as exc:
         result.update({"ok": False, "error": str(exc)})
-    if not result["ok"] and logs.exists():
-        result["log"] = str(logs)
+    if result["ok"]:
+        server_logs.unlink(missing_ok=True)
+    else:
+        result["logs"] = [str(p) for p in (logs, server_logs) if p.exists()]
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -135,8 +182,14 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
     if not wheels:
         if not planned:
             return {}
-        return {"wheels": {"artifact": "wheels", "kind": "wheels", "ok": False,
-                           "error": f"no wheels in {ctx.out / 'wheels'} (run 'slipway wheels')"}}
+        return {
+            "wheels": {
+                "artifact": "wheels",
+                "kind": "wheels",
+                "ok": False,
+                "error": f"no wheels in {ctx.out / 'wheels'} (run 'slipway wheels')",
+            }
+        }
     model = ctx.config.wheels_model()
     model_dir = ctx.out / "models" / (model.name if model else "")
     tolerance = ctx.config.smoke.tolerance_for("cpp")
@@ -145,21 +198,38 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
         key = f"wheel:{wheel.name}"
         ctx.log(f"{wheel.name}: installing into a fresh virtualenv (no torch) and running the golden images")
         started = time.monotonic()
-        base = {"artifact": key, "kind": "wheel", "file": wheel.name, "sha256": sha256_file(wheel),
-                "model": model.name if model else None, "runtime": "cpp", "tolerance": tolerance.model_dump()}
+        base = {
+            "artifact": key,
+            "kind": "wheel",
+            "file": wheel.name,
+            "sha256": sha256_file(wheel),
+            "model": model.name if model else None,
+            "runtime": "cpp",
+            "tolerance": tolerance.model_dump(),
+        }
         if model is None or not (model_dir / "golden" / "reference.json").exists():
             res = {"ok": False, "error": f"no exported model with golden images for the wheels ({model_dir})"}
         else:
-            res = smoke_wheel(wheel, model_dir, work=ctx.out / "smoke" / f".wheel-{_safe(wheel.stem)}",
-                              iou=tolerance.iou, score=tolerance.score)
+            res = smoke_wheel(
+                wheel,
+                model_dir,
+                work=ctx.out / "smoke" / f".wheel-{_safe(wheel.stem)}",
+                iou=tolerance.iou,
+                score=tolerance.score,
+            )
             if not res["ok"] and "error" not in res:
                 bad = [r for r in res.get("per_image", []) if not r["ok"]]
-                res["error"] = (f"{len(bad)} of {res.get('images', 0)} golden image(s) differ from the reference "
-                                f"(min IoU {res.get('min_iou', 0):.4f}, max score diff {res.get('max_score_diff', 0):.2e})")
+                worst = (
+                    f"min IoU {res.get('min_iou', 0):.4f}, max score diff {res.get('max_score_diff', 0):.2e}"
+                )
+                count = f"{len(bad)} of {res.get('images', 0)} golden image(s)"
+                res["error"] = f"{count} differ from the reference ({worst})"
         results[key] = {**base, **res, "seconds": round(time.monotonic() - started, 1)}
     failed = [k for k, r in results.items() if not r["ok"]]
     results["wheels"] = {
-        "artifact": "wheels", "kind": "wheels", "ok": not failed,
+        "artifact": "wheels",
+        "kind": "wheels",
+        "ok": not failed,
         "files": {r["file"]: r["sha256"] for k, r in results.items() if k.startswith("wheel:")},
         "error": ("failed: " + ", ".join(failed)) if failed else "",
     }
@@ -169,9 +239,27 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # Summary and the cross-runtime table
 
-_SUMMARY_KEYS = ("kind", "variant", "model", "runtime", "device", "image", "image_id", "file", "sha256",
-                 "min_iou", "max_score_diff", "images", "map50_vs_ground_truth", "ready_seconds", "latency_ms",
-                 "tolerance", "gpu", "untested", "files")
+_SUMMARY_KEYS = (
+    "kind",
+    "variant",
+    "model",
+    "runtime",
+    "device",
+    "image",
+    "image_id",
+    "file",
+    "sha256",
+    "min_iou",
+    "max_score_diff",
+    "images",
+    "map50_vs_ground_truth",
+    "ready_seconds",
+    "latency_ms",
+    "tolerance",
+    "gpu",
+    "untested",
+    "files",
+)
 
 
 def _summary_entry(res: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +282,7 @@ def _deviation(a: dict[str, Any]) -> float | None:
 
 
 def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows: each model's eager reference and in-process exports (from model.json), then every smoke-tested artifact."""
+    """Rows: each model's eager reference and in-process exports (model.json), then every tested artifact."""
     rows: list[dict[str, Any]] = []
     manifests = {}
     for path in sorted((out / "models").glob("*/model.json")):
@@ -207,27 +295,53 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
         reference = out / "models" / name / "golden" / "reference.json"
         count = len(json.loads(reference.read_text()).get("images", [])) if reference.exists() else None
         framework = FRAMEWORK_LABELS.get(m.get("framework"), m.get("framework"))
-        rows.append({"artifact": f"eager ({framework})", "model": name, "checked_by": "reference: golden/reference.json",
-                     "images": count, "max_box_deviation": 0.0, "max_score_diff": 0.0, "ok": True,
-                     "note": "reference"})
+        rows.append(
+            {
+                "artifact": f"eager ({framework})",
+                "model": name,
+                "checked_by": "reference: golden/reference.json",
+                "images": count,
+                "max_box_deviation": 0.0,
+                "max_score_diff": 0.0,
+                "ok": True,
+                "note": "reference",
+            }
+        )
         for run in (m.get("verification") or {}).get("runs", []):
             fmt = run.get("format", "?")
-            in_process.append((order.get(fmt, 5), {
-                "artifact": FORMAT_LABELS.get(fmt, fmt), "model": name,
-                "checked_by": "export verification, in-process (model.json)",
-                "images": run.get("images"), "max_box_deviation": _deviation(run),
-                "max_score_diff": run.get("max_score_diff"), "ok": bool(run.get("ok")), "tolerance": run.get("tolerance"),
-            }))
+            in_process.append(
+                (
+                    order.get(fmt, 5),
+                    {
+                        "artifact": FORMAT_LABELS.get(fmt, fmt),
+                        "model": name,
+                        "checked_by": "export verification, in-process (model.json)",
+                        "images": run.get("images"),
+                        "max_box_deviation": _deviation(run),
+                        "max_score_diff": run.get("max_score_diff"),
+                        "ok": bool(run.get("ok")),
+                        "tolerance": run.get("tolerance"),
+                    },
+                )
+            )
     for key, a in sorted(artifacts.items()):
         if a.get("kind") == "wheel":
-            in_process.append((2, {
-                "artifact": f"C++ wheel {a.get('file', key)}", "model": a.get("model"),
-                "checked_by": "slipway smoke: fresh virtualenv without torch",
-                "images": a.get("images"),
-                "max_box_deviation": _deviation(a),
-                "max_score_diff": a.get("max_score_diff"), "ok": a["ok"], "tolerance": a.get("tolerance"),
-                "note": "untested here" if a.get("untested") else "",
-            }))
+            in_process.append(
+                (
+                    2,
+                    {
+                        "artifact": f"C++ wheel {a.get('file', key)}",
+                        "model": a.get("model"),
+                        "checked_by": "slipway smoke: fresh virtualenv without torch",
+                        "images": a.get("images"),
+                        "max_box_deviation": _deviation(a),
+                        "max_score_diff": a.get("max_score_diff"),
+                        "ok": a["ok"],
+                        "tolerance": a.get("tolerance"),
+                        "note": "untested here" if a.get("untested") else "",
+                    },
+                )
+            )
     rows.extend(r for _, r in sorted(in_process, key=lambda t: t[0]))
     for key, a in sorted(artifacts.items()):
         if a.get("kind") != "image":
@@ -238,21 +352,36 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
         gpu = a.get("gpu") or {}
         if gpu.get("requested") and not gpu.get("exercised"):
             notes.append("ran on CPU: GPU path not exercised")
-        rows.append({
-            "artifact": f"image {a.get('variant', key)}", "model": a.get("model"),
-            "checked_by": f"slipway smoke: container, runtime {a.get('runtime', '?')}",
-            "images": a.get("images"),
-            "max_box_deviation": _deviation(a),
-            "max_score_diff": a.get("max_score_diff"), "ok": a["ok"], "tolerance": a.get("tolerance"),
-            "ready_seconds": a.get("ready_seconds"), "p50_ms": (a.get("latency_ms") or {}).get("p50"),
-            "note": "; ".join(notes) if a["ok"] else (a.get("error") or "")[:120],
-        })
+        rows.append(
+            {
+                "artifact": f"image {a.get('variant', key)}",
+                "model": a.get("model"),
+                "checked_by": f"slipway smoke: container, runtime {a.get('runtime', '?')}",
+                "images": a.get("images"),
+                "max_box_deviation": _deviation(a),
+                "max_score_diff": a.get("max_score_diff"),
+                "ok": a["ok"],
+                "tolerance": a.get("tolerance"),
+                "ready_seconds": a.get("ready_seconds"),
+                "p50_ms": (a.get("latency_ms") or {}).get("p50"),
+                "note": "; ".join(notes) if a["ok"] else (a.get("error") or "")[:120],
+            }
+        )
     return rows
 
 
 def table_markdown(rows: list[dict[str, Any]], title: str = "") -> str:
-    head = ["artifact", "model", "checked by", "golden images", "max box deviation (1 - min IoU)",
-            "max score diff", "tolerance (IoU >=, score <=)", "result", "notes"]
+    head = [
+        "artifact",
+        "model",
+        "checked by",
+        "golden images",
+        "max box deviation (1 - min IoU)",
+        "max score diff",
+        "tolerance (IoU >=, score <=)",
+        "result",
+        "notes",
+    ]
     lines = [f"# {title}\n" if title else "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         tol = r.get("tolerance") or {}
@@ -260,11 +389,20 @@ def table_markdown(rows: list[dict[str, Any]], title: str = "") -> str:
         result = "reference" if r.get("note") == "reference" else ("ok" if r["ok"] else "**FAILED**")
         notes = "" if r.get("note") == "reference" else (r.get("note") or "")
         if r.get("p50_ms") is not None:
-            notes = f"ready {r.get('ready_seconds')} s, p50 {r['p50_ms']:.1f} ms" + (f"; {notes}" if notes else "")
-        cells = [r["artifact"], str(r.get("model") or "-"), r["checked_by"],
-                 str(r["images"]) if r.get("images") is not None else "-",
-                 _number(r.get("max_box_deviation")), _number(r.get("max_score_diff")), tol_text, result,
-                 notes.replace("|", "/")]
+            notes = f"ready {r.get('ready_seconds')} s, p50 {r['p50_ms']:.1f} ms" + (
+                f"; {notes}" if notes else ""
+            )
+        cells = [
+            r["artifact"],
+            str(r.get("model") or "-"),
+            r["checked_by"],
+            str(r["images"]) if r.get("images") is not None else "-",
+            _number(r.get("max_box_deviation")),
+            _number(r.get("max_score_diff")),
+            tol_text,
+            result,
+            notes.replace("|", "/"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(line for line in lines if line != "") + "\n"
 
@@ -272,8 +410,12 @@ def table_markdown(rows: list[dict[str, Any]], title: str = "") -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def run(ctx: StageContext, variants: list[str] | None = None, tfserving: str | None = None,
-        wheels: bool | None = None) -> dict[str, Any]:
+def run(
+    ctx: StageContext,
+    variants: list[str] | None = None,
+    tfserving: str | None = None,
+    wheels: bool | None = None,
+) -> dict[str, Any]:
     """Smoke-test the planned images (``variants`` narrows them) and, unless narrowed, the wheels."""
     images = ctx.read_json("images.json") if (ctx.out / "images.json").exists() else {}
     planned = [e for e in ctx.plan["matrix"]["smoke"] if e["kind"] == "image"]
@@ -283,15 +425,22 @@ def run(ctx: StageContext, variants: list[str] | None = None, tfserving: str | N
             raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
         planned = [e for e in planned if e["variant"] in variants]
     test_wheels = wheels if wheels is not None else not variants
-    if tfserving is not None or any(images.get(e["variant"], {}).get("runtime") == "tfserving" for e in planned):
+    if tfserving is not None or any(
+        images.get(e["variant"], {}).get("runtime") == "tfserving" for e in planned
+    ):
         tfserving_mode(tfserving)  # a wrong SLIPWAY_TFSERVING fails before anything starts
     gpu_present = has_gpu()
     results: dict[str, dict[str, Any]] = {}
     for entry in planned:
         variant = entry["variant"]
         if variant not in images:
-            results[f"image:{variant}"] = {"artifact": f"image:{variant}", "kind": "image", "variant": variant,
-                                           "ok": False, "error": "no image built for this variant (run 'slipway images')"}
+            results[f"image:{variant}"] = {
+                "artifact": f"image:{variant}",
+                "kind": "image",
+                "variant": variant,
+                "ok": False,
+                "error": "no image built for this variant (run 'slipway images')",
+            }
             ctx.log(f"{variant}: FAILED: no image built")
             continue
         ctx.log(f"{variant}: smoke test of {images[variant]['tag']}")
@@ -300,8 +449,8 @@ def run(ctx: StageContext, variants: list[str] | None = None, tfserving: str | N
         ctx.write_json(f"smoke/image-{_safe(variant)}.json", res)
         state = "ok" if res["ok"] else "FAILED"
         detail = f": {res['error']}" if not res["ok"] else ""
-        ctx.log(f"{variant}: {state} (ready in {res.get('ready_seconds', '-')}s, min IoU {res.get('min_iou', '-')}, "
-                f"max score diff {res.get('max_score_diff', '-')}){detail}")
+        numbers = f"min IoU {res.get('min_iou', '-')}, max score diff {res.get('max_score_diff', '-')}"
+        ctx.log(f"{variant}: {state} (ready in {res.get('ready_seconds', '-')}s, {numbers}){detail}")
     if test_wheels:
         for key, res in smoke_wheels(ctx).items():
             results[key] = res
@@ -322,8 +471,13 @@ def run(ctx: StageContext, variants: list[str] | None = None, tfserving: str | N
     rows = table_rows(ctx.out, artifacts)
     failed = sorted(k for k, a in artifacts.items() if not a["ok"])
     summary = {
-        "ok": not failed, "failed": failed, "version": ctx.plan["version"], "sha": ctx.plan["sha"],
-        "gpu_present": gpu_present, "artifacts": dict(sorted(artifacts.items())), "table": rows,
+        "ok": not failed,
+        "failed": failed,
+        "version": ctx.plan["version"],
+        "sha": ctx.plan["sha"],
+        "gpu_present": gpu_present,
+        "artifacts": dict(sorted(artifacts.items())),
+        "table": rows,
     }
     ctx.write_json("smoke/summary.json", summary)
     title = f"Cross-runtime agreement: {ctx.plan['project']} {ctx.plan['version']}"
@@ -332,5 +486,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, tfserving: str | N
     now_failed = [k for k, r in results.items() if not r["ok"]]
     if now_failed:
         details = "; ".join(f"{k}: {results[k].get('error', '')}"[:300] for k in now_failed)
-        raise CheckError(f"smoke test failed for {', '.join(now_failed)} ({details}); details in {ctx.out / 'smoke'}")
+        raise CheckError(
+            f"smoke test failed for {', '.join(now_failed)} ({details}); details in {ctx.out / 'smoke'}"
+        )
     return {"summary": f"{len(results)} artifact(s) answered correctly", "results": results}
