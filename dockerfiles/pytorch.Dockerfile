@@ -10,7 +10,8 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-# Builders: each fills /opt/venv; only that folder reaches a final image.
+# The shared builder: /opt/venv with the service's requirements. Each variant's builder adds its
+# runtime; only /opt/venv reaches a final image.
 FROM ${BASE_IMAGE} AS venv
 # Index arguments are read by pip from the environment; they are never written into a final image.
 ARG PIP_INDEX_URL
@@ -27,33 +28,6 @@ COPY wheelhouse/ /wheelhouse/
 RUN pip install --find-links /wheelhouse -r /requirements/requirements.txt \
     && pip uninstall --yes setuptools \
     && find /opt/venv/lib -path '*/site-packages/numpy/*' -type d -name tests -prune -exec rm -rf {} +
-
-FROM venv AS venv-torch
-ARG DEVICE=cpu
-# CPU: the torch CPU wheel from the wheelhouse (or the CPU index in PIP_EXTRA_INDEX_URL).
-# GPU: PyPI's torch, which brings CUDA as nvidia-* wheels; the wheelhouse is skipped because its
-# local-version CPU wheel (2.13.0+cpu) would satisfy torch==2.13.0 and win.
-RUN if [ "$DEVICE" = "gpu" ]; then \
-        pip install -c /requirements/requirements-pytorch.txt torch \
-        && python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'DEVICE=gpu but a CPU-only torch was installed')"; \
-    elif [ "$DEVICE" = "cpu" ]; then \
-        pip install --find-links /wheelhouse -c /requirements/requirements-pytorch.txt torch; \
-    else \
-        echo "DEVICE must be cpu or gpu, not '$DEVICE'" >&2; exit 1; \
-    fi \
-    && pip uninstall --yes pip
-
-FROM venv AS venv-cpp
-# The C++ runtime comes only from the wheelhouse: a package of the same name on an index is never
-# taken in its place. Unpinned because the wheelhouse holds exactly the wheel this release built.
-# hadolint ignore=DL3013
-RUN pip install --no-index --find-links /wheelhouse slipway-runtime \
-    && python -c "import sys, slipway_runtime; sys.exit('torch must not be in this image' if 'torch' in sys.modules else 0)" \
-    && pip uninstall --yes pip
-
-FROM venv AS venv-onnx
-RUN pip install --find-links /wheelhouse -c /requirements/requirements-pytorch.txt onnxruntime \
-    && pip uninstall --yes pip
 
 # ---------------------------------------------------------------------------------------------
 # What every final image shares: the base, a non-root user, the service's environment.
@@ -81,10 +55,47 @@ LABEL org.opencontainers.image.title="slipway-serving" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # ---------------------------------------------------------------------------------------------
-# Final images. Order inside each: venv, code, model (its own layer, last, so a new model
+# Variants. Order inside each final stage: venv, code, model (its own layer, last, so a new model
 # reuses every layer below it), then the labels of this build. The model is owned by the service
 # user because an export folder written atomically may be mode 0700, which another user cannot read
 # (COPY --chmod would need BuildKit).
+# Stage order matters for the classic builder, which builds every stage above the target (BuildKit
+# builds only what the target needs): cheap variants come first, and pytorch-cpp-cpu, whose
+# builder fails without the C++ wheel in the wheelhouse, comes last.
+
+FROM venv AS venv-onnx
+RUN pip install --find-links /wheelhouse -c /requirements/requirements-pytorch.txt onnxruntime \
+    && pip uninstall --yes pip
+
+FROM runtime AS onnx-cpu
+COPY --from=venv-onnx /opt/venv /opt/venv
+COPY serving/ /app/serving/
+COPY model_export/ /app/model_export/
+ENV BACKEND=onnx DEVICE=cpu
+COPY --chown=10001:10001 model/ /model/
+ARG VERSION=0.0.0
+ARG GIT_REVISION=unknown
+ARG SOURCE=
+ARG CREATED=
+LABEL org.opencontainers.image.version="$VERSION" org.opencontainers.image.revision="$GIT_REVISION" \
+      org.opencontainers.image.source="$SOURCE" org.opencontainers.image.created="$CREATED" \
+      dev.slipway.variant="onnx-cpu"
+
+FROM venv AS venv-torch
+ARG DEVICE=cpu
+# CPU: the torch CPU wheel from the wheelhouse (or the CPU index in PIP_EXTRA_INDEX_URL).
+# GPU: PyPI's torch, which brings CUDA as nvidia-* wheels; the wheelhouse is skipped because its
+# local-version CPU wheel (2.13.0+cpu) would satisfy torch==2.13.0 and win.
+RUN if [ "$DEVICE" = "gpu" ]; then \
+        pip install -c /requirements/requirements-pytorch.txt torch \
+        && python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'DEVICE=gpu but a CPU-only torch was installed')"; \
+    elif [ "$DEVICE" = "cpu" ]; then \
+        pip install --find-links /wheelhouse -c /requirements/requirements-pytorch.txt torch; \
+    else \
+        echo "DEVICE must be cpu or gpu, not '$DEVICE'" >&2; exit 1; \
+    fi \
+    && pip uninstall --yes pip
+
 FROM runtime AS pytorch-cpu
 COPY --from=venv-torch /opt/venv /opt/venv
 COPY serving/ /app/serving/
@@ -113,6 +124,14 @@ LABEL org.opencontainers.image.version="$VERSION" org.opencontainers.image.revis
       org.opencontainers.image.source="$SOURCE" org.opencontainers.image.created="$CREATED" \
       dev.slipway.variant="pytorch-gpu"
 
+FROM venv AS venv-cpp
+# The C++ runtime comes only from the wheelhouse: a package of the same name on an index is never
+# taken in its place. Unpinned because the wheelhouse holds exactly the wheel this release built.
+# hadolint ignore=DL3013
+RUN pip install --no-index --find-links /wheelhouse slipway-runtime \
+    && python -c "import sys, slipway_runtime; sys.exit('torch must not be in this image' if 'torch' in sys.modules else 0)" \
+    && pip uninstall --yes pip
+
 FROM runtime AS pytorch-cpp-cpu
 COPY --from=venv-cpp /opt/venv /opt/venv
 COPY serving/ /app/serving/
@@ -126,17 +145,3 @@ ARG CREATED=
 LABEL org.opencontainers.image.version="$VERSION" org.opencontainers.image.revision="$GIT_REVISION" \
       org.opencontainers.image.source="$SOURCE" org.opencontainers.image.created="$CREATED" \
       dev.slipway.variant="pytorch-cpp-cpu"
-
-FROM runtime AS onnx-cpu
-COPY --from=venv-onnx /opt/venv /opt/venv
-COPY serving/ /app/serving/
-COPY model_export/ /app/model_export/
-ENV BACKEND=onnx DEVICE=cpu
-COPY --chown=10001:10001 model/ /model/
-ARG VERSION=0.0.0
-ARG GIT_REVISION=unknown
-ARG SOURCE=
-ARG CREATED=
-LABEL org.opencontainers.image.version="$VERSION" org.opencontainers.image.revision="$GIT_REVISION" \
-      org.opencontainers.image.source="$SOURCE" org.opencontainers.image.created="$CREATED" \
-      dev.slipway.variant="onnx-cpu"

@@ -10,7 +10,8 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-# Builders: each fills /opt/venv; only that folder reaches a final image.
+# The shared builder: /opt/venv with the service's requirements. Each variant's builder adds its
+# runtime; only /opt/venv reaches a final image.
 FROM ${BASE_IMAGE} AS venv
 # Index arguments are read by pip from the environment; they are never written into a final image.
 ARG PIP_INDEX_URL
@@ -27,26 +28,6 @@ COPY wheelhouse/ /wheelhouse/
 RUN pip install --find-links /wheelhouse -r /requirements/requirements.txt \
     && pip uninstall --yes setuptools \
     && find /opt/venv/lib -path '*/site-packages/numpy/*' -type d -name tests -prune -exec rm -rf {} +
-
-FROM venv AS venv-tensorflow
-ARG DEVICE=cpu
-# GPU: tensorflow with its CUDA extra (CUDA from PyPI's nvidia-* wheels, not from the base image),
-# at the version requirements-tensorflow.txt pins for tensorflow-cpu, so both images run one TF.
-RUN if [ "$DEVICE" = "gpu" ]; then \
-        version="$(sed -n 's/^tensorflow-cpu==\([^ ;#]*\).*/\1/p' /requirements/requirements-tensorflow.txt)" \
-        && [ -n "$version" ] \
-        && pip install --find-links /wheelhouse "tensorflow[and-cuda]==$version"; \
-    elif [ "$DEVICE" = "cpu" ]; then \
-        pip install --find-links /wheelhouse -r /requirements/requirements-tensorflow.txt; \
-    else \
-        echo "DEVICE must be cpu or gpu, not '$DEVICE'" >&2; exit 1; \
-    fi \
-    && pip uninstall --yes pip
-
-FROM venv AS venv-client
-# The tfserving-client image has a size budget (< 200 MB): numpy (about 60 MB with its BLAS) is
-# not needed by the tfserving backend, which forwards pixels from PIL as JSON.
-RUN pip uninstall --yes pip numpy
 
 # ---------------------------------------------------------------------------------------------
 # What every final image shares: the base, a non-root user, the service's environment.
@@ -76,10 +57,48 @@ LABEL org.opencontainers.image.title="slipway-serving" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # ---------------------------------------------------------------------------------------------
-# Final images. Order inside each: venv, code, model (its own layer, last, so a new model
+# Variants. Order inside each final stage: venv, code, model (its own layer, last, so a new model
 # reuses every layer below it), then the labels of this build. The model is owned by the service
 # user because an export folder written atomically may be mode 0700, which another user cannot read
 # (COPY --chmod would need BuildKit).
+# Stage order matters for the classic builder, which builds every stage above the target (BuildKit
+# builds only what the target needs): tfserving-client first, so it never installs TensorFlow.
+
+FROM venv AS venv-client
+# The tfserving-client image has a size budget (< 200 MB): numpy (about 60 MB with its BLAS) is
+# not needed by the tfserving backend, which forwards pixels from PIL as JSON.
+RUN pip uninstall --yes pip numpy
+
+FROM runtime AS tfserving-client
+COPY --from=venv-client /opt/venv /opt/venv
+COPY serving/ /app/serving/
+# The external server holds the SavedModel; the service needs only the manifest (name, labels).
+# TFSERVING_URL's default suits host networking with TF Serving's REST port on the same host.
+ENV BACKEND=tfserving DEVICE=cpu TFSERVING_URL=http://127.0.0.1:8501
+COPY --chown=10001:10001 model/model.json /model/model.json
+ARG VERSION=0.0.0
+ARG GIT_REVISION=unknown
+ARG SOURCE=
+ARG CREATED=
+LABEL org.opencontainers.image.version="$VERSION" org.opencontainers.image.revision="$GIT_REVISION" \
+      org.opencontainers.image.source="$SOURCE" org.opencontainers.image.created="$CREATED" \
+      dev.slipway.variant="tfserving-client"
+
+FROM venv AS venv-tensorflow
+ARG DEVICE=cpu
+# GPU: tensorflow with its CUDA extra (CUDA from PyPI's nvidia-* wheels, not from the base image),
+# at the version requirements-tensorflow.txt pins for tensorflow-cpu, so both images run one TF.
+RUN if [ "$DEVICE" = "gpu" ]; then \
+        version="$(sed -n 's/^tensorflow-cpu==\([^ ;#]*\).*/\1/p' /requirements/requirements-tensorflow.txt)" \
+        && [ -n "$version" ] \
+        && pip install --find-links /wheelhouse "tensorflow[and-cuda]==$version"; \
+    elif [ "$DEVICE" = "cpu" ]; then \
+        pip install --find-links /wheelhouse -r /requirements/requirements-tensorflow.txt; \
+    else \
+        echo "DEVICE must be cpu or gpu, not '$DEVICE'" >&2; exit 1; \
+    fi \
+    && pip uninstall --yes pip
+
 FROM runtime AS tensorflow-cpu
 COPY --from=venv-tensorflow /opt/venv /opt/venv
 COPY serving/ /app/serving/
@@ -107,18 +126,3 @@ ARG CREATED=
 LABEL org.opencontainers.image.version="$VERSION" org.opencontainers.image.revision="$GIT_REVISION" \
       org.opencontainers.image.source="$SOURCE" org.opencontainers.image.created="$CREATED" \
       dev.slipway.variant="tensorflow-gpu"
-
-FROM runtime AS tfserving-client
-COPY --from=venv-client /opt/venv /opt/venv
-COPY serving/ /app/serving/
-# The external server holds the SavedModel; the service needs only the manifest (name, labels).
-# TFSERVING_URL's default suits host networking with TF Serving's REST port on the same host.
-ENV BACKEND=tfserving DEVICE=cpu TFSERVING_URL=http://127.0.0.1:8501
-COPY --chown=10001:10001 model/model.json /model/model.json
-ARG VERSION=0.0.0
-ARG GIT_REVISION=unknown
-ARG SOURCE=
-ARG CREATED=
-LABEL org.opencontainers.image.version="$VERSION" org.opencontainers.image.revision="$GIT_REVISION" \
-      org.opencontainers.image.source="$SOURCE" org.opencontainers.image.created="$CREATED" \
-      dev.slipway.variant="tfserving-client"
