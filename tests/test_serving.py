@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +27,7 @@ from serving.testing import (
     good_request_cases,
     multipart,
     run_cases,
+    run_cases_against,
     sample_image,
     write_tiny_model,
 )
@@ -314,3 +322,76 @@ def test_settings_tfserving_needs_url():
     )
     assert settings.tfserving_url == "http://h:8501"
     assert (settings.port, settings.threads, settings.host) == (8080, 2, "0.0.0.0")
+
+
+# --- the process, as an image runs it ----------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_python_m_serving_refuses_a_bad_environment():
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_DIR", "BACKEND")}
+    env.update({"PYTHONPATH": str(ROOT), "BACKEND": "nope"})
+    res = subprocess.run(
+        [sys.executable, "-m", "serving"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2
+    assert "MODEL_DIR is not set" in res.stderr and "BACKEND='nope'" in res.stderr
+
+
+def test_python_m_serving_refuses_a_folder_without_manifest(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MODEL_DIR": str(tmp_path)}
+    res = subprocess.run(
+        [sys.executable, "-m", "serving"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2
+    assert "model.json" in res.stderr and "not found" in res.stderr
+
+
+@pytest.mark.slow
+def test_python_m_serving_starts_serves_and_passes_its_healthcheck(model_dir, tmp_path):
+    import httpx
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MODEL_DIR": str(model_dir),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "THREADS": "1",
+    }
+    healthcheck = [sys.executable, "-m", "serving.healthcheck"]
+    # Nothing listens yet: the healthcheck must fail, not hang or pass.
+    assert subprocess.run(healthcheck, env=env, capture_output=True, timeout=30).returncode == 1
+    log_path = tmp_path / "service.log"
+    with open(log_path, "wb") as log_file:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+        try:
+            ready_after = None
+            while time.monotonic() - started < 60 and proc.poll() is None:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                        ready_after = time.monotonic() - started
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+            assert ready_after is not None, log_path.read_text()[-3000:]
+            print(f"python -m serving: start to ready in {ready_after:.2f}s")
+            assert subprocess.run(healthcheck, env=env, capture_output=True, timeout=30).returncode == 0
+            results = run_cases_against(f"http://127.0.0.1:{port}", MODEL)
+            assert all(r.ok for r in results), [r for r in results if not r.ok]
+        finally:
+            proc.terminate()
+            # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says why.
+            assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in log_path.read_text()
