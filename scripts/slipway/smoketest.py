@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -598,7 +599,12 @@ def smoke_wheel(
         with open(log, "a") as fh:
             fh.write(f"$ run_golden.py\n{res.stdout}{res.stderr}\n")
         if res.returncode != 0:
-            result["error"] = f"slipway_runtime.Detector failed: {(res.stderr or res.stdout).strip()[-800:]}"
+            how = f"exit code {res.returncode}"
+            if res.returncode < 0:
+                with contextlib.suppress(ValueError):
+                    how = f"killed by {signal.Signals(-res.returncode).name}"
+            output = (res.stderr or res.stdout).strip()[-800:] or "(no output)"
+            result["error"] = f"slipway_runtime.Detector failed ({how}): {output}"
             return result
         got = json.loads(answers.read_text())
         result.update(
