@@ -6,6 +6,7 @@ different runs or machines are never put side by side (``check_same_run`` refuse
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,17 @@ def machine_line(results: dict[str, Any]) -> str:
             f"Python {m.get('python', '?')}; {lib_text}{load_text}")
 
 
+def busy_note(results: dict[str, Any]) -> str:
+    """A warning when other work shared the CPUs: latency (p95 above all) then says more about it."""
+    m = results.get("machine", {})
+    cpus = m.get("usable_cpus") or m.get("logical_cpus") or 1
+    loads = [x[0] for x in (m.get("load_average_before"), m.get("load_average_after")) if x]
+    if loads and max(loads) > 0.5 * cpus:
+        return (f"The machine was busy with other work (load average up to {max(loads):.1f} on {cpus} CPUs): "
+                "latencies, p95 above all, include waiting for a CPU. Compare runtimes within this run only.")
+    return ""
+
+
 def markdown(results: dict[str, Any]) -> str:
     s = results.get("settings", {})
     lines = [
@@ -73,6 +85,8 @@ def markdown(results: dict[str, Any]) -> str:
         "Every number on this page comes from this one run on this one machine.",
         "",
     ]
+    if busy_note(results):
+        lines += [f"> {busy_note(results)}", ""]
     ip = results.get("inprocess", {})
     for model, runtimes in ip.get("models", {}).items():
         lines += [
@@ -113,26 +127,35 @@ def markdown(results: dict[str, Any]) -> str:
 
     served = results.get("served", {})
     if served:
+        limits = next((f"`--cpus {r['cpus']:g} --memory {r['memory']}`" for r in served.values() if "cpus" in r),
+                      "the smoke test's CPU and memory limits")
         lines += ["### Served: latency and throughput per image", "",
-                  f"Container limited to the smoke test's CPUs and memory; a load generator on loopback "
-                  f"(same machine) sends the golden PNGs for {s.get('served_seconds')} s per concurrency level. "
-                  f"Start-up: container start to `/readyz` answering 200, median of {s.get('ready_runs')} starts.",
+                  f"Each container runs with {limits}; a load generator on loopback (same machine, so it "
+                  f"competes for the CPUs) sends the golden PNGs for {s.get('served_seconds')} s per concurrency "
+                  f"level. Ready: container start to `/readyz` answering 200, median of {s.get('ready_runs')} starts.",
                   ""]
         rows = []
+        notes = []
         for variant, r in served.items():
             ready = r.get("ready_s", {}).get("median")
+            runtime = r.get("runtime", "-")
+            if r.get("external_server"):
+                runtime += " ²"
+                notes.append(f"² {variant} forwards to an external model server: {r['external_server']}.")
             if not r.get("load"):
-                rows.append([variant, r.get("runtime", "-"), _s(ready), "-", "-", "-", "-",
+                rows.append([variant, runtime, _s(ready), "-", "-", "-", "-",
                              _short(r.get("reason", "not measured"), 100)])
                 continue
             for i, load in enumerate(r["load"]):
                 lat = load["latency_ms"]
                 errors = sum(load["errors"].values())
-                rows.append([variant if i == 0 else "", r.get("runtime", "") if i == 0 else "",
+                rows.append([variant if i == 0 else "", runtime if i == 0 else "",
                              _s(ready) if i == 0 else "", str(load["concurrency"]), f"{load['requests_per_s']:.1f}",
                              _ms(lat.get("p50")), _ms(lat.get("p95")), str(errors) if errors else "0"])
         lines += _table(["variant", "runtime", "ready (s)", "concurrency", "requests/s", "p50 ms", "p95 ms",
                          "errors"], rows, "llrrrrrl")
+        if notes:
+            lines += ["", *notes]
         lines.append("")
 
     sizes = results.get("sizes", {})
@@ -217,9 +240,10 @@ def chart(results: dict[str, Any], path: Path) -> Path:
     m = results.get("machine", {})
     fig.suptitle(f"{results.get('project', '')} {results.get('version', '')}: what this release costs",
                  fontsize=14, fontweight="bold", x=0.01, ha="left")
-    fig.text(0.01, 0.004, f"All numbers from one run, {results.get('run_id')} ({results.get('date')}), on machine "
-             f"{m.get('fingerprint')}:\n{_short(machine_line(results), 230)}", fontsize=7.5, color="#555555")
-    fig.tight_layout(rect=(0, 0.035, 1, 0.97), h_pad=2.5)
+    footer = (f"All numbers from one run, {results.get('run_id')} ({results.get('date')}), on machine "
+              f"{m.get('fingerprint')}: {machine_line(results)}. {busy_note(results)}")
+    fig.text(0.01, 0.004, "\n".join(textwrap.wrap(footer, 235)[:3]), fontsize=7.5, color="#555555")
+    fig.tight_layout(rect=(0, 0.045, 1, 0.97), h_pad=2.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -286,30 +310,36 @@ def _latency_panel(ax, results: dict[str, Any]) -> None:
 
 def _served_panel(ax, results: dict[str, Any]) -> None:
     served = {v: r for v, r in results.get("served", {}).items() if r.get("load")}
-    ax.set_title("Served: requests/s by concurrency (label: p50 / p95 ms)", loc="left")
+    ax.set_title("Served: requests per second, by concurrency", loc="left")
     if not served:
         reasons = {r.get("reason", "") for r in results.get("served", {}).values()}
         _empty(ax, "no image served in this run" + (f"\n({_short(next(iter(reasons)), 80)})" if reasons else ""))
         return
     levels = sorted({load["concurrency"] for r in served.values() for load in r["load"]})
-    width = 0.8 / len(levels)
+    height = 0.8 / len(levels)
     colours = ["#3d7ab8", "#f0a35e", "#6cb38a", "#b86d9a"]
-    variants = list(served)
+    variants = list(served)[::-1]
+    top = max(load["requests_per_s"] for r in served.values() for load in r["load"]) or 1.0
     for j, level in enumerate(levels):
         for i, variant in enumerate(variants):
             load = next((x for x in served[variant]["load"] if x["concurrency"] == level), None)
             if load is None:
                 continue
-            x = i + (j - (len(levels) - 1) / 2) * width
-            ax.bar(x, load["requests_per_s"], width=width * 0.95, color=colours[j % len(colours)],
-                   label=f"concurrency {level}" if i == 0 else None)
+            y = i + ((len(levels) - 1) / 2 - j) * height
+            ax.barh(y, load["requests_per_s"], height=height * 0.92, color=colours[j % len(colours)],
+                    label=f"concurrency {level}" if i == 0 else None)
             lat = load["latency_ms"]
-            ax.text(x, load["requests_per_s"], f"{lat.get('p50', 0):.0f} / {lat.get('p95', 0):.0f}",
-                    ha="center", va="bottom", fontsize=7.5)
-    ax.set_xticks(range(len(variants)), variants)
-    ax.set_ylabel("requests per second")
-    ax.margins(y=0.15)
-    ax.legend(fontsize=8, frameon=False)
+            ax.text(load["requests_per_s"] + top * 0.01, y,
+                    f"{load['requests_per_s']:.0f}/s · p50 {lat.get('p50', 0):.0f} ms · p95 {lat.get('p95', 0):.0f} ms",
+                    va="center", fontsize=7.5)
+    labels = [v + (" ²" if served[v].get("external_server") else "") for v in variants]
+    ax.set_yticks(range(len(variants)), labels)
+    ax.set_xlim(0, top * 1.6)
+    ax.set_xlabel("requests per second (loopback, same machine)")
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    if any(r.get("external_server") for r in served.values()):
+        ax.text(0.99, 0.99, "² via an external model server; see table.md", transform=ax.transAxes,
+                ha="right", va="top", fontsize=7.5, color="#555555")
 
 
 def _size_panel(ax, results: dict[str, Any]) -> None:
@@ -326,7 +356,7 @@ def _size_panel(ax, results: dict[str, Any]) -> None:
         un, comp = r["uncompressed_bytes"] / 1e6, r["compressed_bytes"] / 1e6
         ax.barh(i, un, color="#c9d6e3", height=0.6, label="uncompressed" if i == 0 else None)
         ax.barh(i, comp, color="#3d7ab8", height=0.6, label="compressed (gzip, pulled)" if i == 0 else None)
-        ax.text(un, i, f"  {comp:,.0f} / {un:,.0f}", va="center", fontsize=8.5)
+        ax.text(max(un, limits.get(v, 0)), i, f"  {comp:,.0f} / {un:,.0f}", va="center", fontsize=8.5)
         if v in limits:
             ax.plot([limits[v], limits[v]], [i - 0.4, i + 0.4], color="#c0392b", linewidth=2,
                     label="budget" if v == next(x for x in variants if x in limits) else None)
@@ -352,12 +382,17 @@ def _startup_panel(ax, results: dict[str, Any]) -> None:
         _empty(ax, "nothing started in this run")
         return
     bars.reverse()
+    budget_shown = False
     for i, (_, value, colour, limit) in enumerate(bars):
         ax.barh(i, value, color=colour, height=0.6)
-        ax.text(value, i, f"  {value:.2f} s", va="center", fontsize=8.5)
+        ax.text(max(value, limit or 0), i, f"  {value:.2f} s", va="center", fontsize=8.5)
         if limit is not None:
-            ax.plot([limit, limit], [i - 0.4, i + 0.4], color="#c0392b", linewidth=2)
+            ax.plot([limit, limit], [i - 0.4, i + 0.4], color="#c0392b", linewidth=2,
+                    label="budget" if not budget_shown else None)
+            budget_shown = True
     ax.set_yticks(range(len(bars)), [b[0] for b in bars])
     top = max([b[1] for b in bars] + [b[3] or 0 for b in bars])
     ax.set_xlim(0, top * 1.25)
     ax.set_xlabel("seconds")
+    if budget_shown:
+        ax.legend(loc="lower right", fontsize=8, frameon=False)

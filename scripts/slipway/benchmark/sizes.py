@@ -85,7 +85,9 @@ def layer_sizes(ref: str, cache: dict[str, dict[str, int]]) -> dict[str, Any]:
     manifest = json.loads(small["manifest.json"])[0]
     config = json.loads(small[manifest["Config"]])
     diff_ids = config.get("rootfs", {}).get("diff_ids") or diff_ids
-    commands = [h.get("created_by", "") for h in config.get("history", []) if not h.get("empty_layer")]
+    # A base image imported from a root filesystem has no command, only a comment.
+    commands = [h.get("created_by") or h.get("comment") or "(base image)"
+                for h in config.get("history", []) if not h.get("empty_layer")]
     layers = []
     for i, path in enumerate(manifest["Layers"]):
         diff_id = diff_ids[i] if i < len(diff_ids) else path
