@@ -525,13 +525,14 @@ def _print_actions(
     for job in images:
         for tag, immutable in job.tags:
             state = job.state.get(tag, "unknown")
-            act = (
-                "push"
-                if state in ("absent", "unknown") or (state == "different" and not immutable)
-                else "keep"
-            )
             if state.startswith("skip"):
                 act = "skip"
+            elif state == "same":
+                act = "keep"
+            elif state == "different" and immutable:
+                act = "refuse"
+            else:
+                act = "push"
             actions.append(
                 {
                     "action": act,
@@ -543,7 +544,7 @@ def _print_actions(
                 }
             )
     for job in wheels:
-        act = "upload" if job.state in ("absent", "unknown") else "keep"
+        act = {"same": "keep", "different": "refuse"}.get(job.state, "upload")
         actions.append(
             {
                 "action": act,
@@ -565,7 +566,7 @@ def _print_actions(
             "action": "asset",
             "what": "release asset",
             "ref": "release.json",
-            "sha256": "(written last)",
+            "sha256": "",
             "to": target,
         }
     )
@@ -575,13 +576,14 @@ def _print_actions(
         detail = {
             "image": lambda a: f"image {a['image_id'][:19]}",
             "wheel": lambda a: f"sha256 {a['sha256'][:12]} -> {a['index']}",
-            "release asset": lambda a: f"sha256 {a['sha256'][:12]} -> {a['to']}",
+            "release asset": lambda a: f"sha256 {a['sha256'][:12] or '(written last)'} -> {a['to']}",
         }[a["what"]](a)
         verb = {
             "push": "would push" if dry_run else "push",
             "upload": "would upload" if dry_run else "upload",
             "keep": "keep",
             "skip": "skip",
+            "refuse": "REFUSE",
             "asset": "would attach" if dry_run else "attach",
         }[a["action"]]
         state = f" [{a['state']}]" if "state" in a else ""
