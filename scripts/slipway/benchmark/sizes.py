@@ -5,8 +5,9 @@ Bench runs before publish, so there is no registry manifest of this build to rea
 (one from an earlier release would describe other layers). Instead ``docker save`` streams the
 image and each layer tar is gzip-compressed here at level 6, the default level of the gzip
 ``docker push`` uses, counting the bytes. Results are cached by layer digest (the sha256 of the
-uncompressed layer, which names its content): a layer shared by several images, or unchanged
-since the last run, is compressed once.
+uncompressed layer, which names its content) in slipway's state folder: a layer shared by several
+images, or unchanged since an earlier run, is compressed once, and an image whose layers are all
+known is not saved at all.
 """
 
 from __future__ import annotations
@@ -47,18 +48,21 @@ def _digest_of(member_name: str) -> str | None:
     return None
 
 
-def layer_sizes(ref: str, cache: dict[str, dict[str, int]]) -> dict[str, Any]:
+def layer_sizes(ref: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Uncompressed and gzip sizes of every layer of ``ref``, oldest first, with the command that made it.
 
     ``cache`` maps a layer's diff id to ``{"size", "gzip"}`` and is updated in place.
     """
     info = json.loads(services.docker("image", "inspect", ref, timeout=60).stdout)[0]
     diff_ids = list((info.get("RootFS") or {}).get("Layers") or [])
+    if diff_ids and all(d in cache and "created_by" in cache[d] for d in diff_ids):
+        layers = [{"diff_id": d, **cache[d]} for d in diff_ids]
+        return {"id": info["Id"], "size": int(info["Size"]), "layers": layers, "cached": True}
     docker = services.docker_cli()
     proc = subprocess.Popen([docker, "save", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=services.docker_env())
     assert proc.stdout is not None
-    members: dict[str, dict[str, int]] = {}
+    members: dict[str, dict[str, Any]] = {}
     small: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
@@ -92,11 +96,10 @@ def layer_sizes(ref: str, cache: dict[str, dict[str, int]]) -> dict[str, Any]:
     for i, path in enumerate(manifest["Layers"]):
         diff_id = diff_ids[i] if i < len(diff_ids) else path
         sizes = cache.get(diff_id) or members[path]
-        cache[diff_id] = {"size": sizes["size"], "gzip": sizes["gzip"]}
-        command = commands[i] if len(commands) == len(manifest["Layers"]) else ""
-        layers.append({"diff_id": diff_id, "size": sizes["size"], "gzip": sizes["gzip"],
-                       "created_by": _short_command(command)})
-    return {"id": info["Id"], "size": int(info["Size"]), "layers": layers}
+        command = _short_command(commands[i]) if len(commands) == len(manifest["Layers"]) else ""
+        cache[diff_id] = {"size": sizes["size"], "gzip": sizes["gzip"], "created_by": command}
+        layers.append({"diff_id": diff_id, "size": sizes["size"], "gzip": sizes["gzip"], "created_by": command})
+    return {"id": info["Id"], "size": int(info["Size"]), "layers": layers, "cached": False}
 
 
 def _short_command(command: str) -> str:
@@ -104,7 +107,7 @@ def _short_command(command: str) -> str:
     return text[:160]
 
 
-def image_sizes(ref: str, cache: dict[str, dict[str, int]], top: int = 5) -> dict[str, Any]:
+def image_sizes(ref: str, cache: dict[str, dict[str, Any]], top: int = 5) -> dict[str, Any]:
     """One image: uncompressed (as ``docker image inspect`` reports it) and compressed totals."""
     sizes = layer_sizes(ref, cache)
     layers = sizes["layers"]
@@ -114,6 +117,7 @@ def image_sizes(ref: str, cache: dict[str, dict[str, int]], top: int = 5) -> dic
         "layers_bytes": sum(layer["size"] for layer in layers),
         "compressed_bytes": sum(layer["gzip"] for layer in layers),
         "layer_count": len(layers),
+        "from_cache": sizes["cached"],
         "largest_layers": sorted(layers, key=lambda layer: -layer["size"])[:top],
         "method": f"docker save, each layer gzip level {GZIP_LEVEL}",
     }
@@ -144,7 +148,11 @@ def model_file_sizes(model_dir: Path) -> list[dict[str, Any]]:
             for kind, entry in manifest.get("files", {}).items()]
 
 
-def load_cache(path: Path) -> dict[str, dict[str, int]]:
+def cache_path() -> Path:
+    return services.state_dir() / "bench" / "layer-gzip-sizes.json"
+
+
+def load_cache(path: Path) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -154,7 +162,7 @@ def load_cache(path: Path) -> dict[str, dict[str, int]]:
     return data.get("layers", {})
 
 
-def save_cache(path: Path, cache: dict[str, dict[str, int]]) -> None:
+def save_cache(path: Path, cache: dict[str, dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"gzip_level": GZIP_LEVEL, "layers": cache}, indent=1) + "\n")

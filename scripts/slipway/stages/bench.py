@@ -280,7 +280,7 @@ def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dic
 def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict[str, Any],
                   models: list[str], docker_ok: bool) -> dict[str, Any]:
     image_sizes: dict[str, Any] = {}
-    cache_path = ctx.out / "bench" / ".layer-gzip-cache.json"
+    cache_path = sizes.cache_path()
     cache = sizes.load_cache(cache_path)
     for entry in entries:
         variant = entry["variant"]

@@ -1,0 +1,104 @@
+"""slipway bench against the real Docker engine: image sizes from docker save, a served image."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from slipway import services
+from slipway.benchmark import sizes
+from slipway.cli import main
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_image_sizes_compress_each_layer(local_services, tmp_path):
+    """Two layers: random bytes (gzip cannot shrink them) and one repeated line (it shrinks to ~nothing)."""
+    (tmp_path / "random.bin").write_bytes(os.urandom(3_000_000))
+    (tmp_path / "text.txt").write_bytes(b"the same line again\n" * 200_000)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY random.bin /random.bin\nCOPY text.txt /text.txt\n")
+    tag = f"slipway-bench-test/sizes-{uuid.uuid4().hex[:8]}:1"
+    services.docker("build", "-q", "-t", tag, str(tmp_path), timeout=300)
+    try:
+        cache: dict = {}
+        first = sizes.image_sizes(tag, cache)
+        assert first["layer_count"] == 2 and not first["from_cache"]
+        (rand,) = [x for x in first["largest_layers"] if "random.bin" in x["created_by"]]
+        (text,) = [x for x in first["largest_layers"] if "text.txt" in x["created_by"]]
+        assert 3_000_000 < rand["size"] < 3_010_000 and rand["gzip"] > 0.99 * 3_000_000
+        assert text["size"] > 4_000_000 and text["gzip"] < 0.01 * text["size"]
+        assert first["compressed_bytes"] == rand["gzip"] + text["gzip"]
+        inspect = json.loads(services.docker("image", "inspect", tag, timeout=60).stdout)[0]
+        assert first["uncompressed_bytes"] == inspect["Size"]
+        # Layers are named by content: the second time nothing is saved or compressed.
+        again = sizes.image_sizes(tag, cache)
+        assert again["from_cache"] and again["compressed_bytes"] == first["compressed_bytes"]
+    finally:
+        services.docker("rmi", "-f", tag, check=False, timeout=60)
+
+
+@pytest.mark.slow
+def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, monkeypatch, capsys):
+    """export -> images (pytorch-cpu) -> bench with short settings; generous budgets pass."""
+    weights = (ROOT / "model_export" / "examples" / "weights" / "shapes_torch.pt").as_posix()
+    config = tmp_path / "release.toml"
+    config.write_text(textwrap.dedent(f"""
+        [project]
+        name = "bench-{uuid.uuid4().hex[:8]}"
+        version = "0.1.0"
+
+        [[models]]
+        name = "shapes-torch"
+        framework = "pytorch"
+        entry-point = "model_export.examples.torch_detector:build_model"
+        weights = "{weights}"
+        labels = ["circle", "square", "triangle"]
+        exporters = ["torchscript"]
+        golden-images = 4
+        input = {{ height = 128, width = 128, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }}
+
+        [[variants]]
+        name = "pytorch-cpu"
+        model = "shapes-torch"
+        runtime = "torchscript"
+        dockerfile = "dockerfiles/pytorch.Dockerfile"
+        target = "pytorch-cpu"
+
+        [wheels]
+        enabled = false
+
+        [registries]
+        images = "127.0.0.1:5000/slipway-bench-test"
+
+        [budgets]
+        max-image-mb = {{ pytorch-cpu = 100000 }}
+        max-ready-s = {{ pytorch-cpu = 300 }}
+        max-p95-ms = {{ torchscript = 100000 }}
+    """))
+    for key, value in {"RUNS": "4", "WARMUP": "1", "SECONDS": "1", "READY_RUNS": "2", "IMPORT_REPEATS": "0",
+                       "CONCURRENCY": "1,2"}.items():
+        monkeypatch.setenv(f"SLIPWAY_BENCH_{key}", value)
+    out = tmp_path / "dist"
+    common = ["--config", str(config), "--out", str(out)]
+    for stage in ("export", "images", "bench"):
+        assert main([stage, *common]) == 0, capsys.readouterr().err
+    results = json.loads((out / "bench" / "results.json").read_text())
+    served = results["served"]["pytorch-cpu"]
+    assert len(served["ready_s"]["runs"]) == 2 and served["ready_s"]["median"] > 0
+    assert [load["concurrency"] for load in served["load"]] == [1, 2]
+    for load in served["load"]:
+        assert load["requests"] > 0 and not load["errors"]
+    image = results["sizes"]["images"]["pytorch-cpu"]
+    assert 0 < image["compressed_bytes"] < image["uncompressed_bytes"]
+    assert results["machine"]["docker_server"]
+    assert results["budgets"]["ok"] and {c["status"] for c in results["budgets"]["checks"]} == {"ok"}
+    table = (out / "bench" / "table.md").read_text()
+    assert results["run_id"] in table and "| pytorch-cpu | torchscript |" in table
+    tag = json.loads((out / "images.json").read_text())["pytorch-cpu"]["tag"]
+    services.docker("rmi", tag, check=False, timeout=60)
