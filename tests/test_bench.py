@@ -281,3 +281,18 @@ def test_release_stops_before_publish_on_an_exceeded_budget(tmp_path, monkeypatc
     assert "slipway wheels" in results["inprocess"]["models"]["shapes-torch"]["cpp"]["reason"]
     assert (out / "bench" / "table.md").read_text().count(results["run_id"]) == 1
     assert (out / "bench" / "chart.png").stat().st_size > 10_000
+
+
+def test_settings_come_from_arguments_then_environment(monkeypatch):
+    from slipway.errors import ConfigError
+    from slipway.stages.bench import BenchSettings
+
+    monkeypatch.setenv("SLIPWAY_BENCH_RUNS", "40")
+    monkeypatch.setenv("SLIPWAY_BENCH_CONCURRENCY", "1,4,16")
+    monkeypatch.setenv("SLIPWAY_BENCH_SERVED", "0")
+    s = BenchSettings.resolve(runs=35)
+    assert (s.runs, s.concurrency, s.served, s.threads) == (35, (1, 4, 16), False, 2)
+    assert BenchSettings.resolve().runs == 40
+    monkeypatch.setenv("SLIPWAY_BENCH_THREADS", "two")
+    with pytest.raises(ConfigError, match="SLIPWAY_BENCH_THREADS"):
+        BenchSettings.resolve()
