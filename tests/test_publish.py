@@ -669,3 +669,47 @@ def test_local_publish_writes_assets_sboms_and_keeps_latest_on_the_newest(replay
         assert {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in publish.RECORDS} == before
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+
+
+@pytest.mark.docker
+def test_publish_rides_out_an_index_that_is_down_for_a_moment(replay_release, tmp_path):
+    """Connection refused is retried with backoff: the index comes back while publish waits for it."""
+    rel = replay_release
+    index = TestIndex(tmp_path / "index")
+    index.start()
+    try:
+        prefix = f"127.0.0.1:5000/{rel.uid}-flaky"
+        out = _release_copy(rel, tmp_path, version="5.0.0", image_registry=prefix, index=index.url)
+        index.kill()
+        lines = []
+        env = {**os.environ, "SLIPWAY_RETRY_ATTEMPTS": "8", "SLIPWAY_RETRY_BASE_S": "0.5"}
+        with subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "slipway.cli",
+                "publish",
+                "--config",
+                str(rel.config),
+                "--out",
+                str(out),
+                "--plan",
+                str(out / "plan.json"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if "retrying" in line and index.proc is not None and index.proc.poll() is not None:
+                    index.start()  # back on the same port, while publish backs off
+        output = "".join(lines)
+        assert proc.returncode == 0, output
+        assert re.search(rf"look up {re.escape(rel.wheel.name)}: .*refused.*retrying", output, re.IGNORECASE)
+        files = registry.index_files(f"{index.url}simple/", f"{rel.uid}-runtime")
+        assert list(files) == [rel.wheel.name]
+    finally:
+        index.stop()

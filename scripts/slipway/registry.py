@@ -147,7 +147,7 @@ def _bearer_token(challenge: str, host: str, repo: str) -> str | None:
     try:
         r = httpx.get(realm, params=query, auth=creds, timeout=15)
     except httpx.TransportError as exc:
-        raise Transient(f"{type(exc).__name__} from {realm}") from exc
+        raise Transient(f"{type(exc).__name__} from {realm}: {exc}") from exc
     if r.status_code >= 500:
         raise Transient(f"{realm} answered {r.status_code}")
     if r.status_code != 200:
@@ -171,7 +171,7 @@ def _registry_get(image: str, path: str, headers: dict[str, str] | None = None) 
                 _TOKENS[(host, repo)] = token
                 r = httpx.get(url, headers={**headers, "Authorization": f"Bearer {token}"}, timeout=15)
     except httpx.TransportError as exc:
-        raise Transient(f"{type(exc).__name__} from {host}") from exc
+        raise Transient(f"{type(exc).__name__} from {host}: {exc}") from exc
     if r.status_code >= 500:
         raise Transient(f"{host} answered {r.status_code}")
     return r
@@ -254,7 +254,7 @@ def index_files(simple: str, project: str) -> dict[str, tuple[str, str | None]]:
     try:
         r = httpx.get(url, timeout=15, follow_redirects=True)
     except httpx.TransportError as exc:
-        raise Transient(f"{type(exc).__name__} from {urlsplit(url).netloc}") from exc
+        raise Transient(f"{type(exc).__name__} from {urlsplit(url).netloc}: {exc}") from exc
     if r.status_code == 404:
         return {}
     if r.status_code >= 500:
@@ -281,5 +281,5 @@ def download_sha256(url: str) -> str:
             for chunk in r.iter_bytes():
                 h.update(chunk)
     except httpx.TransportError as exc:
-        raise Transient(f"{type(exc).__name__} from {urlsplit(url).netloc}") from exc
+        raise Transient(f"{type(exc).__name__} from {urlsplit(url).netloc}: {exc}") from exc
     return h.hexdigest()
