@@ -28,6 +28,7 @@ if KIND == "self-contained":
 
     # auditwheel puts the vendored libraries in <site-packages>/slipway_runtime.libs.
     _guard.check_no_torch(_os.path.join(_os.path.dirname(cmake_prefix_path), "slipway_runtime.libs"))
+    # The blocker goes in only once the vendored libtorch has loaded: if loading fails, torch stays usable.
     from slipway_runtime import _core
 
     _guard.block_torch()
@@ -40,7 +41,7 @@ else:
             f"slipway-runtime-torch {__version__} was built against torch=={TORCH_VERSION}, but torch "
             f"{_torch.__version__} is installed; install torch=={TORCH_VERSION}"
         )
-    from slipway_runtime import _core
+    from slipway_runtime import _core  # noqa: F401
 
 from slipway_runtime._detector import Detector, Error, bench  # noqa: E402
 

