@@ -31,6 +31,7 @@ from test_smoke_fixtures import (
     make_replay_wheel,
     make_wheel,
     registry_state,
+    remove_images,
     run_id,
     slipway,
     write_fake_export,
@@ -388,9 +389,10 @@ def replay_release(tmp_path_factory, local_services):
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "smoke" / "summary.json").read_text())
     assert set(summary["artifacts"]) == {"image:alpha", "image:beta", "wheels", f"wheel:{wheel.name}"}
-    return SimpleNamespace(
+    yield SimpleNamespace(
         uid=uid, root=root, config=config, out=out, images=images, wheel=wheel, model_dir=model_dir
     )
+    remove_images(uid)
 
 
 def _release_copy(

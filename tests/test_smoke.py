@@ -26,6 +26,7 @@ from test_smoke_fixtures import (
     image_entry,
     make_project,
     make_replay_wheel,
+    remove_images,
     run_id,
     slipway,
     write_fake_export,
@@ -279,7 +280,8 @@ def model_images(tmp_path_factory, local_services):
         )
         assert images[variant]["id"] == built[variant]
     (out / "images.json").write_text(json.dumps(images, indent=1))
-    return SimpleNamespace(uid=uid, config=config, out=out, images=images)
+    yield SimpleNamespace(uid=uid, config=config, out=out, images=images)
+    remove_images(uid)
 
 
 @pytest.mark.docker

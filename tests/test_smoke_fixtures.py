@@ -473,6 +473,18 @@ class TestIndex(_Process):
             return False
 
 
+def remove_images(uid: str) -> None:
+    """Untag every local image a test run named with ``uid`` (its layers go when nothing else uses them)."""
+    from slipway import services
+
+    listing = services.docker(
+        "images", "--format", "{{.Repository}}:{{.Tag}}", check=False, timeout=60
+    ).stdout
+    refs = [ref for ref in listing.split() if uid in ref]
+    if refs:
+        services.docker("rmi", "--force", *refs, check=False, timeout=300)
+
+
 def registry_state(image: str) -> dict[str, Any]:
     """tag -> manifest digest of everything ``image`` holds."""
     from slipway import registry
