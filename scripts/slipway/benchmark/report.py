@@ -352,20 +352,27 @@ def _size_panel(ax, results: dict[str, Any]) -> None:
         _empty(ax, "no image measured in this run")
         return
     variants = list(images)[::-1]
+    top = max([images[v]["uncompressed_bytes"] / 1e6 for v in variants] + [limits.get(v, 0) for v in variants])
     for i, v in enumerate(variants):
         r = images[v]
         un, comp = r["uncompressed_bytes"] / 1e6, r["compressed_bytes"] / 1e6
         ax.barh(i, un, color="#c9d6e3", height=0.6, label="uncompressed" if i == 0 else None)
         ax.barh(i, comp, color="#3d7ab8", height=0.6, label="compressed (gzip, pulled)" if i == 0 else None)
-        ax.text(max(un, limits.get(v, 0)), i, f"  {comp:,.0f} / {un:,.0f}", va="center", fontsize=8.5)
+        ax.text(_label_x(un, limits.get(v), top), i, f"  {comp:,.0f} / {un:,.0f}", va="center", fontsize=8.5)
         if v in limits:
             ax.plot([limits[v], limits[v]], [i - 0.4, i + 0.4], color="#c0392b", linewidth=2,
                     label="budget" if v == next(x for x in variants if x in limits) else None)
     ax.set_yticks(range(len(variants)), variants)
-    top = max([images[v]["uncompressed_bytes"] / 1e6 for v in variants] + [limits.get(v, 0) for v in variants])
     ax.set_xlim(0, top * 1.3)
     ax.set_xlabel("MB (10^6 bytes)")
     ax.legend(loc="lower right", fontsize=8, frameon=False)
+
+
+def _label_x(value: float, limit: float | None, top: float) -> float:
+    """Where a bar's label starts: at the bar's end, or past a budget marker that would cross it."""
+    if limit is not None and value <= limit <= value + 0.15 * top:
+        return limit
+    return value
 
 
 def _startup_panel(ax, results: dict[str, Any]) -> None:
@@ -383,16 +390,16 @@ def _startup_panel(ax, results: dict[str, Any]) -> None:
         _empty(ax, "nothing started in this run")
         return
     bars.reverse()
+    top = max([b[1] for b in bars] + [b[3] or 0 for b in bars])
     budget_shown = False
     for i, (_, value, colour, limit) in enumerate(bars):
         ax.barh(i, value, color=colour, height=0.6)
-        ax.text(max(value, limit or 0), i, f"  {value:.2f} s", va="center", fontsize=8.5)
+        ax.text(_label_x(value, limit, top), i, f"  {value:.2f} s", va="center", fontsize=8.5)
         if limit is not None:
             ax.plot([limit, limit], [i - 0.4, i + 0.4], color="#c0392b", linewidth=2,
                     label="budget" if not budget_shown else None)
             budget_shown = True
     ax.set_yticks(range(len(bars)), [b[0] for b in bars])
-    top = max([b[1] for b in bars] + [b[3] or 0 for b in bars])
     ax.set_xlim(0, top * 1.25)
     ax.set_xlabel("seconds")
     if budget_shown:
