@@ -241,8 +241,12 @@ def targets(ctx: StageContext, builder: str) -> tuple[list[tuple[str, str]], lis
                                   "reason": f"{_arch(plat)} wheels are built on an {_arch(plat)} runner"})
             continue
         for py in spec.python:
-            if builder == "cibuildwheel" or py == this_python:
+            if builder == "cibuildwheel":
                 here.append((py, plat))
+            elif py == this_python:
+                # auditwheel gives the local wheel the oldest manylinux tag this machine's
+                # toolchain allows, which may be newer than the configured one.
+                here.append((py, f"linux_{host_arch()} (auditwheel picks the manylinux tag)"))
             else:
                 elsewhere.append({"python": py, "platform": plat,
                                   "reason": "the local builder builds for the running Python only"})
