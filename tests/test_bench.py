@@ -45,13 +45,25 @@ def measured(export_dir, tmp_path_factory) -> dict:
     wheels = tmp_path_factory.mktemp("no-wheels")
     wheel, reason = find_cpp_wheel(wheels)
     assert wheel is None
-    return measure_model(export_dir, manifest, FEW, cpp=CppEnv(reason=reason), log=lambda _m: None,
-                         eager={"entry_point": ENTRY_POINT, "weights": str(WEIGHTS)})
+    return measure_model(
+        export_dir,
+        manifest,
+        FEW,
+        cpp=CppEnv(reason=reason),
+        log=lambda _m: None,
+        eager={"entry_point": ENTRY_POINT, "weights": str(WEIGHTS)},
+    )
 
 
 def results_of(measured: dict, variants: tuple[str, ...] = ()) -> dict:
-    return {"run_id": "r1", "machine": {"fingerprint": "m1"}, "scope": {"variants": list(variants)},
-            "inprocess": {"models": {"shapes-torch": measured}}, "served": {}, "sizes": {"images": {}}}
+    return {
+        "run_id": "r1",
+        "machine": {"fingerprint": "m1"},
+        "scope": {"variants": list(variants)},
+        "inprocess": {"models": {"shapes-torch": measured}},
+        "served": {},
+        "sizes": {"images": {}},
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,10 +120,13 @@ def test_an_unloadable_cpp_wheel_says_why(export_dir, tmp_path):
     """A 'wheel' whose module fails to import: the worker reports the import error."""
     site = tmp_path / "site" / "slipway_runtime"
     site.mkdir(parents=True)
-    (site / "__init__.py").write_text("raise ImportError('libtorch_cpu.so: cannot open shared object file')\n")
+    (site / "__init__.py").write_text(
+        "raise ImportError('libtorch_cpu.so: cannot open shared object file')\n"
+    )
     manifest = json.loads((export_dir / "model.json").read_text())
-    out = measure_model(export_dir, manifest, FEW, cpp=CppEnv(site=site.parent), only=("cpp",),
-                        eager={}, log=lambda _m: None)
+    out = measure_model(
+        export_dir, manifest, FEW, cpp=CppEnv(site=site.parent), only=("cpp",), eager={}, log=lambda _m: None
+    )
     assert out["cpp"]["available"] is False
     assert "libtorch_cpu.so" in out["cpp"]["reason"]
 
@@ -128,7 +143,9 @@ def test_import_time_in_a_fresh_interpreter():
 
 
 def test_impossible_p95_budget_is_exceeded(measured):
-    checks = budgets.evaluate(BudgetsSpec(max_p95_ms={"torchscript": 0.001, "onnx": 1e6}), results_of(measured))
+    checks = budgets.evaluate(
+        BudgetsSpec(max_p95_ms={"torchscript": 0.001, "onnx": 1e6}), results_of(measured)
+    )
     by_subject = {c.subject: c for c in checks}
     ts = by_subject["shapes-torch/torchscript"]
     assert ts.status == budgets.EXCEEDED and ts.failed
@@ -158,7 +175,10 @@ def test_variant_budgets_skip_variants_outside_the_run_and_fail_unmeasured_ones(
     spec = BudgetsSpec(max_image_mb={"a": 100, "b": 100}, max_ready_s={"a": 5, "c": 5})
     results = results_of(measured, variants=("a", "c"))
     results["sizes"]["images"] = {"a": {"uncompressed_bytes": 150_000_000}}
-    results["served"] = {"a": {"ready_s": {"runs": [1.0, 2.0, 9.0], "median": 2.0}}, "c": {"reason": "no image"}}
+    results["served"] = {
+        "a": {"ready_s": {"runs": [1.0, 2.0, 9.0], "median": 2.0}},
+        "c": {"reason": "no image"},
+    }
     got = {(c.budget, c.status) for c in budgets.evaluate(spec, results)}
     assert got == {
         ("budgets.max-image-mb.a", budgets.EXCEEDED),
@@ -174,8 +194,13 @@ def test_variant_budgets_skip_variants_outside_the_run_and_fail_unmeasured_ones(
 
 def test_report_shows_one_run_and_refuses_to_mix_runs(measured, tmp_path):
     results = results_of(measured)
-    results.update(project="p", version="1.0.0", date="2026-01-01T00:00:00+00:00", settings={},
-                   machine={"fingerprint": "m1", "cpu_model": "cpu", "libraries": {"torch": "2"}})
+    results.update(
+        project="p",
+        version="1.0.0",
+        date="2026-01-01T00:00:00+00:00",
+        settings={},
+        machine={"fingerprint": "m1", "cpu_model": "cpu", "libraries": {"torch": "2"}},
+    )
     checks = budgets.evaluate(BudgetsSpec(max_p95_ms={"torchscript": 0.001}), results)
     results["budgets"] = {"ok": False, "checks": [c.to_json() for c in checks]}
     md = report.markdown(results)
@@ -203,10 +228,17 @@ def test_load_generator_against_the_real_service(export_dir):
     from slipway.smoketest import free_port
 
     port = free_port()
-    env = {**os.environ, "MODEL_DIR": str(export_dir), "BACKEND": "onnx", "PORT": str(port), "HOST": "127.0.0.1",
-           "THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "serving"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(export_dir),
+        "BACKEND": "onnx",
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -238,7 +270,8 @@ def test_load_generator_against_the_real_service(export_dir):
 
 def test_release_stops_before_publish_on_an_exceeded_budget(tmp_path, monkeypatch, capsys):
     config = tmp_path / "release.toml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         [project]
         name = "bench-gate"
         version = "0.0.1"
@@ -257,12 +290,27 @@ def test_release_stops_before_publish_on_an_exceeded_budget(tmp_path, monkeypatc
 
         [budgets]
         max-p95-ms = {{ torchscript = 0.001 }}
-    """))
+    """)
+    )
     for key, value in {"RUNS": "4", "WARMUP": "1", "IMPORT_REPEATS": "0", "SERVED": "0"}.items():
         monkeypatch.setenv(f"SLIPWAY_BENCH_{key}", value)
     out = tmp_path / "out"
-    code = main(["release", "--config", str(config), "--out", str(out), "--dry-run",
-                 "--skip", "wheels", "--skip", "images", "--skip", "smoke"])
+    code = main(
+        [
+            "release",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--dry-run",
+            "--skip",
+            "wheels",
+            "--skip",
+            "images",
+            "--skip",
+            "smoke",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 4, err
     stages = json.loads((out / "stages.json").read_text())

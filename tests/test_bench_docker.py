@@ -22,7 +22,9 @@ def test_image_sizes_compress_each_layer(local_services, tmp_path):
     """Two layers: random bytes (gzip cannot shrink them) and one repeated line (it shrinks to ~nothing)."""
     (tmp_path / "random.bin").write_bytes(os.urandom(3_000_000))
     (tmp_path / "text.txt").write_bytes(b"the same line again\n" * 200_000)
-    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY random.bin /random.bin\nCOPY text.txt /text.txt\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM scratch\nCOPY random.bin /random.bin\nCOPY text.txt /text.txt\n"
+    )
     tag = f"slipway-bench-test/sizes-{uuid.uuid4().hex[:8]}:1"
     services.docker("build", "-q", "-t", tag, str(tmp_path), timeout=300)
     try:
@@ -48,7 +50,8 @@ def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, 
     """export -> images (pytorch-cpu) -> bench with short settings; generous budgets pass."""
     weights = (ROOT / "model_export" / "examples" / "weights" / "shapes_torch.pt").as_posix()
     config = tmp_path / "release.toml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         [project]
         name = "bench-{uuid.uuid4().hex[:8]}"
         version = "0.1.0"
@@ -80,9 +83,16 @@ def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, 
         max-image-mb = {{ pytorch-cpu = 100000 }}
         max-ready-s = {{ pytorch-cpu = 300 }}
         max-p95-ms = {{ torchscript = 100000 }}
-    """))
-    for key, value in {"RUNS": "4", "WARMUP": "1", "SECONDS": "1", "READY_RUNS": "2", "IMPORT_REPEATS": "0",
-                       "CONCURRENCY": "1,2"}.items():
+    """)
+    )
+    for key, value in {
+        "RUNS": "4",
+        "WARMUP": "1",
+        "SECONDS": "1",
+        "READY_RUNS": "2",
+        "IMPORT_REPEATS": "0",
+        "CONCURRENCY": "1,2",
+    }.items():
         monkeypatch.setenv(f"SLIPWAY_BENCH_{key}", value)
     out = tmp_path / "dist"
     common = ["--config", str(config), "--out", str(out)]
