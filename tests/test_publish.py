@@ -311,6 +311,7 @@ def _wheel_with_vendored_lib(tmp_path: Path) -> Path:
         readme="# runtime",
         files={
             "slipway_runtime/__init__.py": "",
+            "slipway_runtime/_build_info.py": 'KIND = "self-contained"\nTORCH_VERSION = "2.13.0"\n',
             "slipway_runtime/_core.cpython-311-x86_64-linux-gnu.so": "binary",
             "slipway_runtime.libs/libtorch_cpu-1a2b3c4d.so": "vendored libtorch",
             "slipway_runtime.libs/libgomp-a34b3233.so.1.0.0": "vendored gomp",
@@ -329,6 +330,7 @@ def test_wheel_sbom_lists_metadata_requirements_and_vendored_libraries(tmp_path)
     by_name = {c["name"]: c for c in bom["components"]}
     assert {"libtorch_cpu", "libgomp", "numpy"} <= set(by_name)
     assert by_name["libgomp"]["version"] == "1.0.0"
+    assert by_name["libtorch_cpu"]["version"] == "2.13.0"  # from the runtime's _build_info.py
     gomp_sha = hashlib.sha256(b"vendored gomp").hexdigest()
     assert by_name["libgomp"]["hashes"] == [{"alg": "SHA-256", "content": gomp_sha}]
     assert by_name["numpy"]["scope"] == "required"

@@ -26,6 +26,7 @@ from test_smoke_fixtures import (
     image_entry,
     make_project,
     make_replay_wheel,
+    make_wheel,
     remove_images,
     run_id,
     slipway,
@@ -34,7 +35,7 @@ from test_smoke_fixtures import (
 
 from slipway import registry, sbom
 from slipway.errors import CheckError
-from slipway.smoketest import interpreter_for, smoke_wheel, tfserving_mode, wheel_tags
+from slipway.smoketest import interpreter_for, smoke_wheel, tfserving_mode, wheel_kind, wheel_tags
 from slipway.stages import smoke
 
 TORCH_VARIANT = {
@@ -72,6 +73,33 @@ def test_a_wheel_no_python_here_can_run_is_reported_untested(tmp_path):
     pure = tmp_path / "slipway_runtime-0.1.0-py3-none-any.whl"
     pure.write_bytes(b"")
     assert interpreter_for(pure)[0] is not None
+
+
+def test_thin_wheels_are_checked_beside_the_torch_they_pin(tmp_path):
+    import torch
+
+    files = {"slipway_runtime/__init__.py": ""}
+    thin = make_wheel(
+        tmp_path / "a",
+        dist="slipway-runtime-torch",
+        version="0.1",
+        files=files,
+        readme="# t",
+        requires=("numpy", "torch==0.0.1"),
+    )
+    assert wheel_kind(thin) == "thin"
+    result = smoke_wheel(thin, tmp_path, work=tmp_path / "w", iou=0.99, score=1e-4)
+    assert result["untested"] and "needs torch 0.0.1" in result["error"]
+    assert torch.__version__.split("+")[0] in result["error"]
+    extra = make_wheel(
+        tmp_path / "b",
+        dist="slipway-runtime",
+        version="0.1",
+        files=files,
+        readme="# t",
+        requires=("numpy", 'torch; extra == "compare"', "torchlike"),
+    )
+    assert wheel_kind(extra) == "self-contained"
 
 
 def test_tfserving_mode_is_the_real_server_on_github_and_the_stub_here(monkeypatch):

@@ -287,15 +287,24 @@ def _record_line(path: str, data: bytes) -> str:
     return f"{path},sha256={digest},{len(data)}"
 
 
-def make_wheel(folder: Path, *, dist: str, version: str, files: dict[str, str], readme: str) -> Path:
+def make_wheel(
+    folder: Path,
+    *,
+    dist: str,
+    version: str,
+    files: dict[str, str],
+    readme: str,
+    requires: tuple[str, ...] = ("numpy",),
+) -> Path:
     """A valid pure-Python wheel (METADATA, WHEEL, RECORD) that passes 'twine check --strict'."""
     folder.mkdir(parents=True, exist_ok=True)
     name = dist.replace("-", "_")
     info = f"{name}-{version}.dist-info"
     metadata = (
         f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\nSummary: slipway test wheel\n"
-        "License: Apache-2.0\nRequires-Python: >=3.9\nRequires-Dist: numpy\n"
-        f"Description-Content-Type: text/markdown\n\n{readme}\n"
+        "License: Apache-2.0\nRequires-Python: >=3.9\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires)
+        + f"Description-Content-Type: text/markdown\n\n{readme}\n"
     )
     contents = {
         **files,

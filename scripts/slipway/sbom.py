@@ -47,6 +47,15 @@ COMPONENT_TYPES = {
     "data",
     "cryptographic-asset",
 }
+# Shared libraries that come from libtorch (as auditwheel names them, without its hash suffix).
+LIBTORCH_LIBRARIES = {
+    "libtorch",
+    "libtorch_cpu",
+    "libtorch_cuda",
+    "libc10",
+    "libc10_cuda",
+    "libtorch_global_deps",
+}
 _HASH_LENGTHS = {"SHA-1": 40, "SHA-256": 64, "SHA-384": 96, "SHA-512": 128}
 
 # Runs inside the image with its own Python: stdlib only, so it works in every variant.
@@ -352,6 +361,12 @@ def wheel_sbom(wheel: Path, *, created: str | None = None) -> dict[str, Any]:
         if meta_name is None:
             raise BuildError(f"{wheel.name}: no .dist-info/METADATA")
         meta = email.parser.Parser().parsestr(zf.read(meta_name).decode("utf-8", "replace"))
+        # The C++ runtime records the libtorch it was built against; its vendored libraries are that.
+        torch_version = None
+        for n in names:
+            if n.endswith("/_build_info.py") and n.count("/") == 1:
+                found = re.search(r'TORCH_VERSION\s*=\s*"([^"@]+)"', zf.read(n).decode("utf-8", "replace"))
+                torch_version = found.group(1) if found else None
         libs = []
         for n in sorted(names):
             base = n.rsplit("/", 1)[-1]
@@ -397,7 +412,10 @@ def wheel_sbom(wheel: Path, *, created: str | None = None) -> dict[str, Any]:
                 },
             ],
         }
-        if m and m.group("ver"):
+        if torch_version and lib_name in LIBTORCH_LIBRARIES:
+            comp["version"] = torch_version
+            comp["properties"].append({"name": "slipway:part-of", "value": f"libtorch {torch_version}"})
+        elif m and m.group("ver"):
             comp["version"] = m.group("ver").lstrip(".")
         components.append(comp)
     for req in meta.get_all("Requires-Dist") or []:

@@ -415,6 +415,8 @@ import importlib.util, json, sys, time
 from pathlib import Path
 import numpy as np
 model_dir, inputs, out = sys.argv[1:4]
+# Asked before the runtime is imported: the self-contained runtime refuses even a look for torch.
+torch_installed = importlib.util.find_spec("torch") is not None
 import slipway_runtime
 det = slipway_runtime.Detector(model_dir)
 
@@ -441,7 +443,7 @@ Path(out).write_text(json.dumps({
     "module": slipway_runtime.__file__,
     "version": getattr(slipway_runtime, "__version__", None),
     "torch_imported": "torch" in sys.modules,
-    "torch_installed": importlib.util.find_spec("torch") is not None,
+    "torch_installed": torch_installed,
 }))
 """
 
@@ -502,6 +504,43 @@ def _run(
     return res
 
 
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of a wheel's METADATA."""
+    import email.parser
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1]
+            if not names:
+                return []
+            meta = email.parser.Parser().parsestr(zf.read(names[0]).decode("utf-8", "replace"))
+    except (OSError, zipfile.BadZipFile):
+        return []  # not readable as a wheel: installing it says why
+    return meta.get_all("Requires-Dist") or []
+
+
+def wheel_kind(wheel: Path) -> str:
+    """``thin`` when the wheel needs the torch package, ``self-contained`` when it must run without it."""
+    for req in wheel_requirements(wheel):
+        name = req.split(";")[0].strip()
+        if (
+            name.lower().startswith("torch")
+            and not name[5:6].isalnum()
+            and "extra" not in req.partition(";")[2]
+        ):
+            return "thin"
+    return "self-contained"
+
+
+def _torch_pin(wheel: Path) -> str | None:
+    for req in wheel_requirements(wheel):
+        name = req.split(";")[0].replace(" ", "")
+        if name.lower().startswith("torch=="):
+            return name.split("==", 1)[1]
+    return None
+
+
 def smoke_wheel(
     wheel: Path,
     model_dir: Path,
@@ -513,8 +552,12 @@ def smoke_wheel(
     timeout: float = 900.0,
     keep: bool = False,
 ) -> dict[str, Any]:
-    """Install ``wheel`` into a fresh virtualenv (no torch), run the golden images through
+    """Install ``wheel`` where a user would, run the golden images through
     ``slipway_runtime.Detector(model_dir).predict(image)`` and compare with the reference.
+
+    A self-contained wheel goes into a fresh virtualenv, and torch must be absent there. A thin wheel
+    (one that requires torch) is unpacked beside this interpreter's torch, which must be the version
+    it pins, as the wheels stage checks it; downloading a second torch for it would only cost time.
 
     Never raises for a failed check: the result says ``ok`` false and why. ``work`` holds the
     virtualenv and the log; it is removed afterwards unless the check failed or ``keep`` is set.
@@ -522,60 +565,82 @@ def smoke_wheel(
     import numpy as np
     from PIL import Image
 
-    result: dict[str, Any] = {"ok": False}
+    kind = wheel_kind(wheel)
+    result: dict[str, Any] = {"ok": False, "wheel_kind": kind}
     if python is None:
         python, why = interpreter_for(wheel)
         if python is None:
-            return {"ok": False, "untested": True, "error": f"{wheel.name}: {why}"}
+            return {**result, "untested": True, "error": f"{wheel.name}: {why}"}
+    if kind == "thin":
+        import importlib.metadata
+
+        if _python_version(python) != sys.version_info[:2]:
+            needs = ".".join(map(str, _python_version(python) or ()))
+            why = f"a thin wheel is checked beside this Python's torch; it needs Python {needs}"
+            return {**result, "untested": True, "error": f"{wheel.name}: {why}"}
+        try:
+            have = importlib.metadata.version("torch").split("+")[0]
+        except importlib.metadata.PackageNotFoundError:
+            have = None
+        pin = _torch_pin(wheel)
+        if have is None or (pin is not None and pin.split("+")[0] != have):
+            why = f"it needs torch {pin or '(any)'} beside it; this machine has {have or 'no torch'}"
+            return {**result, "untested": True, "error": f"{wheel.name}: {why}"}
+        python = sys.executable
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     log = work / "smoke.log"
     venv = work / "venv"
-    vpy = venv / "bin" / "python"
-    # The host's pip settings (index, proxy CA) apply; its site-packages, which hold torch, never do.
+    # The host's pip settings (index, proxy CA) apply; its site-packages, which hold torch, never do
+    # for a self-contained wheel.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    pip = [
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--quiet",
+        "--only-binary",
+        ":all:",
+    ]
     failed = True
     try:
-        res = _run([python, "-m", "venv", str(venv)], log=log, timeout=120, env=env)
-        if res.returncode != 0:
-            result["error"] = f"cannot create a virtualenv with {python}: {res.stderr.strip()[-300:]}"
-            return result
-        res = _run(
-            [
-                str(vpy),
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--quiet",
-                "--only-binary",
-                ":all:",
-                str(wheel),
-                "numpy",
-            ],
-            log=log,
-            timeout=timeout,
-            env=env,
-        )
+        if kind == "self-contained":
+            res = _run([python, "-m", "venv", str(venv)], log=log, timeout=120, env=env)
+            if res.returncode != 0:
+                result["error"] = f"cannot create a virtualenv with {python}: {res.stderr.strip()[-300:]}"
+                return result
+            runner_python = str(venv / "bin" / "python")
+            res = _run([runner_python, *pip, str(wheel), "numpy"], log=log, timeout=timeout, env=env)
+        else:
+            runner_python = python
+            res = _run(
+                [python, *pip, "--no-deps", "--target", str(venv), str(wheel)],
+                log=log,
+                timeout=timeout,
+                env=env,
+            )
+            env["PYTHONPATH"] = str(venv)
         if res.returncode != 0:
             result["error"] = f"pip install {wheel.name} failed: {(res.stderr or res.stdout).strip()[-500:]}"
             return result
-        frozen = _run(
-            [str(vpy), "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
-            log=log,
-            timeout=120,
-            env=env,
-        )
-        packages = {p["name"]: p["version"] for p in json.loads(frozen.stdout or "[]")}
-        result["installed"] = packages
-        if any(name.lower() == "torch" for name in packages):
-            result["error"] = (
-                f"installing {wheel.name} brought torch ({packages.get('torch')}): "
-                "the runtime wheel must work without the torch package"
+        if kind == "self-contained":
+            frozen = _run(
+                [runner_python, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
+                log=log,
+                timeout=120,
+                env=env,
             )
-            return result
+            packages = {p["name"]: p["version"] for p in json.loads(frozen.stdout or "[]")}
+            result["installed"] = packages
+            if any(name.lower() == "torch" for name in packages):
+                result["error"] = (
+                    f"installing {wheel.name} brought torch ({packages.get('torch')}): "
+                    "the self-contained runtime wheel must work without the torch package"
+                )
+                return result
         inputs = work / "inputs"
         inputs.mkdir()
         reference = json.loads((model_dir / "golden" / "reference.json").read_text())["images"]
@@ -589,7 +654,7 @@ def smoke_wheel(
         answers = work / "answers.json"
         # From an empty folder: the repository's own slipway_runtime sources must not shadow the wheel.
         res = subprocess.run(
-            [str(vpy), str(runner), str(model_dir.resolve()), str(inputs), str(answers)],
+            [runner_python, str(runner), str(model_dir.resolve()), str(inputs), str(answers)],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -622,7 +687,10 @@ def smoke_wheel(
             return answer["detections"], answer["ms"] / 1000
 
         result.update(compare_golden(model_dir, detect, iou=iou, score=score))
-        if got["torch_imported"] or got["torch_installed"]:
+        if not str(Path(got["module"]).resolve()).startswith(str(venv.resolve())):
+            result["ok"] = False
+            result["error"] = f"slipway_runtime was imported from {got['module']}, not from the wheel"
+        elif kind == "self-contained" and (got["torch_imported"] or got["torch_installed"]):
             result["ok"] = False
             result["error"] = "torch was present while the wheel ran; the check must run without it"
         failed = not result["ok"]

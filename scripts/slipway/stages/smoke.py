@@ -50,6 +50,10 @@ FORMAT_LABELS = {
     "saved_model": "TensorFlow SavedModel",
     "frozen_graph": "TensorFlow frozen graph",
 }
+WHEEL_CHECKS = {
+    "self-contained": "slipway smoke: fresh virtualenv without torch",
+    "thin": "slipway smoke: beside the installed torch",
+}
 FRAMEWORK_LABELS = {"pytorch": "PyTorch", "tensorflow": "TensorFlow/Keras"}
 
 
@@ -240,6 +244,7 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
 # Summary and the cross-runtime table
 
 _SUMMARY_KEYS = (
+    "wheel_kind",
     "kind",
     "variant",
     "model",
@@ -335,13 +340,14 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
                     {
                         "artifact": f"C++ wheel {a.get('file', key)}",
                         "model": a.get("model"),
-                        "checked_by": "slipway smoke: fresh virtualenv without torch",
+                        "checked_by": WHEEL_CHECKS.get(a.get("wheel_kind", ""), "slipway smoke"),
                         "images": a.get("images"),
                         "max_box_deviation": _deviation(a),
                         "max_score_diff": a.get("max_score_diff"),
                         "ok": a["ok"],
                         "tolerance": a.get("tolerance"),
-                        "note": "untested here" if a.get("untested") else "",
+                        "note": ("untested here: " if a.get("untested") else "")
+                        + (a.get("error") or "")[:120],
                     },
                 )
             )
