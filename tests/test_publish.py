@@ -441,6 +441,13 @@ def _publish(rel: SimpleNamespace, out: Path, *args: str, env: dict[str, str] | 
     )
 
 
+def _dry_plan(out: Path) -> Path:
+    plan = json.loads((out / "plan.json").read_text())
+    path = out.parent / "dry-plan.json"
+    path.write_text(json.dumps({**plan, "dry_run": True}))
+    return path
+
+
 FAST_RETRIES = {"SLIPWAY_RETRY_ATTEMPTS": "3", "SLIPWAY_RETRY_BASE_S": "0.2"}
 
 
@@ -523,6 +530,14 @@ def test_publish_interrupted_by_registry_crash_completes_on_rerun(replay_release
         res = _publish(rel, out, env=FAST_RETRIES)
         assert res.returncode == 0, res.stderr
         assert "pushing" not in res.stderr and "uploading" not in res.stderr
+
+        # A dry run afterwards lists everything as kept and leaves the record of the real publish.
+        before = (out / "release.json").read_text()
+        res = _publish(rel, out, "--plan", str(_dry_plan(out)))
+        assert res.returncode == 0, res.stderr
+        assert "would push" not in res.stdout and "would upload" not in res.stdout
+        assert (out / "release.json").read_text() == before
+        assert json.loads((out / "release.dry-run.json").read_text())["dry_run"] is True
         assert registry_state(alpha)["1.2.0"] == first_digest
         assert list(registry.index_files(f"{index.url}simple/", f"{rel.uid}-runtime")) == [rel.wheel.name]
     finally:

@@ -640,8 +640,13 @@ def run(ctx: StageContext, variants: list[str] | None = None, local: bool = Fals
             _upload(ctx, job, index, simple)
 
     release = _release_record(ctx, images, wheels, sboms, assets, summary, index, dry_run)
-    ctx.write_json("release.json", release)
-    shutil.copy2(ctx.out / "release.json", assets["folder"] / "release.json")
+    record = "release.json"
+    if dry_run and _published_before(ctx.out / record):
+        # The record of a real publish stays; a later dry run must not pass for it.
+        record = "release.dry-run.json"
+        ctx.log(f"{ctx.out / 'release.json'} records a real publish; this dry run's record is {record}")
+    ctx.write_json(record, release)
+    shutil.copy2(ctx.out / record, assets["folder"] / "release.json")
     if dest is not None and not dry_run:
         dest.mkdir(parents=True, exist_ok=True)
         for path in sorted(assets["folder"].iterdir()):
@@ -656,6 +661,13 @@ def run(ctx: StageContext, variants: list[str] | None = None, local: bool = Fals
     word = "would push" if dry_run else "pushed"
     text = f"{word} {pushed} image tag(s) of {len(images)} image(s), {uploaded} of {len(wheels)} wheel(s)"
     return {"summary": text + (" (dry run)" if dry_run else ""), "release": release}
+
+
+def _published_before(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("dry_run") is False
+    except (OSError, ValueError):
+        return False
 
 
 def _ensure_local_services(ctx: StageContext, plan: dict[str, Any]) -> None:
