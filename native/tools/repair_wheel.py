@@ -55,9 +55,9 @@ def staged_torch_libs(torch_lib: Path, stage: Path, prune: bool) -> dict:
     return prune_libtorch.prune(original, target)
 
 
-def auditwheel(wheel: Path, dest: Path, extra: list[str], env: dict[str, str]) -> Path:
+def auditwheel(wheel: Path, dest: Path, extra: list[str], env: dict[str, str], level: int) -> Path:
     with tempfile.TemporaryDirectory() as out:
-        cmd = ["auditwheel", "repair", "--strip", "-z", "9", "-w", out, *extra, str(wheel)]
+        cmd = ["auditwheel", "repair", "--strip", "-z", str(level), "-w", out, *extra, str(wheel)]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, env=env)
         made = list(Path(out).glob("*.whl"))
@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", choices=("self-contained", "thin"), required=True)
     p.add_argument("-w", "--wheel-dir", type=Path, required=True)
     p.add_argument("--torch-lib", help="torch's lib folder (default: from the importable torch package)")
-    p.add_argument("--no-prune", action="store_true", help="vendor libtorch_cpu as it is (for size comparisons)")
+    p.add_argument("--no-prune", action="store_true", default=os.environ.get("SLIPWAY_NO_PRUNE", "") not in ("", "0"),
+                   help="vendor libtorch_cpu as it is (default from SLIPWAY_NO_PRUNE=1)")
+    p.add_argument("--zip-level", type=int, default=9, help="deflate level of the repaired wheel (default 9)")
     p.add_argument("--report", type=Path, help="write what was done as JSON")
     args = p.parse_args(argv)
 
@@ -93,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  pruned {r['bytes'] / 2**20:6.2f} MiB  {name}", flush=True)
             # Searched before the default paths, so the pruned copy is the libtorch_cpu vendored.
             env["AUDITWHEEL_LD_LIBRARY_PATH"] = stage
-            final = auditwheel(args.wheel, args.wheel_dir, [], env)
+            final = auditwheel(args.wheel, args.wheel_dir, [], env, args.zip_level)
     else:
         excludes = [x for soname in TORCH_SONAMES for x in ("--exclude", soname)]
-        final = auditwheel(args.wheel, args.wheel_dir, excludes, env)
+        final = auditwheel(args.wheel, args.wheel_dir, excludes, env, args.zip_level)
         libs = [name for name, _, _ in vendored(final) if ".libs/" in name]
         if libs:
             raise SystemExit(f"repair_wheel: the thin wheel must not vendor libraries, but has {libs}")
@@ -104,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     size = final.stat().st_size
     report.update(wheel=final.name, size=size, size_mib=size / 2**20,
                   libraries=[{"file": n, "size": s, "compressed": c} for n, s, c in vendored(final)])
-    for name, s, c in report["libraries"] and [(x["file"], x["size"], x["compressed"]) for x in report["libraries"]]:
-        print(f"  {c / 2**20:8.2f} MiB deflated ({s / 2**20:8.2f} MiB)  {name}")
+    for lib in report["libraries"]:
+        print(f"  {lib['compressed'] / 2**20:8.2f} MiB deflated ({lib['size'] / 2**20:8.2f} MiB)  {lib['file']}")
     print(f"{final.name}: {size / 2**20:.2f} MiB", flush=True)
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,242 @@
+"""The wheels stage and the native build configuration, without building anything.
+
+Building and checking the real wheels: tests/test_native.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from slipway.config import load_config
+from slipway.context import StageContext
+from slipway.errors import BuildError, CheckError
+from slipway.stages import wheels
+
+ROOT = Path(__file__).resolve().parent.parent
+NATIVE = ROOT / "native"
+sys.path.insert(0, str(NATIVE / "tools"))
+import check_wheel  # noqa: E402
+import prune_libtorch  # noqa: E402
+
+
+def _torch_pin(text: str) -> set[str]:
+    return set(re.findall(r"torch==([\w.+]+)", text))
+
+
+def test_torch_pins_agree():
+    """One torch version: the service's requirements, both pyprojects' build and runtime pins and
+    the CMake check that the libtorch found is that version."""
+    want = _torch_pin((ROOT / "requirements-pytorch.txt").read_text())
+    assert len(want) == 1
+    for pyproject in (NATIVE / "pyproject.toml", NATIVE / "thin" / "pyproject.toml"):
+        data = tomllib.loads(pyproject.read_text())
+        assert _torch_pin(" ".join(data["build-system"]["requires"])) == want, pyproject
+        assert data["tool"]["scikit-build"]["cmake"]["define"]["SLIPWAY_REQUIRE_TORCH_VERSION"] in want
+        assert _torch_pin(data["tool"]["cibuildwheel"]["before-build"]) == want
+    thin = tomllib.loads((NATIVE / "thin" / "pyproject.toml").read_text())
+    assert _torch_pin(" ".join(thin["project"]["dependencies"])) == want
+    sc = tomllib.loads((NATIVE / "pyproject.toml").read_text())
+    assert not any(d.startswith("torch") for d in sc["project"]["dependencies"])
+
+
+@pytest.mark.parametrize("kind", ["self-contained", "thin"])
+def test_cibuildwheel_configuration(kind):
+    """manylinux_2_28, CPython 3.10-3.13, x86_64 and aarch64; repair and test commands that exist."""
+    package = NATIVE / wheels.PROJECT_DIR[kind]
+    config = tomllib.loads((package / "pyproject.toml").read_text())["tool"]["cibuildwheel"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIBW_")}
+    for arch in ("x86_64", "aarch64"):
+        res = subprocess.run([sys.executable, "-m", "cibuildwheel", "--print-build-identifiers", "--platform", "linux",
+                              "--archs", arch, str(package)], capture_output=True, text=True, env=env, cwd=ROOT)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == [f"cp3{m}-manylinux_{arch}" for m in (10, 11, 12, 13)]
+    assert config["linux"]["manylinux-x86_64-image"] == config["linux"]["manylinux-aarch64-image"] == "manylinux_2_28"
+    for command in (config["repair-wheel-command"], config["test-command"]):
+        script = re.search(r"\{package\}/(\S+\.py)", command).group(1)
+        assert (package / script).resolve().is_file(), command
+        assert f"--kind {kind}" in command
+    assert "SLIPWAY_MODEL_DIR" in config["linux"]["environment-pass"]
+
+
+def test_stage_sources_stamps_the_release_version(tmp_path):
+    src = wheels.stage_sources(NATIVE, tmp_path / "src", "1.2.3rc1")
+    for kind in wheels.KINDS:
+        data = tomllib.loads((src / wheels.PROJECT_DIR[kind] / "pyproject.toml").read_text())
+        assert data["project"]["version"] == "1.2.3rc1"
+    assert (src / "CMakeLists.txt").is_file() and not (src / "build").exists()
+    assert wheels.pep440("v1.2.3") == "1.2.3"
+    with pytest.raises(BuildError, match="not a valid Python package version"):
+        wheels.pep440("1.2.3-not a version")
+
+
+def test_size_problems_name_wheel_size_and_limit(tmp_path):
+    big = tmp_path / "slipway_runtime-1.0.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    big.write_bytes(b"\0" * (3 * 2**20 + 2**19))
+    small = tmp_path / "slipway_runtime_torch-1.0.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    small.write_bytes(b"\0" * 100)
+    problems = wheels.size_problems([big, small], 3.0)
+    assert len(problems) == 1
+    assert big.name in problems[0] and "3.50 MiB" in problems[0] and "wheels.max_size_mib = 3 MiB" in problems[0]
+
+
+def _ctx(tmp_path: Path, **wheel_settings) -> StageContext:
+    config = load_config(ROOT / "release.toml")
+    config = config.model_copy(update={"wheels": config.wheels.model_copy(update=wheel_settings)})
+    out = tmp_path / "out"
+    model = out / "models" / "shapes-torch"
+    (model / "golden").mkdir(parents=True)
+    for name in ("model.json", "model.torchscript.pt", "golden/reference.json"):
+        (model / name).write_text("{}")
+    plan = {"version": "1.0.0", "matrix": {}}
+    return StageContext(config=config, plan=plan, out=out, root=ROOT)
+
+
+def _fake_wheel(folder: Path, name: str, size: int) -> Path:
+    path = folder / name
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("pad", os.urandom(size))
+    return path
+
+
+@pytest.fixture
+def fake_build(monkeypatch):
+    """Replace building and the tools that need real wheels; return the calls made."""
+    calls = {"checks": [], "twine": 0}
+
+    def build_local(src, out, cmake_root, log):
+        out.mkdir(parents=True, exist_ok=True)
+        return [
+            wheels.Built(_fake_wheel(out, "slipway_runtime-1.0.0-cp311-cp311-manylinux_2_34_x86_64.whl", 2 * 2**20),
+                         "self-contained", "local", repair={"prune": {"rules": {}, "bytes": 0}}),
+            wheels.Built(_fake_wheel(out, "slipway_runtime_torch-1.0.0-cp311-cp311-manylinux_2_34_x86_64.whl", 1000),
+                         "thin", "local"),
+        ]
+
+    def twine_check(paths, log):
+        calls["twine"] += 1
+
+    def check_golden(built, model_dir, tools, work, log):
+        calls["checks"].append(built.kind)
+        ok = calls.get("fail") != built.kind
+        return {"ok": ok, "images": 8, "min_iou": 1.0 if ok else 0.2, "max_score_diff": 0.0}
+
+    monkeypatch.setenv("SLIPWAY_WHEELS_BUILDER", "local")
+    monkeypatch.setattr(wheels, "build_local", build_local)
+    monkeypatch.setattr(wheels, "twine_check", twine_check)
+    monkeypatch.setattr(wheels, "check_golden", check_golden)
+    monkeypatch.setattr(wheels, "stage_sources", lambda native, dest, version: dest)
+    return calls
+
+
+def test_run_writes_wheels_json(tmp_path, fake_build):
+    ctx = _ctx(tmp_path)
+    result = wheels.run(ctx)
+    index = json.loads((ctx.out / "wheels" / "wheels.json").read_text())
+    assert index["ok"] and index["builder"] == "local" and "SLIPWAY_WHEELS_BUILDER" in index["builder_reason"]
+    assert {w["kind"] for w in index["wheels"]} == {"self-contained", "thin"}
+    for record in index["wheels"]:
+        assert set(record) >= {"name", "size", "sha256", "kind", "builder", "python_tag", "platform_tag", "check"}
+        assert record["python_tag"] == "cp311" and record["platform_tag"] == "manylinux_2_34_x86_64"
+    assert any(e["platform"].endswith("aarch64") for e in index["not_built_here"])
+    assert fake_build["twine"] == 1 and fake_build["checks"] == ["self-contained", "thin"]
+    assert "2 wheels (local)" in result["summary"]
+    # Unchanged inputs: the second run reuses the wheels instead of building them again.
+    again = wheels.run(ctx)
+    assert again["summary"] == "2 wheels reused" and fake_build["checks"] == ["self-contained", "thin"]
+
+
+def test_run_too_big_is_a_build_error(tmp_path, fake_build):
+    ctx = _ctx(tmp_path, max_size_mib=1.5)
+    with pytest.raises(BuildError, match=r"slipway_runtime-1\.0\.0-.*\.whl is 2\.00 MiB, over the limit "
+                                         r"wheels\.max_size_mib = 1\.5 MiB"):
+        wheels.run(ctx)
+    index = json.loads((ctx.out / "wheels" / "wheels.json").read_text())
+    assert index["ok"] is False and len(index["problems"]) == 1
+    assert fake_build["checks"] == []  # a wheel that cannot be published is not checked further
+
+
+def test_run_golden_mismatch_is_a_check_error(tmp_path, fake_build):
+    fake_build["fail"] = "thin"
+    with pytest.raises(CheckError, match=r"golden-output check failed for slipway_runtime_torch-.*min IoU 0\.2"):
+        wheels.run(_ctx(tmp_path))
+
+
+def test_run_needs_the_export(tmp_path, fake_build):
+    ctx = _ctx(tmp_path)
+    (ctx.out / "models" / "shapes-torch" / "model.torchscript.pt").unlink()
+    with pytest.raises(BuildError, match="run 'slipway export' first"):
+        wheels.run(ctx)
+
+
+def test_run_disabled(tmp_path, fake_build):
+    assert wheels.run(_ctx(tmp_path, enabled=False)) == {"summary": "disabled"}
+
+
+def test_builder_choice_and_targets(tmp_path, monkeypatch):
+    ctx = _ctx(tmp_path)
+    monkeypatch.setenv("SLIPWAY_WHEELS_BUILDER", "sideways")
+    with pytest.raises(BuildError, match="SLIPWAY_WHEELS_BUILDER"):
+        wheels.choose_builder(ctx, print)
+    monkeypatch.setenv("SLIPWAY_WHEELS_BUILDER", "local")
+    assert wheels.choose_builder(ctx, print)[0] == "local"
+
+    monkeypatch.setattr(wheels, "host_arch", lambda: "x86_64")
+    here, elsewhere = wheels.targets(ctx, "cibuildwheel")
+    assert here == [(py, "manylinux_2_28_x86_64") for py in ("3.10", "3.11", "3.12", "3.13")]
+    assert len(elsewhere) == 4 and all("aarch64 runner" in e["reason"] for e in elsewhere)
+    here, elsewhere = wheels.targets(ctx, "local")
+    assert [py for py, _ in here] == [f"{sys.version_info.major}.{sys.version_info.minor}"]
+    assert len(elsewhere) == 7
+    assert wheels.manylinux_image("manylinux_2_28", "aarch64").startswith("quay.io/pypa/manylinux_2_28_aarch64")
+
+
+def test_check_wheel_matcher_agrees_with_compare_detections():
+    """check_wheel.py runs where model_export is not installed, so it has its own copy of the matcher."""
+    import numpy as np
+
+    from model_export.compare import compare_detections
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        def dets(n):
+            xy = rng.uniform(0, 100, (n, 2))
+            return [{"box": [*map(float, p), *map(float, p + rng.uniform(1, 30, 2))],
+                     "score": float(rng.uniform()), "class_id": int(rng.integers(0, 2))} for p in xy]
+        ref = dets(int(rng.integers(0, 6)))
+        got = [{**d, "box": [v + float(rng.normal(0, 0.3)) for v in d["box"]],
+                "score": d["score"] + float(rng.normal(0, 1e-4))} for d in ref if rng.uniform() > 0.1]
+        got += dets(int(rng.integers(0, 2)))
+        expected = compare_detections(ref, got, iou=0.99, score=1e-4)
+        mine = check_wheel.compare(ref, got, 0.99, 1e-4)
+        assert mine["ok"] == expected.ok
+        if expected.matched:
+            assert mine["min_iou"] == pytest.approx(expected.min_iou)
+            assert mine["max_score_diff"] == pytest.approx(expected.max_score_diff)
+
+
+def test_prune_interval_arithmetic_and_backward_names():
+    merged = prune_libtorch._merge([(10, 20), (15, 30), (40, 50), (0, 5)])
+    assert merged == [(0, 5), (10, 30), (40, 50)]
+    assert prune_libtorch._subtract([(0, 100)], [(10, 20), (50, 60), (95, 120)]) == [(0, 10), (20, 50), (60, 95)]
+    ids = prune_libtorch._backward_identifiers("_ZN2at4_ops18threshold_backward4callERKNS_6TensorE")
+    assert "threshold_backward" in ids
+    assert prune_libtorch.PROTECTED.search("_ZN5torch4lazy6OpKindC2ERKNS_3SymE")
+    assert not prune_libtorch.PROTECTED.search("_ZN5torch4lazy6OpKind3GetERKSs")
+
+
+def test_prune_refuses_a_stripped_library(tmp_path):
+    lib = tmp_path / "lib.so"
+    subprocess.run(["strip", "-s", "-o", str(lib), str(Path(sys.executable).resolve())], check=True)
+    with pytest.raises(prune_libtorch.ElfError, match=r"no \.symtab"):
+        prune_libtorch.plan(lib.read_bytes())
+    with pytest.raises(prune_libtorch.ElfError, match="not an ELF"):
+        prune_libtorch.plan(b"hello")
