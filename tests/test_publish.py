@@ -550,9 +550,17 @@ def test_publish_refuses_same_version_with_other_image(replay_release, tmp_path)
     rel = replay_release
     prefix = f"127.0.0.1:5000/{rel.uid}"
     out = _release_copy(rel, tmp_path, version="2.0.0", image_registry=prefix, index="http://127.0.0.1:8765/")
-    res = _publish(rel, out)
+    # Another run on this engine moves alpha's local tag: what goes out is still the smoke-tested image.
+    alpha_id = rel.images["alpha"]["id"]
+    services.docker("tag", rel.images["beta"]["id"], rel.images["alpha"]["tag"], timeout=60)
+    try:
+        res = _publish(rel, out)
+    finally:
+        services.docker("tag", alpha_id, rel.images["alpha"]["tag"], timeout=60)
     assert res.returncode == 0, res.stderr
+    assert "now names another image; publishing the smoke-tested" in res.stderr
     alpha = f"{prefix}/{rel.uid}-alpha"
+    assert registry.manifest(alpha, "2.0.0")["config"] == alpha_id
     before = registry_state(alpha)
     assert set(before) >= {"2.0.0", "latest"}
 
@@ -564,6 +572,8 @@ def test_publish_refuses_same_version_with_other_image(replay_release, tmp_path)
     )
     images["alpha"] = image_entry("alpha", tag, model="replay-model")
     (out / "images.json").write_text(json.dumps(images, indent=1))
+    res = _publish(rel, out)
+    assert res.returncode == 6 and "image:alpha was rebuilt after its smoke test" in res.stderr
     res = slipway("smoke", "--config", str(rel.config), "--out", str(out), "--variant", "alpha")
     assert res.returncode == 0, res.stderr
 

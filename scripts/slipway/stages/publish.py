@@ -134,18 +134,24 @@ def collect_images(ctx: StageContext, variants: list[str] | None, summary: dict[
                 f"variant '{variant}' has no built image in images.json; nothing was published"
             )
         built = images[variant]
-        res = services.docker("image", "inspect", built["tag"], check=False, timeout=60)
+        smoke_id = summary["artifacts"].get(f"image:{variant}", {}).get("image_id")
+        if not smoke_id or built.get("id") != smoke_id:
+            raise PublishError(
+                f"image:{variant} was rebuilt after its smoke test ({str(built.get('id'))[:19]} built, "
+                f"{str(smoke_id)[:19]} smoke-tested): smoke-test the image you mean to publish; "
+                "nothing was published"
+            )
+        # By ID, not by tag: another run of the same version on this engine may have moved the tag.
+        res = services.docker("image", "inspect", smoke_id, check=False, timeout=60)
         if res.returncode != 0:
             raise PublishError(
-                f"{built['tag']} is not in the local engine (rebuild it); nothing was published"
+                f"the smoke-tested image {smoke_id[:19]} of {variant} is no longer in the local engine "
+                "(rebuild and smoke-test it); nothing was published"
             )
         info = json.loads(res.stdout)[0]
-        smoke_id = summary["artifacts"].get(f"image:{variant}", {}).get("image_id")
-        if smoke_id and info["Id"] != smoke_id:
-            raise PublishError(
-                f"{built['tag']} is {info['Id'][:19]}, but the smoke test proved {smoke_id[:19]}: "
-                "smoke-test the image you mean to publish; nothing was published"
-            )
+        tagged = services.docker("image", "inspect", "-f", "{{.Id}}", built["tag"], check=False, timeout=60)
+        if tagged.stdout.strip() != smoke_id:
+            ctx.log(f"{built['tag']} now names another image; publishing the smoke-tested {smoke_id[:19]}")
         labels = (info.get("Config") or {}).get("Labels") or {}
         if labels.get(HOST_CA_LABEL) == "true" and not registry.is_loopback(entry["image"]):
             raise PublishError(
@@ -153,7 +159,7 @@ def collect_images(ctx: StageContext, variants: list[str] | None, summary: dict[
                 f"it may go to a loopback registry only, not {entry['image']}; nothing was published"
             )
         job = ImageJob(
-            variant=variant, local=built["tag"], image=entry["image"], image_id=info["Id"], labels=labels
+            variant=variant, local=smoke_id, image=entry["image"], image_id=info["Id"], labels=labels
         )
         job.tags = [(t, True) for t in immutable] + [(t, False) for t in moving]
         jobs.append(job)
