@@ -127,7 +127,8 @@ def smoke_image(
                 ctx.log(f"{variant}: model server: {server.description} at {server.url}")
             running = stack.enter_context(
                 run_container(
-                    entry["tag"],
+                    # By ID: another run of this version may have moved the tag since the build.
+                    entry["id"],
                     env=env,
                     memory=ctx.config.smoke.memory,
                     cpus=ctx.config.smoke.cpus,
