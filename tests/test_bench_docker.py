@@ -41,6 +41,10 @@ def test_image_sizes_compress_each_layer(local_services, tmp_path):
         # Layers are named by content: the second time nothing is saved or compressed.
         again = sizes.image_sizes(tag, cache)
         assert again["from_cache"] and again["compressed_bytes"] == first["compressed_bytes"]
+        # One layer unknown: the image is saved again, the known layer is taken from the cache.
+        cache.pop(text["diff_id"])
+        third = sizes.image_sizes(tag, cache)
+        assert not third["from_cache"] and third["compressed_bytes"] == first["compressed_bytes"]
     finally:
         services.docker("rmi", "-f", tag, check=False, timeout=60)
 

@@ -52,7 +52,8 @@ def _digest_of(member_name: str) -> str | None:
 def layer_sizes(ref: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Uncompressed and gzip sizes of every layer of ``ref``, oldest first, with the command that made it.
 
-    ``cache`` maps a layer's diff id to ``{"size", "gzip"}`` and is updated in place.
+    ``cache`` maps a layer's diff id to ``{"size", "gzip", "created_by"}`` (and, under
+    ``_saved_as``, names in the older save format to diff ids); it is updated in place.
     """
     info = json.loads(services.docker("image", "inspect", ref, timeout=60).stdout)[0]
     diff_ids = list((info.get("RootFS") or {}).get("Layers") or [])
@@ -64,6 +65,9 @@ def layer_sizes(ref: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
                             env=services.docker_env())
     assert proc.stdout is not None
     members: dict[str, dict[str, Any]] = {}
+    # The older save format names a layer "<v1 id>/layer.tar"; a v1 id pins the layer chain below
+    # it, so the diff id it stood for last time is still the one it stands for.
+    saved_as: dict[str, str] = cache.setdefault("_saved_as", {})
     small: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
@@ -78,8 +82,8 @@ def layer_sizes(ref: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
                     small[member.name] = data
                     members[member.name] = {"size": member.size, "gzip": gzip_size(io.BytesIO(data))}
                     continue
-                digest = _digest_of(member.name)
-                if digest and digest in cache:
+                digest = _digest_of(member.name) or saved_as.get(member.name)
+                if digest and "gzip" in cache.get(digest, {}):
                     members[member.name] = cache[digest]
                     continue
                 members[member.name] = {"size": member.size, "gzip": gzip_size(f)}
@@ -99,6 +103,8 @@ def layer_sizes(ref: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
         sizes = cache.get(diff_id) or members[path]
         command = _short_command(commands[i]) if len(commands) == len(manifest["Layers"]) else ""
         cache[diff_id] = {"size": sizes["size"], "gzip": sizes["gzip"], "created_by": command}
+        if _digest_of(path) is None:
+            saved_as[path] = diff_id
         layers.append({"diff_id": diff_id, "size": sizes["size"], "gzip": sizes["gzip"], "created_by": command})
     return {"id": info["Id"], "size": int(info["Size"]), "layers": layers, "cached": False}
 
