@@ -42,7 +42,9 @@ class Settings:
     threads: int = 2
     warmup: int = 10
     runs: int = 60
-    batch: int = 10
+    # Small batches, many rounds: outside load, which comes and goes in seconds, then falls on
+    # every runtime alike.
+    batch: int = 5
     import_repeats: int = 3
     tolerance: dict[str, dict[str, float]] = field(default_factory=dict)
 
