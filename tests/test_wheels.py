@@ -64,7 +64,7 @@ def test_cibuildwheel_configuration(kind):
         script = re.search(r"\{package\}/(\S+\.py)", command).group(1)
         assert (package / script).resolve().is_file(), command
         assert f"--kind {kind}" in command
-    assert "SLIPWAY_MODEL_DIR" in config["linux"]["environment-pass"]
+    assert {"SLIPWAY_MODEL_DIR", "SLIPWAY_PRUNE", "SLIPWAY_MAX_SIZE_MIB"} <= set(config["linux"]["environment-pass"])
 
 
 def test_stage_sources_stamps_the_release_version(tmp_path):
@@ -112,7 +112,7 @@ def fake_build(monkeypatch):
     """Replace building and the tools that need real wheels; return the calls made."""
     calls = {"checks": [], "twine": 0}
 
-    def build_local(src, out, cmake_root, log):
+    def build_local(src, out, cmake_root, log, max_size_mib=100.0):
         out.mkdir(parents=True, exist_ok=True)
         return [
             wheels.Built(_fake_wheel(out, "slipway_runtime-1.0.0-cp311-cp311-manylinux_2_34_x86_64.whl", 2 * 2**20),

@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,16 @@ def auditwheel(wheel: Path, dest: Path, extra: list[str], env: dict[str, str], l
         return final
 
 
+def self_contained(args: argparse.Namespace, env: dict[str, str], report: dict, prune: bool) -> Path:
+    with tempfile.TemporaryDirectory() as stage:
+        report["prune"] = staged_torch_libs(torch_lib_dir(args.torch_lib), Path(stage), prune)
+        for name, r in report["prune"].get("rules", {}).items():
+            print(f"  pruned {r['bytes'] / 2**20:6.2f} MiB  {name}", flush=True)
+        # Searched before the default paths, so the staged (maybe pruned) copy is what gets vendored.
+        return auditwheel(args.wheel, args.wheel_dir, [], {**env, "AUDITWHEEL_LD_LIBRARY_PATH": stage},
+                          args.zip_level)
+
+
 def vendored(wheel: Path) -> list[tuple[str, int, int]]:
     with zipfile.ZipFile(wheel) as zf:
         return [(i.filename, i.file_size, i.compress_size) for i in zf.infolist() if ".so" in i.filename]
@@ -80,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", choices=("self-contained", "thin"), required=True)
     p.add_argument("-w", "--wheel-dir", type=Path, required=True)
     p.add_argument("--torch-lib", help="torch's lib folder (default: from the importable torch package)")
-    p.add_argument("--no-prune", action="store_true", default=os.environ.get("SLIPWAY_NO_PRUNE", "") not in ("", "0"),
-                   help="vendor libtorch_cpu as it is (default from SLIPWAY_NO_PRUNE=1)")
+    p.add_argument("--prune", choices=("auto", "always", "never"), default=os.environ.get("SLIPWAY_PRUNE", "auto"),
+                   help="blank unreachable libtorch code: always, never, or auto (default, or $SLIPWAY_PRUNE): "
+                        "on x86-64, whose libtorch is measured to need it, else only when the wheel would "
+                        "exceed --max-size-mib")
+    p.add_argument("--max-size-mib", type=float, default=float(os.environ.get("SLIPWAY_MAX_SIZE_MIB", "100")),
+                   help="size limit 'auto' pruning aims under (default 100, or $SLIPWAY_MAX_SIZE_MIB)")
     p.add_argument("--zip-level", type=int, default=9, help="deflate level of the repaired wheel (default 9)")
     p.add_argument("--report", type=Path, help="write what was done as JSON")
     args = p.parse_args(argv)
@@ -89,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     report: dict = {"kind": args.kind, "input": args.wheel.name}
     if args.kind == "self-contained":
-        with tempfile.TemporaryDirectory() as stage:
-            report["prune"] = staged_torch_libs(torch_lib_dir(args.torch_lib), Path(stage), not args.no_prune)
-            for name, r in report["prune"].get("rules", {}).items():
-                print(f"  pruned {r['bytes'] / 2**20:6.2f} MiB  {name}", flush=True)
-            # Searched before the default paths, so the pruned copy is the libtorch_cpu vendored.
-            env["AUDITWHEEL_LD_LIBRARY_PATH"] = stage
-            final = auditwheel(args.wheel, args.wheel_dir, [], env, args.zip_level)
+        prune = args.prune == "always" or (args.prune == "auto" and platform.machine() in ("x86_64", "AMD64"))
+        final = self_contained(args, env, report, prune)
+        if args.prune == "auto" and not prune and final.stat().st_size > args.max_size_mib * 2**20:
+            print(f"{final.name}: {final.stat().st_size / 2**20:.2f} MiB is over {args.max_size_mib:g} MiB: "
+                  "repairing again with a pruned libtorch_cpu", flush=True)
+            final.unlink()
+            final = self_contained(args, env, report, True)
     else:
         excludes = [x for soname in TORCH_SONAMES for x in ("--exclude", soname)]
         final = auditwheel(args.wheel, args.wheel_dir, excludes, env, args.zip_level)

@@ -273,10 +273,11 @@ def _check_local_tools() -> None:
         )
 
 
-def build_local(src: Path, out: Path, cmake_root: Path, log: Log) -> list[Built]:
+def build_local(src: Path, out: Path, cmake_root: Path, log: Log, max_size_mib: float = 100.0) -> list[Built]:
     """python -m build + tools/repair_wheel.py, both kinds, for this interpreter and machine."""
     _check_local_tools()
     env = _tool_env()
+    env["SLIPWAY_MAX_SIZE_MIB"] = f"{max_size_mib:g}"
     built = []
     with tempfile.TemporaryDirectory(prefix="slipway-wheels-") as tmp:
         for kind in KINDS:
@@ -298,7 +299,7 @@ def build_local(src: Path, out: Path, cmake_root: Path, log: Log) -> list[Built]
 
 
 def build_cibuildwheel(src_project: Path, out: Path, pairs: list[tuple[str, str]], docker_env: dict[str, str],
-                       log: Log) -> list[Built]:
+                       log: Log, max_size_mib: float = 100.0) -> list[Built]:
     """cibuildwheel in ``src_project`` (native/ and model/ inside), both kinds."""
     from slipway import services
 
@@ -308,6 +309,7 @@ def build_cibuildwheel(src_project: Path, out: Path, pairs: list[tuple[str, str]
     for _, plat in pairs:
         env[f"CIBW_MANYLINUX_{_arch(plat).upper()}_IMAGE"] = _policy(plat)
     env["SLIPWAY_MODEL_DIR"] = "model"
+    env["SLIPWAY_MAX_SIZE_MIB"] = f"{max_size_mib:g}"
     if services.host_networking():
         # slipway's own engine has no bridge network: containers share the host's.
         env["CIBW_CONTAINER_ENGINE"] = "docker; create_args: --network=host"
@@ -452,6 +454,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     fingerprint = source_fingerprint(native, {
         "version": version, "builder": builder, "pairs": pairs, "torch": torch_version,
         "python": sys.version, "model": tree_fingerprint(model_dir), "max_size_mib": spec.max_size_mib,
+        "prune": os.environ.get("SLIPWAY_PRUNE", "auto"),
     })
     reused = reuse(out, fingerprint)
     if reused is not None:
@@ -468,11 +471,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
             shutil.rmtree(project)
         stage_sources(native, project / "native", version)
         shutil.copytree(model_dir, project / "model")
-        built = build_cibuildwheel(project, out, pairs, docker_env, ctx.log)
+        built = build_cibuildwheel(project, out, pairs, docker_env, ctx.log, spec.max_size_mib)
         tools = project / "native" / "tools"
     else:
         src = stage_sources(native, cache / "src", version)
-        built = build_local(src, out, cache / "cmake", ctx.log)
+        built = build_local(src, out, cache / "cmake", ctx.log, spec.max_size_mib)
         tools = src / "tools"
     build_seconds = round(time.monotonic() - started, 1)
 
