@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ LABELS = {
     "tensorflow": "TensorFlow SavedModel",
 }
 WORKER_TIMEOUT_S = 600
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+IDLE_WINDOW_S = 0.05
+IDLE_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -136,6 +140,30 @@ class Worker:
             return self.answer(timeout=5)
         return self.answer(timeout)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time of the worker's process so far (all its threads), from /proc."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def wait_idle(self, timeout: float = IDLE_TIMEOUT_S) -> float:
+        """Wait until the worker's threads stop using CPU; return the seconds waited.
+
+        An OpenMP runtime keeps its threads spinning for a while after each parallel region: a
+        worker that has just answered can still be burning the CPUs the next one is timed on.
+        """
+        started = time.monotonic()
+        last = self.cpu_seconds()
+        while last is not None and time.monotonic() - started < timeout:
+            time.sleep(IDLE_WINDOW_S)
+            now = self.cpu_seconds()
+            if now is None or now - last < 0.5 / CLOCK_TICKS:
+                break
+            last = now
+        return time.monotonic() - started
+
     def close(self) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         with contextlib.suppress(OSError):
@@ -211,6 +239,7 @@ def measure_model(model_dir: Path, manifest: dict[str, Any], settings: Settings,
                 worker.close()
                 log(f"{name}: {LABELS[runtime]}: not available: {ready.get('reason')}")
         samples = {rt: {s: [] for s in (*STAGES, "total")} for rt in workers}
+        idle_waits: dict[str, list[float]] = {rt: [] for rt in workers}
         rounds = max(1, math.ceil(settings.runs / settings.batch))
         if workers:
             log(f"{name}: {settings.runs} timed runs each of {', '.join(workers)}, interleaved in {rounds} rounds "
@@ -229,10 +258,15 @@ def measure_model(model_dir: Path, manifest: dict[str, Any], settings: Settings,
                     continue
                 for key, values in got["samples_ms"].items():
                     samples[runtime][key].extend(values)
+                idle_waits[runtime].append(workers[runtime].wait_idle())
         for runtime, worker in workers.items():
             final = worker.ask({"cmd": "finish"})
             results[runtime].update(final)
             results[runtime].update(summarize_samples(samples[runtime]))
+            waits = idle_waits[runtime]
+            # How long its threads kept a CPU busy after answering (the next runtime waited for that).
+            results[runtime]["busy_after_batch_s"] = {"max": round(max(waits), 3),
+                                                      "median": round(statistics.median(waits), 3)}
             check = final.get("reference_check") or {}
             total = results[runtime]["total"]
             log(f"{name}: {runtime}: p50 {total['p50']:.2f} ms, p95 {total['p95']:.2f} ms; "
