@@ -95,8 +95,59 @@ def build_parser() -> argparse.ArgumentParser:
                 default=_env("HOST_CA_CERTS", "auto"),
                 help="add the host's extra CA certificates to a locally built base image (local use only)",
             )
+            step = p.add_mutually_exclusive_group()
+            step.add_argument(
+                "--prepare",
+                action="store_true",
+                help="only stage the build context; write context, dockerfile, build-args, labels and "
+                "archive to GITHUB_OUTPUT (printed when it is unset) for another builder (Buildx)",
+            )
+            step.add_argument(
+                "--record",
+                action="store_true",
+                help="only record an image built by another builder in images/<variant>.json "
+                "(with --digest, or the saved tar of a dry run)",
+            )
+            p.add_argument(
+                "--digest", default=_env("DIGEST"), help="with --record: the pushed manifest digest [SLIPWAY_DIGEST]"
+            )
+            p.add_argument(
+                "--official-base",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="with --prepare: build on the variant's base image as named, with PyTorch's CPU index "
+                "for CPU variants (default: on GitHub Actions only); --no-official-base builds the local base",
+            )
+        if stage == "smoke":
+            p.add_argument(
+                "--artifact",
+                default=_env("ARTIFACT"),
+                help="test only this artifact of the plan's smoke matrix: image:<variant> or wheels [SLIPWAY_ARTIFACT]",
+            )
+            p.add_argument(
+                "--tfserving",
+                choices=("auto", "image", "stub"),
+                default=_env("TFSERVING"),
+                help="model server beside a tfserving image: the real tensorflow/serving image, the REST "
+                "stand-in, or auto (image on GitHub Actions, stub elsewhere) [SLIPWAY_TFSERVING]",
+            )
+            p.add_argument(
+                "--summarize",
+                action="store_true",
+                help="test nothing; rebuild smoke/summary.json and smoke/table.md from the per-artifact results",
+            )
         if stage == "publish":
             p.add_argument("--local", action="store_true", help="publish to the local registry and index")
+            p.add_argument(
+                "--kind",
+                choices=("images", "github-release"),
+                default=_env("PUBLISH_KIND"),
+                help="one part of a release, as the jobs of _publish.yml run it: 'images' tags the smoke-tested "
+                "digest (image, digest to GITHUB_OUTPUT); 'github-release' fills release/assets/ and "
+                "writes release/notes.md [SLIPWAY_PUBLISH_KIND]",
+            )
+            p.add_argument("--image-registry", default=_env("IMAGE_REGISTRY"), help="override the plan's image registry")
+            p.add_argument("--package-index", default=_env("PACKAGE_INDEX"), help="override the plan's package index")
         p.set_defaults(func=cmd_stage, stage=stage)
 
     p = sub.add_parser("release", help="run every stage in order: plan, export, wheels, images, smoke, bench, publish")
@@ -257,13 +308,43 @@ def cmd_stage(args: argparse.Namespace) -> int:
         options["models"] = args.model
     if getattr(args, "variant", None):
         options["variants"] = args.variant
-    if args.stage == "images":
+    stage = args.stage
+    if stage == "images":
+        if args.digest and not args.record:
+            raise ConfigError("--digest goes with --record")
+        if args.record:
+            run_stage(stage, ctx, step="record", variants=args.variant, digest=args.digest)
+            return 0
         options["base_image"] = args.base_image
         options["host_ca"] = args.host_ca_certs
-    if args.stage == "publish" and args.local:
-        options["local"] = True
-    run_stage(args.stage, ctx, **options)
+        if args.prepare:
+            options.update(step="prepare", official_base=args.official_base)
+    if stage == "smoke":
+        if args.tfserving:
+            options["tfserving"] = args.tfserving
+        if args.artifact:
+            options["artifact"] = args.artifact
+        if args.summarize:
+            options["summarize_only"] = True
+    if stage == "publish":
+        if args.local:
+            options["local"] = True
+        if args.kind:
+            options["kind"] = args.kind
+        override_registries(ctx.plan, args.image_registry, args.package_index)
+    run_stage(stage, ctx, **options)
     return 0
+
+
+def override_registries(plan: dict[str, Any], image_registry: str | None, package_index: str | None) -> None:
+    """Point the plan at other registries, naming each image as 'slipway plan' would."""
+    if image_registry:
+        registry = image_registry.rstrip("/")
+        plan["registries"]["images"] = registry
+        for entry in plan["matrix"]["images"]:
+            entry["image"] = f"{registry}/{plan['project']}-{entry['variant']}"
+    if package_index:
+        plan["registries"]["packages"] = package_index
 
 
 def summary_table(ctx: StageContext) -> str:

@@ -3,11 +3,25 @@
 Each variant gets a build context of its own under ``build/<variant>/`` (service code, shared
 pre/postprocessing, requirements, its model export, a wheelhouse of local wheels), so the engine
 receives only what that image needs and unchanged variants rebuild from cache.
+
+On GitHub the build itself is docker/build-push-action's (Buildx, ``type=gha`` cache, several
+platforms, push by digest), so this stage splits in two around it:
+
+- ``--prepare`` stages the same build context and writes what the build step needs to
+  ``GITHUB_OUTPUT``: ``context``, ``dockerfile``, ``build-args``, ``labels`` and ``archive`` (where
+  a dry run saves its tar). There the base image is the variant's official one (the local
+  debootstrap base exists only on a developer's engine), and the CPU variants get PyTorch's CPU
+  index as ``PIP_EXTRA_INDEX_URL`` (``CPU_TORCH_INDEX``): the runner's pip would otherwise fetch
+  the CUDA build of torch from PyPI, and no local wheel cache is there to prefer. A variant's own
+  ``build-args`` in release.toml override both.
+- ``--record --digest D`` writes ``images/<variant>.json``, the per-variant record that the smoke
+  and publish jobs download (``images.json`` is the local, all-variants file).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,12 +34,15 @@ from slipway import baseimage, services
 from slipway.context import StageContext
 from slipway.errors import BuildError, ConfigError
 from slipway.fsutil import link_or_copy, sync_tree
+from slipway.github import on_github, set_outputs
 from slipway.paths import resolve
 
 CONTEXT_FILES = ("requirements.txt", "requirements-pytorch.txt", "requirements-tensorflow.txt")
 CONTEXT_PACKAGES = ("serving", "model_export")
 # Weights and training code stay out of images: the export is what runs.
 PACKAGE_IGNORE = ("__pycache__", "*.pyc", "weights", "train.py")
+# CPU-only torch wheels for the image builds on GitHub (a fraction of the CUDA build's size).
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def _pinned(requirements: Path, package: str) -> str | None:
@@ -64,8 +81,12 @@ def torch_wheel(ctx: StageContext) -> Path | None:
     return found[-1]
 
 
-def stage_context(ctx: StageContext, entry: dict[str, Any]) -> Path:
-    """Assemble the build context of one variant; return its folder."""
+def stage_context(ctx: StageContext, entry: dict[str, Any], *, local_torch: bool = True) -> Path:
+    """Assemble the build context of one variant; return its folder.
+
+    ``local_torch``: put the host's cached torch CPU wheel in the wheelhouse (a local engine's
+    builds may not reach an index); a build with the CPU index in its arguments needs none.
+    """
     build = ctx.out / "build" / entry["variant"]
     build.mkdir(parents=True, exist_ok=True)
     # A project may bring its own requirements files; the service code is always Slipway's.
@@ -90,7 +111,7 @@ def stage_context(ctx: StageContext, entry: dict[str, Any]) -> Path:
         shutil.rmtree(wheelhouse)
     wheelhouse.mkdir()
     wanted: list[Path] = []
-    if entry["runtime"] == "torchscript" and entry["device"] == "cpu":
+    if local_torch and entry["runtime"] == "torchscript" and entry["device"] == "cpu":
         wheel = torch_wheel(ctx)
         if wheel:
             wanted.append(wheel)
@@ -139,14 +160,154 @@ def _parse_size(text: str) -> int:
     return int(float(m.group(1)) * factor)
 
 
-def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | None = None,
-        host_ca: str = "auto") -> dict[str, Any]:
+def select(ctx: StageContext, variants: list[str] | None) -> list[dict[str, Any]]:
     entries = ctx.plan["matrix"]["images"]
     if variants:
         unknown = sorted(set(variants) - {e["variant"] for e in entries})
         if unknown:
             raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
         entries = [e for e in entries if e["variant"] in variants]
+    return entries
+
+
+def build_args(
+    ctx: StageContext, entry: dict[str, Any], base: str, created: str, defaults: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The build arguments of one variant; the variant's own ``build-args`` win over ``defaults``."""
+    variant = ctx.config.variant(entry["variant"])
+    return {
+        "BASE_IMAGE": base,
+        "DEVICE": entry["device"],
+        "VERSION": ctx.plan["version"],
+        "GIT_REVISION": ctx.plan["sha"],
+        "CREATED": created,
+        "SOURCE": ctx.config.project.source,
+        **(defaults or {}),
+        **variant.build_args,
+    }
+
+
+def labels(ctx: StageContext, entry: dict[str, Any], created: str) -> dict[str, str]:
+    """OCI labels for a Buildx build; the Dockerfile sets the same from its arguments, these also
+    reach every platform's manifest and the index."""
+    return {
+        "org.opencontainers.image.version": ctx.plan["version"],
+        "org.opencontainers.image.revision": ctx.plan["sha"],
+        "org.opencontainers.image.source": ctx.config.project.source,
+        "org.opencontainers.image.created": created,
+        "dev.slipway.variant": entry["variant"],
+        "dev.slipway.model": entry["model"],
+        "dev.slipway.runtime": entry["runtime"],
+        "dev.slipway.device": entry["device"],
+    }
+
+
+def _dockerfile(ctx: StageContext, entry: dict[str, Any]) -> Path:
+    dockerfile = resolve(entry["dockerfile"], ctx.root)
+    if dockerfile is None:
+        raise BuildError(f"variant '{entry['variant']}': Dockerfile {entry['dockerfile']} not found")
+    return dockerfile
+
+
+def archive_path(ctx: StageContext, variant: str) -> Path:
+    """Where a dry run's build saves the image (``type=docker,dest=``); uploaded with the record."""
+    return ctx.out / "images" / f"{variant}.tar"
+
+
+def prepare(
+    ctx: StageContext,
+    variants: list[str] | None = None,
+    base_image: str | None = None,
+    host_ca: str = "auto",
+    official_base: bool | None = None,
+) -> dict[str, Any]:
+    """Stage the build context of each variant and hand the build's inputs to the workflow."""
+    official = on_github() if official_base is None else official_base
+    entries = select(ctx, variants)
+    if len(entries) != 1 and os.environ.get("GITHUB_OUTPUT"):
+        # Step outputs are one value per name: one variant per step.
+        raise ConfigError(f"--prepare writes one variant's outputs; name one with --variant ({len(entries)} selected)")
+    created = _created(ctx)
+    prepared = {}
+    for entry in entries:
+        variant = ctx.config.variant(entry["variant"])
+        requested = base_image or variant.base_image
+        if official:
+            base = requested
+        else:
+            base = baseimage.resolve_base_image(requested, host_ca=host_ca, log=ctx.log)
+        defaults = {"PIP_EXTRA_INDEX_URL": CPU_TORCH_INDEX} if official and entry["device"] == "cpu" else {}
+        build = stage_context(ctx, entry, local_torch=not official)
+        args = build_args(ctx, entry, base, created, defaults)
+        archive = archive_path(ctx, entry["variant"])
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        outputs = {
+            "context": str(build),
+            "dockerfile": str(_dockerfile(ctx, entry)),
+            "build-args": "\n".join(f"{k}={v}" for k, v in args.items()),
+            "labels": "\n".join(f"{k}={v}" for k, v in labels(ctx, entry, created).items()),
+            "archive": str(archive),
+        }
+        set_outputs(outputs)
+        ctx.log(f"{entry['variant']}: build context in {build} (base {base})")
+        prepared[entry["variant"]] = outputs
+    return {"summary": f"prepared {', '.join(prepared)}", "prepared": prepared}
+
+
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def record(ctx: StageContext, variants: list[str] | None = None, digest: str | None = None) -> dict[str, Any]:
+    """Write ``images/<variant>.json`` for an image built outside this stage (Buildx on GitHub).
+
+    A real release records the digest it pushed; a dry run records the saved tar (``archive``,
+    relative to ``images/``) and the digest if the build gave one.
+    """
+    entries = select(ctx, variants)
+    if len(entries) != 1:
+        raise ConfigError(f"--record records one variant; name it with --variant ({len(entries)} selected)")
+    entry = entries[0]
+    digest = (digest or "").strip() or None
+    if digest is not None and not DIGEST.match(digest):
+        raise ConfigError(f"--digest {digest!r}: expected sha256:<64 hex digits>")
+    archive = archive_path(ctx, entry["variant"])
+    dry_run = bool(ctx.plan["dry_run"])
+    if not dry_run and digest is None:
+        raise BuildError(f"variant '{entry['variant']}': a real release records the pushed digest; --digest is empty")
+    if digest is None and not archive.exists():
+        raise BuildError(f"variant '{entry['variant']}': no --digest and no saved image at {archive}")
+    rec = {
+        "variant": entry["variant"],
+        "model": entry["model"],
+        "runtime": entry["runtime"],
+        "device": entry["device"],
+        "platforms": entry["platforms"],
+        "image": entry["image"],
+        # The name a dry run's tar carries (build-push-action's name=<image>:<version>).
+        "tag": f"{entry['image']}:{ctx.plan['version']}",
+        "digest": digest,
+        "version": ctx.plan["version"],
+        "sha": ctx.plan["sha"],
+        "dry_run": dry_run,
+    }
+    if archive.exists():
+        rec["archive"] = archive.name
+        rec["archive_size"] = archive.stat().st_size
+    ctx.write_json(f"images/{entry['variant']}.json", rec)
+    what = digest or f"the saved image {archive.name}"
+    ctx.log(f"{entry['variant']}: recorded {entry['image']} ({what}) in images/{entry['variant']}.json")
+    return {"summary": f"recorded {entry['variant']}", "record": rec}
+
+
+def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | None = None,
+        host_ca: str = "auto", step: str | None = None, official_base: bool | None = None,
+        digest: str | None = None) -> dict[str, Any]:
+    """Build every selected variant here; ``step`` runs only one half of a build done elsewhere."""
+    if step == "prepare":
+        return prepare(ctx, variants, base_image=base_image, host_ca=host_ca, official_base=official_base)
+    if step == "record":
+        return record(ctx, variants, digest=digest)
+    entries = select(ctx, variants)
     services.ensure_docker(ctx.log)
     images_path = ctx.out / "images.json"
     images = json.loads(images_path.read_text()) if images_path.exists() else {}
@@ -159,18 +320,8 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
             bases[requested] = baseimage.resolve_base_image(requested, host_ca=host_ca, log=ctx.log)
         build = stage_context(ctx, entry)
         tag = f"{entry['image']}:{ctx.plan['version']}"
-        args = {
-            "BASE_IMAGE": bases[requested],
-            "DEVICE": entry["device"],
-            "VERSION": ctx.plan["version"],
-            "GIT_REVISION": ctx.plan["sha"],
-            "CREATED": created,
-            "SOURCE": ctx.config.project.source,
-            **variant.build_args,
-        }
-        dockerfile = resolve(entry["dockerfile"], ctx.root)
-        if dockerfile is None:
-            raise BuildError(f"variant '{entry['variant']}': Dockerfile {entry['dockerfile']} not found")
+        args = build_args(ctx, entry, bases[requested], created)
+        dockerfile = _dockerfile(ctx, entry)
         cmd = ["build", "-f", str(dockerfile), "--target", entry["target"], "-t", tag]
         if services.host_networking():
             cmd += ["--network", "host"]
@@ -210,6 +361,8 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
             **info,
         }
         ctx.write_json("images.json", images)
+        # The per-variant record too, so a reader that overlays images/ never sees an older one.
+        ctx.write_json(f"images/{entry['variant']}.json", images[entry["variant"]])
         ctx.log(f"{entry['variant']}: built in {seconds:.1f}s, {info['size'] / 1e6:.0f} MB")
     sizes = ", ".join(f"{v}: {images[v]['size'] / 1e6:.0f} MB" for v in (e["variant"] for e in entries))
     return {"summary": sizes, "images": images}

@@ -14,16 +14,29 @@
 
 A dry run (the default outside a tag or ``--local``) does steps 1 and 2 and prints the actions it
 would take. Release assets (model archives, SBOMs, SHA256SUMS, release.json) are staged in
-``release-assets/``; with ``--local`` they are copied under the state folder, on GitHub the
-workflow makes the GitHub release from that folder.
+``release/assets/``; with ``--local`` they are copied under the state folder.
+
+On GitHub publishing is split over the jobs of ``_publish.yml`` (``--kind``):
+
+- ``--kind images --variant V``: the image was pushed by digest, untagged, by the images job.
+  The gate checks that the smoke test ran on that very digest; the release tags are then added
+  to it in the registry (a manifest PUT of the same bytes: no pull, no rebuild, no new digest),
+  with the same preflight as above. ``image`` and ``digest`` go to ``GITHUB_OUTPUT`` for the
+  attestations; ``publish/<variant>.json`` records what was tagged.
+- ``--kind github-release``: the gate over every planned artifact, then ``release/assets/``
+  (model archives, wheels, their CycloneDX SBOMs, the images' SBOMs from ``sbom/``, the smoke
+  table, release.json, SHA256SUMS) and ``release/notes.md`` for ``gh release create``.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,14 +45,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from slipway import registry, sbom, services
 from slipway.baseimage import HOST_CA_LABEL
 from slipway.context import StageContext
 from slipway.errors import BuildError, PublishError, ServiceError
 from slipway.fsutil import sha256_file
+from slipway.github import image_records, set_outputs, smoke_artifacts
 from slipway.version import parse_version
 
-ASSETS = "release-assets"
+ASSETS = "release/assets"
+KINDS = ("images", "github-release")
 # Records that describe a publish and are rewritten by each one; everything else is content
 # that, once released under a version, never changes.
 RECORDS = ("release.json", "SHA256SUMS", "smoke-table.md")
@@ -59,12 +76,19 @@ def image_tags(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 def check_smoke(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]:
     path = ctx.out / "smoke" / "summary.json"
-    if not path.exists():
+    # Rebuilt from the per-artifact files: on GitHub each smoke job wrote its own.
+    artifacts = smoke_artifacts(ctx.out)
+    if not artifacts:
         raise PublishError(
             f"no smoke results in {path.parent}: run 'slipway smoke' first; nothing was published"
         )
-    summary = json.loads(path.read_text())
-    artifacts = summary.get("artifacts", {})
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = {
+        **summary,
+        "artifacts": artifacts,
+        "ok": all(a.get("ok") for a in artifacts.values()),
+        "gpu_present": summary.get("gpu_present", any((a.get("gpu") or {}).get("available") for a in artifacts.values())),
+    }
     wanted = [
         e["artifact"]
         for e in ctx.plan["matrix"]["smoke"]
@@ -122,7 +146,7 @@ class WheelJob:
 
 
 def collect_images(ctx: StageContext, variants: list[str] | None, summary: dict[str, Any]) -> list[ImageJob]:
-    images = ctx.read_json("images.json") if (ctx.out / "images.json").exists() else {}
+    images = image_records(ctx.out)
     immutable, moving = image_tags(ctx.plan)
     jobs = []
     for entry in ctx.plan["matrix"]["images"]:
@@ -134,6 +158,11 @@ def collect_images(ctx: StageContext, variants: list[str] | None, summary: dict[
                 f"variant '{variant}' has no built image in images.json; nothing was published"
             )
         built = images[variant]
+        if built.get("digest") and not built.get("id"):
+            raise PublishError(
+                f"image:{variant} was pushed by digest ({built['digest']}): tag it with "
+                f"'slipway publish --kind images --variant {variant}'; nothing was published"
+            )
         smoke_id = summary["artifacts"].get(f"image:{variant}", {}).get("image_id")
         if not smoke_id or built.get("id") != smoke_id:
             raise PublishError(
@@ -279,8 +308,10 @@ def _deterministic_tar_gz(folder: Path, dest: Path, arcname: str) -> None:
     tmp.replace(dest)
 
 
-def stage_assets(ctx: StageContext, sboms: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Fill ``release-assets/``: model archives, SBOMs, the smoke table, SHA256SUMS."""
+def stage_assets(
+    ctx: StageContext, sboms: dict[str, dict[str, Any]], extra: list[Path] | None = None
+) -> dict[str, Any]:
+    """Fill ``release/assets/``: model archives, SBOMs, the smoke table, ``extra`` files, SHA256SUMS."""
     folder = ctx.out / ASSETS
     if folder.exists():
         shutil.rmtree(folder)
@@ -302,6 +333,8 @@ def stage_assets(ctx: StageContext, sboms: dict[str, dict[str, Any]]) -> dict[st
         shutil.copy2(ctx.out / "sbom" / entry["file"], folder / entry["file"])
     if (ctx.out / "smoke" / "table.md").exists():
         shutil.copy2(ctx.out / "smoke" / "table.md", folder / "smoke-table.md")
+    for path in extra or []:
+        shutil.copy2(path, folder / path.name)
     sums = sorted((p.name, sha256_file(p)) for p in folder.iterdir() if p.is_file() and p.name not in RECORDS)
     (folder / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sums))
     shutil.copy2(folder / "SHA256SUMS", ctx.out / "SHA256SUMS")
@@ -598,7 +631,284 @@ def _print_actions(
     return actions
 
 
-def run(ctx: StageContext, variants: list[str] | None = None, local: bool = False) -> dict[str, Any]:
+# --------------------------------------------------------------------------------------------
+# GitHub: tag a digest pushed by the images job (--kind images)
+
+
+def _docker_config_auth(host: str) -> tuple[str, str] | None:
+    """Credentials that ``docker login`` (docker/login-action on GitHub) stored in plain form."""
+    folder = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    try:
+        auths = json.loads((folder / "config.json").read_text()).get("auths") or {}
+    except (OSError, ValueError):
+        return None
+    for key in (host, f"https://{host}", f"http://{host}"):
+        encoded = (auths.get(key) or {}).get("auth")
+        if encoded:
+            user, _, password = base64.b64decode(encoded).decode().partition(":")
+            return user, password
+    return None
+
+
+def _credentials(host: str) -> tuple[str, str] | None:
+    return registry._credentials(host) or _docker_config_auth(host)
+
+
+def _authorize(challenge: str, host: str, repo: str) -> dict[str, str]:
+    """Answer a 401 for pushing to ``repo``: a bearer token with pull and push scope, or basic auth."""
+    creds = _credentials(host)
+    if challenge.lower().startswith("basic"):
+        if not creds:
+            raise PublishError(f"{host} wants credentials; log in (docker login) or set SLIPWAY_REGISTRY_*")
+        return {"Authorization": "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()}
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    if not params.get("realm"):
+        raise PublishError(f"{host} refused the request and named no way to authenticate ({challenge!r})")
+    query = {"scope": f"repository:{repo}:pull,push"}
+    if params.get("service"):
+        query["service"] = params["service"]
+    try:
+        r = httpx.get(params["realm"], params=query, auth=creds, timeout=15)
+    except httpx.TransportError as exc:
+        raise registry.Transient(f"{type(exc).__name__} from {params['realm']}: {exc}") from exc
+    if r.status_code >= 500:
+        raise registry.Transient(f"{params['realm']} answered {r.status_code}")
+    if r.status_code != 200:
+        raise PublishError(f"{params['realm']} refused a push token for {repo}: {r.status_code} {r.text[:200]}")
+    body = r.json()
+    return {"Authorization": f"Bearer {body.get('token') or body.get('access_token')}"}
+
+
+def _registry_call(method: str, image: str, path: str, headers: dict[str, str], content: bytes | None = None):
+    host, repo = registry.split_ref(image)
+    url = f"{registry._scheme(host)}://{host}/v2/{repo}/{path}"
+    try:
+        r = httpx.request(method, url, headers=headers, content=content, timeout=60)
+        if r.status_code == 401:
+            auth = _authorize(r.headers.get("WWW-Authenticate", ""), host, repo)
+            r = httpx.request(method, url, headers={**headers, **auth}, content=content, timeout=60)
+    except httpx.TransportError as exc:
+        raise registry.Transient(f"{type(exc).__name__} from {host}: {exc}") from exc
+    if r.status_code >= 500:
+        raise registry.Transient(f"{host} answered {r.status_code}")
+    return r
+
+
+def tag_digest(image: str, digest: str, tag: str) -> None:
+    """Point ``image:tag`` at the manifest ``digest`` of the same repository.
+
+    The manifest's own bytes are PUT under the tag, so the tag names exactly the digest that was
+    smoke-tested (an index keeps its platforms and attestations), and nothing is pulled or rebuilt.
+    """
+    r = _registry_call("GET", image, f"manifests/{digest}", {"Accept": registry.MANIFEST_TYPES})
+    if r.status_code != 200:
+        raise PublishError(f"{image}@{digest}: the registry answered {r.status_code}: {r.text[:300]}")
+    if hashlib.sha256(r.content).hexdigest() != digest.removeprefix("sha256:"):
+        raise PublishError(f"{image}@{digest}: the registry answered a manifest of another digest")
+    media_type = r.headers.get("Content-Type") or json.loads(r.content).get("mediaType", "")
+    put = _registry_call(
+        "PUT", image, f"manifests/{tag}", {"Content-Type": media_type}, content=r.content
+    )
+    if put.status_code not in (200, 201):
+        raise PublishError(f"tagging {image}:{tag} answered {put.status_code}: {put.text[:300]}")
+
+
+def _image_gate(ctx: StageContext, variant: str, record: dict[str, Any], artifacts: dict[str, Any]) -> None:
+    result = artifacts.get(f"image:{variant}")
+    if result is None:
+        raise PublishError(f"image:{variant} was not smoke-tested; nothing was published")
+    if not result.get("ok"):
+        raise PublishError(
+            f"smoke test failed: image:{variant} ({result.get('error') or 'failed'}); nothing was published"
+        )
+    if result.get("digest") != record.get("digest"):
+        raise PublishError(
+            f"image:{variant}: the smoke test ran on {result.get('digest') or result.get('image_id')}, "
+            f"the record names {record.get('digest')}: smoke-test the digest you mean to publish; "
+            "nothing was published"
+        )
+
+
+def publish_images(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]:
+    """Add the release tags to each smoke-tested digest; one variant per GitHub job."""
+    plan = ctx.plan
+    dry_run = plan["dry_run"]
+    entries = [e for e in plan["matrix"]["images"] if not variants or e["variant"] in variants]
+    unknown = sorted(set(variants or ()) - {e["variant"] for e in entries})
+    if unknown:
+        raise PublishError(f"--variant {', '.join(unknown)}: not in the plan; nothing was published")
+    if len(entries) != 1 and os.environ.get("GITHUB_OUTPUT"):
+        raise PublishError(f"--kind images writes one image's outputs; name it with --variant ({len(entries)})")
+    records = image_records(ctx.out)
+    artifacts = smoke_artifacts(ctx.out)
+    immutable, moving = image_tags(plan)
+    jobs = []
+    for entry in entries:
+        variant = entry["variant"]
+        record = records.get(variant)
+        if record is None:
+            raise PublishError(f"no record of image {variant} in {ctx.out / 'images'}; nothing was published")
+        if not record.get("digest"):
+            raise PublishError(
+                f"image:{variant} has no pushed digest (built here: publish it with 'slipway publish'); "
+                "nothing was published"
+            )
+        _image_gate(ctx, variant, record, artifacts)
+        if record["image"] != entry["image"]:
+            raise PublishError(
+                f"image:{variant} was pushed to {record['image']}, the plan publishes to {entry['image']}: "
+                "tags are added in the repository that holds the digest; nothing was published"
+            )
+        job = ImageJob(
+            variant=variant, local=f"{record['image']}@{record['digest']}", image=entry["image"],
+            image_id=record["digest"], labels={},
+        )
+        job.tags = [(t, True) for t in immutable] + [(t, False) for t in moving]
+        jobs.append(job)
+    conflicts = preflight_images(ctx, jobs, dry_run=dry_run)
+    if conflicts:
+        raise PublishError(
+            "refusing to publish: this version already exists with other content; nothing was "
+            "published:\n  " + "\n  ".join(conflicts)
+        )
+    for job in jobs:
+        for tag, _ in job.tags:
+            state = job.state.get(tag, "unknown")
+            ref = f"{job.image}:{tag}"
+            if state == "same" or state.startswith("skip"):
+                ctx.log(f"{ref}: {state}, leaving it")
+                continue
+            if dry_run:
+                ctx.log(f"dry run: would tag {ref} -> {job.image_id}")
+                continue
+            ctx.log(f"tagging {ref} -> {job.image_id}")
+            try:
+                registry.retry(lambda j=job, t=tag: tag_digest(j.image, j.image_id, t), what=f"tag {ref}", log=ctx.log)
+                found = registry.retry(
+                    lambda j=job, t=tag: registry.manifest(j.image, t), what=f"read back {ref}", log=ctx.log
+                )
+            except registry.Transient as exc:
+                raise PublishError(f"tagging {ref} failed after retries: {exc}; run publish again") from exc
+            if not found or found["digest"] != job.image_id:
+                raise PublishError(f"{ref} does not name {job.image_id} after tagging ({found and found['digest']})")
+            job.digests[tag] = found["digest"]
+        published = {
+            "variant": job.variant,
+            "image": job.image,
+            "digest": job.image_id,
+            "dry_run": dry_run,
+            "tags": {t: ("tagged" if not dry_run and not job.state.get(t, "").startswith("skip") else job.state.get(t))
+                     for t, _ in job.tags},
+        }
+        ctx.write_json(f"publish/{job.variant}.json", published)
+        set_outputs({"image": job.image, "digest": job.image_id})
+    word = "would tag" if dry_run else "tagged"
+    return {"summary": f"{word} {', '.join(f'{j.image}@{j.image_id[:19]}' for j in jobs)}", "images": jobs}
+
+
+# --------------------------------------------------------------------------------------------
+# GitHub: assemble the release (--kind github-release)
+
+
+def _notes(ctx: StageContext, release: dict[str, Any]) -> str:
+    plan = ctx.plan
+    lines = [f"# {plan['project']} {plan['version']}", "", f"Commit `{plan['sha']}`.", ""]
+    if release["images"]:
+        lines += ["## Images", "", "| variant | image | digest | tags |", "|---|---|---|---|"]
+        for variant, img in sorted(release["images"].items()):
+            tags = ", ".join(f"`{t}`" for t, state in (img.get("tags") or {}).items() if state == "tagged")
+            lines.append(f"| {variant} | `{img['image']}` | `{img['digest']}` | {tags or '-'} |")
+        lines.append("")
+    if release["wheels"]:
+        lines += ["## Wheels", "", "| file | sha256 |", "|---|---|"]
+        lines += [f"| `{w['file']}` | `{w['sha256']}` |" for w in release["wheels"]]
+        lines.append("")
+    if release["models"]:
+        lines += ["## Models", "", "| model | archive | sha256 |", "|---|---|---|"]
+        lines += [f"| {m} | `{a['asset']}` | `{a['sha256']}` |" for m, a in sorted(release["models"].items())]
+        lines.append("")
+    for title, path in (("Smoke tests", ctx.out / "smoke" / "table.md"), ("Benchmarks", ctx.out / "bench" / "table.md")):
+        if path.exists():
+            body = path.read_text().strip()
+            # The tables carry their own level-1 title; the notes have one already.
+            body = "\n".join(line for line in body.splitlines() if not line.startswith("# "))
+            lines += [f"## {title}", "", body.strip(), ""]
+    lines += ["Every asset's sha256 is in `SHA256SUMS`; `release.json` records what was published where.", ""]
+    return "\n".join(lines)
+
+
+def github_release(ctx: StageContext) -> dict[str, Any]:
+    """Fill ``release/assets/`` and write ``release/notes.md``; the workflow creates the release."""
+    plan = ctx.plan
+    summary = check_smoke(ctx, None)
+    records = image_records(ctx.out)
+    images: dict[str, Any] = {}
+    for entry in plan["matrix"]["images"]:
+        variant = entry["variant"]
+        record = records.get(variant)
+        if record is None:
+            raise PublishError(f"no record of image {variant} in {ctx.out / 'images'}; nothing was published")
+        if record.get("digest"):
+            _image_gate(ctx, variant, record, summary["artifacts"])
+        path = ctx.out / "publish" / f"{variant}.json"
+        published = json.loads(path.read_text()) if path.exists() else {}
+        if not plan["dry_run"] and published.get("digest") != record.get("digest"):
+            raise PublishError(
+                f"image:{variant} was not tagged ({path} missing or for another digest): "
+                "run 'slipway publish --kind images' first; nothing was published"
+            )
+        images[variant] = {
+            "image": entry["image"],
+            "digest": record.get("digest"),
+            "tags": published.get("tags", {}),
+            "platforms": record.get("platforms"),
+            "smoke": {
+                k: summary["artifacts"].get(f"image:{variant}", {}).get(k)
+                for k in ("min_iou", "max_score_diff", "model_server", "gpu")
+            },
+        }
+    wheels = collect_wheels(ctx)
+    sboms = write_sboms(ctx, [], wheels)
+    for path in sorted((ctx.out / "sbom").glob("*.spdx.json")):
+        # The images' SBOMs, generated from the registry by the images job of _publish.yml.
+        sboms[f"image:{path.name.removesuffix('.spdx.json')}"] = {
+            "file": path.name, "sha256": sha256_file(path), "components": None
+        }
+    assets = stage_assets(ctx, sboms, extra=[w.path for w in wheels])
+    release = {
+        "project": plan["project"],
+        "version": plan["version"],
+        "sha": plan["sha"],
+        "ref": plan.get("ref"),
+        "prerelease": plan["prerelease"],
+        "dry_run": plan["dry_run"],
+        "images": images,
+        "wheels": [{"file": w.path.name, "sha256": w.sha256, "index": plan["registries"]["packages"],
+                    "sbom": sboms.get(f"wheel:{w.path.name}")} for w in wheels],
+        "models": assets["models"],
+        "sboms": [{"artifact": a, "file": e["file"], "sha256": e["sha256"]} for a, e in sorted(sboms.items())],
+        "smoke": {"ok": summary["ok"], "gpu_present": summary.get("gpu_present")},
+        "assets": {"folder": ASSETS, "files": assets["files"]},
+        "checksums": {"file": "SHA256SUMS", "sha256": sha256_file(assets["folder"] / "SHA256SUMS")},
+    }
+    ctx.write_json("release.json", release)
+    shutil.copy2(ctx.out / "release.json", assets["folder"] / "release.json")
+    notes = ctx.out / "release" / "notes.md"
+    notes.write_text(_notes(ctx, release))
+    count = sum(1 for p in assets["folder"].iterdir() if p.is_file())
+    ctx.log(f"release assets: {count} file(s) in {assets['folder']}; notes in {notes}")
+    return {"summary": f"{count} release asset(s) staged, notes written", "release": release}
+
+
+def run(
+    ctx: StageContext, variants: list[str] | None = None, local: bool = False, kind: str | None = None
+) -> dict[str, Any]:
+    if kind == "images":
+        return publish_images(ctx, variants)
+    if kind == "github-release":
+        return github_release(ctx)
+    if kind is not None:
+        raise PublishError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
     plan = ctx.plan
     dry_run = plan["dry_run"] and not local
     if local:

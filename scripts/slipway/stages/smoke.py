@@ -9,9 +9,17 @@
 - Each wheel in ``wheels/`` is installed into a fresh virtualenv without torch and runs the same
   golden images through ``slipway_runtime.Detector``.
 
-Results: ``smoke/<artifact>.json`` each, ``smoke/summary.json`` (what publish reads; earlier
-results of other artifacts are kept), and ``smoke/table.md``, the cross-runtime table: the
-in-process numbers of the export's own verification beside every served and installed artifact.
+Results: one file per artifact (``smoke/image-<variant>.json``, ``smoke/wheel-<file>.json``,
+``smoke/wheels.json``; no ``:`` in a name, which GitHub artifacts refuse), ``smoke/summary.json``
+(earlier results of other artifacts are kept) and ``smoke/table.md``, the cross-runtime table:
+the in-process numbers of the export's own verification beside every served and installed
+artifact. The summary and the table are views rebuilt from the per-artifact files, so results
+of separate runs (one GitHub job per artifact: ``--artifact``) merge by copying the files into one
+folder and running ``slipway smoke --summarize``.
+
+Where an image comes from: ``images.json`` and ``images/<variant>.json`` (see ``slipway images``).
+An image built here is run by its ID; a dry run's image built by Buildx is ``docker load``-ed
+from the tar its record names; a pushed one is pulled by its digest.
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slipway import registry, services
 from slipway.context import StageContext
 from slipway.errors import CheckError, ConfigError
 from slipway.fsutil import sha256_file
+from slipway.github import add_summary, image_records, smoke_result_files
 from slipway.smoketest import (
     check_golden,
     has_gpu,
@@ -80,6 +90,8 @@ def smoke_image(
         "model": entry["model"],
         "image": entry["tag"],
         "image_id": entry["id"],
+        **({"digest": entry["digest"]} if entry.get("digest") else {}),
+        **({"archive": entry["archive"]} if entry.get("archive") else {}),
         "runtime": runtime,
         "device": device,
         "tolerance": tolerance.model_dump(),
@@ -253,6 +265,7 @@ _SUMMARY_KEYS = (
     "device",
     "image",
     "image_id",
+    "digest",
     "file",
     "sha256",
     "min_iou",
@@ -420,64 +433,76 @@ def table_markdown(rows: list[dict[str, Any]], title: str = "") -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def run(
-    ctx: StageContext,
-    variants: list[str] | None = None,
-    tfserving: str | None = None,
-    wheels: bool | None = None,
-) -> dict[str, Any]:
-    """Smoke-test the planned images (``variants`` narrows them) and, unless narrowed, the wheels."""
-    images = ctx.read_json("images.json") if (ctx.out / "images.json").exists() else {}
-    planned = [e for e in ctx.plan["matrix"]["smoke"] if e["kind"] == "image"]
-    if variants:
-        unknown = sorted(set(variants) - {e["variant"] for e in planned})
-        if unknown:
-            raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
-        planned = [e for e in planned if e["variant"] in variants]
-    test_wheels = wheels if wheels is not None else not variants
-    if tfserving is not None or any(
-        images.get(e["variant"], {}).get("runtime") == "tfserving" for e in planned
-    ):
-        tfserving_mode(tfserving)  # a wrong SLIPWAY_TFSERVING fails before anything starts
-    gpu_present = has_gpu()
-    results: dict[str, dict[str, Any]] = {}
-    for entry in planned:
-        variant = entry["variant"]
-        if variant not in images:
-            results[f"image:{variant}"] = {
-                "artifact": f"image:{variant}",
-                "kind": "image",
-                "variant": variant,
-                "ok": False,
-                "error": "no image built for this variant (run 'slipway images')",
-            }
-            ctx.log(f"{variant}: FAILED: no image built")
-            continue
-        ctx.log(f"{variant}: smoke test of {images[variant]['tag']}")
-        res = smoke_image(ctx, images[variant], gpu_present=gpu_present, tfserving=tfserving)
-        results[res["artifact"]] = res
-        ctx.write_json(f"smoke/image-{_safe(variant)}.json", res)
-        state = "ok" if res["ok"] else "FAILED"
-        detail = f": {res['error']}" if not res["ok"] else ""
-        numbers = f"min IoU {res.get('min_iou', '-')}, max score diff {res.get('max_score_diff', '-')}"
-        ctx.log(f"{variant}: {state} (ready in {res.get('ready_seconds', '-')}s, {numbers}){detail}")
-    if test_wheels:
-        for key, res in smoke_wheels(ctx).items():
-            results[key] = res
-            name = "wheels" if key == "wheels" else f"wheel-{_safe(res['file'])}"
-            ctx.write_json(f"smoke/{name}.json", res)
-            if key != "wheels":
-                state = "ok" if res["ok"] else "FAILED"
-                ctx.log(f"{res['file']}: {state}{': ' + res['error'] if not res['ok'] else ''}")
+def materialize(ctx: StageContext, record: dict[str, Any]) -> dict[str, Any]:
+    """Make the recorded image present in the engine; return the record with ``tag`` and ``id``.
 
+    Order: a saved tar (a dry run's Buildx build; what was saved is what is tested), the pushed
+    digest (never a tag, which could move), then an image built here (its ID).
+    """
+    variant = record["variant"]
+    if record.get("archive"):
+        tar = ctx.out / "images" / record["archive"]
+        if not tar.exists():
+            raise CheckError(f"the record of {variant} names {tar}, which is not there")
+        ctx.log(f"{variant}: docker load -i {tar.name}")
+        out = services.docker("load", "-i", str(tar), timeout=1800).stdout
+        loaded = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Loaded image")]
+        if not loaded:
+            raise CheckError(f"docker load of {tar} named no image: {out.strip()[:300]}")
+        ref = loaded[-1]
+        image_id = services.docker("image", "inspect", "-f", "{{.Id}}", ref, timeout=60).stdout.strip()
+        return {**record, "tag": ref, "id": image_id}
+    if record.get("digest"):
+        ref = f"{record['image']}@{record['digest']}"
+        ctx.log(f"{variant}: docker pull {ref}")
+
+        def pull() -> None:
+            res = services.docker("pull", "-q", ref, check=False, timeout=1800)
+            if res.returncode != 0:
+                text = (res.stderr or res.stdout or "").strip()
+                if registry.is_transient_text(text):
+                    raise registry.Transient(text.splitlines()[-1] if text else "docker pull failed")
+                raise CheckError(f"docker pull {ref} failed: {text[-500:]}")
+
+        try:
+            registry.retry(pull, what=f"pull {ref}", log=ctx.log)
+        except registry.Transient as exc:
+            raise CheckError(f"docker pull {ref} failed after retries: {exc}") from exc
+        image_id = services.docker("image", "inspect", "-f", "{{.Id}}", ref, timeout=60).stdout.strip()
+        return {**record, "tag": ref, "id": image_id}
+    if record.get("id"):
+        return record
+    raise CheckError(f"the record of {variant} names no image ID, digest or saved image")
+
+
+def _artifact_selection(
+    ctx: StageContext, artifact: str, variants: list[str] | None
+) -> tuple[list[str], bool]:
+    """(variants, test the wheels) for ``--artifact image:<variant>`` or ``--artifact wheels``."""
+    known = [e["artifact"] for e in ctx.plan["matrix"]["smoke"]]
+    if artifact not in known:
+        raise ConfigError(f"--artifact {artifact}: not in the plan (planned: {', '.join(known) or 'none'})")
+    if variants:
+        raise ConfigError("--artifact names what to test; leave out --variant")
+    if artifact == "wheels":
+        return [], True
+    return [artifact.split(":", 1)[1]], False
+
+
+def summarize(ctx: StageContext, *, drop_wheels: bool = False, gpu_present: bool | None = None) -> dict[str, Any]:
+    """Rebuild ``smoke/summary.json`` and ``smoke/table.md`` from the per-artifact result files."""
     summary_path = ctx.out / "smoke" / "summary.json"
-    summary = ctx.read_json("smoke/summary.json") if summary_path.exists() else {}
-    artifacts = summary.get("artifacts", {})
-    if test_wheels:
+    previous = ctx.read_json("smoke/summary.json") if summary_path.exists() else {}
+    artifacts = previous.get("artifacts", {})
+    if drop_wheels:
         # The wheels folder was tested as a whole: results of wheel files no longer there are gone.
         artifacts = {k: v for k, v in artifacts.items() if not k.startswith("wheel:") and k != "wheels"}
-    for key, res in results.items():
+    for key, res in smoke_result_files(ctx.out).items():
         artifacts[key] = _summary_entry(res)
+    if gpu_present is None:
+        gpu_present = bool(previous.get("gpu_present")) or any(
+            (a.get("gpu") or {}).get("available") for a in artifacts.values()
+        )
     rows = table_rows(ctx.out, artifacts)
     failed = sorted(k for k, a in artifacts.items() if not a["ok"])
     summary = {
@@ -492,7 +517,91 @@ def run(
     ctx.write_json("smoke/summary.json", summary)
     title = f"Cross-runtime agreement: {ctx.plan['project']} {ctx.plan['version']}"
     (ctx.out / "smoke" / "table.md").write_text(table_markdown(rows, title))
+    return summary
+
+
+def run(
+    ctx: StageContext,
+    variants: list[str] | None = None,
+    tfserving: str | None = None,
+    wheels: bool | None = None,
+    artifact: str | None = None,
+    summarize_only: bool = False,
+) -> dict[str, Any]:
+    """Smoke-test the planned images (``variants`` narrows them) and, unless narrowed, the wheels.
+
+    ``artifact`` (``image:<variant>`` or ``wheels``, as in the plan's smoke matrix) tests just that
+    one; ``summarize_only`` tests nothing and rebuilds the summary and the table.
+    """
+    if summarize_only:
+        summary = summarize(ctx)
+        return {"summary": f"{len(summary['artifacts'])} result(s), {len(summary['failed'])} failed", **summary}
+    if artifact:
+        variants, wheels = _artifact_selection(ctx, artifact, variants)
+    images = image_records(ctx.out)
+    planned = [e for e in ctx.plan["matrix"]["smoke"] if e["kind"] == "image"]
+    if variants is not None and (variants or artifact):
+        unknown = sorted(set(variants) - {e["variant"] for e in planned})
+        if unknown:
+            raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
+        planned = [e for e in planned if e["variant"] in variants]
+    test_wheels = wheels if wheels is not None else not variants
+    if tfserving is not None or any(
+        images.get(e["variant"], {}).get("runtime") == "tfserving" for e in planned
+    ):
+        tfserving_mode(tfserving)  # a wrong --tfserving or SLIPWAY_TFSERVING fails before anything starts
+    gpu_present = has_gpu()
+    results: dict[str, dict[str, Any]] = {}
+    for entry in planned:
+        variant = entry["variant"]
+        if variant not in images:
+            res = {
+                "artifact": f"image:{variant}",
+                "kind": "image",
+                "variant": variant,
+                "ok": False,
+                "error": "no image built for this variant (run 'slipway images')",
+            }
+            ctx.log(f"{variant}: FAILED: no image built")
+        else:
+            try:
+                record = materialize(ctx, images[variant])
+            except CheckError as exc:
+                record = None
+                res = {"artifact": f"image:{variant}", "kind": "image", "variant": variant, "ok": False,
+                       "error": str(exc), **{k: images[variant][k] for k in ("digest", "archive")
+                                             if images[variant].get(k)}}
+                ctx.log(f"{variant}: FAILED: {exc}")
+            if record is not None:
+                ctx.log(f"{variant}: smoke test of {record['tag']}")
+                res = smoke_image(ctx, record, gpu_present=gpu_present, tfserving=tfserving)
+                state = "ok" if res["ok"] else "FAILED"
+                detail = f": {res['error']}" if not res["ok"] else ""
+                numbers = f"min IoU {res.get('min_iou', '-')}, max score diff {res.get('max_score_diff', '-')}"
+                ctx.log(f"{variant}: {state} (ready in {res.get('ready_seconds', '-')}s, {numbers}){detail}")
+        results[res["artifact"]] = res
+        # Every result gets its file, failures too: the summary is rebuilt from these files.
+        ctx.write_json(f"smoke/image-{_safe(variant)}.json", res)
+    if test_wheels:
+        for stale in [*(ctx.out / "smoke").glob("wheel-*.json"), ctx.out / "smoke" / "wheels.json"]:
+            stale.unlink(missing_ok=True)
+        for key, res in smoke_wheels(ctx).items():
+            results[key] = res
+            name = "wheels" if key == "wheels" else f"wheel-{_safe(res['file'])}"
+            ctx.write_json(f"smoke/{name}.json", res)
+            if key != "wheels":
+                state = "ok" if res["ok"] else "FAILED"
+                ctx.log(f"{res['file']}: {state}{': ' + res['error'] if not res['ok'] else ''}")
+
+    summary = summarize(ctx, drop_wheels=test_wheels, gpu_present=gpu_present)
+    rows = summary["table"]
     ctx.log("cross-runtime table (smoke/table.md):\n" + table_markdown(rows))
+    tested = [r for r in rows if r["artifact"].startswith(("image ", "C++ wheel"))]
+    if artifact:
+        # This job's own rows; the merged table is the release notes' (smoke --summarize).
+        mine = {f"image {v}" for v in (variants or [])}
+        tested = [r for r in tested if r["artifact"] in mine or (test_wheels and r["artifact"].startswith("C++"))]
+    add_summary(f"### Smoke test: {artifact or 'all artifacts'}\n\n" + table_markdown(tested))
     now_failed = [k for k, r in results.items() if not r["ok"]]
     if now_failed:
         details = "; ".join(f"{k}: {results[k].get('error', '')}"[:300] for k in now_failed)

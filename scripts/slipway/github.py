@@ -1,0 +1,112 @@
+"""GitHub Actions glue: step outputs, the job summary, and the views that jobs rebuild.
+
+On GitHub every stage job runs on its own runner and sees only the artifacts it downloads, so a
+file that several jobs would write (``images.json``, ``smoke/summary.json``) is never trusted to
+be complete: readers rebuild it here from the per-artifact files (``images/<variant>.json``,
+``smoke/<artifact>.json``). Locally the same functions read what one machine wrote, so a local
+release and a GitHub one take the same decisions from the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def on_github() -> bool:
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def _format(name: str, value: str) -> str:
+    if "\n" not in value:
+        return f"{name}={value}\n"
+    # GitHub's multiline syntax; a fresh delimiter cannot occur in the value by accident.
+    delimiter = f"slipway_{uuid.uuid4().hex}"
+    while delimiter in value:
+        delimiter = f"slipway_{uuid.uuid4().hex}"
+    return f"{name}<<{delimiter}\n{value.rstrip(chr(10))}\n{delimiter}\n"
+
+
+def set_outputs(outputs: dict[str, str], *, stream: TextIO | None = None) -> None:
+    """Append step outputs to ``GITHUB_OUTPUT`` when it is set; otherwise print them (same syntax)."""
+    text = "".join(_format(name, str(value)) for name, value in outputs.items())
+    path = os.environ.get("GITHUB_OUTPUT")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        (stream or sys.stdout).write(text)
+        (stream or sys.stdout).flush()
+
+
+def read_outputs(path: Path) -> dict[str, str]:
+    """Parse a ``GITHUB_OUTPUT`` file as the runner does (for tests and for local wiring)."""
+    outputs: dict[str, str] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delimiter = line.split("<<", 1)
+            end = lines.index(delimiter, i + 1)
+            outputs[name] = "\n".join(lines[i + 1 : end])
+            i = end + 1
+            continue
+        if "=" in line:
+            name, value = line.split("=", 1)
+            outputs[name] = value
+        i += 1
+    return outputs
+
+
+def add_summary(markdown: str) -> None:
+    """Append to the job summary on GitHub; elsewhere there is none (the log has the same text)."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(markdown.rstrip("\n") + "\n\n")
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def image_records(out: Path) -> dict[str, dict[str, Any]]:
+    """variant -> image record: ``images.json`` (a local build) overlaid by ``images/<variant>.json``."""
+    records = _read(out / "images.json") or {}
+    for path in sorted((out / "images").glob("*.json")):
+        record = _read(path)
+        if isinstance(record, dict) and record.get("variant"):
+            records[record["variant"]] = record
+    return records
+
+
+def smoke_result_files(out: Path) -> dict[str, dict[str, Any]]:
+    """artifact -> result, from the per-artifact files ``smoke/*.json`` (all but the summary)."""
+    results: dict[str, dict[str, Any]] = {}
+    for path in sorted((out / "smoke").glob("*.json")):
+        if path.name == "summary.json":
+            continue
+        result = _read(path)
+        if isinstance(result, dict) and result.get("artifact"):
+            results[result["artifact"]] = result
+    return results
+
+
+def smoke_artifacts(out: Path) -> dict[str, dict[str, Any]]:
+    """artifact -> result: ``smoke/summary.json`` overlaid by the per-artifact files.
+
+    A summary downloaded from several smoke jobs is whichever job's came last; the per-artifact
+    files are each job's own and never collide.
+    """
+    summary = _read(out / "smoke" / "summary.json") or {}
+    artifacts = dict(summary.get("artifacts") or {})
+    artifacts.update(smoke_result_files(out))
+    return artifacts
