@@ -451,3 +451,19 @@ def test_every_slipway_call_in_the_workflows_parses():
             build_parser().parse_args(words)
         except SystemExit as exc:
             pytest.fail(f"{name}: 'slipway {call}' does not parse ({exc})")
+
+
+def test_publish_registry_overrides_rename_every_image_as_the_plan_would():
+    from slipway.cli import build_parser, override_registries
+
+    plan = {
+        "project": "det",
+        "registries": {"images": "ghcr.io/acme", "packages": "https://upload.pypi.org/legacy/"},
+        "matrix": {"images": [{"variant": "onnx-cpu", "image": "ghcr.io/acme/det-onnx-cpu"}]},
+    }
+    args = build_parser().parse_args(
+        ["publish", "--image-registry", "127.0.0.1:5000/x/", "--package-index", "http://127.0.0.1:8765/"]
+    )
+    override_registries(plan, args.image_registry, args.package_index)
+    assert plan["registries"] == {"images": "127.0.0.1:5000/x", "packages": "http://127.0.0.1:8765/"}
+    assert plan["matrix"]["images"][0]["image"] == "127.0.0.1:5000/x/det-onnx-cpu"
