@@ -381,12 +381,19 @@ def test_guard_torch_imported_afterwards(sc_target, shapes_export):
                 print("BLOCKED", name + ":", exc)
             else:
                 raise SystemExit(name + " imported after slipway_runtime")
+        import importlib, importlib.util
+        for look in (lambda: importlib.import_module("torch"), lambda: importlib.util.find_spec("torch")):
+            try:
+                look()
+            except ImportError as exc:
+                print("BLOCKED look:", type(exc).__name__)
         # The runtime keeps working after the refusal.
         d = slipway_runtime.Detector({str(shapes_export)!r})
         print("detections:", len(d.predict(np.zeros((64, 64, 3), np.uint8))) >= 0)
     """, pythonpath=sc_target)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("BLOCKED") == 2 and "slipway-runtime-torch" in res.stdout
+    assert res.stdout.count("BLOCKED") == 4 and "slipway-runtime-torch" in res.stdout
+    assert res.stdout.count("BLOCKED look: TorchConflictError") == 2
     assert "detections: True" in res.stdout
 
 

@@ -6,7 +6,9 @@ the whole process ("Tried to register multiple backend fallbacks"). A Python Imp
 says what to do is better than a dead process, so:
 
 - before loading the vendored libtorch, refuse when any libtorch is already in the process;
-- afterwards, a ``sys.meta_path`` finder refuses ``import torch`` (and ``torch.*``).
+- afterwards, a ``sys.meta_path`` finder refuses ``import torch`` (and ``torch.*``). It cannot
+  tell an import from a probe (``importlib.util.find_spec("torch")``): a finder that stepped
+  aside would let the next one find the installed torch, so a probe gets the same ImportError.
 """
 
 from __future__ import annotations
