@@ -370,6 +370,22 @@ def test_guard_torch_imported_first(sc_target, shapes_export):
     assert "torch still works: 2.0" in res.stdout
 
 
+def test_guard_other_libtorch_already_loaded(sc_target):
+    """A libtorch loaded by native code, with no torch module in sys.modules, is seen too."""
+    res = run_python(sys.executable, """
+        import ctypes, importlib.util, os, sys
+        lib = os.path.join(importlib.util.find_spec("torch").submodule_search_locations[0], "lib", "libtorch_cpu.so")
+        ctypes.CDLL(lib)
+        assert "torch" not in sys.modules
+        try:
+            import slipway_runtime
+        except ImportError as exc:
+            print("refused:", exc)
+    """, pythonpath=sc_target)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "refused:" in res.stdout and "another libtorch (" in res.stdout and "/torch/lib/lib" in res.stdout
+
+
 def test_guard_torch_imported_afterwards(sc_target, shapes_export):
     res = run_python(sys.executable, f"""
         import numpy as np

@@ -240,3 +240,47 @@ def test_prune_refuses_a_stripped_library(tmp_path):
         prune_libtorch.plan(lib.read_bytes())
     with pytest.raises(prune_libtorch.ElfError, match="not an ELF"):
         prune_libtorch.plan(b"hello")
+
+
+SYNTHETIC = """
+namespace torch { namespace lazy {
+__attribute__((noinline)) int exported_helper(int x) { return x * 3 + 1; }
+__attribute__((noinline)) int called_by_blanked(int x) { return x * 11 - 7; }
+__attribute__((noinline)) int only_via_pointer(int x) { return called_by_blanked(x) * 5 + 2; }
+namespace {
+__attribute__((noinline)) int local_helper(int x) { return x * 13 + 4; }
+}
+}}
+extern "C" int kept_entry(int x) { return torch::lazy::exported_helper(x) + torch::lazy::local_helper(x); }
+int (*table[])(int) = { &torch::lazy::only_via_pointer };
+"""
+
+
+@pytest.mark.parametrize("compiler", ["g++", "aarch64-linux-gnu-g++"])
+def test_prune_keeps_what_kept_code_calls(compiler, tmp_path):
+    """Candidates called from kept code (through the PLT, or directly) stay; one reached only
+    through a pointer is blanked, and so is what only it calls. x86-64 and aarch64 decoding."""
+    import ctypes
+    import shutil
+
+    if not shutil.which(compiler):
+        pytest.skip(f"{compiler} is not installed (Debian: apt-get install g++-aarch64-linux-gnu)")
+    (tmp_path / "lib.cpp").write_text(SYNTHETIC)
+    lib, pruned = tmp_path / "lib.so", tmp_path / "pruned.so"
+    subprocess.run([compiler, "-O1", "-fPIC", "-shared", "-o", str(lib), str(tmp_path / "lib.cpp")], check=True)
+    result = prune_libtorch.prune(lib, pruned)
+    assert result["rules"]["lazy tensor core"]["functions"] == 2
+    assert result["rules"]["lazy tensor core"]["kept_for_direct_calls"] == 2
+    data = pruned.read_bytes()
+    machine, sections = prune_libtorch._sections(data)
+    symtab = next(s for s in sections if s.type == prune_libtorch.SHT_SYMTAB)
+    text = next(s for s in sections if s.name == ".text")
+    trap = prune_libtorch.FILL[machine]
+    for name_at, _typ, _shndx, value, size in prune_libtorch._symbols(data, sections, symtab):
+        name = prune_libtorch._cstr(data, name_at)
+        if "lazy" in name or name == "kept_entry":
+            body = data[text.offset + value - text.addr:][:size]
+            blanked = body == (trap * size)[:size]
+            assert blanked == ("only_via_pointer" in name or "called_by_blanked" in name), name
+    if compiler == "g++":
+        assert ctypes.CDLL(str(pruned)).kept_entry(2) == 37
