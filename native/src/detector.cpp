@@ -157,13 +157,20 @@ std::vector<float> Detector::preprocess(const uint8_t* image, int height, int wi
 }
 
 void Detector::set_threads(int threads) {
+  if (!impl_) throw Error("this Detector was moved from");
   if (threads < 1) throw Error("threads must be at least 1");
   impl_->threads = threads;
 }
 
-int Detector::threads() const { return impl_->threads.load(); }
+int Detector::threads() const {
+  if (!impl_) throw Error("this Detector was moved from");
+  return impl_->threads.load();
+}
 
-const ModelInfo& Detector::info() const { return impl_->info; }
+const ModelInfo& Detector::info() const {
+  if (!impl_) throw Error("this Detector was moved from");
+  return impl_->info;
+}
 
 std::string version() { return SLIPWAY_VERSION; }
 std::string torch_version() { return SLIPWAY_TORCH_VERSION; }

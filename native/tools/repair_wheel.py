@@ -71,12 +71,16 @@ def auditwheel(wheel: Path, dest: Path, extra: list[str], env: dict[str, str], l
 
 
 def self_contained(args: argparse.Namespace, env: dict[str, str], report: dict, prune: bool) -> Path:
+    torch_lib = torch_lib_dir(args.torch_lib)
     with tempfile.TemporaryDirectory() as stage:
-        report["prune"] = staged_torch_libs(torch_lib_dir(args.torch_lib), Path(stage), prune)
+        report["prune"] = staged_torch_libs(torch_lib, Path(stage), prune)
         for name, r in report["prune"].get("rules", {}).items():
             print(f"  pruned {r['bytes'] / 2**20:6.2f} MiB  {name}", flush=True)
-        # Searched before the default paths, so the staged (maybe pruned) copy is what gets vendored.
-        return auditwheel(args.wheel, args.wheel_dir, [], {**env, "AUDITWHEEL_LD_LIBRARY_PATH": stage},
+        # The stage comes first, so the (maybe pruned) copy is what gets vendored. torch/lib and
+        # torch.libs follow because the copy's $ORIGIN-relative RUNPATH no longer leads to the
+        # libraries torch vendors itself (OpenBLAS and friends on aarch64).
+        search = [stage, str(torch_lib), str(torch_lib.parent.parent / "torch.libs")]
+        return auditwheel(args.wheel, args.wheel_dir, [], {**env, "AUDITWHEEL_LD_LIBRARY_PATH": ":".join(search)},
                           args.zip_level)
 
 
