@@ -449,7 +449,9 @@ def test_api_errors_threads_and_benchmark(thin_target, shapes_export, tmp_path):
                 return type(exc).__name__ + ": " + str(exc)
             return None
 
-        d = slipway_runtime.Detector(folder / "model.torchscript.pt", threads=1)  # the file works too
+        d = slipway_runtime.Detector(folder / "model.torchscript.pt", threads=1, interop_threads=1)  # a file works too
+        out["interop_again_same"] = error(lambda: slipway_runtime.Detector(folder, interop_threads=1, warmup_runs=0))
+        out["interop_changed"] = error(lambda: slipway_runtime.Detector(folder, interop_threads=3, warmup_runs=0))
         out["bad_dtype"] = error(lambda: d.predict(np.zeros((8, 8, 3), np.float32)))
         out["bad_shape"] = error(lambda: d.predict(np.zeros((8, 8), np.uint8)))
         out["no_model"] = error(lambda: slipway_runtime.Detector(broken / "missing"))
@@ -487,6 +489,8 @@ def test_api_errors_threads_and_benchmark(thin_target, shapes_export, tmp_path):
         print(json.dumps(out))
     """, pythonpath=thin_target)
     out = last_json(res)
+    assert out["interop_again_same"] is None
+    assert "inter-op thread count once per process" in out["interop_changed"]
     assert out["bad_dtype"].startswith("ValueError") and "uint8" in out["bad_dtype"]
     assert out["bad_shape"].startswith("ValueError")
     assert "model not found" in out["no_model"]
