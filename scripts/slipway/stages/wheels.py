@@ -485,7 +485,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.log(f"{b.path.name}: {b.path.stat().st_size / 2**20:.2f} MiB ({b.kind})")
     if not problems:
         twine_check(wheels, ctx.log)
-    failed_checks = []
     if builder == "local" and not problems:
         with tempfile.TemporaryDirectory(prefix="slipway-wheel-check-") as work:
             for b in built:
