@@ -86,6 +86,17 @@ def _subprocess_env(extra: dict[str, str] | None, threads: int) -> dict[str, str
     return env
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU time all processes on the machine have used so far (the non-idle part of /proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    # guest time is already counted in user time
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
 class Worker:
     """One runtime's process; its answers arrive through a reader thread so every wait has a deadline."""
 
@@ -240,6 +251,7 @@ def measure_model(model_dir: Path, manifest: dict[str, Any], settings: Settings,
                 log(f"{name}: {LABELS[runtime]}: not available: {ready.get('reason')}")
         samples = {rt: {s: [] for s in (*STAGES, "total")} for rt in workers}
         idle_waits: dict[str, list[float]] = {rt: [] for rt in workers}
+        others: dict[str, list[float]] = {rt: [] for rt in workers}
         rounds = max(1, math.ceil(settings.runs / settings.batch))
         if workers:
             log(f"{name}: {settings.runs} timed runs each of {', '.join(workers)}, interleaved in {rounds} rounds "
@@ -249,7 +261,12 @@ def measure_model(model_dir: Path, manifest: dict[str, Any], settings: Settings,
             order = list(workers)
             order = order[r % len(order):] + order[:r % len(order)] if order else order
             for runtime in order:
+                busy0, own0, t0 = busy_cpu_seconds(), workers[runtime].cpu_seconds(), time.monotonic()
                 got = workers[runtime].ask({"cmd": "run", "n": n})
+                busy1, own1, t1 = busy_cpu_seconds(), workers[runtime].cpu_seconds(), time.monotonic()
+                if None not in (busy0, own0, busy1, own1) and t1 > t0:
+                    # CPUs used by everything else while this runtime was being timed.
+                    others[runtime].append(max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0)))
                 if "samples_ms" not in got:
                     results[runtime].update(available=False, error=True, reason=got.get("reason", "no samples"))
                     workers.pop(runtime).close()
@@ -267,6 +284,8 @@ def measure_model(model_dir: Path, manifest: dict[str, Any], settings: Settings,
             # How long its threads kept a CPU busy after answering (the next runtime waited for that).
             results[runtime]["busy_after_batch_s"] = {"max": round(max(waits), 3),
                                                       "median": round(statistics.median(waits), 3)}
+            if others[runtime]:
+                results[runtime]["other_cpus_while_timed"] = round(statistics.fmean(others[runtime]), 2)
             check = final.get("reference_check") or {}
             total = results[runtime]["total"]
             log(f"{name}: {runtime}: p50 {total['p50']:.2f} ms, p95 {total['p95']:.2f} ms; "

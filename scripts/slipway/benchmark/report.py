@@ -101,7 +101,7 @@ def markdown(results: dict[str, Any]) -> str:
         for runtime, r in runtimes.items():
             label = LABELS.get(runtime, runtime)
             if not r.get("available"):
-                rows.append([label, *(["-"] * 8), "not available: " + _short(r.get("reason", ""), 110)])
+                rows.append([label, *(["-"] * 8), "not available: " + _short(r.get("reason", ""), 110), "-"])
                 continue
             st = r["stages"]
             cells = [_ms(st[x]["p50"]) for x in STAGES]
@@ -116,11 +116,16 @@ def markdown(results: dict[str, Any]) -> str:
             if runtime == "eager" and not check.get("ok"):
                 notes.append("The eager baseline resizes with PIL (antialiased), not the contract's bilinear "
                              "resize, so its detections differ slightly from the reference.")
+            other = r.get("other_cpus_while_timed")
             rows.append([label, *cells, f"**{_ms(r['total']['p50'])}**", _ms(r["total"]["p95"]),
-                         _ms(r["total"]["min"]), f"{speed:.2f}x" if speed else "-", match])
+                         _ms(r["total"]["min"]), f"{speed:.2f}x" if speed else "-", match,
+                         "-" if other is None else f"{other:.2f}"])
         header = ["runtime", "decode", "preprocess", "inference", "postprocess", "total p50", "total p95",
-                  "total best", "speed-up vs eager (p50)", "matches reference"]
-        lines += _table(header, rows, "lrrrrrrrrl")
+                  "total best", "speed-up vs eager (p50)", "matches reference", "other load ³"]
+        lines += _table(header, rows, "lrrrrrrrrlr")
+        notes.append("³ CPUs used on average by every other process on the machine while this runtime's runs "
+                     "were timed (from /proc/stat); with 2 threads on 2 CPUs, torch slows down sharply when "
+                     "this is not near 0.")
         if notes:
             lines += ["", *dict.fromkeys(notes)]
         lines.append("")
