@@ -13,7 +13,11 @@ TORCH := $(shell sed -n 's/^torch==//p' requirements-pytorch.txt)
 SESSION := .slipway-services.json
 PYTEST_ARGS ?=
 
-.PHONY: all venv release test lint services down clean schema
+# Debian tools a few tests need: command:package. Installed as root on Debian; elsewhere the
+# tests that need them say what is missing.
+TEST_TOOLS := aarch64-linux-gnu-g++:g++-aarch64-linux-gnu shellcheck:shellcheck
+
+.PHONY: all venv release test test-tools lint services down clean schema
 
 all: test
 
@@ -36,7 +40,15 @@ release: venv
 	$(BIN)/slipway release --local
 
 # Services are started for the tests and, afterwards, only those the tests started are stopped.
-test: venv
+test-tools:
+	@missing=""; for pair in $(TEST_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	elif [ -n "$$missing" ]; then echo "not installed:$$missing (the tests that need them say so)"; fi
+
+test: venv test-tools
 	$(BIN)/slipway services up --session $(SESSION)
 	$(BIN)/pytest $(PYTEST_ARGS); status=$$?; \
 	  $(BIN)/slipway services down --session $(SESSION); \
