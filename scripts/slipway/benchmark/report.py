@@ -65,13 +65,25 @@ def machine_line(results: dict[str, Any]) -> str:
 
 
 def busy_note(results: dict[str, Any]) -> str:
-    """A warning when other work shared the CPUs: latency (p95 above all) then says more about it."""
+    """A warning when other work shared the CPUs: latency (p95 above all) then says more about it.
+
+    Judged by what other processes used while the runtimes were timed; the load average, which
+    counts the benchmark itself, only where that was not measured.
+    """
     m = results.get("machine", {})
     cpus = m.get("usable_cpus") or m.get("logical_cpus") or 1
-    loads = [x[0] for x in (m.get("load_average_before"), m.get("load_average_after")) if x]
-    if loads and max(loads) > 0.5 * cpus:
-        return (f"The machine was busy with other work (load average up to {max(loads):.1f} on {cpus} CPUs): "
-                "latencies, p95 above all, include waiting for a CPU. Compare runtimes within this run only.")
+    others = [r["other_cpus_while_timed"] for runtimes in results.get("inprocess", {}).get("models", {}).values()
+              for r in runtimes.values() if isinstance(r.get("other_cpus_while_timed"), (int, float))]
+    if others:
+        if max(others) > 0.25:
+            return (f"Other processes used up to {max(others):.2f} of the {cpus} CPUs while runtimes were timed: "
+                    "those latencies, p95 above all, include waiting for a CPU. Compare runtimes within this "
+                    "run only.")
+        return ""
+    load = m.get("load_average_before")
+    if load and load[0] > 0.5 * cpus:
+        return (f"The machine was busy before the run (load average {load[0]:.1f} on {cpus} CPUs): latencies, "
+                "p95 above all, may include waiting for a CPU. Compare runtimes within this run only.")
     return ""
 
 
@@ -174,7 +186,7 @@ def markdown(results: dict[str, Any]) -> str:
             if "compressed_bytes" not in r:
                 rows.append([variant, "-", "-", "-", _short(r.get("reason", ""))])
                 continue
-            largest = "; ".join(f"{_mb(x['size'])} {_short(x['created_by'], 60)}" for x in r["largest_layers"][:2])
+            largest = "; ".join(f"{_mb(x['size'])} {_layer_label(x['created_by'])}" for x in r["largest_layers"][:2])
             rows.append([variant, _mb(r["compressed_bytes"]), _mb(r["uncompressed_bytes"]), str(r["layer_count"]),
                          largest])
         lines += _table(["image", "compressed", "uncompressed", "layers", "largest layers"], rows, "lrrrl")
@@ -219,6 +231,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("No budgets set in release.toml.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _layer_label(created_by: str) -> str:
+    text = created_by.removesuffix(" # buildkit")
+    if text.startswith("Imported from") or text == "(base image)":
+        return "base image (imported root filesystem)"
+    return f"`{_short(text, 60)}`"
 
 
 def _s(value: float | None) -> str:
