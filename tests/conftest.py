@@ -47,3 +47,9 @@ def local_services():
     if "DOCKER_HOST" in env:
         os.environ["DOCKER_HOST"] = env["DOCKER_HOST"]
     return services.status()
+
+
+# The C++ runtime wheels (tests/native_fixtures.py), for test_native.py and test_serving_backends.py.
+from native_fixtures import native_wheels, sc_python  # noqa: E402
+
+__all__ = ["native_wheels", "sc_python"]

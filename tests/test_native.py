@@ -16,46 +16,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-NATIVE = ROOT / "native"
-CACHE = ROOT / "build" / "native-test-cache"
-TEST_VERSION = "0.0.0.dev0"
+from native_fixtures import NATIVE, ROOT, TEST_VERSION, _env, _log, last_json, run_python
 
 pytestmark = pytest.mark.slow
-
-
-def _log(message: str) -> None:
-    print(f"[native tests] {message}", file=sys.__stderr__, flush=True)
-
-
-def _env(pythonpath: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    return env
-
-
-def run_python(python: Path | str, code: str, *, pythonpath: Path | None = None, cwd: Path | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-c", textwrap.dedent(code)], env=_env(pythonpath), cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def last_json(res: subprocess.CompletedProcess) -> dict:
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,47 +144,6 @@ def export_zoo(out: Path) -> Path:
 @pytest.fixture(scope="session")
 def zoo_export(tmp_path_factory) -> Path:
     return export_zoo(tmp_path_factory.mktemp("zoo") / "op-zoo")
-
-
-@pytest.fixture(scope="session")
-def native_wheels() -> dict[str, Path]:
-    """Both wheels, built with the wheels stage's functions; reused while native/ is unchanged."""
-    from slipway.stages import wheels
-
-    key = wheels.source_fingerprint(NATIVE, {
-        "torch": importlib.metadata.version("torch"), "python": sys.version, "version": TEST_VERSION,
-    })[:16]
-    folder = CACHE / key
-    index = folder / "built.json"
-    if index.is_file():
-        built = json.loads(index.read_text())
-        if all((folder / name).is_file() for name in built.values()):
-            _log(f"reusing the wheels in {folder}")
-            return {kind: folder / name for kind, name in built.items()}
-    _log("building both wheels (a few minutes; reused afterwards while native/ is unchanged)")
-    if CACHE.exists():
-        for old in CACHE.iterdir():
-            if old.name not in ("src", "cmake"):
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-    staging = folder.with_name(folder.name + ".tmp")
-    src = wheels.stage_sources(NATIVE, CACHE / "src", TEST_VERSION)
-    made = wheels.build_local(src, staging, CACHE / "cmake", _log)
-    (staging / "built.json").write_text(json.dumps({b.kind: b.path.name for b in made}))
-    (staging / "repair.json").write_text(json.dumps({b.kind: b.repair for b in made}))
-    staging.rename(folder)
-    return {b.kind: folder / b.path.name for b in made}
-
-
-@pytest.fixture(scope="session")
-def sc_python(native_wheels, tmp_path_factory) -> Path:
-    """A venv without torch with the self-contained wheel (and Pillow for the checks)."""
-    venv = tmp_path_factory.mktemp("venv") / "self-contained"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    str(native_wheels["self-contained"]), "pillow"], check=True, env=_env())
-    assert run_python(python, "import importlib.util; assert importlib.util.find_spec('torch') is None").returncode == 0
-    return python
 
 
 def _target(wheel: Path, folder: Path) -> Path:

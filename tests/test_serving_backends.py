@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from native_fixtures import ROOT, TEST_VERSION, last_json, run_python
 
 from model_export.compare import compare_detections
 from serving.app import create_app
@@ -29,7 +30,6 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-torch"
 
 
@@ -148,30 +148,41 @@ def test_cpp_backend_serves_what_the_runtime_returns(model_dir, tmp_path):
     assert out["torch"] is False
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("slipway_runtime") is None, reason="slipway_runtime is not installed"
-)
-def test_cpp_backend_matches_torchscript_with_the_real_wheel(model_dir):
+@pytest.mark.slow
+def test_cpp_backend_matches_torchscript_with_the_real_wheel(model_dir, sc_python):
+    """The real self-contained wheel (built by the ``native_wheels`` fixture, which fails rather than
+    skips when it cannot build), in ``sc_python``: a venv without torch, as in the pytorch-cpp-cpu image."""
     images = _images()
     reference = _started("torchscript", model_dir)
     ref = [reference.predict(im) for im in images]
-    np.save(model_dir.parent / "images.npy", np.array(images, dtype=object), allow_pickle=True)
-    code = textwrap.dedent(f"""
-        import json, numpy as np
+    archive = model_dir.parent / "images.npz"
+    np.savez(archive, *images)  # no pickles: the venv's numpy may differ from this one
+    code = f"""
+        import importlib.util, json, sys
+        import numpy as np
         from serving.backends import create_backend
         from serving.manifest import load_manifest
+        assert importlib.util.find_spec("torch") is None, "the venv of the self-contained wheel holds torch"
         b = create_backend("cpp", {str(model_dir)!r}, load_manifest({str(model_dir)!r}))
         b.start()
         assert b.state == "ready", b.error
-        images = np.load({str(model_dir.parent / "images.npy")!r}, allow_pickle=True)
-        print(json.dumps([b.predict(np.ascontiguousarray(im)) for im in images]))
-    """)
-    res = _run_without_torch(code)
-    assert res.returncode == 0, res.stderr
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+        import slipway_runtime
+        assert slipway_runtime.KIND == "self-contained", slipway_runtime.KIND
+        assert "torch" not in sys.modules, "the cpp backend must not import torch"
+        with np.load({str(archive)!r}) as archive:
+            images = [archive[f"arr_{{i}}"] for i in range({len(images)})]
+        print(json.dumps({{"runtime": b.describe()["runtime"],
+                           "detections": [b.predict(np.ascontiguousarray(im)) for im in images]}}))
+    """
+    out = last_json(run_python(sc_python, code, pythonpath=ROOT, cwd=ROOT, timeout=300))
+    assert out["runtime"] == f"slipway_runtime {TEST_VERSION}"
+    got = out["detections"]
+    found = 0
     for r, g in zip(ref, got, strict=True):
         result = compare_detections(r, g, iou=0.99, score=1e-4)
         assert result.ok, result.table()
+        found += len(g)
+    assert found >= 4, "the sample images hold coloured quadrants; the comparison must not be of empty lists"
 
 
 # --- TF Serving over REST -----------------------------------------------------------------------
@@ -404,8 +415,30 @@ def test_stub_answers_like_tf_serving_for_bad_requests():
 
 # --- TensorFlow in the service --------------------------------------------------------------------
 def test_tensorflow_backend_without_tensorflow_is_an_error_state(tf_model_dir):
-    if importlib.util.find_spec("tensorflow") is not None:
-        pytest.skip("TensorFlow is installed here")
-    backend = _started("tensorflow", tf_model_dir)
-    assert backend.state == "error"
-    assert "tensorflow" in backend.error.lower()
+    """In a subprocess where ``import tensorflow`` fails (a finder ahead of all others refuses it), so
+    the check runs whether or not TensorFlow is installed here."""
+    code = textwrap.dedent(f"""
+        import json, sys
+
+        class NoTensorFlow:
+            def find_spec(self, name, path=None, target=None):
+                if name == "tensorflow" or name.startswith("tensorflow."):
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, NoTensorFlow())
+        assert not any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
+        from serving.backends import create_backend
+        from serving.manifest import load_manifest
+        b = create_backend("tensorflow", {str(tf_model_dir)!r}, load_manifest({str(tf_model_dir)!r}))
+        b.start()
+        print(json.dumps({{"state": b.state, "error": b.error, "ready": b.readiness(),
+                           "tf_loaded": "tensorflow" in sys.modules}}))
+    """)
+    res = _run_without_torch(code)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["state"] == "error", out
+    assert out["error"] == "ModuleNotFoundError: No module named 'tensorflow'", out
+    assert out["ready"] == [False, out["error"]], out
+    assert out["tf_loaded"] is False
