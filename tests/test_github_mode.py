@@ -140,6 +140,7 @@ def project(tmp: Path, uid: str, *, base: str = "python:3.11-slim-bookworm") -> 
         ],
         registry=f"127.0.0.1:5000/{uid}",
         version=None,
+        request_cases=False,
     )
     (folder / "replay.Dockerfile").write_text(DOCKERFILE)
     return folder

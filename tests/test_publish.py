@@ -375,6 +375,7 @@ def replay_release(tmp_path_factory, local_services):
         variants=VARIANTS,
         registry=f"127.0.0.1:5000/{uid}",
         version=None,
+        request_cases=False,
     )
     out = root / "out"
     model_dir = write_fake_export(out / "models" / "replay-model", name="replay-model")

@@ -92,6 +92,8 @@ def test_thin_release_end_to_end(local_services, tmp_path, capsys):
     assert smoke["min_iou"] >= 0.99 and smoke["max_score_diff"] <= 1e-4
     # The served model finds the shapes that are really there, not just "something".
     assert smoke["map50_vs_ground_truth"] >= 0.9
+    # Bad requests against the running container: each a JSON 4xx, and the service still answers.
+    assert smoke["requests"]["failed"] == [] and smoke["requests"]["cases"] >= 8
 
     first = json.loads((out / "release.json").read_text())["images"]["pytorch-cpu"]
 

@@ -71,6 +71,7 @@ def make_project(
     registry: str,
     index: str = "http://127.0.0.1:8765/",
     version: str | None = "0.0.1",
+    request_cases: bool = True,
 ) -> Path:
     """A project using the repository's code (symlinked) with its own release.toml; returns that file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,8 @@ def make_project(
         "timeout-s = 90",
         'memory = "1g"',
         "cpus = 1",
+        # Replay images answer golden images only; the service's request cases need the real service.
+        f"request-cases = {'true' if request_cases else 'false'}",
         "",
     ]
     config = folder / "release.toml"

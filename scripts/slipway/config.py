@@ -139,6 +139,10 @@ class SmokeSpec(_Model):
     timeout_s: float = Field(default=120.0, gt=0)
     memory: str = Field(default="2g", pattern=r"^\d+[kmg]?$")
     cpus: float = Field(default=2.0, gt=0)
+    request_cases: bool = Field(
+        default=True,
+        description="Also send the service's bad-request cases to every image (each must get a JSON 4xx).",
+    )
     tolerance: dict[str, Tolerance] = Field(
         default_factory=lambda: {"default": Tolerance()},
         description="Per runtime ('torchscript', 'cpp', 'onnx', ...) or 'default'.",

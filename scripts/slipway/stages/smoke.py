@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serving.testing import run_cases_against
 from slipway import registry, services
 from slipway.context import StageContext
 from slipway.errors import CheckError, ConfigError
@@ -156,6 +157,14 @@ def smoke_image(
                 k: info.get(k) for k in ("backend", "device", "runtime", "state") if k in info
             }
             result.update(check_golden(running.url, model_dir, iou=tolerance.iou, score=tolerance.score))
+            # The same bad requests the service's own tests send in-process, now against the
+            # container that ships: each must get a JSON 4xx and leave the service answering.
+            cases = run_cases_against(running.url, name) if ctx.config.smoke.request_cases else []
+            failed_cases = [f"{c.case}: {c.detail}" for c in cases if not c.ok]
+            result["requests"] = {"cases": len(cases), "failed": failed_cases}
+            if failed_cases and result["ok"]:
+                result["ok"] = False
+                result["error"] = f"{len(failed_cases)} of {len(cases)} request case(s) failed: {failed_cases[0]}"
             backend = info.get("backend")
             if backend and backend != BACKEND_OF_RUNTIME.get(runtime, runtime):
                 result["ok"] = False
