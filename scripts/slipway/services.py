@@ -293,50 +293,61 @@ def _registry_config(root: Path) -> Path:
     return config
 
 
-def ensure_registry(log: Log = _stderr) -> str:
-    root = state_dir() / "registry"
-    pidfile = PidFile(root / "registry.pid")
-    url = f"http://{REGISTRY_ADDR}/v2/"
+def _ensure_http_service(
+    what: str, addr: str, url: str, root: Path, pid_name: str, command: Callable[[], list[str]], log: Log
+) -> str:
+    """Find ``what`` answering at ``url``, or start ``command()`` and wait until it does.
+
+    A port held by something that does not answer like ``what`` is an error, never a second start.
+    """
+    pidfile = PidFile(root / pid_name)
     if pidfile.read() is not None and _http_ok(url):
         return "running"
-    if _port_open(REGISTRY_ADDR):
+    if _port_open(addr):
         if _http_ok(url):
             return "running (not started by slipway)"
-        raise ServiceError(f"{REGISTRY_ADDR} is taken by something that is not a registry")
-    binary = shutil.which("docker-registry") or shutil.which("registry")
-    if not binary:
-        _apt_install(["docker-registry"], log)
-        binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    log(f"starting registry on {REGISTRY_ADDR}")
-    pid = _spawn([binary, "serve", str(_registry_config(root))], root / "registry.log")
+        raise ServiceError(f"{addr} is taken by something that is not a {what}")
+    cmd = command()
+    log(f"starting {what} on {addr}")
+    log_path = root / f"{pid_name.split('.')[0]}.log"
+    pid = _spawn(cmd, log_path)
     pidfile.write(pid)
-    _wait_for(lambda: _http_ok(url), "registry", root / "registry.log", pid, timeout=30)
+    _wait_for(lambda: _http_ok(url), what, log_path, pid, timeout=30)
     return "started"
+
+
+def ensure_registry(log: Log = _stderr) -> str:
+    root = state_dir() / "registry"
+
+    def command() -> list[str]:
+        binary = shutil.which("docker-registry") or shutil.which("registry")
+        if not binary:
+            _apt_install(["docker-registry"], log)
+            binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        return [binary, "serve", str(_registry_config(root))]
+
+    return _ensure_http_service(
+        "registry", REGISTRY_ADDR, f"http://{REGISTRY_ADDR}/v2/", root, "registry.pid", command, log
+    )
 
 
 def ensure_index(log: Log = _stderr) -> str:
     root = state_dir() / "pypi"
-    pidfile = PidFile(root / "pypiserver.pid")
-    url = f"http://{INDEX_ADDR}/simple/"
-    if pidfile.read() is not None and _http_ok(url):
-        return "running"
-    if _port_open(INDEX_ADDR):
-        if _http_ok(url):
-            return "running (not started by slipway)"
-        raise ServiceError(f"{INDEX_ADDR} is taken by something that is not a package index")
-    packages = root / "packages"
-    packages.mkdir(parents=True, exist_ok=True)
-    host, port = INDEX_ADDR.rsplit(":", 1)
-    server = Path(sys.executable).with_name("pypi-server")
-    cmd = [str(server)] if server.exists() else [sys.executable, "-m", "pypiserver"]
-    # No authentication on loopback; uploads never overwrite an existing file (the default).
-    cmd += ["run", "--host", host, "--port", port, "--authenticate", ".", "--passwords", ".", str(packages)]
-    log(f"starting package index on {INDEX_ADDR}")
-    pid = _spawn(cmd, root / "pypiserver.log")
-    pidfile.write(pid)
-    _wait_for(lambda: _http_ok(url), "package index", root / "pypiserver.log", pid, timeout=30)
-    return "started"
+
+    def command() -> list[str]:
+        packages = root / "packages"
+        packages.mkdir(parents=True, exist_ok=True)
+        host, port = INDEX_ADDR.rsplit(":", 1)
+        server = Path(sys.executable).with_name("pypi-server")
+        cmd = [str(server)] if server.exists() else [sys.executable, "-m", "pypiserver"]
+        # No authentication on loopback; uploads never overwrite an existing file (the default).
+        return [*cmd, "run", "--host", host, "--port", port, "--authenticate", ".", "--passwords", ".",
+                str(packages)]
+
+    return _ensure_http_service(
+        "package index", INDEX_ADDR, f"http://{INDEX_ADDR}/simple/", root, "pypiserver.pid", command, log
+    )
 
 
 SERVICES = {"docker": ensure_docker, "registry": ensure_registry, "index": ensure_index}
