@@ -75,16 +75,61 @@ PYBIND11_MODULE(_core, m) {
   py::register_exception<slipway::Error>(m, "Error", PyExc_RuntimeError);
 
   py::class_<slipway::Detector>(m, "Detector")
-      .def(py::init([](const std::string& model, int threads, int interop_threads, int warmup_runs) {
+      .def(py::init([](const std::string& model, int threads, int interop_threads, int warmup_runs, bool onednn_fusion) {
              slipway::Options o;
              o.threads = threads;
              o.interop_threads = interop_threads;
              o.warmup_runs = warmup_runs;
+             o.onednn_fusion = onednn_fusion;
              // Loading compiles TorchScript and runs warm-up passes: no Python needed meanwhile.
              py::gil_scoped_release release;
              return std::make_unique<slipway::Detector>(model, o);
            }),
-           py::arg("model"), py::arg("threads") = 2, py::arg("interop_threads") = 0, py::arg("warmup_runs") = 2)
+           py::arg("model"), py::arg("threads") = 2, py::arg("interop_threads") = 0, py::arg("warmup_runs") = 3,
+           py::arg("onednn_fusion") = true)
+      .def(
+          "predict",
+          [](const slipway::Detector& d, const py::buffer& image, int height, int width) {
+            // Any C-contiguous uint8 buffer of height * width * 3 RGB bytes: a numpy array, bytes
+            // (PIL's tobytes()), a memoryview. Read in place, without numpy.
+            const py::buffer_info buf = image.request();
+            if (buf.itemsize != 1 || (buf.format != "B" && buf.format != "b" && buf.format != "c")) {
+              throw py::value_error("expected uint8 RGB pixels, got a buffer of format '" + buf.format + "'");
+            }
+            py::ssize_t expected = 1;
+            for (py::ssize_t i = buf.ndim - 1; i >= 0; --i) {
+              if (buf.strides[i] != expected) throw py::value_error("the image buffer must be C-contiguous");
+              expected *= buf.shape[i];
+            }
+            if (height < 1 || width < 1) throw py::value_error("image height and width must be at least 1");
+            if (buf.size != static_cast<py::ssize_t>(height) * width * 3) {
+              throw py::value_error("the buffer holds " + std::to_string(buf.size) + " bytes, not height " +
+                                    std::to_string(height) + " x width " + std::to_string(width) + " x 3");
+            }
+            slipway::Timings t;
+            std::vector<slipway::Detection> dets;
+            {
+              py::gil_scoped_release release;
+              dets = d.predict(static_cast<const uint8_t*>(buf.ptr), height, width, &t);
+            }
+            // Straight to the contract's dicts: no numpy arrays in between (they cost more than the
+            // C++ pre- and postprocessing of a small image).
+            py::list out(dets.size());
+            for (size_t i = 0; i < dets.size(); ++i) {
+              const auto& det = dets[i];
+              py::dict item;
+              py::list box(4);
+              for (size_t j = 0; j < 4; ++j) box[j] = det.box[j];
+              item["box"] = std::move(box);
+              item["score"] = det.score;
+              item["class_id"] = det.class_id;
+              item["label"] = det.label;
+              out[i] = std::move(item);
+            }
+            return py::make_tuple(std::move(out), timings_dict(t));
+          },
+          py::arg("image"), py::arg("height"), py::arg("width"),
+          "([{box, score, class_id, label}, ...], timings in ms) for height x width x 3 uint8 RGB bytes")
       .def(
           "predict_arrays",
           [](const slipway::Detector& d, const Image& image) {
@@ -116,6 +161,8 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("image"), "The model input predict() builds: float32 [1, 3, H, W]")
       .def_property("threads", &slipway::Detector::threads, &slipway::Detector::set_threads)
+      .def_property_readonly("fusion_groups", &slipway::Detector::fusion_groups)
+      .def_property_readonly("fusion_error", &slipway::Detector::fusion_error)
       .def_property_readonly("info", [](const slipway::Detector& d) { return info_dict(d.info()); });
 
   // The C++ postprocessing alone, so tests can hold it against model_export.postprocess.

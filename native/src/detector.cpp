@@ -2,11 +2,14 @@
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/jit/codegen/onednn/interface.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <sstream>
 
 #include "image_ops.hpp"
 
@@ -32,6 +35,28 @@ double ms_since(Clock::time_point start) {
   throw Error(context + ": " + e.what_without_backtrace());
 }
 
+// The first n non-empty lines of a message (libtorch's JIT errors go on with the whole graph).
+std::string first_lines(const std::string& text, int n) {
+  std::string out, line;
+  std::istringstream in(text);
+  while (n > 0 && std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    out += (out.empty() ? "" : " ") + line;
+    --n;
+  }
+  return out;
+}
+
+// prim::oneDNNFusionGroup nodes in a graph, nested blocks (the guards' fast paths) included.
+int count_fusion_groups(const torch::jit::Block* block) {
+  int n = 0;
+  for (const torch::jit::Node* node : block->nodes()) {
+    if (std::string(node->kind().toQualString()).rfind("prim::oneDNNFusionGroup", 0) == 0) ++n;
+    for (const torch::jit::Block* inner : node->blocks()) n += count_fusion_groups(inner);
+  }
+  return n;
+}
+
 void set_interop_threads(int n) {
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
@@ -53,6 +78,8 @@ struct Detector::Impl {
   detail::PostprocessParams post;
   torch::jit::Module module;
   std::atomic<int> threads{2};
+  int fusion_groups = -1;  // fused oneDNN Graph partitions in the optimised graph; -1: not known
+  std::string fusion_error;  // why fusion was given up at load time; empty if it was not
 
   void apply_threads() const {
     // With OpenMP the thread count is a property of the calling thread: set it where we run.
@@ -62,9 +89,32 @@ struct Detector::Impl {
 
   torch::Tensor make_input(const uint8_t* image, int height, int width) const {
     torch::Tensor x = torch::empty({1, 3, info.input_height, info.input_width}, torch::kFloat32);
+    // One thread: splitting the rows over the intra-op threads measured no faster (waking them costs
+    // about what the second half of the rows does).
     detail::resize_normalize(image, height, width, info.input_height, info.input_width, info.mean, info.std,
                              x.data_ptr<float>());
     return x;
+  }
+
+  // Loads the TorchScript file and runs `runs` forward passes on a blank input, with libtorch's
+  // oneDNN Graph fuser on or off; counts the fused partitions when the graph got optimised.
+  void load_and_warm_up(int runs, bool fuse) {
+    try {
+      module = torch::jit::load(info.torchscript_path, torch::kCPU);
+    } catch (const c10::Error& e) {
+      rethrow_torch("cannot load " + info.torchscript_path, e);
+    }
+    module.eval();
+    // Registers (or removes) the fuser as a graph pre-pass: the switch libtorch actually reads.
+    torch::jit::RegisterLlgaFuseGraph::setEnabled(fuse);
+    if (runs <= 0) return;
+    torch::Tensor blank = torch::zeros({1, 3, info.input_height, info.input_width}, torch::kFloat32);
+    for (int i = 0; i < runs; ++i) forward(blank);
+    // The graph this thread's last forward ran, once the profiling executor has optimised it.
+    if (runs >= 2) {
+      auto graph = torch::jit::lastExecutedOptimizedGraph();
+      fusion_groups = graph ? count_fusion_groups(graph->block()) : -1;
+    }
   }
 
   // Runs the module; returns contiguous CPU tensors boxes [K, 4] float, scores [K] float, classes [K] int64.
@@ -110,15 +160,17 @@ Detector::Detector(const std::string& model_path, const Options& options) : impl
   // Loading under InferenceMode too: the module's constants become inference tensors, which
   // never carry autograd state; nothing the runtime does needs gradients.
   c10::InferenceMode guard;
+  // Fusion is switched on only when the warm-up can prove it at load time: the profiling executor
+  // optimises (and fuses) on the second run. libtorch's fuser fails on some graphs (measured: a
+  // GRU's hidden-state list, "Schema not found for node"); such a model is then loaded again and
+  // runs unfused, and fusion_error() says why.
+  const bool fuse = options.onednn_fusion && options.warmup_runs >= 2;
   try {
-    impl_->module = torch::jit::load(impl_->info.torchscript_path, torch::kCPU);
-  } catch (const c10::Error& e) {
-    rethrow_torch("cannot load " + impl_->info.torchscript_path, e);
-  }
-  impl_->module.eval();
-  if (options.warmup_runs > 0) {
-    torch::Tensor blank = torch::zeros({1, 3, impl_->info.input_height, impl_->info.input_width}, torch::kFloat32);
-    for (int i = 0; i < options.warmup_runs; ++i) impl_->forward(blank);
+    impl_->load_and_warm_up(options.warmup_runs, fuse);
+  } catch (const std::exception& e) {
+    if (!fuse) throw;
+    impl_->fusion_error = first_lines(e.what(), 2);
+    impl_->load_and_warm_up(options.warmup_runs, false);
   }
 }
 
@@ -160,6 +212,16 @@ void Detector::set_threads(int threads) {
   if (!impl_) throw Error("this Detector was moved from");
   if (threads < 1) throw Error("threads must be at least 1");
   impl_->threads = threads;
+}
+
+int Detector::fusion_groups() const {
+  if (!impl_) throw Error("this Detector was moved from");
+  return impl_->fusion_groups;
+}
+
+const std::string& Detector::fusion_error() const {
+  if (!impl_) throw Error("this Detector was moved from");
+  return impl_->fusion_error;
 }
 
 int Detector::threads() const {
