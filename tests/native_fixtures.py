@@ -78,11 +78,11 @@ def native_wheels() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def sc_python(native_wheels, tmp_path_factory) -> Path:
-    """A venv without torch with the self-contained wheel (and Pillow for the checks)."""
+    """A venv without torch with the self-contained wheel, its numpy extra and Pillow (for the checks)."""
     venv = tmp_path_factory.mktemp("venv") / "self-contained"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    str(native_wheels["self-contained"]), "pillow"], check=True, env=_env())
+                    f'{native_wheels["self-contained"]}[numpy]', "pillow"], check=True, env=_env())
     assert run_python(python, "import importlib.util; assert importlib.util.find_spec('torch') is None").returncode == 0
     return python

@@ -284,6 +284,77 @@ def test_cpp_postprocessing_equals_model_export(thin_target):
 # The torch guard of the self-contained wheel
 
 
+def test_self_contained_wheel_predicts_without_numpy(sc_python, shapes_export):
+    """numpy is an extra: a PIL image or raw RGB bytes go in, dicts come out, numpy never loads."""
+    res = run_python(sc_python, f"""
+        import json, sys
+        sys.modules["numpy"] = None  # any import of numpy now fails
+        import slipway_runtime
+        from PIL import Image
+        d = slipway_runtime.Detector({str(shapes_export)!r})
+        pil = Image.open({str(shapes_export / "golden" / "000.png")!r}).convert("RGB")
+        from_pil = d.predict(pil)
+        from_bytes = d.predict(pil.tobytes(), size=(pil.height, pil.width))
+        try:
+            d.predict_arrays(pil)
+        except ImportError as exc:
+            arrays = str(exc)
+        errors = []
+        for bad, kw in ((pil.tobytes(), {{}}), (pil.tobytes()[:-1], {{"size": (pil.height, pil.width)}}),
+                        (pil.convert("L"), {{}}), ([1, 2, 3], {{}})):
+            try:
+                d.predict(bad, **kw)
+            except ValueError as exc:
+                errors.append(str(exc))
+        print(json.dumps({{"pil": from_pil, "same": from_pil == from_bytes, "arrays": arrays, "errors": errors,
+                          "fusion_groups": d.fusion_groups, "fusion_error": d.fusion_error,
+                          "size": [pil.height, pil.width]}}))
+    """)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["pil"] and out["same"], out
+    assert {"box", "score", "class_id", "label"} <= set(out["pil"][0])
+    assert "pip install numpy" in out["arrays"]
+    h, w = out["size"]
+    assert out["errors"] == [
+        "raw RGB bytes need size=(height, width)",
+        f"the buffer holds {h * w * 3 - 1} bytes, not height {h} x width {w} x 3",
+        "expected an RGB image, got PIL mode 'L': use image.convert('RGB')",
+        "expected a uint8 RGB image: a numpy array [H, W, 3], a PIL RGB image or bytes with size=(height, "
+        "width), got list",
+    ], out["errors"]
+    # The pruned libtorch keeps the oneDNN Graph fuser: the example model runs fused.
+    assert out["fusion_groups"] > 0 and out["fusion_error"] == ""
+
+
+def test_fusion_off_and_fuser_failures_fall_back_to_the_same_detections(sc_python, shapes_export, zoo_export):
+    """onednn_fusion=False runs unfused with the same detections; a model libtorch's fuser fails
+    on (the op zoo's GRU) loads anyway, unfused, and says why."""
+    res = run_python(sc_python, f"""
+        import json
+        import numpy as np
+        from PIL import Image
+        import slipway_runtime
+        image = np.asarray(Image.open({str(shapes_export / "golden" / "000.png")!r}).convert("RGB"))
+        off = slipway_runtime.Detector({str(shapes_export)!r}, onednn_fusion=False)
+        on = slipway_runtime.Detector({str(shapes_export)!r})
+        few = slipway_runtime.Detector({str(shapes_export)!r}, warmup_runs=1)
+        zoo = slipway_runtime.Detector({str(zoo_export)!r})
+        print(json.dumps({{"off": off.predict(image), "on": on.predict(image), "groups": [off.fusion_groups,
+                          on.fusion_groups, few.fusion_groups], "zoo_groups": zoo.fusion_groups,
+                          "zoo_error": zoo.fusion_error, "zoo_dets": len(zoo.predict(image))}}))
+    """)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["groups"][0] == 0 and out["groups"][1] > 0 and out["groups"][2] == -1
+    assert len(out["off"]) == len(out["on"]) > 0
+    for a, b in zip(out["off"], out["on"], strict=True):
+        assert a["class_id"] == b["class_id"] and abs(a["score"] - b["score"]) <= 1e-4
+        assert max(abs(x - y) for x, y in zip(a["box"], b["box"], strict=True)) <= 1e-3
+    assert out["zoo_groups"] == 0 and "Schema not found" in out["zoo_error"], out
+    assert out["zoo_dets"] >= 0
+
+
 def test_guard_torch_imported_first(sc_target, shapes_export):
     res = run_python(sys.executable, """
         import torch

@@ -90,13 +90,21 @@ def run(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     detector = slipway_runtime.Detector(folder, threads=args.threads)
     summary["load_s"] = round(time.monotonic() - started, 3)
+    summary["fusion_groups"] = detector.fusion_groups
 
     reference = json.loads((folder / "golden" / "reference.json").read_text())
     results = []
     for entry in reference["images"]:
-        image = np.asarray(Image.open(folder / "golden" / entry["file"]).convert("RGB"))
+        pil = Image.open(folder / "golden" / entry["file"]).convert("RGB")
+        image = np.asarray(pil)
         got = detector.predict(image)
         result = compare(entry["detections"], got, args.iou, args.score)
+        # The numpy-free inputs go through the same C++ code: the very same detections.
+        for kind, other in (("PIL image", detector.predict(pil)),
+                            ("RGB bytes", detector.predict(pil.tobytes(), size=(pil.height, pil.width)))):
+            if other != got:
+                result["ok"] = False
+                result["problems"].append({"input": kind, "problem": "detections differ from the numpy input's"})
         result["file"] = entry["file"]
         result["detections"] = len(got)
         results.append(result)
