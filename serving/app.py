@@ -67,6 +67,7 @@ class Service:
                 device=settings.device,
                 tfserving_url=settings.tfserving_url,
                 tfserving_timeout_s=settings.tfserving_timeout_s,
+                onednn_fusion=settings.onednn_fusion,
             )
         self.backend = backend
         self.manifest = backend.manifest

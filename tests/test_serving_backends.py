@@ -109,13 +109,16 @@ def test_cpp_backend_serves_what_the_runtime_returns(model_dir, tmp_path):
         textwrap.dedent("""
         __version__ = "0.0.0-fake"
         class Detector:
-            def __init__(self, path, threads=1):
+            fusion_groups = 0
+            fusion_error = ""
+            def __init__(self, path, threads=1, onednn_fusion=True):
                 import json, pathlib
                 self.manifest = json.loads((pathlib.Path(path) / "model.json").read_text())
                 self.threads = threads
             def predict(self, image):
-                assert image.dtype.name == "uint8" and image.ndim == 3 and image.shape[2] == 3
-                h, w = image.shape[:2]
+                # The backend hands over the decoded PIL image (the real wheel reads its bytes).
+                assert image.mode == "RGB", image
+                w, h = image.size
                 # The label is left out on purpose: the backend fills it in from model.json.
                 return [{"box": [0, 0, w / 2, h / 2], "score": 0.875 + self.threads / 1000, "class_id": 2}]
     """)
@@ -171,11 +174,15 @@ def test_cpp_backend_matches_torchscript_with_the_real_wheel(model_dir, sc_pytho
         assert "torch" not in sys.modules, "the cpp backend must not import torch"
         with np.load({str(archive)!r}) as archive:
             images = [archive[f"arr_{{i}}"] for i in range({len(images)})]
-        print(json.dumps({{"runtime": b.describe()["runtime"],
-                           "detections": [b.predict(np.ascontiguousarray(im)) for im in images]}}))
+        from PIL import Image  # the service hands this backend the decoded PIL image
+        print(json.dumps({{"runtime": b.describe()["runtime"], "fused": b.describe()["onednn_fusion"],
+                           "partitions": b.describe()["fused_partitions"],
+                           "detections": [b.predict(Image.fromarray(im)) for im in images]}}))
     """
     out = last_json(run_python(sc_python, code, pythonpath=ROOT, cwd=ROOT, timeout=300))
     assert out["runtime"] == f"slipway_runtime {TEST_VERSION}"
+    # Fusion is on and was proven at load (this small test model may offer nothing to fuse).
+    assert out["fused"] is True and out["partitions"] >= 0
     got = out["detections"]
     found = 0
     for r, g in zip(ref, got, strict=True):
