@@ -92,8 +92,10 @@ def test_every_runtime_is_measured_side_by_side(measured):
         assert set(r["stages"]) == {"decode", "preprocess", "inference", "postprocess"}
         assert all(r["stages"][s]["p50"] > 0 for s in r["stages"])
         assert r["total"]["p95"] >= r["total"]["p50"] > 0
-        # Ratios against the eager baseline come from this very run.
-        want = measured["eager"]["total"]["p50"] / r["total"]["p50"]
+        # Image to detections: the total less decoding, measured per run.
+        assert 0 < r["pipeline"]["p50"] < r["total"]["p50"]
+        # Ratios against the eager baseline come from this very run, on image to detections.
+        want = measured["eager"]["pipeline"]["p50"] / r["pipeline"]["p50"]
         assert r["speedup_vs_eager"]["p50"] == pytest.approx(want, rel=1e-3)
     assert measured["eager"]["speedup_vs_eager"]["p50"] == 1.0
     # The exported formats answer like the reference; the PIL baseline is only close to it.
@@ -344,3 +346,19 @@ def test_settings_come_from_arguments_then_environment(monkeypatch):
     monkeypatch.setenv("SLIPWAY_BENCH_THREADS", "two")
     with pytest.raises(ConfigError, match="SLIPWAY_BENCH_THREADS"):
         BenchSettings.resolve()
+
+
+def test_speedups_compare_image_to_detections_and_cpp_overhead_is_against_its_forward():
+    from slipway.benchmark.inprocess import add_ratios
+
+    runtimes = {
+        "eager": {"available": True, "total": {"p50": 4.0, "p95": 5.0}, "pipeline": {"p50": 3.0, "p95": 4.0},
+                  "stages": {"inference": {"p50": 2.0}}, "stages_split_by": "python"},
+        "cpp": {"available": True, "total": {"p50": 1.6, "p95": 2.0}, "pipeline": {"p50": 1.0, "p95": 1.25},
+                "stages": {"inference": {"p50": 0.9}}, "stages_split_by": "runtime"},
+    }
+    add_ratios(runtimes)
+    assert runtimes["cpp"]["speedup_vs_eager"] == {"p50": 3.0, "p95": 3.2}
+    assert runtimes["cpp"]["pipeline_over_forward"] == pytest.approx(1.111, abs=1e-3)
+    # Only a runtime that times its own forward pass gets the overhead ratio.
+    assert "pipeline_over_forward" not in runtimes["eager"]
