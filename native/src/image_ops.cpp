@@ -83,13 +83,29 @@ void resize_normalize(const uint8_t* image, int height, int width, int out_heigh
   const Axis ay = same_size ? Axis{} : linear_axis(height, out_height);
   const Axis ax = same_size ? Axis{} : linear_axis(width, out_width);
   // One padding float each, so that a 4-lane load or store at the last pixel stays inside.
-  std::vector<float> vertical(same_size ? 0 : row_stride + 1);
+  const bool wide = !same_size && width > 2 * out_width;
+  std::vector<float> vertical(same_size || wide ? 0 : row_stride + 1);
   std::vector<float> interleaved(same_size ? 0 : static_cast<size_t>(3) * out_width + 1);
   for (int y = 0; y < out_height; ++y) {
     if (same_size) {
       const uint8_t* r = image + y * row_stride;
       for (int x = 0; x < out_width; ++x) {
         for (int c = 0; c < 3; ++c) planes[c][x] = static_cast<float>(r[x * 3 + c]);
+      }
+    } else if (wide) {
+      // Much wider than the output: blending whole rows would read columns no output pixel
+      // uses, so blend only the two source columns of each output pixel. Same arithmetic.
+      const uint8_t* r0 = image + ay.i0[y] * row_stride;
+      const uint8_t* r1 = image + ay.i1[y] * row_stride;
+      const float wy0 = ay.w0[y], wy1 = ay.w1[y];
+      for (int x = 0; x < out_width; ++x) {
+        const int x0 = ax.i0[x] * 3, x1 = ax.i1[x] * 3;
+        const float wx0 = ax.w0[x], wx1 = ax.w1[x];
+        for (int c = 0; c < 3; ++c) {
+          const float left = static_cast<float>(r0[x0 + c]) * wy0 + static_cast<float>(r1[x0 + c]) * wy1;
+          const float right = static_cast<float>(r0[x1 + c]) * wy0 + static_cast<float>(r1[x1 + c]) * wy1;
+          planes[c][x] = left * wx0 + right * wx1;
+        }
       }
     } else {
       // Rows first (every source column of this row pair, one vectorisable pass), then columns,
