@@ -284,3 +284,14 @@ def test_prune_keeps_what_kept_code_calls(compiler, tmp_path):
             assert blanked == ("only_via_pointer" in name or "called_by_blanked" in name), name
     if compiler == "g++":
         assert ctypes.CDLL(str(pruned)).kept_entry(2) == 37
+
+
+def test_a_cuda_library_in_the_self_contained_wheel_is_named():
+    sys.path.insert(0, str(NATIVE / "tools"))
+    import repair_wheel
+
+    names = ["slipway_runtime.libs/libtorch_cpu-1a2b3c4d.so", "slipway_runtime.libs/libgomp-5e6f.so.1",
+             "slipway_runtime.libs/libcudart-9f8e7d6c.so.13", "slipway_runtime.libs/libcupti-0a1b.so.13",
+             "slipway_runtime/_core.cpython-311-x86_64-linux-gnu.so"]
+    assert repair_wheel.cuda_libraries(names) == names[2:4]
+    assert repair_wheel.cuda_libraries(names[:2] + names[4:]) == []

@@ -29,6 +29,18 @@ import prune_libtorch
 # What the thin wheel takes from the torch package instead of vendoring.
 TORCH_SONAMES = ("libtorch.so", "libtorch_cpu.so", "libc10.so", "libgomp*.so*", "libgomp-*.so*")
 
+# Libraries of NVIDIA's CUDA stack: a CPU runtime wheel that vendors one was built against a CUDA
+# build of torch. Measured: PyPI's aarch64 torch 2.13.0 is the CUDA 13 build (a 427 MB wheel),
+# and even its libtorch_cpu.so needs libcudart.so.13 and libcupti.so.13.
+CUDA_LIBRARY_PREFIXES = ("libcuda", "libcupti", "libcublas", "libcufft", "libcurand", "libcusolver",
+                         "libcusparse", "libcudnn", "libnccl", "libnvrtc", "libnvjitlink", "libnvToolsExt",
+                         "libnvshmem", "libcufile")
+
+
+def cuda_libraries(names: list[str]) -> list[str]:
+    """The CUDA libraries among vendored file names (any folder, any auditwheel hash suffix)."""
+    return [n for n in names if Path(n).name.startswith(CUDA_LIBRARY_PREFIXES)]
+
 
 def torch_lib_dir(explicit: str | None) -> Path:
     if explicit:
@@ -115,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
                   "repairing again with a pruned libtorch_cpu", flush=True)
             final.unlink()
             final = self_contained(args, env, report, True)
+        cuda = cuda_libraries([name for name, _, _ in vendored(final)])
+        if cuda:
+            final.unlink()
+            raise SystemExit(f"repair_wheel: the self-contained CPU wheel would vendor CUDA libraries {cuda}: it was "
+                             "built against a CUDA build of torch; install the CPU build (torch==<version>+cpu from "
+                             "https://download.pytorch.org/whl/cpu) before building")
     else:
         excludes = [x for soname in TORCH_SONAMES for x in ("--exclude", soname)]
         final = auditwheel(args.wheel, args.wheel_dir, excludes, env, args.zip_level)
