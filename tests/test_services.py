@@ -40,6 +40,25 @@ def test_up_is_idempotent_and_services_answer(local_services):
     assert services.docker_reachable()
 
 
+def test_engine_started_here_collects_its_build_cache(local_services):
+    """An engine slipway started keeps BuildKit's cache bounded (the engine reads daemon.json)."""
+    config = services.state_dir() / "docker" / "daemon.json"
+    if services.PidFile(services.state_dir() / "docker" / "dockerd.slipway.pid").read() is None:
+        pytest.skip("the engine in use was not started by slipway (its configuration is not ours)")
+    gc = json.loads(config.read_text())["builder"]["gc"]
+    assert gc["enabled"] is True and gc["defaultKeepStorage"].endswith("GB")
+    res = services.docker("info", "--format", "{{json .}}")
+    assert res.returncode == 0, res.stderr
+
+
+def test_bad_build_cache_size_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIPWAY_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("SLIPWAY_BUILD_CACHE_GB", "lots")
+    monkeypatch.setattr(services, "docker_reachable", lambda: False)
+    with pytest.raises(services.ServiceError, match="SLIPWAY_BUILD_CACHE_GB='lots'"):
+        services.ensure_docker(log=lambda _m: None)
+
+
 def test_registry_listens_on_loopback_only(local_services):
     config = (services.state_dir() / "registry" / "config.yml").read_text()
     assert "addr: 127.0.0.1:" in config

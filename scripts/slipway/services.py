@@ -246,6 +246,11 @@ def ensure_docker(log: Log = _stderr) -> str:
     pidfile = PidFile(state_dir() / "docker" / "dockerd.slipway.pid")
     if docker_reachable():
         return "running"
+    # BuildKit's cache otherwise grows without bound: many builds of 1-7 GB images once filled
+    # a 250 GB disk. The engine collects it down to this size (SLIPWAY_BUILD_CACHE_GB, default 20).
+    keep_gb = os.environ.get("SLIPWAY_BUILD_CACHE_GB", "20").strip() or "20"
+    if not keep_gb.isdigit() or int(keep_gb) < 1:
+        raise ServiceError(f"SLIPWAY_BUILD_CACHE_GB={keep_gb!r}: expected a whole number of GB, at least 1")
     if not shutil.which("dockerd") and not Path("/usr/sbin/dockerd").exists():
         _apt_install(["docker.io"], log)
     dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
@@ -254,9 +259,13 @@ def ensure_docker(log: Log = _stderr) -> str:
         (root / sub).mkdir(parents=True, exist_ok=True)
     sock = _docker_socket()
     sock.unlink(missing_ok=True)
-    log("starting dockerd (overlay2, no iptables, no bridge: containers use host networking)")
+    config = root / "daemon.json"
+    config.write_text(json.dumps({"builder": {"gc": {"enabled": True, "defaultKeepStorage": f"{keep_gb}GB"}}}))
+    log(f"starting dockerd (overlay2, no iptables, no bridge: containers use host networking; "
+        f"build cache kept under {keep_gb} GB)")
     cmd = [
         dockerd,
+        f"--config-file={config}",
         f"--data-root={root / 'data'}",
         f"--exec-root={root / 'exec'}",
         f"--pidfile={root / 'dockerd.pid'}",
