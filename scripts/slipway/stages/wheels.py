@@ -376,7 +376,9 @@ def check_golden(built: Built, model_dir: Path, tools: Path, work: Path, log: Lo
             shutil.rmtree(venv)
         _run([sys.executable, "-m", "venv", venv], env=env, log=log, what="creating the check venv")
         python = venv / "bin" / "python"
-        _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", built.path, "pillow"],
+        # The numpy extra: check_wheel.py compares numpy, PIL and raw-bytes inputs.
+        _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{built.path}[numpy]",
+              "pillow"],
              env=env, log=log, what=f"installing {built.path.name} into a venv without torch", timeout=900)
     else:
         target = work / "target-thin"
