@@ -362,3 +362,76 @@ def test_speedups_compare_image_to_detections_and_cpp_overhead_is_against_its_fo
     assert runtimes["cpp"]["pipeline_over_forward"] == pytest.approx(1.111, abs=1e-3)
     # Only a runtime that times its own forward pass gets the overhead ratio.
     assert "pipeline_over_forward" not in runtimes["eager"]
+
+
+# --------------------------------------------------------------------------------------------
+# Where the images come from: a GitHub bench job has only the records it downloaded
+
+
+def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(tmp_path, monkeypatch):
+    """On GitHub the bench job sees no images.json and an empty engine, only images/<variant>.json:
+    a pushed digest is pulled by digest (never by tag) and that reference is what is measured; a
+    local build is used as it is, a variant outside the run is left alone, and an image that
+    cannot be pulled is reported, so its budgets fail as not measured."""
+    from types import SimpleNamespace
+
+    from slipway import services
+    from slipway.benchmark import sizes
+    from slipway.stages import bench
+
+    repo = "ghcr.io/acme/det"
+    digest = {name: "sha256:" + c * 64 for name, c in (("alpha", "a"), ("gone", "b"), ("gpu", "c"))}
+    records = tmp_path / "images"
+    records.mkdir()
+    for variant in ("alpha", "gone", "gpu"):
+        (records / f"{variant}.json").write_text(json.dumps({
+            "variant": variant, "model": "m", "runtime": "onnx", "device": "gpu" if variant == "gpu" else "cpu",
+            "image": f"{repo}-{variant}", "tag": f"{repo}-{variant}:1.2.3", "digest": digest[variant],
+            "dry_run": False,
+        }))
+    local = {"variant": "local", "model": "m", "runtime": "onnx", "device": "cpu", "image": f"{repo}-local",
+             "tag": f"{repo}-local:1.2.3", "id": "sha256:" + "d" * 64}
+    (tmp_path / "images.json").write_text(json.dumps({"local": local}))
+
+    calls: list[tuple[str, ...]] = []
+
+    def docker(*args, check=True, timeout=None, **_kw):
+        calls.append(args)
+        if args[0] == "pull":
+            ok = "-gone@" not in args[-1]
+            return subprocess.CompletedProcess(args, 0 if ok else 1, "", "" if ok else "manifest unknown")
+        if args[:2] == ("image", "inspect"):
+            return subprocess.CompletedProcess(args, 0, f"sha256:{'e' * 64}\n", "")
+        raise AssertionError(f"unexpected docker {args}")
+
+    monkeypatch.setattr(services, "docker", docker)
+    monkeypatch.setattr(services, "ensure_docker", lambda log=None: "running")
+    ctx = SimpleNamespace(out=tmp_path, log=lambda _m: None,
+                          config=SimpleNamespace(wheels=SimpleNamespace(max_size_mib=100)))
+    entries = [{"variant": v} for v in ("alpha", "gone", "local")]  # "gpu" is not in this run
+
+    images = bench.images_in_engine(ctx, entries)
+
+    pulled = f"{repo}-alpha@{digest['alpha']}"
+    assert [c for c in calls if c[0] == "pull"] == [("pull", "-q", pulled), ("pull", "-q", f"{repo}-gone@{digest['gone']}")]
+    assert (images["alpha"]["tag"], images["alpha"]["id"]) == (pulled, "sha256:" + "e" * 64)
+    assert images["local"] == local
+    assert "manifest unknown" in images["gone"]["unavailable"]
+    assert images["gpu"]["tag"] == f"{repo}-gpu:1.2.3" and "id" not in images["gpu"]
+
+    measured_refs: list[str] = []
+
+    def image_sizes(ref, _cache):
+        measured_refs.append(ref)
+        return {"uncompressed_bytes": 100_000_000, "compressed_bytes": 40_000_000}
+
+    monkeypatch.setattr(sizes, "image_sizes", image_sizes)
+    monkeypatch.setattr(sizes, "cache_path", lambda: tmp_path / "size-cache.json")
+    result = bench.measure_sizes(ctx, entries, images, [], docker_ok=True)
+    assert measured_refs == [pulled, local["tag"]]
+    assert "manifest unknown" in result["images"]["gone"]["reason"]
+    checks = budgets.evaluate(BudgetsSpec(max_image_mb={"alpha": 50, "gone": 500, "gpu": 1}),
+                              {"scope": {"variants": ["alpha", "gone", "local"]}, "sizes": result})
+    assert [(c.subject, c.status) for c in checks] == [
+        ("alpha", budgets.EXCEEDED), ("gone", budgets.NOT_MEASURED), ("gpu", budgets.SKIPPED)
+    ]

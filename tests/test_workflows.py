@@ -38,7 +38,10 @@ README = WORKFLOWS / "README.md"
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 
 ENTRY = ("release.yml", "ci.yml")
-STAGES = ("_export.yml", "_wheels.yml", "_images.yml", "_smoke.yml", "_publish.yml")
+STAGES = ("_export.yml", "_wheels.yml", "_images.yml", "_smoke.yml", "_bench.yml", "_publish.yml")
+# Stage workflows of one job over the whole plan, not a matrix: the bench measures every CPU
+# variant and runtime side by side on one machine, so their numbers compare.
+SINGLE_JOB_STAGES = ("_bench.yml",)
 SETUP_USES = "$/.github/actions/setup-slipway"
 SLIPWAY_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 # The one reference in the example caller that is not a commit SHA: Slipway itself, whose
@@ -322,6 +325,41 @@ def publish_before_smoke(doc: dict[str, Any]) -> list[str]:
         for job_id, job in jobs(doc).items()
         if is_publisher(job) and not any(is_smoke_gate(jobs(doc).get(a, {})) for a in ancestors(doc, job_id))
     ]
+
+
+def is_bench_gate(job: dict[str, Any]) -> bool:
+    # release.yml holds the bench gate before its own publish job.
+    return bool(re.search(r"/(_bench|release)\.yml(@|$)", str(job.get("uses", ""))))
+
+
+def publish_before_bench(doc: dict[str, Any]) -> list[str]:
+    """A job that publishes needs (directly or not) the bench, whose budgets gate the release."""
+    return [
+        f"{job_id}: publishes without needing the bench (budgets)"
+        for job_id, job in jobs(doc).items()
+        if is_publisher(job) and not any(is_bench_gate(jobs(doc).get(a, {})) for a in ancestors(doc, job_id))
+    ]
+
+
+def bench_gate_problems(doc: dict[str, Any]) -> list[str]:
+    """_bench.yml fails when `slipway bench` does (exit 4: a budget exceeded or not measured),
+    never masks that exit status, and says which GPU variants it left out."""
+    problems = []
+    runs = [(job_id, job, step) for job_id, job in jobs(doc).items() for step in job.get("steps") or []
+            if re.search(r"(?:^|\s)slipway bench\b", str(step.get("run", "")))]
+    if not runs:
+        problems.append("no step runs slipway bench")
+    for job_id, job, step in runs:
+        if job.get("continue-on-error") or step.get("continue-on-error"):
+            problems.append(f"{job_id}: continue-on-error hides an exceeded budget")
+        if re.search(r"\|\|\s*(true|:|exit 0)|set \+e", str(step["run"])):
+            problems.append(f"{job_id}: the exit status of slipway bench is masked")
+        if not any('select(.device != "gpu")' in str(s.get("run")) for s in job.get("steps") or []):
+            problems.append(f"{job_id}: does not leave out the GPU variants")
+        if not any("::notice" in str(s.get("run")) and "GITHUB_STEP_SUMMARY" in str(s.get("run"))
+                   and "gpu" in str(s.get("if", "")) for s in job.get("steps") or []):
+            problems.append(f"{job_id}: GPU variants are left out silently (no ::notice and job summary)")
+    return problems
 
 
 def publish_in_dry_run(doc: dict[str, Any]) -> list[str]:
@@ -611,7 +649,7 @@ def test_every_matrix_comes_from_the_plan(path):
 
 
 def test_every_stage_workflow_has_a_matrix_from_the_plan():
-    for name in STAGES:
+    for name in (s for s in STAGES if s not in SINGLE_JOB_STAGES):
         includes = [str(((j.get("strategy") or {}).get("matrix") or {}).get("include", ""))
                     for j in jobs(load(WORKFLOWS / name)).values()]
         assert any(PLAN_MATRIX.match(i) or DERIVED_MATRIX.match(i) for i in includes), name
@@ -635,6 +673,23 @@ def test_pins_agree_across_files():
 def test_publishing_jobs_need_the_smoke_tests(name):
     path = EXAMPLE if name == "example-caller.yml" else WORKFLOWS / name
     assert publish_before_smoke(load(path)) == []
+
+
+@pytest.mark.parametrize("name", [*ENTRY, "example-caller.yml"])
+def test_publishing_jobs_need_the_bench(name):
+    path = EXAMPLE if name == "example-caller.yml" else WORKFLOWS / name
+    assert publish_before_bench(load(path)) == []
+
+
+def test_release_benches_the_smoke_tested_artifacts():
+    release = jobs(load(WORKFLOWS / "release.yml"))
+    assert release["bench"]["uses"] == "$/.github/workflows/_bench.yml"
+    assert "smoke" in needs(release["bench"])
+    assert {"smoke", "bench"} <= set(needs(release["publish"])) and "bench" in needs(release["pypi"])
+
+
+def test_bench_fails_on_an_exceeded_budget_and_names_the_gpu_variants_left_out():
+    assert bench_gate_problems(load(WORKFLOWS / "_bench.yml")) == []
 
 
 def test_publish_workflow_skips_every_job_in_a_dry_run():
@@ -852,6 +907,37 @@ def test_publish_rule_finds_publishing_before_smoke():
     del example["jobs"]["pypi"]["needs"]
     example["jobs"]["pypi"]["if"] = "true"
     assert publish_before_smoke(example) == ["pypi: publishes without needing the smoke tests"]
+
+
+def test_bench_rule_finds_publishing_before_the_bench():
+    doc = _wf("release.yml")
+    doc["jobs"]["publish"]["needs"] = ["plan", "smoke"]
+    doc["jobs"]["pypi"]["needs"] = ["plan", "smoke"]
+    assert publish_before_bench(doc) == [
+        "publish: publishes without needing the bench (budgets)",
+        "pypi: publishes without needing the bench (budgets)",
+    ]
+    assert publish_before_smoke(doc) == []
+
+
+def test_bench_gate_rule_finds_a_masked_failure_and_a_silent_gpu_skip():
+    doc = _wf("_bench.yml")
+    step = next(s for s in doc["jobs"]["bench"]["steps"] if s.get("id") == "bench")
+    step["run"] = step["run"].replace('slipway bench "$@"', 'slipway bench "$@" || true')
+    doc["jobs"]["bench"]["continue-on-error"] = True
+    gpu = next(s for s in doc["jobs"]["bench"]["steps"] if "::notice" in str(s.get("run")))
+    gpu["run"] = "\n".join(line for line in gpu["run"].splitlines() if "GITHUB_STEP_SUMMARY" not in line)
+    assert bench_gate_problems(doc) == [
+        "bench: continue-on-error hides an exceeded budget",
+        "bench: the exit status of slipway bench is masked",
+        "bench: GPU variants are left out silently (no ::notice and job summary)",
+    ]
+    doc = _wf("_bench.yml")
+    split = next(s for s in doc["jobs"]["bench"]["steps"] if s.get("id") == "variants")
+    split["run"] = split["run"].replace('select(.device != "gpu") | ', "")
+    assert bench_gate_problems(doc) == ["bench: does not leave out the GPU variants"]
+    doc["jobs"]["bench"]["steps"] = [s for s in doc["jobs"]["bench"]["steps"] if s.get("id") != "bench"]
+    assert bench_gate_problems(doc) == ["no step runs slipway bench"]
 
 
 def test_dry_run_rule_finds_a_publish_job_without_the_dry_run_guard():

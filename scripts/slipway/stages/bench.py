@@ -10,6 +10,9 @@ In one run, on one machine:
   (``slipway.benchmark.sizes``);
 - import times of the C++ wheel, torch and TensorFlow.
 
+Images come from ``images.json`` (a local build) or ``images/<variant>.json`` (a GitHub job):
+a pushed digest is pulled and a dry run's saved tar loaded, as ``slipway smoke`` does.
+
 Writes ``bench/results.json`` (with a run id and the machine's fingerprint), ``bench/table.md`` and
 ``bench/chart.png``, then checks ``[budgets]``; an exceeded budget raises CheckError, which stops
 ``slipway release`` before ``publish``.
@@ -40,7 +43,9 @@ from slipway.benchmark import budgets as budget_checks
 from slipway.benchmark import inprocess, machine, report, served, sizes
 from slipway.context import StageContext
 from slipway.errors import CheckError, ConfigError, SlipwayError
+from slipway.github import image_records
 from slipway.smoketest import run_container
+from slipway.stages.smoke import materialize
 
 RESULTS_SCHEMA = 1
 
@@ -182,6 +187,33 @@ def measure_imports(ctx: StageContext, models: list[str], settings: BenchSetting
     return out
 
 
+def images_in_engine(ctx: StageContext, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """variant -> image record, each image of this run present in the engine, as smoke gets it.
+
+    A local build is in ``images.json`` and in the engine already (its ID). A job on GitHub has
+    only the downloaded ``images/<variant>.json``, which names the pushed digest (a real
+    release) or the saved tar (a dry run): ``slipway smoke``'s ``materialize`` pulls or loads
+    it, so bench measures the image that was smoke-tested. An image that cannot be had is
+    marked ``unavailable`` (its budgets then fail as not measured).
+    """
+    records = image_records(ctx.out)
+    wanted = [e["variant"] for e in entries
+              if records.get(e["variant"], {}).get("digest") or records.get(e["variant"], {}).get("archive")]
+    if not wanted:
+        return records
+    try:
+        services.ensure_docker(ctx.log)
+    except SlipwayError:
+        return records  # measure_served and measure_sizes report the missing engine
+    for variant in wanted:
+        try:
+            records[variant] = materialize(ctx, records[variant])
+        except SlipwayError as exc:
+            records[variant] = {**records[variant], "unavailable": str(exc).splitlines()[0]}
+            ctx.log(f"{variant}: {records[variant]['unavailable']}")
+    return records
+
+
 def _has_gpu() -> bool:
     check = getattr(smoketest, "has_gpu", None)
     if check is not None:
@@ -234,6 +266,9 @@ def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dic
         image = images[variant]
         if image.get("device") == "gpu" and not _has_gpu():
             out[variant] = {"skipped": True, "reason": "GPU image; this machine has no GPU"}
+            continue
+        if image.get("unavailable"):
+            out[variant] = {"reason": image["unavailable"]}
             continue
         model_dir = ctx.out / "models" / image["model"]
         golden = sorted((model_dir / "golden").glob("*.png"))
@@ -290,6 +325,9 @@ def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict
         if not docker_ok:
             image_sizes[variant] = {"reason": "no Docker engine to read the image from"}
             continue
+        if images[variant].get("unavailable"):
+            image_sizes[variant] = {"reason": images[variant]["unavailable"]}
+            continue
         ctx.log(f"{variant}: image sizes (docker save, gzip per layer)")
         started = time.monotonic()
         try:
@@ -329,7 +367,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
 
     in_process, cpp = measure_in_process(ctx, models, settings, work)
     imports = measure_imports(ctx, models, settings, cpp)
-    images = ctx.read_json("images.json") if (ctx.out / "images.json").exists() else {}
+    images = images_in_engine(ctx, entries)
     served_results = measure_served(ctx, entries, images, settings)
     docker_ok = bool(entries) and images and services.docker_reachable()
     size_results = measure_sizes(ctx, entries, images, models, bool(docker_ok))
