@@ -42,10 +42,10 @@ from slipway import services, smoketest
 from slipway.benchmark import budgets as budget_checks
 from slipway.benchmark import inprocess, machine, report, served, sizes
 from slipway.context import StageContext
+from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError, SlipwayError
 from slipway.github import image_records
 from slipway.smoketest import run_container
-from slipway.stages.smoke import materialize
 
 RESULTS_SCHEMA = 1
 
