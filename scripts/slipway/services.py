@@ -109,8 +109,12 @@ def _spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) ->
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
+        # Services outlive the command that starts them: they run in their state folder, not in
+        # the caller's folder (measured: pypiserver answered 500 on every request once the
+        # checkout it was started from had been deleted, since it resolves paths from its cwd).
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+            cwd=log_path.parent,
         )
     return proc.pid
 
