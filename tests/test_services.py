@@ -59,6 +59,20 @@ def test_bad_build_cache_size_is_refused(monkeypatch, tmp_path):
         services.ensure_docker(log=lambda _m: None)
 
 
+def test_mounts_the_engine_leaves_are_found_deepest_first(tmp_path):
+    root = tmp_path / "state dir" / "docker"
+    mounts = "\n".join([
+        "proc /proc proc rw 0 0",
+        f"nsfs {str(root).replace(' ', chr(92) + '040')}/exec/netns/default nsfs rw 0 0",
+        f"overlay {str(root).replace(' ', chr(92) + '040')}/data/overlay2/abc/merged overlay rw 0 0",
+        f"tmpfs {str(root).replace(' ', chr(92) + '040')}-other/x tmpfs rw 0 0",  # a sibling, not below root
+        f"tmpfs {str(root).replace(' ', chr(92) + '040')}/exec tmpfs rw 0 0",
+    ])
+    assert services.mounts_under(root, mounts) == [
+        f"{root}/data/overlay2/abc/merged", f"{root}/exec/netns/default", f"{root}/exec",
+    ]
+
+
 def test_registry_listens_on_loopback_only(local_services):
     config = (services.state_dir() / "registry" / "config.yml").read_text()
     assert "addr: 127.0.0.1:" in config

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -392,10 +393,39 @@ def down(names: list[str] | None = None, log: Log = _stderr) -> dict[str, str]:
         if name == "docker":
             _stop_containers(log)
         _stop_pid(pid, name, log)
+        if name == "docker":
+            _unmount_leftovers(state_dir() / folder, log)
         pidfile.path.unlink(missing_ok=True)
         result[name] = "stopped"
         log(f"{name}: stopped (pid {pid})")
     return result
+
+
+def mounts_under(root: Path, mounts: str) -> list[str]:
+    """Mount points at or below ``root`` in /proc/mounts text, deepest first (the unmount order)."""
+    prefix = str(root).rstrip("/") + "/"
+    points = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) > 1:
+            # /proc/mounts escapes spaces and other odd characters as octal: \040 is a space.
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+            if point.startswith(prefix) or point == prefix.rstrip("/"):
+                points.append(point)
+    return sorted(points, key=lambda p: p.count("/"), reverse=True)
+
+
+def _unmount_leftovers(root: Path, log: Log) -> None:
+    """dockerd (20.10, measured) leaves its network namespace file mounted under exec/netns even
+    after a clean shutdown; the state folder could then not be deleted. Unmount what it left."""
+    try:
+        mounts = Path("/proc/mounts").read_text()
+    except OSError:
+        return
+    for point in mounts_under(root, mounts):
+        res = subprocess.run(["umount", point], capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            log(f"could not unmount {point} left by the engine: {res.stderr.strip()}")
 
 
 def _stop_containers(log: Log) -> None:
