@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _config(tmp_path: Path, project: str) -> Path:
+def _config(tmp_path: Path, project: str, variant: str = "pytorch-cpu", runtime: str = "torchscript") -> Path:
     weights = (ROOT / "model_export" / "examples" / "weights" / "shapes_torch.pt").as_posix()
     path = tmp_path / "release.toml"
     path.write_text(
@@ -42,11 +42,11 @@ def _config(tmp_path: Path, project: str) -> Path:
             input = {{ height = 128, width = 128, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }}
 
             [[variants]]
-            name = "pytorch-cpu"
+            name = "{variant}"
             model = "shapes-torch"
-            runtime = "torchscript"
+            runtime = "{runtime}"
             dockerfile = "dockerfiles/pytorch.Dockerfile"
-            target = "pytorch-cpu"
+            target = "{variant}"
 
             [wheels]
             enabled = false
@@ -104,3 +104,38 @@ def test_thin_release_end_to_end(local_services, tmp_path, capsys):
     second = json.loads((out / "release.json").read_text())["images"]["pytorch-cpu"]
     assert second["image_id"] == first["image_id"]
     assert second["tags"] == first["tags"]
+
+
+def test_cpp_image_answers_without_torch_or_numpy(local_services, native_wheels, tmp_path, capsys):
+    """pytorch-cpp-cpu from the self-contained wheel the native tests built: smoke-tested over
+    HTTP against the golden outputs and the ground truth, with the bad-request cases, and it holds
+    neither torch nor numpy."""
+    project = f"e2e-{uuid.uuid4().hex[:8]}"
+    config = _config(tmp_path, project, variant="pytorch-cpp-cpu", runtime="cpp")
+    out = tmp_path / "dist"
+    (out / "wheels").mkdir(parents=True)
+    wheel = native_wheels["self-contained"]
+    (out / "wheels" / wheel.name).write_bytes(wheel.read_bytes())
+    args = ["release", "--config", str(config), "--local", "--out", str(out),
+            "--skip", "wheels", "--skip", "bench", "--skip", "publish"]
+    assert main(args) == 0, capsys.readouterr().err
+
+    smoke = json.loads((out / "smoke" / "image-pytorch-cpp-cpu.json").read_text())
+    assert smoke["ok"] and smoke["images"] == 4
+    assert smoke["min_iou"] >= 0.99 and smoke["max_score_diff"] <= 1e-4
+    assert smoke["map50_vs_ground_truth"] >= 0.9
+    assert smoke["requests"]["failed"] == [] and smoke["requests"]["cases"] >= 8
+
+    from slipway import services
+
+    record = json.loads((out / "images.json").read_text())["pytorch-cpp-cpu"]
+    res = services.docker(
+        "run", "--rm", "--network", "none", "--entrypoint", "python", record["tag"], "-c",
+        # Probed before the import: once loaded, the runtime's guard answers any probe for torch.
+        "import importlib.util as u, json; found = {m: u.find_spec(m) is not None for m in ('numpy', 'torch')}; "
+        "import slipway_runtime; print(json.dumps(found | {'kind': slipway_runtime.KIND}))",
+        check=False, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"numpy": False, "torch": False,
+                                                               "kind": "self-contained"}
