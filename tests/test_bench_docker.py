@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
+from release_configs import small_release
 
 from slipway import services
 from slipway.benchmark import sizes
 from slipway.cli import main
 
 pytestmark = pytest.mark.docker
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_image_sizes_compress_each_layer(local_services, tmp_path):
@@ -52,42 +50,14 @@ def test_image_sizes_compress_each_layer(local_services, tmp_path):
 @pytest.mark.slow
 def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, monkeypatch, capsys):
     """export -> images (pytorch-cpu) -> bench with short settings; generous budgets pass."""
-    weights = (ROOT / "model_export" / "examples" / "weights" / "shapes_torch.pt").as_posix()
-    config = tmp_path / "release.toml"
-    config.write_text(
-        textwrap.dedent(f"""
-        [project]
-        name = "bench-{uuid.uuid4().hex[:8]}"
-        version = "0.1.0"
-
-        [[models]]
-        name = "shapes-torch"
-        framework = "pytorch"
-        entry-point = "model_export.examples.torch_detector:build_model"
-        weights = "{weights}"
-        labels = ["circle", "square", "triangle"]
-        exporters = ["torchscript"]
-        golden-images = 4
-        input = {{ height = 128, width = 128, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }}
-
-        [[variants]]
-        name = "pytorch-cpu"
-        model = "shapes-torch"
-        runtime = "torchscript"
-        dockerfile = "dockerfiles/pytorch.Dockerfile"
-        target = "pytorch-cpu"
-
-        [wheels]
-        enabled = false
-
-        [registries]
-        images = "127.0.0.1:5000/slipway-bench-test"
-
+    config = small_release(
+        tmp_path / "release.toml", f"bench-{uuid.uuid4().hex[:8]}", "127.0.0.1:5000/slipway-bench-test",
+        extra="""
         [budgets]
-        max-image-mb = {{ pytorch-cpu = 100000 }}
-        max-ready-s = {{ pytorch-cpu = 300 }}
-        max-p95-ms = {{ torchscript = 100000 }}
-    """)
+        max-image-mb = { pytorch-cpu = 100000 }
+        max-ready-s = { pytorch-cpu = 300 }
+        max-p95-ms = { torchscript = 100000 }
+        """,
     )
     for key, value in {
         "RUNS": "4",

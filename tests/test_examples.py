@@ -34,7 +34,7 @@ def test_torch_example_map(capsys, record_property):
 
 @pytest.mark.tensorflow
 def test_tf_example_map(capsys, record_property):
-    pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow", reason="TensorFlow is the optional tensorflow extra (pip install .[tensorflow]); make test installs it")
     from model_export.examples.tf_detector import load_example, tf_detector
 
     value, per_class = evaluate_map(tf_detector(load_example()), count=HELD_OUT)

@@ -15,7 +15,7 @@ from model_export.examples.config import example_config
 from model_export.export import export_model
 
 pytestmark = pytest.mark.tensorflow
-tf = pytest.importorskip("tensorflow")
+tf = pytest.importorskip("tensorflow", reason="TensorFlow is the optional tensorflow extra (pip install .[tensorflow]); make test installs it")
 
 
 @pytest.fixture(scope="module")

@@ -8,55 +8,21 @@ release again: what did not change is reused, and the registry is left as it was
 from __future__ import annotations
 
 import json
-import textwrap
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from release_configs import small_release
 
 from slipway.cli import main
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _config(tmp_path: Path, project: str, variant: str = "pytorch-cpu", runtime: str = "torchscript") -> Path:
-    weights = (ROOT / "model_export" / "examples" / "weights" / "shapes_torch.pt").as_posix()
-    path = tmp_path / "release.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            [project]
-            name = "{project}"
-            version = "0.1.0"
-
-            [[models]]
-            name = "shapes-torch"
-            framework = "pytorch"
-            entry-point = "model_export.examples.torch_detector:build_model"
-            weights = "{weights}"
-            labels = ["circle", "square", "triangle"]
-            exporters = ["torchscript"]
-            golden-images = 4
-            input = {{ height = 128, width = 128, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }}
-
-            [[variants]]
-            name = "{variant}"
-            model = "shapes-torch"
-            runtime = "{runtime}"
-            dockerfile = "dockerfiles/pytorch.Dockerfile"
-            target = "{variant}"
-
-            [wheels]
-            enabled = false
-
-            [registries]
-            images = "127.0.0.1:5000/slipway-e2e"
-            """
-        )
-    )
-    return path
+    return small_release(tmp_path / "release.toml", project, "127.0.0.1:5000/slipway-e2e", variant=variant,
+                         runtime=runtime)
 
 
 def test_thin_release_end_to_end(local_services, tmp_path, capsys):

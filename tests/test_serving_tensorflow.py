@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
-tf = pytest.importorskip("tensorflow")
+tf = pytest.importorskip("tensorflow", reason="TensorFlow is the optional tensorflow extra (pip install .[tensorflow]); make test installs it")
 
 from serving.backends import create_backend  # noqa: E402
 from serving.backends._tf import detections_from_outputs  # noqa: E402
