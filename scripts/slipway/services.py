@@ -179,7 +179,9 @@ def docker_env() -> dict[str, str]:
     pid = PidFile(state_dir() / "docker" / "dockerd.slipway.pid").read()
     if pid is not None and "DOCKER_HOST" not in os.environ:
         env["DOCKER_HOST"] = f"unix://{_docker_socket()}"
-    env.setdefault("DOCKER_BUILDKIT", "1")
+    # BuildKit only where the chosen client has it: a newer client without the buildx plugin
+    # fails every build with "BuildKit is enabled but the buildx component is missing".
+    env.setdefault("DOCKER_BUILDKIT", "1" if client_has_buildkit(docker_cli()) else "0")
     return env
 
 
@@ -202,31 +204,31 @@ def _docker_clients() -> list[str]:
     return seen
 
 
-_CLIENT: str | None = None
+# Client path -> whether it builds with BuildKit. Keyed by path, never "the" client: installing
+# docker.io adds a client after the first look, and the choice must be made again then.
+_BUILDKIT: dict[str, bool] = {}
+
+
+def client_has_buildkit(client: str) -> bool:
+    """True for a client with the buildx plugin, or one older than 23.0 (BuildKit built in)."""
+    if client not in _BUILDKIT:
+        if subprocess.run([client, "buildx", "version"], capture_output=True).returncode == 0:
+            _BUILDKIT[client] = True
+        else:
+            res = subprocess.run([client, "--version"], capture_output=True, text=True)
+            major = res.stdout.split("version", 1)[-1].strip().split(".")[0]
+            _BUILDKIT[client] = major.isdigit() and int(major) < 23
+    return _BUILDKIT[client]
 
 
 def docker_cli() -> str:
-    """A docker client that builds with BuildKit: one with the buildx plugin, or one older than
-    23.0, where BuildKit is built in. A newer client without buildx falls back to the classic
-    builder, which is slower to rebuild."""
-    global _CLIENT
-    if _CLIENT:
-        return _CLIENT
+    """A docker client that builds with BuildKit where one is installed; else the first on PATH
+    (which then builds with the classic builder). Looked up on every call, so a client that an
+    install step just added is seen."""
     clients = _docker_clients()
     if not clients:
         raise ServiceError("no 'docker' client found on PATH")
-    chosen = clients[0]
-    for client in clients:
-        if subprocess.run([client, "buildx", "version"], capture_output=True).returncode == 0:
-            chosen = client
-            break
-        res = subprocess.run([client, "--version"], capture_output=True, text=True)
-        major = res.stdout.split("version", 1)[-1].strip().split(".")[0]
-        if major.isdigit() and int(major) < 23:
-            chosen = client
-            break
-    _CLIENT = chosen
-    return chosen
+    return next((c for c in clients if client_has_buildkit(c)), clients[0])
 
 
 def docker(*args: str, check: bool = True, capture: bool = True, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
