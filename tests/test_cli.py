@@ -52,3 +52,21 @@ def test_stage_options_read_environment(monkeypatch):
 
 def test_unknown_service_is_a_config_error(capsys):
     assert main(["services", "status", "postgres"]) == 2
+
+
+@pytest.mark.parametrize("reader", ["head -1", "true"])
+def test_a_closed_pipe_ends_quietly(tmp_path, reader):
+    """`slipway plan | head -1`: the reader leaves before slipway has written everything (`true`
+    leaves before the first byte), which must end without a BrokenPipeError traceback."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "release.toml"
+    script = f'"{sys.executable}" -m slipway.cli plan --config "{config}" | {reader}; echo "status=${{PIPESTATUS[0]}}"'
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.stderr == ""
+    lines = res.stdout.splitlines()
+    assert lines[-1] in ("status=0", "status=141"), res.stdout
+    if reader == "true":
+        assert lines == ["status=141"]
+    else:
+        assert lines[0] == "{"

@@ -113,7 +113,7 @@ def test_cli_plan_tag_prints_json(capsys, tmp_path):
     assert main(["plan", "--config", str(cfg), "--event", "tag", "--ref", "v1.2.3", "--sha", SHA]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["version"] == "1.2.3"
-    assert set(plan["matrix"]) == {"export", "wheels", "images", "smoke", "publish"}
+    assert set(plan["matrix"]) == {"export", "wheels", "images", "image_builds", "smoke", "publish"}
     assert main(["plan", "--config", str(cfg), "--ref", "vbad"]) == 2
     assert "vbad" in capsys.readouterr().err
 
@@ -130,3 +130,70 @@ def test_github_trigger_reading():
     assert trigger_from_github("push", "refs/tags/v1.0.0", SHA, {}).event == "tag"
     with pytest.raises(ConfigError, match="schedule"):
         trigger_from_github("schedule", "", SHA, {})
+
+
+def _github_tag(config, **kw):
+    return make_plan(config, trigger_from_github("push", "refs/tags/v0.1.0", SHA, {}, owner="Acme-ML", **kw))
+
+
+def test_github_real_release_defaults_to_ghcr_and_pypi(config):
+    """release.toml's loopback registries are local defaults: on GitHub they become GHCR under the
+    owner (lowercased) and PyPI; registries the configuration or the caller name are kept."""
+    from dataclasses import replace
+
+    plan = _github_tag(config)
+    assert plan["registries"] == {"images": "ghcr.io/acme-ml", "packages": "https://upload.pypi.org/legacy/"}
+    assert plan["matrix"]["images"][0]["image"] == "ghcr.io/acme-ml/slipway-examples-pytorch-cpu"
+    named = config.model_copy(update={"registries": config.registries.model_copy(
+        update={"images": "registry.acme.example/ml", "packages": "https://pypi.acme.example/legacy/"})})
+    assert _github_tag(named)["registries"] == {"images": "registry.acme.example/ml",
+                                                 "packages": "https://pypi.acme.example/legacy/"}
+    trig = replace(trigger_from_github("push", "refs/tags/v0.1.0", SHA, {}, owner="acme"),
+                   image_registry="docker.io/acme", package_index="https://test.pypi.org/legacy/")
+    assert make_plan(config, trig)["registries"] == {"images": "docker.io/acme",
+                                                      "packages": "https://test.pypi.org/legacy/"}
+    # Locally the configuration stands as written.
+    assert make_plan(config, Trigger(event="local", sha=SHA))["registries"]["images"] == "127.0.0.1:5000/slipway"
+
+
+def test_github_real_release_refuses_a_loopback_registry(config):
+    from dataclasses import replace
+
+    trig = replace(trigger_from_github("push", "refs/tags/v0.1.0", SHA, {}, owner="acme"),
+                   image_registry="127.0.0.1:5000/x", package_index="http://localhost:8765/")
+    with pytest.raises(ConfigError) as info:
+        make_plan(config, trig)
+    text = str(info.value)
+    assert "--image-registry" in text and "127.0.0.1:5000/x" in text and "loopback" in text
+    assert "--package-index" in text and "http://localhost:8765/" in text
+    # No owner: no GHCR default, and release.toml's loopback registry is named.
+    with pytest.raises(ConfigError, match=r"registries\.images"):
+        make_plan(config, trigger_from_github("push", "refs/tags/v0.1.0", SHA, {}, owner=""))
+    # A dry run publishes nothing: loopback is harmless there.
+    dry = replace(trig, dry_run=True)
+    assert make_plan(config, dry)["registries"]["images"] == "127.0.0.1:5000/x"
+
+
+def test_a_called_run_ignores_the_callers_dispatch_inputs():
+    """In a called run GitHub hands over the caller's event: a caller's own workflow_dispatch
+    input named `variants` or `dry-run` must not reach the plan."""
+    payload = {"inputs": {"dry-run": "false", "variants": "pytorch-cpu"}}
+    trig = trigger_from_github("workflow_dispatch", "refs/tags/v1.0.0", SHA, payload, override="call")
+    assert (trig.event, trig.dry_run, trig.variants) == ("call", None, ())
+    # Only this repository's own dispatch reads them (release.yml passes them as options anyway).
+    assert trigger_from_github("workflow_dispatch", "refs/tags/v1.0.0", SHA, payload).variants == ("pytorch-cpu",)
+
+
+def test_planned_stages(config):
+    from dataclasses import replace
+
+    full = _github_tag(config)
+    assert full["stages"] == ["export", "wheels", "images", "smoke", "bench", "publish"]
+    subset = make_plan(config, replace(trigger_from_github("workflow_dispatch", "refs/tags/v0.1.0", SHA, {}),
+                                       variants=("pytorch-cpu", "onnx-cpu"), dry_run=True))
+    assert subset["stages"] == ["export", "images", "smoke", "bench"]
+    # A dry run builds linux/amd64 only; a real release every platform, each smoke-tested natively.
+    assert [b["platform"] for b in subset["matrix"]["image_builds"]] == ["linux/amd64", "linux/amd64"]
+    assert [b["platform"] for b in full["matrix"]["image_builds"] if b["variant"] == "pytorch-cpu"] == [
+        "linux/amd64", "linux/arm64"]
+    assert next(e for e in full["matrix"]["smoke"] if e["variant"] == "pytorch-cpu")["arches"] == "amd64,arm64"

@@ -198,7 +198,10 @@ def _trigger(args: argparse.Namespace, root: Path) -> Trigger:
             sha = args.sha or os.environ.get("GITHUB_SHA", "")
             path = os.environ.get("GITHUB_EVENT_PATH")
             payload = json.loads(Path(path).read_text()) if path and Path(path).exists() else {}
-        trig = trigger_from_github(name, ref, sha, payload, override=args.event)
+        # The owner decides the default registries on GitHub (ghcr.io/<owner>).
+        owner = ((payload.get("repository") or {}).get("owner") or {}).get("login") if args.github_event \
+            else os.environ.get("GITHUB_REPOSITORY_OWNER")
+        trig = trigger_from_github(name, ref, sha, payload, override=args.event, owner=owner or "")
         overrides: dict[str, Any] = {}
         if args.dry_run is not None:
             overrides["dry_run"] = args.dry_run
@@ -450,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        # Flushed here, not at exit, so that a closed pipe is seen by the handler below.
+        sys.stdout.flush()
+        return code
     except SlipwayError as exc:
         kind = type(exc).__name__.replace("Error", " error").lower()
         print(f"slipway: {kind}: {exc}", file=sys.stderr)
@@ -458,6 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slipway: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`slipway plan | head -1`): say nothing, exit as a process killed
+        # by SIGPIPE would (128 + 13). stdout now points at /dev/null so that the interpreter's
+        # final flush does not raise a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
 
 
 if __name__ == "__main__":

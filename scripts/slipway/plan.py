@@ -40,15 +40,29 @@ class Trigger:
     variants: tuple[str, ...] = ()
     image_registry: str | None = None
     package_index: str | None = None
+    # The repository owner on GitHub (GITHUB_REPOSITORY_OWNER); set only when planning on GitHub,
+    # where it decides the default registries (GitHub's defaults below).
+    github_owner: str | None = None
     # Whether this machine has a GPU; a local release without one leaves GPU variants out
     # unless they are named in ``variants``.
     gpu: bool = True
 
 
+# Where a real release on GitHub publishes unless release.toml or the caller names another
+# registry that is not a loopback address (the local defaults are loopback addresses).
+GITHUB_IMAGE_REGISTRY = "ghcr.io/{owner}"
+GITHUB_PACKAGE_INDEX = "https://upload.pypi.org/legacy/"
+
+
 def trigger_from_github(
-    event_name: str, ref: str, sha: str, payload: dict[str, Any], override: str | None = None
+    event_name: str, ref: str, sha: str, payload: dict[str, Any], override: str | None = None,
+    owner: str | None = None,
 ) -> Trigger:
-    """Read a GitHub event (name, ref, payload) the way the release workflow receives it."""
+    """Read a GitHub event (name, ref, payload) the way the release workflow receives it.
+
+    A called run (``override`` 'call') sees the *caller's* event, whose payload may hold the
+    caller's own workflow_dispatch inputs: those never reach the plan. Its inputs come from the
+    called workflow's ``inputs`` only, which the workflow passes as options."""
     event = GITHUB_EVENTS.get(event_name)
     if event is None and override:
         # The caller says what this run is (e.g. a release triggered by 'schedule' or 'release').
@@ -62,10 +76,53 @@ def trigger_from_github(
     elif event == "tag" and not ref.startswith("refs/tags/"):
         # A push to a branch is CI, not a release: plan it as a dry run.
         event = "pull_request"
-    inputs = payload.get("inputs") or {}
+    inputs = (payload.get("inputs") or {}) if event == "dispatch" and event_name == "workflow_dispatch" else {}
     dry_run = _bool_input(inputs.get("dry-run")) if "dry-run" in inputs else None
     variants = tuple(v.strip() for v in str(inputs.get("variants") or "").split(",") if v.strip())
-    return Trigger(event=event, ref=ref, sha=sha, dry_run=dry_run, variants=variants)
+    return Trigger(event=event, ref=ref, sha=sha, dry_run=dry_run, variants=variants, github_owner=owner or "")
+
+
+def is_loopback(address: str) -> bool:
+    """True for an image registry (``host[:port]/path``) or index URL on a loopback address."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
+    return host == "localhost" or host.startswith("127.") or host in ("::1", "0.0.0.0")
+
+
+def _registries(config: ReleaseConfig, trigger: Trigger, dry_run: bool) -> tuple[str, str]:
+    """The image registry and package index of the plan.
+
+    Locally: the caller's overrides, else release.toml. On GitHub (``github_owner`` set): the
+    caller's, else release.toml's unless it is a loopback address, else GHCR under the owner and
+    PyPI. A real release on GitHub never publishes to a loopback address."""
+    key_images, key_packages = "registries.images", "registries.packages"
+    images, packages = config.registries.images, config.registries.packages
+    if trigger.image_registry:
+        images, key_images = trigger.image_registry, "--image-registry (SLIPWAY_IMAGE_REGISTRY)"
+    if trigger.package_index:
+        packages, key_packages = trigger.package_index, "--package-index (SLIPWAY_PACKAGE_INDEX)"
+    if trigger.github_owner is None:
+        return images.rstrip("/"), packages
+    owner = trigger.github_owner.strip().lower()
+    if not trigger.image_registry and is_loopback(images) and owner:
+        images, key_images = GITHUB_IMAGE_REGISTRY.format(owner=owner), "GITHUB_REPOSITORY_OWNER"
+    if not trigger.package_index and is_loopback(packages):
+        packages, key_packages = GITHUB_PACKAGE_INDEX, "the GitHub default"
+    if not dry_run:
+        problems = [
+            ConfigProblem(
+                str(config.source_path) if key.startswith("registries.") else "plan --github", key, value,
+                "a real release on GitHub cannot publish to a loopback address: name a registry the "
+                "runners can reach, or leave it to the default (ghcr.io/<owner>, PyPI)"
+                + ("" if owner else "; GITHUB_REPOSITORY_OWNER is empty, so there is no ghcr.io default"),
+            )
+            for key, value in ((key_images, images), (key_packages, packages))
+            if is_loopback(value)
+        ]
+        if problems:
+            raise ConfigError(problems)
+    return images.rstrip("/"), packages
 
 
 def _bool_input(value: Any) -> bool:
@@ -156,8 +213,7 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
             ]
         )
 
-    images_registry = (trigger.image_registry or config.registries.images).rstrip("/")
-    package_index = trigger.package_index or config.registries.packages
+    images_registry, package_index = _registries(config, trigger, dry_run)
 
     want_wheels = config.wheels.enabled and (
         not trigger.variants or any(v.runtime == "cpp" for v in selected)
@@ -205,12 +261,24 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
         }
         for v in selected
     ]
+    # One build per variant and platform, each on a runner of its own architecture (no
+    # emulation); a real release merges a variant's platforms into one index afterwards. A dry
+    # run builds linux/amd64 only (it saves the image as a tar, which holds one platform).
+    image_builds = [
+        {**v, "platform": platform, "arch": platform.rsplit("/", 1)[-1]}
+        for v in images
+        for platform in v["platforms"].split(",")
+        if not dry_run or platform == "linux/amd64"
+    ]
+    # Every platform built is smoke-tested on a runner of its own architecture: on GitHub,
+    # _smoke.yml runs one job per entry and arch in ``arches``; a local release tests its own.
     smoke: list[dict[str, Any]] = [
-        {"artifact": f"image:{v['variant']}", "kind": "image", "variant": v["variant"], "device": v["device"]}
+        {"artifact": f"image:{v['variant']}", "kind": "image", "variant": v["variant"], "device": v["device"],
+         "arches": ",".join(b["arch"] for b in image_builds if b["variant"] == v["variant"])}
         for v in images
     ]
     if wheels:
-        smoke.append({"artifact": "wheels", "kind": "wheel", "variant": "", "device": "cpu"})
+        smoke.append({"artifact": "wheels", "kind": "wheel", "variant": "", "device": "cpu", "arches": "amd64"})
     publish = [{"kind": "models"}]
     if images:
         publish.insert(0, {"kind": "images"})
@@ -231,9 +299,24 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
         "output_dir": f"dist/{version}",
         "config": config_path,
         "registries": {"images": images_registry, "packages": package_index},
-        "matrix": {"export": export, "wheels": wheels, "images": images, "smoke": smoke, "publish": publish},
+        "matrix": {"export": export, "wheels": wheels, "images": images, "image_builds": image_builds,
+                   "smoke": smoke, "publish": publish},
+        "stages": planned_stages(export, wheels, images, smoke, dry_run),
         "skipped": skipped,
     }
+
+
+def planned_stages(
+    export: list[Any], wheels: list[Any], images: list[Any], smoke: list[Any], dry_run: bool
+) -> list[str]:
+    """The stages this plan runs, named as the jobs of release.yml: the workflow's final gate
+    fails the run unless each of them succeeded (a skipped planned stage is a failure)."""
+    stages = {
+        "export": bool(export), "wheels": bool(wheels), "images": bool(images), "smoke": bool(smoke),
+        # The bench measures the exported models (and the CPU images); it runs whenever export does.
+        "bench": bool(export), "publish": not dry_run,
+    }
+    return [name for name, planned in stages.items() if planned]
 
 
 def load_plan(path: Path) -> dict[str, Any]:
