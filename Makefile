@@ -12,6 +12,8 @@ STAMP := $(VENV)/.slipway-installed
 TORCH := $(shell sed -n 's/^torch==//p' requirements-pytorch.txt)
 SESSION := .slipway-services.json
 PYTEST_ARGS ?=
+# zizmor without --offline runs its online audits too (pin verification); they need GH_TOKEN.
+ZIZMOR_FLAGS ?= --offline --strict-collection
 
 # Debian tools a few tests need: command:package. Installed as root on Debian; elsewhere the
 # tests that need them say what is missing.
@@ -58,7 +60,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/hadolint dockerfiles/*.Dockerfile
 	$(BIN)/actionlint .github/workflows/*.yml docs/example-caller.yml
-	$(BIN)/zizmor --offline --strict-collection .github docs/example-caller.yml
+	$(BIN)/zizmor $(ZIZMOR_FLAGS) .github docs/example-caller.yml
 
 schema: venv
 	$(BIN)/slipway schema > scripts/slipway/release.schema.json

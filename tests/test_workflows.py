@@ -54,7 +54,8 @@ ID_TOKEN_JOBS = {
     "example-caller.yml": {"release", "pypi"},
 }
 # Matrix keys a workflow may read although the plan may leave them out (with a fallback).
-OPTIONAL_MATRIX_KEYS = {("wheels", "package_dir")}
+# `arch` of a smoke target is made by _smoke.yml's select job from the plan's `arches`.
+OPTIONAL_MATRIX_KEYS = {("wheels", "package_dir"), ("smoke", "arch")}
 
 # The plan shape the workflows are written against (docs: the plan JSON). `model` in the
 # wheel targets names the export the wheel test checks against (SLIPWAY_MODEL_DIR).
@@ -74,15 +75,25 @@ SAMPLE_PLAN: dict[str, Any] = {
         "images": [
             {"variant": "pytorch-cpu", "model": "shapes-torch", "framework": "pytorch", "device": "cpu",
              "dockerfile": "dockerfiles/pytorch.Dockerfile", "target": "pytorch-cpu",
-             "platforms": "linux/amd64,linux/arm64", "image": "ghcr.io/owner/slipway/slipway-examples-pytorch-cpu"},
+             "platforms": "linux/amd64,linux/arm64", "image": "ghcr.io/owner/slipway-examples-pytorch-cpu"},
+        ],
+        "image_builds": [
+            {"variant": "pytorch-cpu", "model": "shapes-torch", "framework": "pytorch", "device": "cpu",
+             "dockerfile": "dockerfiles/pytorch.Dockerfile", "target": "pytorch-cpu",
+             "platforms": "linux/amd64,linux/arm64", "image": "ghcr.io/owner/slipway-examples-pytorch-cpu",
+             "platform": platform, "arch": platform.rsplit("/", 1)[-1]}
+            for platform in ("linux/amd64", "linux/arm64")
         ],
         "smoke": [
-            {"artifact": "image:pytorch-cpu", "kind": "image", "variant": "pytorch-cpu", "device": "cpu"},
-            {"artifact": "image:pytorch-gpu", "kind": "image", "variant": "pytorch-gpu", "device": "gpu"},
-            {"artifact": "wheels", "kind": "wheel", "variant": "", "device": "cpu"},
+            {"artifact": "image:pytorch-cpu", "kind": "image", "variant": "pytorch-cpu", "device": "cpu",
+             "arches": "amd64,arm64"},
+            {"artifact": "image:pytorch-gpu", "kind": "image", "variant": "pytorch-gpu", "device": "gpu",
+             "arches": "amd64"},
+            {"artifact": "wheels", "kind": "wheel", "variant": "", "device": "cpu", "arches": "amd64"},
         ],
         "publish": [{"kind": "images"}, {"kind": "wheels"}, {"kind": "models"}],
     },
+    "stages": ["export", "wheels", "images", "smoke", "bench", "publish"],
 }
 
 
@@ -857,8 +868,8 @@ def test_matrix_rule_finds_literal_and_unguarded_matrices():
         "export: an empty matrix.export fails the run; guard with `matrix.export[0] != null`"
     ]
     doc = _wf("_images.yml")
-    doc["jobs"]["image"]["strategy"]["matrix"]["include"] = "${{ fromJSON(vars.IMAGES) }}"
-    assert matrix_not_from_plan(doc) == ["image: matrix '${{ fromJSON(vars.IMAGES) }}' does not come from the plan"]
+    doc["jobs"]["build"]["strategy"]["matrix"]["include"] = "${{ fromJSON(vars.IMAGES) }}"
+    assert matrix_not_from_plan(doc) == ["build: matrix '${{ fromJSON(vars.IMAGES) }}' does not come from the plan"]
     doc = _wf("_smoke.yml")
     doc["jobs"]["select"]["steps"][0]["env"] = {"TARGETS": "${{ vars.SMOKE }}"}
     del doc["jobs"]["smoke"]["if"]
@@ -871,9 +882,9 @@ def test_matrix_rule_finds_literal_and_unguarded_matrices():
 def test_unpinned_uses_finds_tags_branches_missing_comments_and_dot_slash():
     text = (WORKFLOWS / "_images.yml").read_text()
     broken = (
-        text.replace("docker/login-action@4907a6ddec9925e35a0a9e82d7399ccc52663121 # v4.1.0", "docker/login-action@v4")
-        .replace("# v4.3.0", "")
-        .replace("uses: $/.github/actions/setup-slipway", "uses: ./.github/actions/setup-slipway")
+        text.replace("docker/login-action@4907a6ddec9925e35a0a9e82d7399ccc52663121 # v4.1.0", "docker/login-action@v4", 1)
+        .replace("# v4.3.0", "", 1)
+        .replace("uses: $/.github/actions/setup-slipway", "uses: ./.github/actions/setup-slipway", 1)
     )
     problems = unpinned_uses(broken)
     assert len(problems) == 3
@@ -1085,12 +1096,12 @@ def test_tag_guard_rule_finds_a_missing_guard():
 def test_plan_contract_finds_a_key_the_plan_lacks():
     docs = {p.name: load(p) for p in workflow_paths()}
     plan = copy.deepcopy(SAMPLE_PLAN)
-    for entry in plan["matrix"]["images"]:
-        del entry["platforms"]
+    for entry in plan["matrix"]["image_builds"]:
+        del entry["platform"]
     del plan["output_dir"]
     problems = plan_contract_problems(docs, plan)
     assert any("reads plan.output_dir" in p for p in problems)
-    assert any("_images.yml: reads matrix.platforms" in p for p in problems)
+    assert any("_images.yml: reads matrix.platform," in p for p in problems)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1251,11 +1262,13 @@ def run_plan_step(workflow: str, tmp_path: Path, github: dict[str, str], step_en
 
 def _github(event_name: str, fixture: str, ref: str, sha: str) -> dict[str, str]:
     return {"GITHUB_EVENT_NAME": event_name, "GITHUB_EVENT_PATH": str(EVENTS / fixture), "GITHUB_REF": ref,
-            "GITHUB_SHA": sha}
+            "GITHUB_SHA": sha, "GITHUB_REPOSITORY_OWNER": "Acme-ML"}
 
 
-def _release_env(*, dry_run: str = "", variants: str = "", event: str = "", config: str = "release.toml") -> dict[str, str]:
-    return {"SLIPWAY_CONFIG": config, "SLIPWAY_VARIANTS": variants, "SLIPWAY_EVENT": event, "DRY_RUN": dry_run}
+def _release_env(*, dry_run: str = "", variants: str = "", event: str = "", config: str = "release.toml",
+                 image_registry: str = "", package_index: str = "") -> dict[str, str]:
+    return {"SLIPWAY_CONFIG": config, "SLIPWAY_VARIANTS": variants, "SLIPWAY_EVENT": event, "DRY_RUN": dry_run,
+            "SLIPWAY_IMAGE_REGISTRY": image_registry, "SLIPWAY_PACKAGE_INDEX": package_index}
 
 
 def test_plan_on_a_tag_push_is_a_real_release(tmp_path):
