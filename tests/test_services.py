@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -94,3 +97,62 @@ def test_local_base_image_has_python(local_services):
         timeout=120,
     )
     assert res.stdout.strip() == "(3, 11)"
+
+
+FAKE_DOCKER = """#!/bin/sh
+# A newer docker client without the buildx plugin, first on PATH (as on a fresh machine).
+echo "$*" >> "$FAKE_DOCKER_LOG"
+case "$1" in
+  --version) echo "Docker version 28.2.2, build fake"; exit 0 ;;
+  buildx) echo "docker: unknown command: docker buildx" >&2; exit 1 ;;
+  *) echo "ERROR: BuildKit is enabled but the buildx component is missing or broken." >&2; exit 1 ;;
+esac
+"""
+
+FRESH_MACHINE = """
+import os, pathlib, subprocess, sys
+from slipway import services
+first = services.docker_cli()
+services.up(["docker"])
+client = services.docker_cli()
+ctx = pathlib.Path(sys.argv[1])
+res = services.docker("build", "-t", "swt-fresh:1", str(ctx), check=False, timeout=300)
+print(f"first={first}\\nclient={client}\\nbuildkit={services.docker_env()['DOCKER_BUILDKIT']}\\nbuild={res.returncode}")
+print(res.stderr[-2000:], file=sys.stderr)
+"""
+
+
+@pytest.mark.slow
+def test_fresh_machine_chooses_a_client_that_builds(tmp_path):
+    """A fresh machine: a newer docker client without buildx first on PATH, and no engine yet
+    (an empty state folder, no DOCKER_HOST). `services up` starts an engine, and the build after
+    it uses a client that can build; the client without buildx is looked at and passed over."""
+    if os.geteuid() != 0 or not services._docker_clients():
+        pytest.skip("starts a second dockerd: needs root and Debian's docker.io")
+    fake_bin = tmp_path / "fakebin"
+    fake_bin.mkdir()
+    (fake_bin / "docker").write_text(FAKE_DOCKER)
+    (fake_bin / "docker").chmod(0o755)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "hello.txt").write_text("hello\n")
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\n")
+    # Short: dockerd's socket path must stay under the Unix socket limit (108 bytes).
+    state = Path(tempfile.mkdtemp(prefix="swt-state-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DOCKER_BUILDKIT")}
+    env.update(SLIPWAY_STATE_DIR=str(state), FAKE_DOCKER_LOG=str(tmp_path / "fake.log"),
+               PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    try:
+        res = subprocess.run([sys.executable, "-c", FRESH_MACHINE, str(ctx)], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr
+        out = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+        assert out["client"] != str(fake_bin / "docker"), res.stdout
+        assert out["build"] == "0", res.stdout + res.stderr
+        # The client without buildx was asked, and never used for the build.
+        calls = (tmp_path / "fake.log").read_text().splitlines()
+        assert "buildx version" in calls and not any(c.startswith("build ") for c in calls), calls
+    finally:
+        subprocess.run([sys.executable, "-c", "from slipway import services; services.down(['docker'])"],
+                       env=env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
