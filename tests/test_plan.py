@@ -160,7 +160,7 @@ def test_github_real_release_refuses_a_loopback_registry(config):
     from dataclasses import replace
 
     trig = replace(trigger_from_github("push", "refs/tags/v0.1.0", SHA, {}, owner="acme"),
-                   image_registry="127.0.0.1:5000/x", package_index="http://localhost:8765/")
+                   image_registry="127.0.0.1:5000/x", package_index="http://localhost:8765/", on_github_runner=True)
     with pytest.raises(ConfigError) as info:
         make_plan(config, trig)
     text = str(info.value)
@@ -168,10 +168,13 @@ def test_github_real_release_refuses_a_loopback_registry(config):
     assert "--package-index" in text and "http://localhost:8765/" in text
     # No owner: no GHCR default, and release.toml's loopback registry is named.
     with pytest.raises(ConfigError, match=r"registries\.images"):
-        make_plan(config, trigger_from_github("push", "refs/tags/v0.1.0", SHA, {}, owner=""))
+        make_plan(config, replace(trigger_from_github("push", "refs/tags/v0.1.0", SHA, {}, owner=""),
+                                  on_github_runner=True))
     # A dry run publishes nothing: loopback is harmless there.
     dry = replace(trig, dry_run=True)
     assert make_plan(config, dry)["registries"]["images"] == "127.0.0.1:5000/x"
+    # A GitHub plan replayed off a runner (the local GitHub-mode tests) may use loopback.
+    assert make_plan(config, replace(trig, on_github_runner=False))["registries"]["images"] == "127.0.0.1:5000/x"
 
 
 def test_a_called_run_ignores_the_callers_dispatch_inputs():

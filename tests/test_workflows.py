@@ -1268,7 +1268,7 @@ def run_plan_step(workflow: str, tmp_path: Path, github: dict[str, str], step_en
 
 def _github(event_name: str, fixture: str, ref: str, sha: str) -> dict[str, str]:
     return {"GITHUB_EVENT_NAME": event_name, "GITHUB_EVENT_PATH": str(EVENTS / fixture), "GITHUB_REF": ref,
-            "GITHUB_SHA": sha, "GITHUB_REPOSITORY_OWNER": "Acme-ML"}
+            "GITHUB_SHA": sha, "GITHUB_REPOSITORY_OWNER": "Acme-ML", "GITHUB_ACTIONS": "true"}
 
 
 def _release_env(*, dry_run: str = "", variants: str = "", event: str = "", config: str = "release.toml",

@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _trigger(args: argparse.Namespace, root: Path) -> Trigger:
+    from dataclasses import replace
+
     if args.github or args.github_event:
         if args.github_event:
             payload = json.loads(Path(args.github_event).read_text())
@@ -202,6 +204,7 @@ def _trigger(args: argparse.Namespace, root: Path) -> Trigger:
         owner = ((payload.get("repository") or {}).get("owner") or {}).get("login") if args.github_event \
             else os.environ.get("GITHUB_REPOSITORY_OWNER")
         trig = trigger_from_github(name, ref, sha, payload, override=args.event, owner=owner or "")
+        trig = replace(trig, on_github_runner=os.environ.get("GITHUB_ACTIONS") == "true")
         overrides: dict[str, Any] = {}
         if args.dry_run is not None:
             overrides["dry_run"] = args.dry_run
@@ -216,8 +219,6 @@ def _trigger(args: argparse.Namespace, root: Path) -> Trigger:
             variants=tuple(v.strip() for v in (args.variants or "").split(",") if v.strip()),
         )
         overrides = {}
-    from dataclasses import replace
-
     trig = replace(
         trig,
         **overrides,

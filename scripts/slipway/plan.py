@@ -43,6 +43,9 @@ class Trigger:
     # The repository owner on GitHub (GITHUB_REPOSITORY_OWNER); set only when planning on GitHub,
     # where it decides the default registries (GitHub's defaults below).
     github_owner: str | None = None
+    # Running on a GitHub runner (GITHUB_ACTIONS=true): a real release there refuses loopback
+    # registries. A GitHub plan replayed on a machine (tests, --github-event) may use them.
+    on_github_runner: bool = False
     # Whether this machine has a GPU; a local release without one leaves GPU variants out
     # unless they are named in ``variants``.
     gpu: bool = True
@@ -109,7 +112,7 @@ def _registries(config: ReleaseConfig, trigger: Trigger, dry_run: bool) -> tuple
         images, key_images = GITHUB_IMAGE_REGISTRY.format(owner=owner), "GITHUB_REPOSITORY_OWNER"
     if not trigger.package_index and is_loopback(packages):
         packages, key_packages = GITHUB_PACKAGE_INDEX, "the GitHub default"
-    if not dry_run:
+    if not dry_run and trigger.on_github_runner:
         problems = [
             ConfigProblem(
                 str(config.source_path) if key.startswith("registries.") else "plan --github", key, value,
