@@ -34,9 +34,12 @@ from test_smoke_fixtures import (
 )
 
 from slipway import registry, sbom
-from slipway.errors import CheckError
+from slipway.config import load_config
+from slipway.context import StageContext
+from slipway.errors import CheckError, PublishError
+from slipway.github import primary_smoke, smoke_artifacts
 from slipway.smoketest import interpreter_for, smoke_wheel, tfserving_mode, wheel_kind, wheel_tags
-from slipway.stages import smoke
+from slipway.stages import publish, smoke
 
 TORCH_VARIANT = {
     "model": "shapes-torch",
@@ -165,6 +168,62 @@ def test_cross_runtime_table_reuses_the_export_verification(tmp_path):
     assert "| image a | m |" in text and "| 1.0e-04 | 2.0e-06 |" in text
     assert "ran on CPU: GPU path not exercised" in text
     assert "| 5.0e-01 | 2.0e-01 | - | **FAILED** | 3 of 3 golden image(s) differ |" in text
+
+
+def test_each_platform_keeps_its_own_result_and_the_gate_reads_both(tmp_path, monkeypatch):
+    """GitHub smokes an image once per platform, each job on its own architecture, and merges the
+    jobs' smoke/ folders: the arm64 result must sit beside the amd64 one, the summary and table
+    must show both, and the publish gate must refuse when either is missing or failed."""
+    config = load_config(make_project(tmp_path / "proj", name="unit", models=TORCH_MODEL,
+                                      variants=[{"name": "a", **TORCH_VARIANT}], registry="127.0.0.1:5000/unit"))
+    digest = "sha256:" + "d" * 64
+    plan = {
+        "project": "unit", "version": "1.0.0", "sha": "0" * 40, "short_sha": "0000000", "dry_run": False,
+        "matrix": {"images": [], "smoke": [
+            {"artifact": "image:a", "kind": "image", "variant": "a", "device": "cpu", "arches": "amd64,arm64"}]},
+    }
+    ctx = StageContext(config=config, plan=plan, out=tmp_path / "out", root=config.root)
+    # The writer: one job per architecture, no image built, so each writes a failed result.
+    for arch in ("arm64", "amd64"):
+        monkeypatch.setattr(smoke, "host_arch", lambda arch=arch: arch)
+        with pytest.raises(CheckError, match="no image built"):
+            smoke.run(ctx, artifact="image:a")
+    files = sorted(p.name for p in (ctx.out / "smoke").glob("image-*.json"))
+    assert files == ["image-a.arm64.json", "image-a.json"]
+    assert json.loads((ctx.out / "smoke" / "image-a.arm64.json").read_text())["arch"] == "arm64"
+
+    # The readers, on the folder the publish job downloads: amd64 passed, arm64 failed.
+    def result(arch: str, ok: bool) -> dict:
+        return {"artifact": "image:a", "kind": "image", "variant": "a", "arch": arch, "ok": ok, "digest": digest,
+                "error": "" if ok else "2 of 4 golden image(s) differ", "min_iou": 1.0 if ok else 0.5}
+
+    def write(arch: str, ok: bool | None) -> None:
+        path = ctx.out / "smoke" / ("image-a.json" if arch == "amd64" else f"image-a.{arch}.json")
+        path.unlink(missing_ok=True)
+        if ok is not None:
+            path.write_text(json.dumps(result(arch, ok)))
+
+    write("amd64", True)
+    write("arm64", False)
+    summary = smoke.summarize(ctx)
+    assert set(summary["artifacts"]) == {"image:a", "image:a@arm64"} and summary["failed"] == ["image:a@arm64"]
+    assert [r["artifact"] for r in summary["table"]] == ["image a", "image a (arm64)"]
+    assert "| image a (arm64) |" in (ctx.out / "smoke" / "table.md").read_text()
+    with pytest.raises(PublishError, match=re.escape("image:a on arm64 (2 of 4 golden image(s) differ)")):
+        publish.check_smoke(ctx, None)
+    artifacts = smoke_artifacts(ctx.out)
+    with pytest.raises(PublishError, match="smoke test failed: image:a on arm64"):
+        publish._image_gate(ctx, "a", {"digest": digest}, artifacts)
+    # arm64 not tested at all: the gate names the platform.
+    write("arm64", None)
+    (ctx.out / "smoke" / "summary.json").unlink()
+    with pytest.raises(PublishError, match="image:a was not smoke-tested on arm64"):
+        publish._image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
+    # Both passed: both gates open, and the release records amd64's numbers.
+    write("arm64", True)
+    assert publish.check_smoke(ctx, None)["ok"]
+    publish._image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
+    assert primary_smoke(smoke_artifacts(ctx.out), "image:a")["arch"] == "amd64"
 
 
 @pytest.mark.slow

@@ -88,23 +88,55 @@ def image_records(out: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+# The platform every plan builds; its smoke result keeps the plain name and key.
+PRIMARY_ARCH = "amd64"
+
+
+def smoke_key(artifact: str, arch: str | None) -> str:
+    """The key of one platform's smoke result: ``image:<variant>`` for amd64 (or a result that
+    names no platform), ``image:<variant>@<arch>`` for any other, so that the arm64 job's result
+    sits beside the amd64 job's instead of replacing it."""
+    return artifact if not arch or arch == PRIMARY_ARCH else f"{artifact}@{arch}"
+
+
+def smoke_file_stem(stem: str, arch: str | None) -> str:
+    """``image-<variant>`` for amd64, ``image-<variant>.<arch>`` for any other platform."""
+    return stem if not arch or arch == PRIMARY_ARCH else f"{stem}.{arch}"
+
+
+def smoke_platforms(artifacts: dict[str, dict[str, Any]], artifact: str) -> dict[str, dict[str, Any]]:
+    """arch -> result of every platform on which ``artifact`` was smoke-tested."""
+    found = {}
+    for key, result in artifacts.items():
+        if key == artifact or key.startswith(artifact + "@"):
+            found[result.get("arch") or (key.split("@", 1)[1] if "@" in key else PRIMARY_ARCH)] = result
+    return found
+
+
+def primary_smoke(artifacts: dict[str, dict[str, Any]], artifact: str) -> dict[str, Any]:
+    """The amd64 result of ``artifact``; on a machine of another architecture, its own."""
+    platforms = smoke_platforms(artifacts, artifact)
+    return platforms.get(PRIMARY_ARCH) or next(iter(platforms.values()), {})
+
+
 def smoke_result_files(out: Path) -> dict[str, dict[str, Any]]:
-    """artifact -> result, from the per-artifact files ``smoke/*.json`` (all but the summary)."""
+    """key -> result, from the per-artifact files ``smoke/*.json`` (all but the summary); one key per
+    artifact and platform (``smoke_key``)."""
     results: dict[str, dict[str, Any]] = {}
     for path in sorted((out / "smoke").glob("*.json")):
         if path.name == "summary.json":
             continue
         result = _read(path)
         if isinstance(result, dict) and result.get("artifact"):
-            results[result["artifact"]] = result
+            results[smoke_key(result["artifact"], result.get("arch"))] = result
     return results
 
 
 def smoke_artifacts(out: Path) -> dict[str, dict[str, Any]]:
-    """artifact -> result: ``smoke/summary.json`` overlaid by the per-artifact files.
+    """key (``smoke_key``) -> result: ``smoke/summary.json`` overlaid by the per-artifact files.
 
     A summary downloaded from several smoke jobs is whichever job's came last; the per-artifact
-    files are each job's own and never collide.
+    files are each job's own and never collide (one per artifact and platform).
     """
     summary = _read(out / "smoke" / "summary.json") or {}
     artifacts = dict(summary.get("artifacts") or {})

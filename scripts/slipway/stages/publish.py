@@ -52,7 +52,7 @@ from slipway.baseimage import HOST_CA_LABEL
 from slipway.context import StageContext
 from slipway.errors import BuildError, PublishError, ServiceError
 from slipway.fsutil import sha256_file
-from slipway.github import image_records, set_outputs, smoke_artifacts
+from slipway.github import image_records, primary_smoke, set_outputs, smoke_artifacts, smoke_platforms
 from slipway.version import parse_version
 
 ASSETS = "release/assets"
@@ -98,11 +98,15 @@ def check_smoke(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]
     if wheels and "wheels" not in wanted:
         wanted.append("wheels")
     wanted += [f"wheel:{w.name}" for w in wheels]
-    missing = [a for a in wanted if a not in artifacts]
+    # An image is smoke-tested once per platform (``image:<v>``, ``image:<v>@arm64``): every one
+    # of its results must pass. Which platforms must be there is _image_gate's question.
+    tested = {a: smoke_platforms(artifacts, a) for a in wanted}
+    missing = [a for a in wanted if not tested[a]]
     failed = [
-        f"{a} ({artifacts[a].get('error') or 'failed'})"
+        f"{a}{'' if arch == 'amd64' else f' on {arch}'} ({result.get('error') or 'failed'})"
         for a in wanted
-        if a in artifacts and not artifacts[a]["ok"]
+        for arch, result in sorted(tested[a].items())
+        if not result["ok"]
     ]
     stale = []
     for w in wheels:
@@ -163,7 +167,7 @@ def collect_images(ctx: StageContext, variants: list[str] | None, summary: dict[
                 f"image:{variant} was pushed by digest ({built['digest']}): tag it with "
                 f"'slipway publish --kind images --variant {variant}'; nothing was published"
             )
-        smoke_id = summary["artifacts"].get(f"image:{variant}", {}).get("image_id")
+        smoke_id = primary_smoke(summary["artifacts"], f"image:{variant}").get("image_id")
         if not smoke_id or built.get("id") != smoke_id:
             raise PublishError(
                 f"image:{variant} was rebuilt after its smoke test ({str(built.get('id'))[:19]} built, "
@@ -714,19 +718,27 @@ def tag_digest(image: str, digest: str, tag: str) -> None:
 
 
 def _image_gate(ctx: StageContext, variant: str, record: dict[str, Any], artifacts: dict[str, Any]) -> None:
-    result = artifacts.get(f"image:{variant}")
-    if result is None:
-        raise PublishError(f"image:{variant} was not smoke-tested; nothing was published")
-    if not result.get("ok"):
-        raise PublishError(
-            f"smoke test failed: image:{variant} ({result.get('error') or 'failed'}); nothing was published"
-        )
-    if result.get("digest") != record.get("digest"):
-        raise PublishError(
-            f"image:{variant}: the smoke test ran on {result.get('digest') or result.get('image_id')}, "
-            f"the record names {record.get('digest')}: smoke-test the digest you mean to publish; "
-            "nothing was published"
-        )
+    """A pushed digest is published only when every platform the plan built of it (the smoke
+    matrix's ``arches``) was smoke-tested on its own architecture, passed, and ran that digest."""
+    artifact = f"image:{variant}"
+    planned = next((e for e in ctx.plan["matrix"]["smoke"] if e.get("artifact") == artifact), {})
+    arches = [a for a in str(planned.get("arches") or "amd64").split(",") if a]
+    tested = smoke_platforms(artifacts, artifact)
+    for arch in arches:
+        where = "" if arch == "amd64" else f" on {arch}"
+        result = tested.get(arch)
+        if result is None:
+            raise PublishError(f"{artifact} was not smoke-tested{where}; nothing was published")
+        if not result.get("ok"):
+            raise PublishError(
+                f"smoke test failed: {artifact}{where} ({result.get('error') or 'failed'}); nothing was published"
+            )
+        if result.get("digest") != record.get("digest"):
+            raise PublishError(
+                f"{artifact}: the smoke test{where} ran on {result.get('digest') or result.get('image_id')}, "
+                f"the record names {record.get('digest')}: smoke-test the digest you mean to publish; "
+                "nothing was published"
+            )
 
 
 def publish_images(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]:
@@ -863,7 +875,7 @@ def github_release(ctx: StageContext) -> dict[str, Any]:
             "tags": published.get("tags", {}),
             "platforms": record.get("platforms"),
             "smoke": {
-                k: summary["artifacts"].get(f"image:{variant}", {}).get(k)
+                k: primary_smoke(summary["artifacts"], f"image:{variant}").get(k)
                 for k in ("min_iou", "max_score_diff", "model_server", "gpu")
             },
         }
@@ -1033,7 +1045,7 @@ def _release_record(
             "tags": digests,
             "sbom": sboms.get(f"image:{job.variant}"),
             "smoke": {
-                k: summary["artifacts"].get(f"image:{job.variant}", {}).get(k)
+                k: primary_smoke(summary["artifacts"], f"image:{job.variant}").get(k)
                 for k in ("min_iou", "max_score_diff", "model_server", "gpu")
             },
         }

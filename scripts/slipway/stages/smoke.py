@@ -10,7 +10,10 @@
   golden images through ``slipway_runtime.Detector``.
 
 Results: one file per artifact (``smoke/image-<variant>.json``, ``smoke/wheel-<file>.json``,
-``smoke/wheels.json``; no ``:`` in a name, which GitHub artifacts refuse), ``smoke/summary.json``
+``smoke/wheels.json``; no ``:`` in a name, which GitHub artifacts refuse), and per platform: an
+image tested on an arm64 machine writes ``smoke/image-<variant>.arm64.json`` (key
+``image:<variant>@arm64`` in the summary), so the results of GitHub's amd64 and arm64 smoke jobs
+both survive in the folder they are downloaded into. Then ``smoke/summary.json``
 (earlier results of other artifacts are kept) and ``smoke/table.md``, the cross-runtime table:
 the in-process numbers of the export's own verification beside every served and installed
 artifact. The summary and the table are views rebuilt from the per-artifact files, so results
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,14 @@ from slipway.context import StageContext
 from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError
 from slipway.fsutil import sha256_file
-from slipway.github import add_summary, image_records, smoke_result_files
+from slipway.github import (
+    PRIMARY_ARCH,
+    add_summary,
+    image_records,
+    smoke_file_stem,
+    smoke_key,
+    smoke_result_files,
+)
 from slipway.smoketest import (
     check_golden,
     has_gpu,
@@ -72,6 +83,18 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
+def host_arch() -> str:
+    """This machine's platform architecture as Docker names it (amd64, arm64): the image's
+    platform that the engine here runs."""
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def image_stem(variant: str, arch: str) -> str:
+    """``image-<variant>`` on amd64, ``image-<variant>.<arch>`` elsewhere (results, logs)."""
+    return smoke_file_stem(f"image-{_safe(variant)}", arch)
+
+
 # --------------------------------------------------------------------------------------------
 # Images
 
@@ -84,10 +107,12 @@ def smoke_image(
     device = entry.get("device", "cpu")
     tolerance = ctx.config.smoke.tolerance_for(runtime)
     model_dir = ctx.out / "models" / entry["model"]
+    arch = host_arch()
     result: dict[str, Any] = {
         "artifact": f"image:{variant}",
         "kind": "image",
         "variant": variant,
+        "arch": arch,
         "model": entry["model"],
         "image": entry["tag"],
         "image_id": entry["id"],
@@ -110,8 +135,8 @@ def smoke_image(
                 "its GPU path was NOT exercised"
             )
     started = time.monotonic()
-    logs = ctx.out / "smoke" / f"image-{_safe(variant)}.log"
-    server_logs = ctx.out / "smoke" / f"image-{_safe(variant)}.model-server.log"
+    logs = ctx.out / "smoke" / f"{image_stem(variant, arch)}.log"
+    server_logs = ctx.out / "smoke" / f"{image_stem(variant, arch)}.model-server.log"
     try:
         if not (model_dir / "golden" / "reference.json").exists():
             raise CheckError(f"no golden reference in {model_dir} (run 'slipway export')")
@@ -269,6 +294,7 @@ _SUMMARY_KEYS = (
     "wheel_kind",
     "kind",
     "variant",
+    "arch",
     "model",
     "runtime",
     "device",
@@ -307,6 +333,11 @@ def _number(value: float | None) -> str:
 
 def _deviation(a: dict[str, Any]) -> float | None:
     return 1.0 - float(a["min_iou"]) if a.get("min_iou") is not None else None
+
+
+def image_row_name(variant: str, arch: str | None) -> str:
+    """``image <variant>``, with `` (<arch>)`` for a platform other than amd64."""
+    return f"image {variant}" + ("" if not arch or arch == PRIMARY_ARCH else f" ({arch})")
 
 
 def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -386,7 +417,7 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
             notes.append("ran on CPU: GPU path not exercised")
         rows.append(
             {
-                "artifact": f"image {a.get('variant', key)}",
+                "artifact": image_row_name(a.get("variant", key), a.get("arch")),
                 "model": a.get("model"),
                 "checked_by": f"slipway smoke: container, runtime {a.get('runtime', '?')}",
                 "images": a.get("images"),
@@ -518,6 +549,7 @@ def run(
     ):
         tfserving_mode(tfserving)  # a wrong --tfserving or SLIPWAY_TFSERVING fails before anything starts
     gpu_present = has_gpu()
+    arch = host_arch()
     results: dict[str, dict[str, Any]] = {}
     for entry in planned:
         variant = entry["variant"]
@@ -526,6 +558,7 @@ def run(
                 "artifact": f"image:{variant}",
                 "kind": "image",
                 "variant": variant,
+                "arch": arch,
                 "ok": False,
                 "error": "no image built for this variant (run 'slipway images')",
             }
@@ -535,7 +568,7 @@ def run(
                 record = materialize(ctx, images[variant])
             except CheckError as exc:
                 record = None
-                res = {"artifact": f"image:{variant}", "kind": "image", "variant": variant, "ok": False,
+                res = {"artifact": f"image:{variant}", "kind": "image", "variant": variant, "arch": arch, "ok": False,
                        "error": str(exc), **{k: images[variant][k] for k in ("digest", "archive")
                                              if images[variant].get(k)}}
                 ctx.log(f"{variant}: FAILED: {exc}")
@@ -546,9 +579,10 @@ def run(
                 detail = f": {res['error']}" if not res["ok"] else ""
                 numbers = f"min IoU {res.get('min_iou', '-')}, max score diff {res.get('max_score_diff', '-')}"
                 ctx.log(f"{variant}: {state} (ready in {res.get('ready_seconds', '-')}s, {numbers}){detail}")
-        results[res["artifact"]] = res
-        # Every result gets its file, failures too: the summary is rebuilt from these files.
-        ctx.write_json(f"smoke/image-{_safe(variant)}.json", res)
+        results[smoke_key(res["artifact"], arch)] = res
+        # Every result gets its file, failures too: the summary is rebuilt from these files. One
+        # file per platform: on GitHub the amd64 and arm64 jobs' folders are merged into one.
+        ctx.write_json(f"smoke/{image_stem(variant, arch)}.json", res)
     if test_wheels:
         for stale in [*(ctx.out / "smoke").glob("wheel-*.json"), ctx.out / "smoke" / "wheels.json"]:
             stale.unlink(missing_ok=True)
@@ -566,7 +600,7 @@ def run(
     tested = [r for r in rows if r["artifact"].startswith(("image ", "C++ wheel"))]
     if artifact:
         # This job's own rows; the merged table is the release notes' (smoke --summarize).
-        mine = {f"image {v}" for v in (variants or [])}
+        mine = {image_row_name(v, arch) for v in (variants or [])}
         tested = [r for r in tested if r["artifact"] in mine or (test_wheels and r["artifact"].startswith("C++"))]
     add_summary(f"### Smoke test: {artifact or 'all artifacts'}\n\n" + table_markdown(tested))
     now_failed = [k for k, r in results.items() if not r["ok"]]
