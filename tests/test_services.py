@@ -100,39 +100,97 @@ def test_local_base_image_has_python(local_services):
 
 
 FAKE_DOCKER = """#!/bin/sh
-# A newer docker client without the buildx plugin, first on PATH (as on a fresh machine).
+# A newer docker client without the buildx plugin, first on PATH (as on a fresh machine). It
+# talks to an engine like any client (here by handing the command to the host's client), but only
+# once one runs: with no DOCKER_HOST there is none yet. It builds only with the classic builder.
 echo "$*" >> "$FAKE_DOCKER_LOG"
 case "$1" in
   --version) echo "Docker version 28.2.2, build fake"; exit 0 ;;
   buildx) echo "docker: unknown command: docker buildx" >&2; exit 1 ;;
-  *) echo "ERROR: BuildKit is enabled but the buildx component is missing or broken." >&2; exit 1 ;;
 esac
+if [ -z "$DOCKER_HOST" ]; then
+  echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2
+  exit 1
+fi
+if [ "$1" = build ] && [ "$DOCKER_BUILDKIT" != 0 ]; then
+  echo "ERROR: BuildKit is enabled but the buildx component is missing or broken." >&2
+  exit 1
+fi
+exec "$HOST_DOCKER" "$@"
 """
 
 FRESH_MACHINE = """
 import os, pathlib, subprocess, sys
 from slipway import services
+ctx, installed, host_docker, host_dockerd = map(pathlib.Path, sys.argv[1:5])
+# Debian's docker.io is not installed: its folder holds no client and no engine yet.
+services.DOCKER_BIN_DIRS = (str(installed),)
+
+def apt_install(packages, log):
+    # What `apt-get install docker.io` does, without touching the host: docker and dockerd appear
+    # in the folder Debian installs them to.
+    assert packages == ["docker.io"], packages
+    (installed / "docker").symlink_to(host_docker)
+    (installed / "dockerd").symlink_to(host_dockerd)
+    log("installed docker.io")
+
+services._apt_install = apt_install
 first = services.docker_cli()
 services.up(["docker"])
 client = services.docker_cli()
-ctx = pathlib.Path(sys.argv[1])
 res = services.docker("build", "-t", "swt-fresh:1", str(ctx), check=False, timeout=300)
 print(f"first={first}\\nclient={client}\\nbuildkit={services.docker_env()['DOCKER_BUILDKIT']}\\nbuild={res.returncode}")
 print(res.stderr[-2000:], file=sys.stderr)
 """
 
 
+def _host_docker() -> tuple[str, str] | None:
+    """The host's docker client that builds (Debian's docker.io, say) and its dockerd."""
+    def builds(client: str) -> bool:  # the buildx plugin, or a client older than 23.0
+        if subprocess.run([client, "buildx", "version"], capture_output=True).returncode == 0:
+            return True
+        version = subprocess.run([client, "--version"], capture_output=True, text=True).stdout
+        major = version.split("version", 1)[-1].strip().split(".")[0]
+        return major.isdigit() and int(major) < 23
+
+    client = next((c for c in services._docker_clients() if builds(c)), None)
+    dockerd = next(iter(services._installed("dockerd")), None)
+    return (client, dockerd) if client and dockerd else None
+
+
+def _path_without(names: set[str], folder: Path) -> str:
+    """A folder with a link to every program on PATH except ``names``: the host's tools without
+    its docker, nothing removed from the host."""
+    folder.mkdir()
+    for directory in [*os.environ["PATH"].split(os.pathsep), *services.DOCKER_BIN_DIRS]:
+        if not directory or not os.path.isdir(directory):
+            continue
+        for entry in os.scandir(directory):
+            target = folder / entry.name
+            if entry.name in names or target.exists() or target.is_symlink():
+                continue
+            if entry.is_file() and os.access(entry.path, os.X_OK):
+                target.symlink_to(os.path.realpath(entry.path))
+    return str(folder)
+
+
 @pytest.mark.slow
 def test_fresh_machine_chooses_a_client_that_builds(tmp_path):
-    """A fresh machine: a newer docker client without buildx first on PATH, and no engine yet
-    (an empty state folder, no DOCKER_HOST). `services up` starts an engine, and the build after
-    it uses a client that can build; the client without buildx is looked at and passed over."""
-    if os.geteuid() != 0 or not services._docker_clients():
-        pytest.skip("starts a second dockerd: needs root and Debian's docker.io")
+    """A fresh machine: a newer docker client without buildx first on PATH, Debian's docker.io not
+    installed, no engine. `services up` installs docker.io (here: its client and engine appear in
+    the folder apt would put them in) and starts the engine; the build after it must use the
+    client that install added. A choice made before the install (the client without buildx) fails
+    the build with "BuildKit is enabled but the buildx component is missing"."""
+    host = _host_docker()
+    if os.geteuid() != 0 or host is None:
+        pytest.skip("starts a second dockerd from the host's docker.io: needs root and Debian's docker.io")
     fake_bin = tmp_path / "fakebin"
     fake_bin.mkdir()
     (fake_bin / "docker").write_text(FAKE_DOCKER)
     (fake_bin / "docker").chmod(0o755)
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    tools = _path_without({"docker", "dockerd"}, tmp_path / "tools")
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "hello.txt").write_text("hello\n")
@@ -140,19 +198,23 @@ def test_fresh_machine_chooses_a_client_that_builds(tmp_path):
     # Short: dockerd's socket path must stay under the Unix socket limit (108 bytes).
     state = Path(tempfile.mkdtemp(prefix="swt-state-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DOCKER_BUILDKIT")}
-    env.update(SLIPWAY_STATE_DIR=str(state), FAKE_DOCKER_LOG=str(tmp_path / "fake.log"),
-               PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    env.update(SLIPWAY_STATE_DIR=str(state), FAKE_DOCKER_LOG=str(tmp_path / "fake.log"), HOST_DOCKER=host[0],
+               PATH=os.pathsep.join([str(fake_bin), tools, str(installed)]))
+    args = [sys.executable, "-c", FRESH_MACHINE, str(ctx), str(installed), *host]
     try:
-        res = subprocess.run([sys.executable, "-c", FRESH_MACHINE, str(ctx)], env=env, capture_output=True,
-                             text=True, timeout=600)
+        res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stdout + res.stderr
         out = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-        assert out["client"] != str(fake_bin / "docker"), res.stdout
+        # Before the install, the client without buildx was the only one.
+        assert out["first"] == str(fake_bin / "docker"), res.stdout
+        assert "installed docker.io" in res.stderr, res.stderr
+        assert out["client"] == str(installed / "docker"), res.stdout
         assert out["build"] == "0", res.stdout + res.stderr
         # The client without buildx was asked, and never used for the build.
         calls = (tmp_path / "fake.log").read_text().splitlines()
         assert "buildx version" in calls and not any(c.startswith("build ") for c in calls), calls
     finally:
-        subprocess.run([sys.executable, "-c", "from slipway import services; services.down(['docker'])"],
-                       env=env, capture_output=True, text=True, timeout=120)
+        down = "from slipway import services; services.DOCKER_BIN_DIRS = (sys.argv[1],); services.down(['docker'])"
+        subprocess.run([sys.executable, "-c", "import sys; " + down, str(installed)], env=env,
+                       capture_output=True, text=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)

@@ -194,14 +194,29 @@ def host_networking() -> bool:
     return res.returncode == 0 and "bridge" not in res.stdout.split()
 
 
-def _docker_clients() -> list[str]:
+# Where Debian's docker.io puts docker and dockerd. Looked at after PATH: the apt step of
+# ensure_docker installs there whatever PATH holds. (The fresh-machine test points it at a folder
+# of its own, so that it can start with no client there and "install" one.)
+DOCKER_BIN_DIRS: tuple[str, ...] = ("/usr/bin", "/usr/sbin")
+
+
+def _installed(name: str) -> list[str]:
+    """Every executable ``name`` on PATH, then in DOCKER_BIN_DIRS, one path per real file."""
     seen: list[str] = []
-    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
-        candidate = os.path.join(directory, "docker")
+    for directory in [*os.environ.get("PATH", "").split(os.pathsep), *DOCKER_BIN_DIRS]:
+        if not directory:
+            continue
+        candidate = os.path.join(directory, name)
         real = os.path.realpath(candidate)
-        if os.access(candidate, os.X_OK) and real not in [os.path.realpath(s) for s in seen]:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK) and real not in [
+            os.path.realpath(s) for s in seen
+        ]:
             seen.append(candidate)
     return seen
+
+
+def _docker_clients() -> list[str]:
+    return _installed("docker")
 
 
 # Client path -> whether it builds with BuildKit. Keyed by path, never "the" client: installing
@@ -258,9 +273,12 @@ def ensure_docker(log: Log = _stderr) -> str:
     keep_gb = os.environ.get("SLIPWAY_BUILD_CACHE_GB", "20").strip() or "20"
     if not keep_gb.isdigit() or int(keep_gb) < 1:
         raise ServiceError(f"SLIPWAY_BUILD_CACHE_GB={keep_gb!r}: expected a whole number of GB, at least 1")
-    if not shutil.which("dockerd") and not Path("/usr/sbin/dockerd").exists():
+    if not _installed("dockerd"):
         _apt_install(["docker.io"], log)
-    dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+    found = _installed("dockerd")
+    if not found:
+        raise ServiceError(f"docker.io is installed but no dockerd is on PATH or in {', '.join(DOCKER_BIN_DIRS)}")
+    dockerd = found[0]
     root = state_dir() / "docker"
     for sub in ("data", "exec"):
         (root / sub).mkdir(parents=True, exist_ok=True)
