@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh Debian machine:
 #   make release   the whole local release of the example models (local registry and index)
-#   make test      every test; starts what it needs and stops what it started
+#   make test      every test; starts what it needs and stops what it started, and removes
+#                  from the registry what its tests pushed there
 # Also: make lint, make services, make down, make clean.
 
 PYTHON ?= python3

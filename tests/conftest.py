@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,24 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_pushed_repositories():
+    """After the session, the registry repositories this session pushed to are deleted
+    (tests/registry_cleanup.py); what the registry held before the session is left alone."""
+    import registry_cleanup
+
+    from slipway import services
+
+    before = registry_cleanup.catalog(services.REGISTRY_ADDR)
+    yield
+    if registry_cleanup.PREFIXES:
+        removed, problems = registry_cleanup.clean(services.REGISTRY_ADDR, before)
+        for line in problems:
+            print(f"could not remove a test repository from the registry: {line}", file=sys.stderr)
+        if removed:
+            print(f"removed {len(removed)} test repositories from {services.REGISTRY_ADDR}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from registry_cleanup import pushes_to
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -13,6 +15,7 @@ def small_release(path: Path, project: str, registry: str, *, variant: str = "py
     """Write release.toml at ``path``: TorchScript export of shapes-torch (4 golden images), one
     variant of dockerfiles/pytorch.Dockerfile, no wheels, images to ``registry``; ``extra`` TOML
     (a [budgets] table, say) goes at the end."""
+    pushes_to(f"{registry}/{project}")  # its images, removed from the registry after the session
     weights = (ROOT / "model_export" / "examples" / "weights" / "shapes_torch.pt").as_posix()
     path.write_text(
         textwrap.dedent(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import registry_cleanup
+from test_smoke_fixtures import run_id
 
 from slipway import services
 from slipway.services import PidFile
@@ -218,3 +222,93 @@ def test_fresh_machine_chooses_a_client_that_builds(tmp_path):
         subprocess.run([sys.executable, "-c", "import sys; " + down, str(installed)], env=env,
                        capture_output=True, text=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# make test leaves the registry as it found it
+
+
+def _push_tiny(addr: str, repository: str, reference: str | None, manifest: dict | None = None) -> dict:
+    """Push a small OCI image (or the index ``manifest``) by the registry API, tagged ``reference``
+    or (None) by digest only; returns its descriptor (digest, size)."""
+    def blob(data: bytes) -> dict:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        start = httpx.post(f"http://{addr}/v2/{repository}/blobs/uploads/", timeout=30)
+        assert start.status_code == 202, start.text
+        location = start.headers["location"]
+        location = location if location.startswith("http") else f"http://{addr}{location}"
+        location += ("&" if "?" in location else "?") + f"digest={digest}"
+        done = httpx.put(location, content=data, timeout=30,
+                         headers={"Content-Type": "application/octet-stream"})
+        assert done.status_code == 201, done.text
+        return {"digest": digest, "size": len(data)}
+
+    if manifest is None:
+        config = blob(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers",
+                                  "diff_ids": []}, "note": f"{repository} {reference}"}).encode())
+        layer = blob(f"{repository} {reference} {uuid.uuid4()}".encode())
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer}]}
+    body = json.dumps(manifest).encode()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    res = httpx.put(f"http://{addr}/v2/{repository}/manifests/{reference or digest}", content=body, timeout=30,
+                    headers={"Content-Type": manifest["mediaType"]})
+    assert res.status_code == 201, res.text
+    return {"digest": digest, "size": len(body)}
+
+
+def _manifest_status(addr: str, repository: str, reference: str) -> int:
+    accept = ", ".join(registry_cleanup.MANIFEST_TYPES)
+    return httpx.get(f"http://{addr}/v2/{repository}/manifests/{reference}", timeout=10,
+                     headers={"Accept": accept}).status_code
+
+
+def test_push_for_the_session_check():
+    """Run by the next test as a test session of its own: pushes an image and a two-platform index
+    under a prefix it registers, and leaves them for the session's end to remove."""
+    prefix = os.environ.get("SWT_SESSION_PREFIX")
+    if not prefix:
+        pytest.skip("a step of test_a_test_session_removes_what_it_pushed")
+    addr = services.REGISTRY_ADDR
+    registry_cleanup.pushes_to(f"{addr}/{prefix}")
+    _push_tiny(addr, f"{prefix}/pushed", "1")
+    # A two-platform index: only the index is tagged, its platforms must go with it.
+    platforms = {arch: _push_tiny(addr, f"{prefix}/index", None) for arch in ("amd64", "arm64")}
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **descriptor,
+         "platform": {"architecture": arch, "os": "linux"}} for arch, descriptor in platforms.items()]}
+    _push_tiny(addr, f"{prefix}/index", "1", index)
+    Path(os.environ["SWT_SESSION_RECORD"]).write_text(json.dumps([d["digest"] for d in platforms.values()]))
+
+
+def test_a_test_session_removes_what_it_pushed(local_services, repo_root, tmp_path):
+    """A pytest session (the repository's conftest) pushes under a prefix of its own; when it ends,
+    those repositories are gone, platforms of an index included, and a repository under the same
+    prefix that existed before the session still holds its tag."""
+    addr = services.REGISTRY_ADDR
+    prefix = run_id()
+    existing = f"{prefix}/existing"
+    try:
+        _push_tiny(addr, existing, "1")
+        record = tmp_path / "platforms.json"
+        env = {**os.environ, "SWT_SESSION_PREFIX": prefix, "SWT_SESSION_RECORD": str(record)}
+        res = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             "tests/test_services.py::test_push_for_the_session_check"],
+            cwd=repo_root, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
+        platforms = json.loads(record.read_text())
+        assert len(platforms) == 2
+        for repository, reference in [(f"{prefix}/pushed", "1"), (f"{prefix}/index", "1"),
+                                      *((f"{prefix}/index", d) for d in platforms)]:
+            assert _manifest_status(addr, repository, reference) == 404, (repository, reference)
+        assert _manifest_status(addr, existing, "1") == 200
+        catalog = registry_cleanup.catalog(addr) or set()
+        assert existing in catalog
+        if registry_cleanup._data_root(addr) is not None:
+            # slipway's own registry: the emptied repositories are out of the catalog too.
+            assert not {f"{prefix}/pushed", f"{prefix}/index"} & catalog, sorted(catalog)
+    finally:
+        registry_cleanup.remove(addr, [existing, f"{prefix}/pushed", f"{prefix}/index"])

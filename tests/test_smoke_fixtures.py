@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from registry_cleanup import pushes_to
 
 ROOT = Path(__file__).resolve().parent.parent
 LINKED = (
@@ -46,7 +47,8 @@ LINKED = (
 
 
 def run_id() -> str:
-    return f"swt{uuid.uuid4().hex[:8]}"
+    """A name new to this session; the registry repositories under it are removed after the session."""
+    return pushes_to(f"swt{uuid.uuid4().hex[:8]}")
 
 
 def slipway(
