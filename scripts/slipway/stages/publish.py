@@ -90,7 +90,9 @@ def check_exports(ctx: StageContext, artifacts: dict[str, Any]) -> None:
 
     problems = []
     digests: dict[str, str | None] = {}
-    for name in sorted({e["model"] for e in ctx.plan["matrix"]["export"]}):
+    exported = {e["model"] for e in ctx.plan.get("matrix", {}).get("export", [])}
+    smoked = {a["model"] for a in artifacts.values() if a.get("model") in {m.name for m in ctx.config.models}}
+    for name in sorted(exported | smoked):
         model_dir = ctx.out / "models" / name
         stale = stale_parts(ctx, ctx.config.model(name), model_dir)
         if stale:

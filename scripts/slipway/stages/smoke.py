@@ -8,6 +8,9 @@
   its result says that the GPU path was not exercised.
 - Each wheel in ``wheels/`` is installed into a fresh virtualenv without torch and runs the same
   golden images through ``slipway_runtime.Detector``.
+- Every artifact is also scored against the golden ground truth (the project's own golden set,
+  ``models[].golden``): mAP@0.5 over the model's labels and, at the model's score threshold,
+  precision and recall (``accuracy``). Below the model's ``min-map50`` the artifact fails.
 
 Results: one file per artifact (``smoke/image-<variant>.json``, ``smoke/wheel-<file>.json``,
 ``smoke/wheels.json``; no ``:`` in a name, which GitHub artifacts refuse), ``smoke/summary.json``
