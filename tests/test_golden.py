@@ -24,7 +24,7 @@ from model_export.examples import shapes
 from slipway import config as config_mod
 from slipway.config import load_config
 from slipway.context import StageContext
-from slipway.errors import CheckError, ConfigError
+from slipway.errors import CheckError, ConfigError, PublishError
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "model_export" / "examples" / "weights" / "shapes_torch.pt"
@@ -484,5 +484,10 @@ def test_a_stale_export_is_never_published(project):
 
     # A smoke result recorded against another export of the model does not pass for this one either.
     (project.folder / "street" / "heads.py").unlink()
-    with pytest.raises(Exception, match="smoke-tested against another export of model 'det'"):
+    with pytest.raises(PublishError, match="smoke-tested against another export of model 'det'"):
         check_exports(ctx, {"image:pytorch-cpu": {"model": "det", "ok": True, "export_inputs": "0" * 64}})
+    # Nor an image built from another export.
+    (project.out / "images.json").write_text(json.dumps(
+        {"pytorch-cpu": {"variant": "pytorch-cpu", "model": "det", "export_inputs": "1" * 64}}))
+    with pytest.raises(PublishError, match="image of variant 'pytorch-cpu': built from another export of model 'det'"):
+        check_exports(ctx, {})

@@ -82,8 +82,9 @@ def check_exports(ctx: StageContext, artifacts: dict[str, Any]) -> None:
     exporter code, Slipway's version). Here the same hashes are taken again from the checkout
     being released; any difference means the model files, and the wheels, images and smoke
     results made from them, are not what the sources describe now, so nothing is published.
-    Every smoke result names the export it was checked against (``export_inputs``), so a result
-    kept from before a re-export does not pass for the new one either.
+    Every image record and smoke result names the export it was built from or checked against
+    (``export_inputs``), so an image or a result kept from before a re-export does not pass for
+    the new one either.
     """
     from slipway.smoketest import export_digest
     from slipway.stages.export import stale_parts
@@ -100,6 +101,11 @@ def check_exports(ctx: StageContext, artifacts: dict[str, Any]) -> None:
                             f"exported: {', '.join(stale)}; run 'slipway export' and the later stages again")
             continue
         digests[name] = export_digest(json.loads((model_dir / "model.json").read_text()))
+    for variant, rec in sorted(image_records(ctx.out).items()):
+        model = rec.get("model")
+        if model in digests and rec.get("export_inputs") and rec["export_inputs"] != digests[model]:
+            problems.append(f"image of variant '{variant}': built from another export of model '{model}' than "
+                            f"the one in {ctx.out / 'models' / model}; run 'slipway images' and smoke again")
     for key, a in sorted(artifacts.items()):
         model = a.get("model")
         if model in digests and "export_inputs" in a and a["export_inputs"] != digests[model]:
