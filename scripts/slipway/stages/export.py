@@ -82,7 +82,7 @@ def export_inputs(ctx: StageContext, model: Any) -> dict[str, str]:
     config = json.dumps(
         {"model": model.model_dump(mode="json", by_alias=True, exclude={"weights", "golden"}),
          "golden": {**golden.model_dump(mode="json", exclude={"images", "annotations"}), **places},
-         "exporters": ctx.config.exporters_for(model), "version": ctx.plan["version"]},
+         "exporters": ctx.config.exporters_for(model)},
         sort_keys=True,
     )
     return {
@@ -92,6 +92,9 @@ def export_inputs(ctx: StageContext, model: Any) -> dict[str, str]:
         "golden": golden_hash,
         "exporter_code": sha256_tree([package], base=package.parent),
         "slipway": slipway.__version__,
+        # model.json carries the release version, so a new version exports anew; the model does
+        # not depend on it, so publish does not hold it against an export (see stale_parts).
+        "release_version": ctx.plan["version"],
     }
 
 
@@ -99,7 +102,8 @@ def _fingerprint(ctx: StageContext, model: Any) -> str:
     return json.dumps(export_inputs(ctx, model), sort_keys=True)
 
 
-def stale_parts(ctx: StageContext, model: Any, model_dir: Path) -> list[str]:
+def stale_parts(ctx: StageContext, model: Any, model_dir: Path,
+                ignore: tuple[str, ...] = ("release_version",)) -> list[str]:
     """The inputs of ``model`` that changed since ``model_dir`` was exported (empty: current).
 
     Read from ``model.json`` rather than the ``.fingerprint`` file: the manifest travels with the
@@ -112,7 +116,8 @@ def stale_parts(ctx: StageContext, model: Any, model_dir: Path) -> list[str]:
     if not isinstance(recorded, dict):
         return ["export records no inputs"]
     current = export_inputs(ctx, model)
-    return sorted(k for k in current.keys() | recorded.keys() if current.get(k) != recorded.get(k))
+    return sorted(k for k in current.keys() | recorded.keys()
+                  if k not in ignore and current.get(k) != recorded.get(k))
 
 
 def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
