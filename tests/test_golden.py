@@ -461,6 +461,24 @@ def test_a_change_to_the_model_code_alone_re_exports(project):
     assert {k for k in inputs if inputs[k] != new_inputs[k]} == {"model_code"}
 
 
+def test_export_inputs_do_not_depend_on_where_the_project_is_or_how_exporters_are_spelled(tmp_path):
+    from slipway.stages.export import export_inputs
+
+    inputs = []
+    for where in ("a", "b"):
+        coco_folder(tmp_path / where / "golden")
+        cfg = load_config(release_toml(tmp_path / where, COCO))
+        ctx = StageContext(config=cfg, plan={"version": "1.0.0"}, out=tmp_path / where / "out", root=cfg.root)
+        model = cfg.model("det")
+        inputs.append(export_inputs(ctx, model))
+        # The export stage gives the model the plan's exporters; unset in release.toml, that is the default.
+        unset = model.model_copy(update={"exporters": None})
+        default = model.model_copy(update={"exporters": ("torchscript", "onnx")})
+        assert export_inputs(ctx, unset) == export_inputs(ctx, default) != export_inputs(ctx, model)
+    assert inputs[0] == inputs[1]
+    assert inputs[0]["golden"] and inputs[0]["model_code"].startswith("module torch_detector.py: ")
+
+
 def test_a_stale_export_is_never_published(project):
     from slipway.stages.export import stale_parts
     from slipway.stages.publish import check_exports

@@ -27,7 +27,7 @@ FINGERPRINT = ".fingerprint"
 def code_location(module: str, root: Path) -> tuple[str, Path | None]:
     """The project code a ``module`` stands for: ``("package", folder)`` when its top-level
     package is a folder inside the project ``root``, else ``("module", file)`` for the module's own
-    file (``None`` when it cannot be found). Found without importing anything of the project."""
+    file (``None`` when it cannot be found). A project's own package is found without importing it."""
     import importlib.machinery
     import importlib.util
 
@@ -39,19 +39,15 @@ def code_location(module: str, root: Path) -> tuple[str, Path | None]:
             return "package", folder
     if spec is not None and spec.origin and Path(spec.origin).is_file() and top == module:
         return "module", Path(spec.origin).resolve()
-    # Elsewhere on sys.path (installed, or a package outside the project folder): its file.
-    parts = module.split(".")
-    search = [str(root), *sys.path]
-    for i, part in enumerate(parts):
-        spec = importlib.machinery.PathFinder.find_spec(part, search)
-        if spec is None:
-            return "module", None
-        if i == len(parts) - 1:
-            return "module", Path(spec.origin).resolve() if spec.origin and Path(spec.origin).is_file() else None
-        if not spec.submodule_search_locations:
-            return "module", None
-        search = list(spec.submodule_search_locations)
-    return "module", None
+    # Elsewhere (installed, editable, or a package outside the project folder): the module's own
+    # file, as the import system finds it (this imports its parent packages, never the module).
+    try:
+        found = importlib.util.find_spec(module)
+    except Exception:
+        found = None
+    if found is None or not found.origin or not Path(found.origin).is_file():
+        return "module", None
+    return "module", Path(found.origin).resolve()
 
 
 def _code_hash(module: str, root: Path) -> str:
@@ -75,12 +71,15 @@ def export_inputs(ctx: StageContext, model: Any) -> dict[str, str]:
     if golden.hook:
         golden_hash = _code_hash(golden.hook.partition(":")[0], ctx.root)
     else:
-        golden_hash = sha256_tree([p for p in (golden.images, golden.annotations) if p is not None and p.exists()])
+        golden_hash = "".join(
+            sha256_tree([p], base=p.parent) for p in (golden.images, golden.annotations) if p is not None and p.exists()
+        )
     # Paths by their place in the project, not on this machine: another checkout of the same
     # commit (a later GitHub job) must compute the same inputs.
     places = {k: os.path.relpath(getattr(golden, k), ctx.root) for k in ("images", "annotations") if getattr(golden, k)}
     config = json.dumps(
-        {"model": model.model_dump(mode="json", by_alias=True, exclude={"weights", "golden"}),
+        # Exporters as the plan resolves them: an unset list and the framework's default are one.
+        {"model": model.model_dump(mode="json", by_alias=True, exclude={"weights", "golden", "exporters"}),
          "golden": {**golden.model_dump(mode="json", exclude={"images", "annotations"}), **places},
          "exporters": ctx.config.exporters_for(model)},
         sort_keys=True,
