@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from model_export.examples import shapes
+from model_export.golden import GoldenImage
 
 MANIFEST = "model.json"
 GOLDEN_DIR = "golden"
@@ -42,21 +42,19 @@ def file_entry(root: Path, relative: str) -> dict:
     }
 
 
-def golden_samples(count: int, seed: int) -> list[shapes.Sample]:
-    return [shapes.make_sample(seed + i) for i in range(count)]
-
-
-def write_golden(out_dir: Path, samples: list[shapes.Sample], detections: list[list[dict]]) -> None:
-    golden = out_dir / GOLDEN_DIR
-    golden.mkdir(parents=True, exist_ok=True)
+def write_golden(out_dir: Path, golden: list[GoldenImage], detections: list[list[dict]]) -> None:
+    """``golden/NNN.png`` (lossless, whatever the source format) and ``golden/reference.json``:
+    per image its file, size, source, ground truth and the eager model's detections."""
+    folder = out_dir / GOLDEN_DIR
+    folder.mkdir(parents=True, exist_ok=True)
     images = []
-    for i, (sample, dets) in enumerate(zip(samples, detections, strict=True)):
+    for i, (item, dets) in enumerate(zip(golden, detections, strict=True)):
         name = f"{i:03d}.png"
-        Image.fromarray(sample.image).save(golden / name)
-        h, w = sample.image.shape[:2]
+        Image.fromarray(item.image).save(folder / name)
+        h, w = item.image.shape[:2]
         images.append({
-            "file": name, "width": w, "height": h, "seed": sample.seed,
-            "ground_truth": sample.ground_truth(), "detections": dets,
+            "file": name, "width": w, "height": h, "source": item.name,
+            "ground_truth": item.ground_truth, "detections": dets,
         })
     write_json(out_dir / REFERENCE, {"images": images})
 

@@ -137,3 +137,68 @@ def mean_average_precision(
         if ap is not None:
             per_class[c] = ap
     return (float(np.mean(list(per_class.values()))) if per_class else 0.0), per_class
+
+
+def precision_recall(
+    ground_truth: Sequence[Sequence[dict]], detections: Sequence[Sequence[dict]], score_threshold: float,
+    iou: float = 0.5,
+) -> tuple[float | None, float | None, int, int, int]:
+    """Precision and recall of the detections scoring at least ``score_threshold``.
+
+    Per image and class, detections are taken highest score first and each is a true positive
+    when it reaches ``iou`` with a ground-truth box not yet taken (as in ``average_precision``).
+    Returns (precision, recall, true positives, detections kept, ground-truth boxes); precision is
+    None with no detection kept, recall None with no ground truth.
+    """
+    tp = kept = n_gt = 0
+    for gts, dets in zip(ground_truth, detections, strict=True):
+        n_gt += len(gts)
+        chosen = sorted((d for d in dets if float(d["score"]) >= score_threshold), key=lambda d: -float(d["score"]))
+        kept += len(chosen)
+        taken = [False] * len(gts)
+        for d in chosen:
+            best, best_iou = -1, iou
+            for j, g in enumerate(gts):
+                if taken[j] or int(g["class_id"]) != int(d["class_id"]):
+                    continue
+                overlap = float(box_iou(np.array([d["box"]]), np.array([g["box"]]))[0, 0])
+                if overlap >= best_iou:
+                    best, best_iou = j, overlap
+            if best >= 0:
+                taken[best] = True
+                tp += 1
+    precision = tp / kept if kept else None
+    recall = tp / n_gt if n_gt else None
+    return precision, recall, tp, kept, n_gt
+
+
+def accuracy(
+    ground_truth: Sequence[Sequence[dict]], detections: Sequence[Sequence[dict]], labels: Sequence[str],
+    score_threshold: float, iou: float = 0.5,
+) -> dict:
+    """mAP@``iou`` over the model's labels present in the ground truth, and precision/recall at
+    the release score threshold: what smoke reports and ``min-map50`` gates.
+
+    Classes are matched by label name where the ground truth carries one (so a set written for
+    another label order cannot score by accident), else by class id.
+    """
+    index = {name: i for i, name in enumerate(labels)}
+
+    def by_name(items: Sequence[dict]) -> list[dict]:
+        return [{**g, "class_id": index.get(g["label"], -1)} if "label" in g else g for g in items]
+
+    gt = [by_name(g) for g in ground_truth]
+    dets = [by_name(d) for d in detections]
+    map50, per_class = mean_average_precision(gt, dets, num_classes=len(labels), iou=iou)
+    precision, recall, tp, kept, n_gt = precision_recall(gt, dets, score_threshold, iou)
+    return {
+        "map50": round(map50, 6),
+        "ap50_per_label": {labels[c]: round(ap, 6) for c, ap in per_class.items()},
+        "precision": None if precision is None else round(precision, 6),
+        "recall": None if recall is None else round(recall, 6),
+        "score_threshold": score_threshold,
+        "iou": iou,
+        "true_positives": tp,
+        "detections": kept,
+        "ground_truth_boxes": n_gt,
+    }

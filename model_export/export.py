@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from model_export import artifacts
+from model_export.compare import accuracy
 from model_export.errors import ExportError
+from model_export.golden import load_golden
 from model_export.postprocess import OutputSpec
 from model_export.preprocess import InputSpec
 
@@ -89,8 +91,6 @@ def _check_config(cfg: Any, name: str) -> tuple[InputSpec, OutputSpec]:
                                       f"(choose from {list(EXPORTERS[framework])})")
     if not cfg.labels:
         raise ExportError(name, None, "labels are empty")
-    if int(cfg.golden_images) < 1:
-        raise ExportError(name, None, f"golden_images must be at least 1, got {cfg.golden_images}")
     try:
         spec = InputSpec.from_any(cfg.input)
         output = OutputSpec.from_any(cfg.output)
@@ -132,13 +132,21 @@ def _export(cfg: Any, name: str, out_dir: Path, *, version: str, git_commit: str
         raise ExportError(name, None, f"input mean/std have {len(spec.mean)}/{len(spec.std)} values "
                                       f"for {spec.channels} channels")
 
-    samples = artifacts.golden_samples(int(cfg.golden_images), int(cfg.golden_seed))
-    images = [s.image for s in samples]
-    log(f"{name}: eager reference on {len(images)} golden images")
+    golden = load_golden(cfg, name)
+    images = [g.image for g in golden.images]
+    log(f"{name}: eager reference on {len(images)} golden images ({golden.source})")
     reference = prepared.reference(images)
+    if not any(reference):
+        raise ExportError(name, golden.source,
+                          f"the model makes no detection at all on its {len(images)} golden images: a golden "
+                          "set must show what the model detects (wrong images, labels or weights?)")
+    eager_accuracy = accuracy([g.ground_truth for g in golden.images], reference, list(cfg.labels),
+                              output.score_threshold)
+    log(f"{name}: eager model on the golden set: mAP@0.5 {eager_accuracy['map50']:.3f}, "
+        f"precision {_num(eager_accuracy['precision'])}, recall {_num(eager_accuracy['recall'])}")
 
     out_dir.mkdir(exist_ok=True)
-    artifacts.write_golden(out_dir, samples, reference)
+    artifacts.write_golden(out_dir, golden.images, reference)
     exporters: dict[str, dict] = {}
     for kind in exporters_for(cfg):
         log(f"{name}: exporting {kind}")
@@ -157,7 +165,7 @@ def _export(cfg: Any, name: str, out_dir: Path, *, version: str, git_commit: str
         "files": {},
         "exporters": exporters,
         "golden": {"dir": artifacts.GOLDEN_DIR, "reference": artifacts.REFERENCE, "count": len(images),
-                   "seed": int(cfg.golden_seed)},
+                   "source": golden.description, "eager_accuracy": eager_accuracy},
         "source": {"entry_point": cfg.entry_point, "weights": Path(cfg.weights).name,
                    "weights_sha256": artifacts.sha256_file(Path(cfg.weights))},
         "git_commit": git_commit,

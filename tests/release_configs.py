@@ -31,7 +31,7 @@ def small_release(path: Path, project: str, registry: str, *, variant: str = "py
             weights = "{weights}"
             labels = ["circle", "square", "triangle"]
             exporters = ["torchscript"]
-            golden-images = 4
+            golden = {{ hook = "model_export.examples.shapes:golden", count = 4, seed = 20201215 }}
             input = {{ height = 128, width = 128, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }}
 
             [[variants]]

@@ -285,6 +285,7 @@ def test_release_stops_before_publish_on_an_exceeded_budget(tmp_path, monkeypatc
         weights = "{WEIGHTS.as_posix()}"
         labels = ["circle", "square", "triangle"]
         exporters = ["torchscript"]
+        golden = {{ hook = "model_export.examples.shapes:golden", count = 8, seed = 20201215 }}
         input = {{ height = 128, width = 128, channels = 3, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }}
 
         [wheels]

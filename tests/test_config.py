@@ -48,6 +48,7 @@ framework = "pytorch"
 entry-point = "pkg.mod:build"
 weights = "w.pt"
 labels = ["a"]
+golden = { hook = "pkg.golden:make", count = 4 }
 input = { height = 32, width = 32, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
 """
 

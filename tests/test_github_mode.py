@@ -36,6 +36,7 @@ framework = "pytorch"
 entry-point = "tests.replay:build"
 weights = "replay.pt"
 labels = ["circle", "square"]
+golden = { hook = "tests.replay:golden", count = 4 }
 input = { height = 32, width = 32 }
 """
 # A stand-in for dockerfiles/*.Dockerfile: the replay server ships inside the model folder, so the
@@ -154,7 +155,8 @@ def export_job(workspace: Path, plan: dict) -> Path:
     """What _export.yml leaves in the artifact models-replay-model (a replay export here)."""
     from test_smoke_fixtures import REPLAY_SERVER
 
-    model_dir = write_fake_export(workspace / plan["output_dir"] / "models" / "replay-model", name="replay-model")
+    model_dir = write_fake_export(workspace / plan["output_dir"] / "models" / "replay-model", name="replay-model",
+                                  config=workspace / "release.toml", version=plan["version"])
     (model_dir / "replay.py").write_text(REPLAY_SERVER)
     return model_dir.parent
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -237,9 +238,10 @@ def test_golden_reference_has_ground_truth_and_eager_detections(torch_export):
     assert len(ref["images"]) == 8
     assert sum(len(e["detections"]) for e in ref["images"]) >= 8
     for e in ref["images"]:
-        sample = shapes.make_sample(e["seed"])
+        sample = shapes.make_sample(20_201_215 + int(e["file"][:3]))
+        assert e["source"] == f"model_export.examples.shapes:golden#{int(e['file'][:3])}"
         assert (e["height"], e["width"]) == sample.image.shape[:2]
-        assert e["ground_truth"] == sample.ground_truth()
+        assert e["ground_truth"] == [{**g, "label": LABELS[g["class_id"]]} for g in sample.ground_truth()]
         assert np.array_equal(artifacts.read_golden(out)[0][int(e["file"][:3])], sample.image)
 
 
@@ -282,7 +284,8 @@ def test_verification_gate_fails_on_a_mismatch(torch_export, tmp_path):
 
 
 def test_trace_is_accepted_for_a_model_without_data_dependent_control_flow(tmp_path):
-    cfg = example_config("pytorch", exporters=("torchscript",), torchscript_method="trace", golden_images=3)
+    cfg = example_config("pytorch", exporters=("torchscript",), torchscript_method="trace",
+                         golden=SimpleNamespace(hook="model_export.examples.shapes:golden", count=4, seed=1))
     manifest = export_model(cfg, tmp_path / "m", version="0", git_commit="x", log=lambda _: None)
     assert manifest["exporters"]["torchscript"]["method"] == "trace" and manifest["verification"]["ok"]
 

@@ -57,7 +57,7 @@ def test_saved_model_signature_takes_uint8_images_of_any_size(tf_export):
     assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, None, None, 3]
     ref = json.loads((out / "golden" / "reference.json").read_text())["images"]
     entry = next(e for e in ref if e["detections"])
-    image = shapes.make_sample(entry["seed"]).image
+    image = shapes.make_sample(20_201_215 + int(entry["file"][:3])).image  # the example's golden hook
     batch = signature(images=tf.constant(np.stack([image, image])))
     assert batch["boxes"].shape[0] == 2 and batch["num_detections"].dtype == tf.int32
     n = int(batch["num_detections"][1])

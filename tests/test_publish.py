@@ -49,6 +49,7 @@ framework = "pytorch"
 entry-point = "tests.replay:build"
 weights = "replay.pt"
 labels = ["circle", "square"]
+golden = { hook = "tests.replay:golden", count = 4 }
 input = { height = 32, width = 32 }
 """
 VARIANTS = [
@@ -378,7 +379,7 @@ def replay_release(tmp_path_factory, local_services):
         request_cases=False,
     )
     out = root / "out"
-    model_dir = write_fake_export(out / "models" / "replay-model", name="replay-model")
+    model_dir = write_fake_export(out / "models" / "replay-model", name="replay-model", config=config)
     images = {}
     for variant in ("alpha", "beta"):
         tag = f"localhost/{uid}/{variant}:build"

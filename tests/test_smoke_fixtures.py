@@ -117,7 +117,7 @@ entry-point = "model_export.examples.torch_detector:build_model"
 weights = "model_export/examples/weights/shapes_torch.pt"
 labels = ["circle", "square", "triangle"]
 exporters = ["torchscript"]
-golden-images = 4
+golden = { hook = "model_export.examples.shapes:golden", count = 4, seed = 20201215 }
 input = { height = 128, width = 128, channels = 3, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }
 """
 
@@ -128,7 +128,7 @@ entry-point = "model_export.examples.tf_detector:build_model"
 weights = "model_export/examples/weights/shapes_tf.weights.h5"
 labels = ["circle", "square", "triangle"]
 exporters = ["saved_model"]
-golden-images = 4
+golden = { hook = "model_export.examples.shapes:golden", count = 4, seed = 20201215 }
 input = { height = 128, width = 128, channels = 3, mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }
 """
 
@@ -137,8 +137,13 @@ input = { height = 128, width = 128, channels = 3, mean = [0.5, 0.5, 0.5], std =
 # A model export with golden images, written directly (no framework needed)
 
 
-def write_fake_export(folder: Path, *, name: str, images: int = 3, seed: int = 7) -> Path:
-    """model.json + golden/*.png + golden/reference.json, as ``slipway export`` lays them out."""
+def write_fake_export(folder: Path, *, name: str, images: int = 3, seed: int = 7,
+                      config: Path | None = None, version: str = "0.0.1") -> Path:
+    """model.json + golden/*.png + golden/reference.json, as ``slipway export`` lays them out.
+
+    With ``config`` (a release.toml naming model ``name``), model.json records the inputs
+    ``slipway export`` would record for that model and release ``version``, so that publish takes
+    the export as current."""
     rng = np.random.default_rng(seed)
     golden = folder / "golden"
     golden.mkdir(parents=True, exist_ok=True)
@@ -179,8 +184,21 @@ def write_fake_export(folder: Path, *, name: str, images: int = 3, seed: int = 7
             ],
         },
     }
+    if config is not None:
+        manifest["inputs"] = current_inputs(config, name, version)
     (folder / "model.json").write_text(json.dumps(manifest, indent=1))
     return folder
+
+
+def current_inputs(config: Path, model: str, version: str) -> dict[str, str]:
+    """What ``slipway export`` records as the inputs of ``model`` of ``config`` now."""
+    from slipway.config import load_config
+    from slipway.context import StageContext
+    from slipway.stages.export import export_inputs
+
+    cfg = load_config(config)
+    ctx = StageContext(config=cfg, plan={"version": version}, out=config.parent, root=cfg.root)
+    return export_inputs(ctx, cfg.model(model))
 
 
 # --------------------------------------------------------------------------------------------

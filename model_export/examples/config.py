@@ -40,7 +40,8 @@ def example_config(framework: str, **overrides: Any) -> SimpleNamespace:
         "name": base["name"], "framework": framework, "entry_point": base["entry_point"],
         "weights": base["weights"], "labels": LABELS, "input": SimpleNamespace(**input_spec),
         "output": SimpleNamespace(**output_spec), "exporters": base["exporters"], "torchscript_method": "script",
-        "golden_images": 8, "golden_seed": 20_201_215,
+        "golden": SimpleNamespace(hook="model_export.examples.shapes:golden", count=8, seed=20_201_215),
+        "min_map50": None,
     }
     fields.update(overrides)
     return SimpleNamespace(**fields)

@@ -105,3 +105,14 @@ def samples(seeds: Iterable[int]) -> Iterator[Sample]:
 
 def held_out_seeds(count: int, offset: int = 0) -> range:
     return range(HELD_OUT_SEED + offset, HELD_OUT_SEED + offset + count)
+
+
+def golden(count: int, seed: int) -> list[tuple[np.ndarray, list[dict]]]:
+    """The golden-set hook of the shapes examples (``models[].golden.hook`` in release.toml):
+    ``count`` held-out samples from ``seed`` on, as (image, [{"box", "label"}])."""
+    out = []
+    for i in range(count):
+        s = make_sample(seed + i)
+        out.append((s.image, [{"box": [float(v) for v in box], "label": LABELS[int(c)]}
+                              for box, c in zip(s.boxes, s.classes, strict=True)]))
+    return out

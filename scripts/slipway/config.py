@@ -74,6 +74,30 @@ class OutputSpec(_Model):
     max_detections: int = Field(default=50, gt=0, le=1000)
 
 
+MIN_GOLDEN_IMAGES = 4  # the same number as model_export.golden.MIN_GOLDEN_IMAGES (a test holds them equal)
+
+
+class GoldenSpec(_Model):
+    """A model's golden set: a folder of images with COCO annotations, or a hook that makes them.
+
+    Give either ``images`` and ``annotations`` or ``hook`` (with ``count`` and ``seed``)."""
+
+    images: Path | None = Field(default=None, description="Folder of PNG/JPEG images, relative to release.toml.")
+    annotations: Path | None = Field(
+        default=None,
+        description="COCO JSON (images, annotations with bbox [x, y, w, h], categories named as the "
+        "model's labels), relative to release.toml.",
+    )
+    hook: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'module:callable' called as f(count, seed) -> [(uint8 HxWx3 image, "
+        "[{'box': [x1, y1, x2, y2], 'label': str}])], imported with the project folder on sys.path.",
+    )
+    count: int = Field(default=8, ge=MIN_GOLDEN_IMAGES, le=256, description="Images the hook makes.")
+    seed: int = Field(default=0, description="Seed passed to the hook.")
+
+
 class ModelSpec(_Model):
     """One model to export and release."""
 
@@ -91,8 +115,13 @@ class ModelSpec(_Model):
         default=None, description="Formats to export; default: all the framework supports."
     )
     torchscript_method: Literal["script", "trace"] = "script"
-    golden_images: int = Field(default=8, gt=0, le=256)
-    golden_seed: int = 20_201_215
+    golden: GoldenSpec = Field(
+        description="The golden set: export verification, wheel checks, smoke and bench run on it."
+    )
+    min_map50: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Smoke fails when an artifact's mAP@0.5 against the golden ground truth is below this.",
+    )
 
 
 class VariantSpec(_Model):
@@ -379,15 +408,74 @@ def _cross_reference_problems(data: dict[str, Any], file: str) -> list[ConfigPro
     return problems
 
 
+def _golden_problems(data: dict[str, Any], file: str) -> list[ConfigProblem]:
+    """``models[].golden``: present, one of its two forms, and, for a COCO folder, usable as it is
+    (folder and file there, enough images, every category a label of the model, every annotated
+    image in the folder). A hook is imported only by the export, which reports what it does."""
+    from model_export.golden import coco_problems
+
+    problems: list[ConfigProblem] = []
+    models = data.get("models") if isinstance(data.get("models"), list) else []
+    root = Path(file).resolve().parent
+    for i, m in enumerate(models):
+        if not isinstance(m, dict):
+            continue
+        name = m.get("name", f"#{i}")
+        key = f"models[{i}].golden"
+        golden = m.get("golden", MISSING)
+        if golden is MISSING:
+            problems.append(ConfigProblem(
+                file, key, MISSING,
+                f"model '{name}' must name its golden set: golden = {{ images = \"<folder>\", annotations = "
+                f"\"<coco.json>\" }} or golden = {{ hook = \"module:callable\", count = 8, seed = 0 }}",
+            ))
+            continue
+        if not isinstance(golden, dict):
+            continue  # the type error is reported by validation
+        has_hook, has_folder = "hook" in golden, "images" in golden or "annotations" in golden
+        if has_hook and has_folder:
+            problems.append(ConfigProblem(file, key, golden, "give either images + annotations or hook, not both"))
+            continue
+        if not has_hook and not has_folder:
+            problems.append(ConfigProblem(file, key, golden, "expected images + annotations, or hook"))
+            continue
+        if has_hook:
+            continue
+        for part in ("images", "annotations"):
+            if part not in golden:
+                problems.append(ConfigProblem(file, f"{key}.{part}", MISSING, "required with a COCO golden set"))
+        for part in ("count", "seed"):
+            if part in golden:
+                problems.append(ConfigProblem(file, f"{key}.{part}", golden[part], "applies only to a hook"))
+        labels = m.get("labels")
+        if (not isinstance(golden.get("images"), str) or not isinstance(golden.get("annotations"), str)
+                or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+            continue
+        for part, value, message in coco_problems(root / golden["images"], root / golden["annotations"],
+                                                  labels, str(name)):
+            shown = golden[part] if value == str(root / golden[part]) else value
+            problems.append(ConfigProblem(file, f"{key}.{part}", shown, message))
+    return problems
+
+
 def parse_config(data: dict[str, Any], file: str = DEFAULT_CONFIG) -> ReleaseConfig:
     """Validate raw TOML data; raise ConfigError listing every problem found."""
     problems: list[ConfigProblem] = []
     config = None
+    golden = _golden_problems(data, file)
+    replaced = {p.key for p in golden}
     try:
         config = ReleaseConfig.model_validate({**data, "source_path": Path(file)})
     except ValidationError as exc:
-        problems.extend(_problems_from_validation(exc, data, file))
+        # A missing golden set is reported once, by _golden_problems, with an example of each form.
+        # A model that fails validation also leaves the models tuple "empty": noise beside the real problem.
+        listed = isinstance(data.get("models"), list) and bool(data["models"])
+        problems.extend(
+            p for p in _problems_from_validation(exc, data, file)
+            if p.key not in replaced and not (listed and p.key == "models" and "at least 1 item" in p.message)
+        )
     problems.extend(_cross_reference_problems(data, file))
+    problems.extend(golden)
     if problems:
         # One problem can be reported by both passes (e.g. a wrong type); keep the first.
         unique: dict[tuple[str, str], ConfigProblem] = {}
@@ -397,8 +485,16 @@ def parse_config(data: dict[str, Any], file: str = DEFAULT_CONFIG) -> ReleaseCon
     assert config is not None
     # Relative paths in the file are relative to the file, wherever slipway runs from.
     root = config.root
-    models = tuple(m.model_copy(update={"weights": (root / m.weights).resolve()}) for m in config.models)
+    models = tuple(
+        m.model_copy(update={"weights": (root / m.weights).resolve(), "golden": _resolved_golden(m.golden, root)})
+        for m in config.models
+    )
     return config.model_copy(update={"models": models})
+
+
+def _resolved_golden(golden: GoldenSpec, root: Path) -> GoldenSpec:
+    update = {k: (root / getattr(golden, k)).resolve() for k in ("images", "annotations") if getattr(golden, k)}
+    return golden.model_copy(update=update)
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG) -> ReleaseConfig:

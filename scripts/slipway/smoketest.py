@@ -16,6 +16,7 @@ when something failed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -361,8 +362,10 @@ def compare_golden(
     score: float,
 ) -> dict[str, Any]:
     """Run ``detect(reference_entry, png_path) -> (detections, seconds)`` on every golden image and
-    compare with the export's reference detections (tolerance ``iou``/``score``) and ground truth."""
-    from model_export.compare import compare_detections, mean_average_precision
+    compare with the export's reference detections (tolerance ``iou``/``score``) and score them
+    against the golden ground truth (``accuracy``: mAP@0.5, precision and recall at the model's
+    score threshold)."""
+    from model_export.compare import accuracy, compare_detections
 
     manifest = json.loads((model_dir / "model.json").read_text())
     reference = json.loads((model_dir / "golden" / "reference.json").read_text())["images"]
@@ -373,18 +376,31 @@ def compare_golden(
         got_all.append(got)
         cmp = compare_detections(entry["detections"], got, iou=iou, score=score)
         results.append({"file": entry["file"], **cmp.to_json(), "differences": cmp.table()})
-    gt = [e["ground_truth"] for e in reference]
-    map50, _ = mean_average_precision(gt, got_all, num_classes=len(manifest["labels"]))
+    # Against the project's own ground truth, over the model's own labels; precision and recall at
+    # the score threshold the release serves with.
+    acc = accuracy([e["ground_truth"] for e in reference], got_all, manifest["labels"],
+                   float((manifest.get("output") or {}).get("score_threshold", 0.0)))
     return {
         "ok": bool(results) and all(r["ok"] for r in results),
         "model": manifest["name"],
         "images": len(results),
         "min_iou": min((r["min_iou"] for r in results), default=1.0),
         "max_score_diff": max((r["max_score_diff"] for r in results), default=0.0),
-        "map50_vs_ground_truth": map50,
+        "map50_vs_ground_truth": acc["map50"],
+        # Which export this was checked against: publish refuses a result of another one.
+        "export_inputs": export_digest(manifest),
+        "accuracy": acc,
         "latency_ms": {"p50": _pct(latencies, 50), "max": max(latencies, default=0.0)},
         "per_image": results,
     }
+
+
+def export_digest(manifest: dict[str, Any]) -> str | None:
+    """One hash of the inputs an export records in ``model.json`` (None for an export without)."""
+    inputs = manifest.get("inputs")
+    if not isinstance(inputs, dict):
+        return None
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def check_golden(url: str, model_dir: Path, *, iou: float, score: float) -> dict[str, Any]:
@@ -711,6 +727,7 @@ __all__ = [
     "Running",
     "check_golden",
     "compare_golden",
+    "export_digest",
     "free_port",
     "has_gpu",
     "interpreter_for",

@@ -1,13 +1,18 @@
 """``slipway export``: export and verify every model the plan lists into ``models/<model>/``.
 
 Each export is written to a temporary folder and moved into place only when verification
-passed. An export whose inputs did not change since the last run is reused.
+passed. An export whose inputs did not change since the last run is reused; its inputs
+(``export_inputs``: config, weights, the project's model code, golden data, exporter code,
+Slipway's version) are recorded in ``model.json`` so that later stages can tell a stale export.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,24 +24,102 @@ from slipway.fsutil import replace_dir, sha256_file, sha256_tree
 FINGERPRINT = ".fingerprint"
 
 
-def _fingerprint(ctx: StageContext, model: Any) -> str:
-    """Everything an export depends on: the model's config, weights, exporter code, version."""
+def code_location(module: str, root: Path) -> tuple[str, Path | None]:
+    """The project code a ``module`` stands for: ``("package", folder)`` when its top-level
+    package is a folder inside the project ``root``, else ``("module", file)`` for the module's own
+    file (``None`` when it cannot be found). A project's own package is found without importing it."""
+    import importlib.machinery
+    import importlib.util
+
+    top = module.split(".")[0]
+    spec = importlib.machinery.PathFinder.find_spec(top, [str(root)])
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations))).resolve()
+        if folder.is_relative_to(root.resolve()):
+            return "package", folder
+    if spec is not None and spec.origin and Path(spec.origin).is_file() and top == module:
+        return "module", Path(spec.origin).resolve()
+    # Elsewhere (installed, editable, or a package outside the project folder): the module's own
+    # file, as the import system finds it (this imports its parent packages, never the module).
+    try:
+        found = importlib.util.find_spec(module)
+    except Exception:
+        found = None
+    if found is None or not found.origin or not Path(found.origin).is_file():
+        return "module", None
+    return "module", Path(found.origin).resolve()
+
+
+def _code_hash(module: str, root: Path) -> str:
+    kind, path = code_location(module, root)
+    if path is None:
+        return f"{module}: not found"
+    return f"{kind} {path.name}: " + sha256_tree([path], base=path.parent)
+
+
+def export_inputs(ctx: StageContext, model: Any) -> dict[str, str]:
+    """Everything an export depends on, one hash (or value) per part: the model's config, its
+    weights, the project's model code (the package of the entry point, or its module file), the
+    golden data (the COCO folder and file, or the hook's code), the exporters' code and Slipway's
+    version. Recorded in ``model.json`` (``inputs``); a change to any part re-exports, and
+    ``slipway publish`` refuses an export whose parts no longer match (see ``stale_parts``)."""
     import model_export
+    import slipway
 
     package = Path(model_export.__file__).parent
-    parts = {
-        "model": model.model_dump(mode="json", by_alias=True),
-        "exporters": ctx.config.exporters_for(model),
+    golden = model.golden
+    if golden.hook:
+        golden_hash = _code_hash(golden.hook.partition(":")[0], ctx.root)
+    else:
+        golden_hash = "".join(
+            sha256_tree([p], base=p.parent) for p in (golden.images, golden.annotations) if p is not None and p.exists()
+        )
+    # Paths by their place in the project, not on this machine: another checkout of the same
+    # commit (a later GitHub job) must compute the same inputs.
+    places = {k: os.path.relpath(getattr(golden, k), ctx.root) for k in ("images", "annotations") if getattr(golden, k)}
+    config = json.dumps(
+        # Exporters as the plan resolves them: an unset list and the framework's default are one.
+        {"model": model.model_dump(mode="json", by_alias=True, exclude={"weights", "golden", "exporters"}),
+         "golden": {**golden.model_dump(mode="json", exclude={"images", "annotations"}), **places},
+         "exporters": ctx.config.exporters_for(model)},
+        sort_keys=True,
+    )
+    return {
+        "config": hashlib.sha256(config.encode()).hexdigest(),
         "weights": sha256_file(model.weights) if model.weights.is_file() else "missing",
-        "code": sha256_tree([package], base=package.parent),
-        "version": ctx.plan["version"],
+        "model_code": _code_hash(model.entry_point.partition(":")[0], ctx.root),
+        "golden": golden_hash,
+        "exporter_code": sha256_tree([package], base=package.parent),
+        "slipway": slipway.__version__,
+        # model.json carries the release version, so a new version exports anew; the model does
+        # not depend on it, so publish does not hold it against an export (see stale_parts).
+        "release_version": ctx.plan["version"],
     }
-    return json.dumps(parts, sort_keys=True)
+
+
+def _fingerprint(ctx: StageContext, model: Any) -> str:
+    return json.dumps(export_inputs(ctx, model), sort_keys=True)
+
+
+def stale_parts(ctx: StageContext, model: Any, model_dir: Path,
+                ignore: tuple[str, ...] = ("release_version",)) -> list[str]:
+    """The inputs of ``model`` that changed since ``model_dir`` was exported (empty: current).
+
+    Read from ``model.json`` rather than the ``.fingerprint`` file: the manifest travels with the
+    export everywhere (GitHub artifacts drop hidden files), and it is what the wheels and images
+    were built from. An export that records no inputs is stale as a whole."""
+    manifest_path = model_dir / "model.json"
+    if not manifest_path.is_file():
+        return ["no export"]
+    recorded = json.loads(manifest_path.read_text()).get("inputs")
+    if not isinstance(recorded, dict):
+        return ["export records no inputs"]
+    current = export_inputs(ctx, model)
+    return sorted(k for k in current.keys() | recorded.keys()
+                  if k not in ignore and current.get(k) != recorded.get(k))
 
 
 def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
-    import sys
-
     from model_export.errors import ExportError
     from model_export.export import export_model
 
@@ -82,6 +165,8 @@ def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        manifest["inputs"] = json.loads(fingerprint)
+        (tmp / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
         (tmp / FINGERPRINT).write_text(fingerprint)
         replace_dir(tmp, target)
         ctx.log(f"{model.name}: exported and verified in {time.monotonic() - started:.1f}s")

@@ -257,6 +257,15 @@ def prepare(
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+def _export_inputs(ctx: StageContext, model: str) -> str | None:
+    """The export an image is built from (its recorded inputs, hashed): publish refuses an image of
+    another export than the one the release ships."""
+    from slipway.smoketest import export_digest
+
+    path = ctx.out / "models" / model / "model.json"
+    return export_digest(json.loads(path.read_text())) if path.exists() else None
+
+
 def record(ctx: StageContext, variants: list[str] | None = None, digest: str | None = None) -> dict[str, Any]:
     """Write ``images/<variant>.json`` for an image built outside this stage (Buildx on GitHub).
 
@@ -289,6 +298,7 @@ def record(ctx: StageContext, variants: list[str] | None = None, digest: str | N
         "version": ctx.plan["version"],
         "sha": ctx.plan["sha"],
         "dry_run": dry_run,
+        "export_inputs": _export_inputs(ctx, entry["model"]),
     }
     if archive.exists():
         rec["archive"] = archive.name
@@ -358,6 +368,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
             "tag": tag,
             "base_image": bases[requested],
             "build_seconds": round(seconds, 1),
+            "export_inputs": _export_inputs(ctx, entry["model"]),
             **info,
         }
         ctx.write_json("images.json", images)

@@ -74,10 +74,53 @@ def image_tags(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
 # 1. The smoke gate
 
 
+def check_exports(ctx: StageContext, artifacts: dict[str, Any]) -> None:
+    """Refuse a stale export, and a smoke result of another export than the one in the folder.
+
+    The design: ``slipway export`` records in each ``model.json`` the hash of every input that
+    shaped it (``export.export_inputs``: config, weights, the project's model code, golden data,
+    exporter code, Slipway's version). Here the same hashes are taken again from the checkout
+    being released; any difference means the model files, and the wheels, images and smoke
+    results made from them, are not what the sources describe now, so nothing is published.
+    Every image record and smoke result names the export it was built from or checked against
+    (``export_inputs``), so an image or a result kept from before a re-export does not pass for
+    the new one either.
+    """
+    from slipway.smoketest import export_digest
+    from slipway.stages.export import stale_parts
+
+    problems = []
+    digests: dict[str, str | None] = {}
+    exported = {e["model"] for e in ctx.plan.get("matrix", {}).get("export", [])}
+    smoked = {a["model"] for a in artifacts.values() if a.get("model") in {m.name for m in ctx.config.models}}
+    for name in sorted(exported | smoked):
+        model_dir = ctx.out / "models" / name
+        stale = stale_parts(ctx, ctx.config.model(name), model_dir)
+        if stale:
+            problems.append(f"model '{name}' ({model_dir}): the export is stale, changed since it was "
+                            f"exported: {', '.join(stale)}; run 'slipway export' and the later stages again")
+            continue
+        digests[name] = export_digest(json.loads((model_dir / "model.json").read_text()))
+    for variant, rec in sorted(image_records(ctx.out).items()):
+        model = rec.get("model")
+        if model in digests and rec.get("export_inputs") and rec["export_inputs"] != digests[model]:
+            problems.append(f"image of variant '{variant}': built from another export of model '{model}' than "
+                            f"the one in {ctx.out / 'models' / model}; run 'slipway images' and smoke again")
+    for key, a in sorted(artifacts.items()):
+        model = a.get("model")
+        if model in digests and "export_inputs" in a and a["export_inputs"] != digests[model]:
+            problems.append(f"{key}: smoke-tested against another export of model '{model}' than the one in "
+                            f"{ctx.out / 'models' / model}; run 'slipway smoke' again")
+    if problems:
+        raise PublishError("refusing to publish (" + " | ".join(problems) + "); nothing was published")
+
+
 def check_smoke(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]:
     path = ctx.out / "smoke" / "summary.json"
     # Rebuilt from the per-artifact files: on GitHub each smoke job wrote its own.
     artifacts = smoke_artifacts(ctx.out)
+    # First: whatever the smoke results say, they are worthless for an export that is stale.
+    check_exports(ctx, artifacts)
     if not artifacts:
         raise PublishError(
             f"no smoke results in {path.parent}: run 'slipway smoke' first; nothing was published"

@@ -8,6 +8,9 @@
   its result says that the GPU path was not exercised.
 - Each wheel in ``wheels/`` is installed into a fresh virtualenv without torch and runs the same
   golden images through ``slipway_runtime.Detector``.
+- Every artifact is also scored against the golden ground truth (the project's own golden set,
+  ``models[].golden``): mAP@0.5 over the model's labels and, at the model's score threshold,
+  precision and recall (``accuracy``). Below the model's ``min-map50`` the artifact fails.
 
 Results: one file per artifact (``smoke/image-<variant>.json``, ``smoke/wheel-<file>.json``,
 ``smoke/wheels.json``; no ``:`` in a name, which GitHub artifacts refuse), and per platform: an
@@ -214,12 +217,36 @@ def smoke_image(
                 )
     except CheckError as exc:
         result.update({"ok": False, "error": str(exc)})
+    gate_accuracy(ctx, result)
     if result["ok"]:
         server_logs.unlink(missing_ok=True)
     else:
         result["logs"] = [str(p) for p in (logs, server_logs) if p.exists()]
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
+
+
+def gate_accuracy(ctx: StageContext, res: dict[str, Any]) -> dict[str, Any]:
+    """Fail ``res`` when its mAP@0.5 is below the model's ``min-map50`` (release.toml); the error
+    names the model, the artifact and both values. Results without accuracy are left alone."""
+    name = res.get("model")
+    acc = res.get("accuracy")
+    if not name or not acc:
+        return res
+    try:
+        index, model = next((i, m) for i, m in enumerate(ctx.config.models) if m.name == name)
+    except StopIteration:
+        return res
+    res["min_map50"] = model.min_map50
+    if model.min_map50 is not None and acc["map50"] < model.min_map50:
+        message = (
+            f"{res.get('artifact', '?')}: mAP@0.5 {acc['map50']:.4f} of model '{name}' against its golden "
+            f"ground truth is below min-map50 {model.min_map50:g} (models[{index}].min-map50 in "
+            f"{ctx.config.source_path.name})"
+        )
+        res["ok"] = False
+        res["error"] = f"{res['error']}; {message}" if res.get("error") else message
+    return res
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +302,7 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
                 )
                 count = f"{len(bad)} of {res.get('images', 0)} golden image(s)"
                 res["error"] = f"{count} differ from the reference ({worst})"
-        results[key] = {**base, **res, "seconds": round(time.monotonic() - started, 1)}
+        results[key] = gate_accuracy(ctx, {**base, **res, "seconds": round(time.monotonic() - started, 1)})
     failed = [k for k, r in results.items() if not r["ok"]]
     results["wheels"] = {
         "artifact": "wheels",
@@ -307,6 +334,9 @@ _SUMMARY_KEYS = (
     "max_score_diff",
     "images",
     "map50_vs_ground_truth",
+    "accuracy",
+    "min_map50",
+    "export_inputs",
     "ready_seconds",
     "latency_ms",
     "tolerance",
@@ -329,6 +359,17 @@ def _number(value: float | None) -> str:
         return "-"
     value = max(0.0, float(value))
     return "0" if value == 0 else f"{value:.1e}"
+
+
+def _accuracy_cell(acc: dict[str, Any] | None) -> str:
+    """``0.912 (0.95 / 0.88)``: mAP@0.5, then precision / recall at the model's score threshold."""
+    if not acc:
+        return "-"
+
+    def two(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    return f"{acc['map50']:.3f} ({two(acc.get('precision'))} / {two(acc.get('recall'))})"
 
 
 def _deviation(a: dict[str, Any]) -> float | None:
@@ -364,6 +405,7 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
                     "images": count,
                     "max_box_deviation": 0.0,
                     "max_score_diff": 0.0,
+                    "accuracy": (m.get("golden") or {}).get("eager_accuracy"),
                     "ok": True,
                     "note": "reference",
                 },
@@ -398,6 +440,7 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
                         "images": a.get("images"),
                         "max_box_deviation": _deviation(a),
                         "max_score_diff": a.get("max_score_diff"),
+                        "accuracy": a.get("accuracy"),
                         "ok": a["ok"],
                         "tolerance": a.get("tolerance"),
                         "note": ("untested here: " if a.get("untested") else "")
@@ -423,6 +466,7 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
                 "images": a.get("images"),
                 "max_box_deviation": _deviation(a),
                 "max_score_diff": a.get("max_score_diff"),
+                "accuracy": a.get("accuracy"),
                 "ok": a["ok"],
                 "tolerance": a.get("tolerance"),
                 "ready_seconds": a.get("ready_seconds"),
@@ -439,6 +483,7 @@ def table_markdown(rows: list[dict[str, Any]], title: str = "") -> str:
         "model",
         "checked by",
         "golden images",
+        "mAP@0.5 vs ground truth (precision / recall)",
         "max box deviation (1 - min IoU)",
         "max score diff",
         "tolerance (IoU >=, score <=)",
@@ -460,6 +505,7 @@ def table_markdown(rows: list[dict[str, Any]], title: str = "") -> str:
             str(r.get("model") or "-"),
             r["checked_by"],
             str(r["images"]) if r.get("images") is not None else "-",
+            _accuracy_cell(r.get("accuracy")),
             _number(r.get("max_box_deviation")),
             _number(r.get("max_score_diff")),
             tol_text,
@@ -577,7 +623,8 @@ def run(
                 res = smoke_image(ctx, record, gpu_present=gpu_present, tfserving=tfserving)
                 state = "ok" if res["ok"] else "FAILED"
                 detail = f": {res['error']}" if not res["ok"] else ""
-                numbers = f"min IoU {res.get('min_iou', '-')}, max score diff {res.get('max_score_diff', '-')}"
+                numbers = (f"min IoU {res.get('min_iou', '-')}, max score diff {res.get('max_score_diff', '-')}, "
+                           f"mAP@0.5 {(res.get('accuracy') or {}).get('map50', '-')}")
                 ctx.log(f"{variant}: {state} (ready in {res.get('ready_seconds', '-')}s, {numbers}){detail}")
         results[smoke_key(res["artifact"], arch)] = res
         # Every result gets its file, failures too: the summary is rebuilt from these files. One
