@@ -35,8 +35,10 @@ def _golden(name: str, plan: dict) -> None:
 
 
 def test_tag_plan_golden(config):
+    # A project's tag (Slipway's own release.toml, less its fixed version and the runtime it publishes).
     plan = make_plan(
-        config.model_copy(update={"project": config.project.model_copy(update={"version": None})}),
+        config.model_copy(update={"project": config.project.model_copy(update={"version": None}),
+                                  "wheels": config.wheels.model_copy(update={"publish_runtime": False})}),
         Trigger(event="tag", ref="refs/tags/v1.2.3", sha=SHA),
     )
     assert plan["version"] == "1.2.3" and plan["dry_run"] is False and plan["prerelease"] is False
@@ -107,7 +109,7 @@ def test_prerelease_versions():
 def test_cli_plan_tag_prints_json(capsys, tmp_path):
     cfg = tmp_path / "release.toml"
     text = (ROOT / "release.toml").read_text().replace('version = "0.1.0"', "# no fixed version")
-    cfg.write_text(text)
+    cfg.write_text(text.replace("publish-runtime = true", "publish-runtime = false"))
     for sub in ("dockerfiles", "model_export"):
         (tmp_path / sub).symlink_to(ROOT / sub)
     assert main(["plan", "--config", str(cfg), "--event", "tag", "--ref", "v1.2.3", "--sha", SHA]) == 0

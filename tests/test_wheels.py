@@ -108,7 +108,7 @@ def _fake_wheel(folder: Path, name: str, size: int) -> Path:
 
 
 @pytest.fixture
-def fake_build(monkeypatch):
+def fake_build(monkeypatch, tmp_path):
     """Replace building and the tools that need real wheels; return the calls made."""
     calls = {"checks": [], "twine": 0}
 
@@ -130,6 +130,10 @@ def fake_build(monkeypatch):
         return {"ok": ok, "images": 8, "min_iou": 1.0 if ok else 0.2, "max_score_diff": 0.0}
 
     monkeypatch.setenv("SLIPWAY_WHEELS_BUILDER", "local")
+    # The runtime cache of the test, never the machine's state folder (fake wheels must not be reused).
+    cache = tmp_path / "runtime-cache"
+    monkeypatch.setattr(wheels, "runtime_cache", lambda: cache)
+    calls["cache"] = cache
     monkeypatch.setattr(wheels, "build_local", build_local)
     monkeypatch.setattr(wheels, "twine_check", twine_check)
     monkeypatch.setattr(wheels, "check_golden", check_golden)
@@ -148,7 +152,7 @@ def test_run_writes_wheels_json(tmp_path, fake_build):
         assert record["python_tag"] == "cp311" and record["platform_tag"] == "manylinux_2_34_x86_64"
     assert any(e["platform"].endswith("aarch64") for e in index["not_built_here"])
     assert fake_build["twine"] == 1 and fake_build["checks"] == ["self-contained", "thin"]
-    assert "2 wheels (local)" in result["summary"]
+    assert "2 runtime wheels 0.1.0 (local, published with this release)" in result["summary"]
     # Unchanged inputs: the second run reuses the wheels instead of building them again.
     again = wheels.run(ctx)
     assert again["summary"] == "2 wheels reused" and fake_build["checks"] == ["self-contained", "thin"]

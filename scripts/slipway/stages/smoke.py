@@ -39,6 +39,7 @@ from slipway.github import add_summary, image_records, smoke_result_files
 from slipway.smoketest import (
     check_golden,
     has_gpu,
+    interpreter_for,
     model_info,
     run_container,
     save_container_logs,
@@ -203,7 +204,13 @@ def smoke_image(
 
 def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
     """One result per wheel file, and the aggregate ``wheels`` artifact the plan names."""
-    wheels = sorted((ctx.out / "wheels").glob("*.whl"))
+    from slipway.stages.wheels import runtime_wheels
+
+    # Slipway's runtime wheels (wheels/ or runtime/) and the project's model packages (wheels/).
+    wheels = list(dict.fromkeys([*runtime_wheels(ctx.out), *sorted((ctx.out / "wheels").glob("*.whl"))]))
+    runtime = next((w for w in runtime_wheels(ctx.out) if w.name.startswith("slipway_runtime-")
+                    and interpreter_for(w)[0] is not None), None)
+    packages = {e["import"]: e["model"] for e in ctx.plan.get("packages", [])}
     planned = any(e["kind"] == "wheel" for e in ctx.plan["matrix"]["smoke"])
     if not wheels:
         if not planned:
@@ -216,11 +223,14 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
                 "error": f"no wheels in {ctx.out / 'wheels'} (run 'slipway wheels')",
             }
         }
-    model = ctx.config.wheels_model()
-    model_dir = ctx.out / "models" / (model.name if model else "")
+    wheels_model = ctx.config.wheels_model()
     tolerance = ctx.config.smoke.tolerance_for("cpp")
     results: dict[str, dict[str, Any]] = {}
     for wheel in wheels:
+        # A model package is checked on its own model; a runtime wheel on the wheels' model.
+        import_name = wheel.name.split("-", 1)[0]
+        model = ctx.config.model(packages[import_name]) if import_name in packages else wheels_model
+        model_dir = ctx.out / "models" / (model.name if model else "")
         key = f"wheel:{wheel.name}"
         ctx.log(f"{wheel.name}: installing into a fresh virtualenv (no torch) and running the golden images")
         started = time.monotonic()
@@ -242,6 +252,7 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
                 work=ctx.out / "smoke" / f".wheel-{_safe(wheel.stem)}",
                 iou=tolerance.iou,
                 score=tolerance.score,
+                runtime=runtime,
             )
             if not res["ok"] and "error" not in res:
                 bad = [r for r in res.get("per_image", []) if not r["ok"]]
