@@ -299,3 +299,42 @@ def test_a_cuda_library_in_the_self_contained_wheel_is_named():
              "slipway_runtime/_core.cpython-311-x86_64-linux-gnu.so"]
     assert repair_wheel.cuda_libraries(names) == names[2:4]
     assert repair_wheel.cuda_libraries(names[:2] + names[4:]) == []
+
+
+def test_a_projects_runtime_is_not_published_and_its_model_package_is(tmp_path, fake_build):
+    """publish-runtime false: the runtime goes to runtime/ (at Slipway's version, from the shared cache),
+    the project's model package to wheels/; a second project reuses the cached runtime build."""
+    import slipway
+    from slipway.smoketest import wheel_kind, wheel_requirements
+
+    built = []
+    real_build = wheels.build_local
+
+    def counting_build(*args, **kwargs):
+        built.append(1)
+        return real_build(*args, **kwargs)
+
+    wheels.build_local = counting_build
+    try:
+        for project in ("street-scenes", "harbour-cams"):
+            ctx = _ctx(tmp_path / project, publish_runtime=False)
+            ctx.plan["packages"] = [{"model": "shapes-torch", "package": f"{project}-detector",
+                                     "import": f"{project.replace('-', '_')}_detector"}]
+            result = wheels.run(ctx)
+            assert sorted(p.name for p in (ctx.out / "runtime").glob("*.whl")) == [
+                "slipway_runtime-1.0.0-cp311-cp311-manylinux_2_34_x86_64.whl",
+                "slipway_runtime_torch-1.0.0-cp311-cp311-manylinux_2_34_x86_64.whl"]
+            published = sorted(p.name for p in (ctx.out / "wheels").glob("*.whl"))
+            assert published == [f"{project.replace('-', '_')}_detector-1.0.0-py3-none-any.whl"]
+            package = ctx.out / "wheels" / published[0]
+            assert wheel_kind(package) == "model-package"
+            assert wheel_requirements(package) == [f"slipway-runtime~={slipway.__version__.rsplit('.', 1)[0]}.0"]
+            index = json.loads((ctx.out / "wheels" / "wheels.json").read_text())
+            assert index["publish_runtime"] is False and index["version"] == slipway.__version__
+            assert all(not w["published"] and w["folder"] == "runtime" for w in index["wheels"])
+            assert [p["package"] for p in index["packages"]] == [f"{project}-detector"]
+            assert "not published" in result["summary"] and f"{project}-detector" in result["summary"]
+    finally:
+        wheels.build_local = real_build
+    assert len(built) == 1, "the second project must reuse the runtime built for the first"
+    assert len(list(fake_build["cache"].iterdir())) == 1
