@@ -164,8 +164,10 @@ def build_failure(ctx: StageContext, variant: str, log_path: Path) -> str:
     lines = text.splitlines()
     if PROJECT_REQUIREMENTS_FAILED in text:
         src = project_requirements(ctx.root) or ctx.root / "requirements.txt"
-        # pip's own lines, from its first error to the marker.
-        end = max(i for i, line in enumerate(lines) if PROJECT_REQUIREMENTS_FAILED in line)
+        # pip's own lines, from its first error to the marker the failed step printed (the builder
+        # also echoes the step's command, which holds the marker too: not that line).
+        marks = [i for i, line in enumerate(lines) if PROJECT_REQUIREMENTS_FAILED in line and "echo" not in line]
+        end = marks[0] if marks else len(lines)
         start = next((i for i, line in enumerate(lines[:end]) if "ERROR" in line), max(0, end - 25))
         pip = "\n".join(lines[start:end][-30:])
         return (f"image build of variant '{variant}' failed: the project's requirements ({src}) cannot be "
