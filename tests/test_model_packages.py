@@ -122,3 +122,81 @@ def test_two_projects_packages_in_one_venv_each_load_their_own_model(packages, n
                 assert max(abs(a - b) for a, b in zip(d["box"], r["box"], strict=True)) < 0.5
     street, harbour = (got[p["module"]]["detections"] for p in packages.values())
     assert street != harbour, "two models answered the same: each package must load its own"
+
+
+# --------------------------------------------------------------------------------------------
+# Publishing: a project publishes its own names only; Slipway's own release also its runtime
+
+
+PROJECT_TOML = """
+[project]
+name = "{name}"
+version = "{version}"
+
+[[models]]
+name = "street"
+framework = "pytorch"
+entry-point = "street_pkg.model:build_model"
+weights = "weights/street.pt"
+labels = ["circle", "square"]
+exporters = ["torchscript"]
+input = {{ height = 32, width = 32 }}
+package = "{name}-street-detector"
+
+[wheels]
+publish-runtime = {publish_runtime}
+
+[registries]
+images = "127.0.0.1:5000/{name}"
+packages = "http://127.0.0.1:8765/"
+"""
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("publish_runtime", [False, True], ids=["a-project", "slipways-own-release"])
+def test_dry_run_publish_lists_the_projects_names(local_services, tmp_path, publish_runtime):
+    """A project's dry-run publish uploads its model package and nothing of Slipway's; with
+    publish-runtime (Slipway's own release, at Slipway's version) the runtime goes out too."""
+    from test_smoke_fixtures import make_replay_wheel, run_id, write_fake_export
+
+    from slipway.config import load_config
+    from slipway.context import StageContext
+    from slipway.plan import Trigger, make_plan
+    from slipway.stages import publish, smoke, wheels
+
+    name = run_id()
+    folder = tmp_path / name
+    folder.mkdir()
+    version = slipway.__version__ if publish_runtime else "3.1.4"
+    (folder / "release.toml").write_text(PROJECT_TOML.format(
+        name=name, version=version, publish_runtime=str(publish_runtime).lower()))
+    config = load_config(folder / "release.toml")
+    plan = make_plan(config, Trigger(event="local", sha="unknown", dry_run=True))
+    assert plan["runtime"] == {"version": slipway.__version__, "publish": publish_runtime}
+    ctx = StageContext(config=config, plan=plan, out=folder / "dist", root=config.root)
+    (ctx.out).mkdir()
+    (ctx.out / "plan.json").write_text(json.dumps(plan))
+    model_dir = write_fake_export(ctx.out / "models" / "street", name="street")
+    (model_dir / "model.torchscript.pt").write_bytes(b"a TorchScript file, as far as packaging goes")
+    # Slipway's runtime where the wheels stage puts it (a replay double: the real one is in
+    # test_two_projects_packages_in_one_venv_each_load_their_own_model).
+    runtime = make_replay_wheel(wheels.runtime_dir(ctx), dist="slipway-runtime", model_dir=model_dir,
+                                version=slipway.__version__)
+    [package] = wheels.build_packages(ctx, ctx.out / "wheels")
+    smoked = smoke.run(ctx, artifact="wheels")
+    artifacts = json.loads((ctx.out / "smoke" / "summary.json").read_text())["artifacts"]
+    assert artifacts[f"wheel:{package['name']}"]["ok"], (smoked, artifacts)
+    assert artifacts[f"wheel:{package['name']}"]["wheel_kind"] == "model-package"
+
+    result = publish.run(ctx)
+    actions = json.loads((ctx.out / "publish-plan.json").read_text())["actions"]
+    uploads = sorted(a["file"] if "file" in a else a.get("what") for a in actions if a["action"] == "upload")
+    released = sorted(w["file"] for w in result["release"]["wheels"])
+    expected = sorted([package["name"], *([runtime.name] if publish_runtime else [])])
+    assert released == expected, released
+    assert len(uploads) == len(expected)
+    if not publish_runtime:
+        text = json.dumps(actions) + json.dumps(result["release"])
+        assert "slipway_runtime" not in text and "slipway-runtime" not in text.replace(
+            package["requires"], "")
+    assert "would" in result["summary"] and "dry run" in result["summary"]
