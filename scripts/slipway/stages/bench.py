@@ -346,11 +346,10 @@ def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict
     for model in models:
         if (ctx.out / "models" / model / "model.json").is_file():
             model_files[model] = sizes.model_file_sizes(ctx.out / "models" / model)
-    from slipway.stages.wheels import runtime_dir
-
-    # The runtime wheels (in wheels/ or runtime/) and the model packages (wheels/).
-    folders = dict.fromkeys([runtime_dir(ctx), ctx.out / "wheels"])
-    wheels = [w for folder in folders for w in sizes.wheel_sizes(folder, ctx.config.wheels.max_size_mib)]
+    # The model packages and, when this release publishes it, the runtime (wheels/); else the
+    # runtime in runtime/.
+    wheels = [w for folder in ("wheels", "runtime")
+              for w in sizes.wheel_sizes(ctx.out / folder, ctx.config.wheels.max_size_mib)]
     for w in wheels:
         if not w["within_limit"]:
             ctx.log(f"wheel {w['file']}: {w['mib']} MiB is over the {w['limit_mib']} MiB limit")
