@@ -65,6 +65,7 @@ FORMAT_LABELS = {
 WHEEL_CHECKS = {
     "self-contained": "slipway smoke: fresh virtualenv without torch",
     "thin": "slipway smoke: beside the installed torch",
+    "model-package": "slipway smoke: fresh virtualenv with slipway-runtime, the package's load()",
 }
 FRAMEWORK_LABELS = {"pytorch": "PyTorch", "tensorflow": "TensorFlow/Keras"}
 
@@ -372,7 +373,8 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
                 (
                     2,
                     {
-                        "artifact": f"C++ wheel {a.get('file', key)}",
+                        "artifact": ("model package " if a.get("wheel_kind") == "model-package"
+                                     else "C++ wheel ") + str(a.get("file", key)),
                         "model": a.get("model"),
                         "checked_by": WHEEL_CHECKS.get(a.get("wheel_kind", ""), "slipway smoke"),
                         "images": a.get("images"),
@@ -574,11 +576,11 @@ def run(
     summary = summarize(ctx, drop_wheels=test_wheels, gpu_present=gpu_present)
     rows = summary["table"]
     ctx.log("cross-runtime table (smoke/table.md):\n" + table_markdown(rows))
-    tested = [r for r in rows if r["artifact"].startswith(("image ", "C++ wheel"))]
+    tested = [r for r in rows if r["artifact"].startswith(("image ", "C++ wheel", "model package"))]
     if artifact:
         # This job's own rows; the merged table is the release notes' (smoke --summarize).
         mine = {f"image {v}" for v in (variants or [])}
-        tested = [r for r in tested if r["artifact"] in mine or (test_wheels and r["artifact"].startswith("C++"))]
+        tested = [r for r in tested if r["artifact"] in mine or (test_wheels and r["artifact"].startswith(("C++", "model package")))]
     add_summary(f"### Smoke test: {artifact or 'all artifacts'}\n\n" + table_markdown(tested))
     now_failed = [k for k, r in results.items() if not r["ok"]]
     if now_failed:
