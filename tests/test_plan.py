@@ -189,3 +189,11 @@ def test_a_model_package_may_not_take_slipways_names(config, name):
     models = tuple(m.model_copy(update={"package": name}) if m.name == "shapes-torch" else m for m in project.models)
     with pytest.raises(ConfigError, match=r"models\[0\]\.package.*Slipway's own"):
         make_plan(project.model_copy(update={"models": models}), Trigger(event="local", sha=SHA))
+
+
+def test_a_package_name_on_a_model_that_is_not_packaged_is_refused(config):
+    project = _project(config)
+    models = tuple(m.model_copy(update={"package": "harbour-tf"}) if m.name == "shapes-tf" else m
+                   for m in project.models)
+    with pytest.raises(ConfigError, match=r"models\[1\]\.package = 'harbour-tf'.*only a PyTorch model"):
+        make_plan(project.model_copy(update={"models": models}), Trigger(event="local", sha=SHA))

@@ -150,6 +150,10 @@ def _names_problems(config: ReleaseConfig, version: Version, *, publishing: bool
     seen: dict[str, str] = {}
     for i, model in enumerate(config.models):
         if model not in config.packaged_models():
+            if model.package:
+                problems.append(ConfigProblem(file, f"models[{i}].package", model.package,
+                                              "only a PyTorch model with a TorchScript export is released as a "
+                                              "package (it runs on Slipway's C++ runtime)"))
             continue
         name = config.model_package(model)
         key = f"models[{i}].package" if model.package else f"models[{i}].name"
