@@ -4,6 +4,7 @@
 #   pytorch-gpu      TorchScript run by torch with CUDA from PyPI's wheels    BACKEND=torchscript, build with DEVICE=gpu
 #   onnx-cpu         ONNX Runtime, no torch                                   BACKEND=onnx
 # The build context is staged by `slipway images`: serving/ model_export/ requirements*.txt
+# (Slipway's, plus requirements-project.txt: the project's own, installed on top)
 # model/ (the model's export folder) wheelhouse/ (local wheels, installed before any index).
 # No syntax directive: the classic builder (docker SDK) and BuildKit must both build this file.
 
@@ -28,6 +29,17 @@ COPY wheelhouse/ /wheelhouse/
 RUN pip install --find-links /wheelhouse -r /requirements/requirements.txt \
     && pip uninstall --yes setuptools \
     && find /opt/venv/lib -path '*/site-packages/numpy/*' -type d -name tests -prune -exec rm -rf {} +
+# The project's own requirements (its requirements.txt beside release.toml, staged as
+# requirements-project.txt; comments only when it has none) go on top of the service's, constrained
+# by the service's pins: they add packages and never replace the service's. A conflict fails here
+# with pip's message, and the marker line lets `slipway images` name the project's file. Copied
+# after the service's layer, so a change of the project's file reuses that layer.
+COPY requirements-project.txt /requirements/
+RUN if grep -qvE '^[[:space:]]*(#|$)' /requirements/requirements-project.txt; then \
+        pip install --find-links /wheelhouse -c /requirements/requirements.txt \
+            -c /requirements/requirements-pytorch.txt -r /requirements/requirements-project.txt \
+        || { echo "SLIPWAY-PROJECT-REQUIREMENTS-FAILED: the project's requirements.txt conflicts with the service's pins" >&2; exit 1; }; \
+    fi
 
 # ---------------------------------------------------------------------------------------------
 # What every final image shares: the base, a non-root user, the service's environment.

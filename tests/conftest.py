@@ -68,7 +68,9 @@ def local_services():
     return services.status()
 
 
-# The C++ runtime wheels (tests/native_fixtures.py), for test_native.py and test_serving_backends.py.
+# Slipway built and installed into a fresh venv (tests/installed.py); the C++ runtime wheels
+# (tests/native_fixtures.py), for test_native.py and test_serving_backends.py.
+from installed import installed_slipway, slipway_dists  # noqa: E402
 from native_fixtures import native_wheels, sc_python  # noqa: E402
 
-__all__ = ["native_wheels", "sc_python"]
+__all__ = ["installed_slipway", "native_wheels", "sc_python", "slipway_dists"]

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pytest
 
+import slipway
+
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
 CACHE = ROOT / "build" / "native-test-cache"
-TEST_VERSION = "0.0.0.dev0"
+# The runtime's wheels always carry Slipway's own version (a model package depends on it by that).
+TEST_VERSION = slipway.__version__
 
 
 def _log(message: str) -> None:

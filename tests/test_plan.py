@@ -35,8 +35,10 @@ def _golden(name: str, plan: dict) -> None:
 
 
 def test_tag_plan_golden(config):
+    # A project's tag (Slipway's own release.toml, less its fixed version and the runtime it publishes).
     plan = make_plan(
-        config.model_copy(update={"project": config.project.model_copy(update={"version": None})}),
+        config.model_copy(update={"project": config.project.model_copy(update={"version": None}),
+                                  "wheels": config.wheels.model_copy(update={"publish_runtime": False})}),
         Trigger(event="tag", ref="refs/tags/v1.2.3", sha=SHA),
     )
     assert plan["version"] == "1.2.3" and plan["dry_run"] is False and plan["prerelease"] is False
@@ -107,7 +109,7 @@ def test_prerelease_versions():
 def test_cli_plan_tag_prints_json(capsys, tmp_path):
     cfg = tmp_path / "release.toml"
     text = (ROOT / "release.toml").read_text().replace('version = "0.1.0"', "# no fixed version")
-    cfg.write_text(text)
+    cfg.write_text(text.replace("publish-runtime = true", "publish-runtime = false"))
     for sub in ("dockerfiles", "model_export"):
         (tmp_path / sub).symlink_to(ROOT / sub)
     assert main(["plan", "--config", str(cfg), "--event", "tag", "--ref", "v1.2.3", "--sha", SHA]) == 0
@@ -200,3 +202,68 @@ def test_planned_stages(config):
     assert [b["platform"] for b in full["matrix"]["image_builds"] if b["variant"] == "pytorch-cpu"] == [
         "linux/amd64", "linux/arm64"]
     assert next(e for e in full["matrix"]["smoke"] if e["variant"] == "pytorch-cpu")["arches"] == "amd64,arm64"
+
+
+def _project(config, **wheels):
+    """Slipway's release.toml as another project's: its own name, no runtime published."""
+    return config.model_copy(update={
+        "project": config.project.model_copy(update={"name": "street-scenes", "version": "2.4.1"}),
+        "wheels": config.wheels.model_copy(update={"publish_runtime": False, **wheels}),
+    })
+
+
+def test_a_folder_that_is_not_a_git_checkout_has_an_unknown_revision(config, tmp_path):
+    from slipway.plan import git_sha
+    from slipway.stages.publish import image_tags
+
+    assert git_sha(tmp_path) == "unknown"
+    plan = make_plan(config, Trigger(event="local", sha=git_sha(tmp_path)))
+    assert plan["sha"] == plan["short_sha"] == "unknown"
+    assert any("not a git checkout" in note and "no sha- tag" in note for note in plan["notes"])
+    assert image_tags(plan) == (["0.1.0"], ["0.1", "latest"])
+    # A checkout's plan names its commit and tags it.
+    plan = make_plan(config, Trigger(event="local", sha=SHA))
+    assert plan["notes"] == [] and image_tags(plan)[0] == ["0.1.0", "sha-0123456"]
+
+
+def test_runtime_at_slipways_version_and_model_packages_of_the_projects_names(config):
+    import slipway
+
+    own = make_plan(config, Trigger(event="local", sha=SHA))
+    assert own["runtime"] == {"version": slipway.__version__, "publish": True}
+    theirs = make_plan(_project(config), Trigger(event="local", sha=SHA))
+    assert theirs["version"] == "2.4.1"
+    assert theirs["runtime"] == {"version": slipway.__version__, "publish": False}
+    assert theirs["packages"] == [{"model": "shapes-torch", "package": "street-scenes-shapes-torch",
+                                   "import": "street_scenes_shapes_torch"}]
+    named = _project(config)
+    models = tuple(m.model_copy(update={"package": "Street.Detector"}) if m.name == "shapes-torch" else m
+                   for m in named.models)
+    plan = make_plan(named.model_copy(update={"models": models}), Trigger(event="local", sha=SHA))
+    assert plan["packages"][0]["package"] == "Street.Detector" and plan["packages"][0]["import"] == "street_detector"
+
+
+def test_publishing_the_runtime_needs_slipways_version(config):
+    tagged = config.model_copy(update={"project": config.project.model_copy(update={"version": None})})
+    with pytest.raises(ConfigError) as err:
+        make_plan(tagged, Trigger(event="tag", ref="refs/tags/v1.2.3", sha=SHA))
+    assert "wheels.publish-runtime" in str(err.value) and "1.2.3" in str(err.value)
+    # A dry run publishes nothing; Slipway's own version publishes.
+    assert make_plan(tagged, Trigger(event="pull_request", ref="refs/tags/v1.2.3", sha=SHA))["dry_run"]
+    assert make_plan(tagged, Trigger(event="tag", ref="refs/tags/v0.1.0", sha=SHA))["runtime"]["publish"]
+
+
+@pytest.mark.parametrize("name", ["slipway-runtime", "Slipway_Runtime_Torch", "slipway"])
+def test_a_model_package_may_not_take_slipways_names(config, name):
+    project = _project(config)
+    models = tuple(m.model_copy(update={"package": name}) if m.name == "shapes-torch" else m for m in project.models)
+    with pytest.raises(ConfigError, match=r"models\[0\]\.package.*Slipway's own"):
+        make_plan(project.model_copy(update={"models": models}), Trigger(event="local", sha=SHA))
+
+
+def test_a_package_name_on_a_model_that_is_not_packaged_is_refused(config):
+    project = _project(config)
+    models = tuple(m.model_copy(update={"package": "harbour-tf"}) if m.name == "shapes-tf" else m
+                   for m in project.models)
+    with pytest.raises(ConfigError, match=r"models\[1\]\.package = 'harbour-tf'.*only a PyTorch model"):
+        make_plan(project.model_copy(update={"models": models}), Trigger(event="local", sha=SHA))

@@ -108,7 +108,7 @@ def _fake_wheel(folder: Path, name: str, size: int) -> Path:
 
 
 @pytest.fixture
-def fake_build(monkeypatch):
+def fake_build(monkeypatch, tmp_path):
     """Replace building and the tools that need real wheels; return the calls made."""
     calls = {"checks": [], "twine": 0}
 
@@ -130,6 +130,10 @@ def fake_build(monkeypatch):
         return {"ok": ok, "images": 8, "min_iou": 1.0 if ok else 0.2, "max_score_diff": 0.0}
 
     monkeypatch.setenv("SLIPWAY_WHEELS_BUILDER", "local")
+    # The runtime cache of the test, never the machine's state folder (fake wheels must not be reused).
+    cache = tmp_path / "runtime-cache"
+    monkeypatch.setattr(wheels, "runtime_cache", lambda: cache)
+    calls["cache"] = cache
     monkeypatch.setattr(wheels, "build_local", build_local)
     monkeypatch.setattr(wheels, "twine_check", twine_check)
     monkeypatch.setattr(wheels, "check_golden", check_golden)
@@ -148,7 +152,7 @@ def test_run_writes_wheels_json(tmp_path, fake_build):
         assert record["python_tag"] == "cp311" and record["platform_tag"] == "manylinux_2_34_x86_64"
     assert any(e["platform"].endswith("aarch64") for e in index["not_built_here"])
     assert fake_build["twine"] == 1 and fake_build["checks"] == ["self-contained", "thin"]
-    assert "2 wheels (local)" in result["summary"]
+    assert "2 runtime wheels 0.1.0 (local, published with this release)" in result["summary"]
     # Unchanged inputs: the second run reuses the wheels instead of building them again.
     again = wheels.run(ctx)
     assert again["summary"] == "2 wheels reused" and fake_build["checks"] == ["self-contained", "thin"]
@@ -295,3 +299,42 @@ def test_a_cuda_library_in_the_self_contained_wheel_is_named():
              "slipway_runtime/_core.cpython-311-x86_64-linux-gnu.so"]
     assert repair_wheel.cuda_libraries(names) == names[2:4]
     assert repair_wheel.cuda_libraries(names[:2] + names[4:]) == []
+
+
+def test_a_projects_runtime_is_not_published_and_its_model_package_is(tmp_path, fake_build):
+    """publish-runtime false: the runtime goes to runtime/ (at Slipway's version, from the shared cache),
+    the project's model package to wheels/; a second project reuses the cached runtime build."""
+    import slipway
+    from slipway.smoketest import wheel_kind, wheel_requirements
+
+    built = []
+    real_build = wheels.build_local
+
+    def counting_build(*args, **kwargs):
+        built.append(1)
+        return real_build(*args, **kwargs)
+
+    wheels.build_local = counting_build
+    try:
+        for project in ("street-scenes", "harbour-cams"):
+            ctx = _ctx(tmp_path / project, publish_runtime=False)
+            ctx.plan["packages"] = [{"model": "shapes-torch", "package": f"{project}-detector",
+                                     "import": f"{project.replace('-', '_')}_detector"}]
+            result = wheels.run(ctx)
+            assert sorted(p.name for p in (ctx.out / "runtime").glob("*.whl")) == [
+                "slipway_runtime-1.0.0-cp311-cp311-manylinux_2_34_x86_64.whl",
+                "slipway_runtime_torch-1.0.0-cp311-cp311-manylinux_2_34_x86_64.whl"]
+            published = sorted(p.name for p in (ctx.out / "wheels").glob("*.whl"))
+            assert published == [f"{project.replace('-', '_')}_detector-1.0.0-py3-none-any.whl"]
+            package = ctx.out / "wheels" / published[0]
+            assert wheel_kind(package) == "model-package"
+            assert wheel_requirements(package) == [f"slipway-runtime~={slipway.__version__.rsplit('.', 1)[0]}.0"]
+            index = json.loads((ctx.out / "wheels" / "wheels.json").read_text())
+            assert index["publish_runtime"] is False and index["version"] == slipway.__version__
+            assert all(not w["published"] and w["folder"] == "runtime" for w in index["wheels"])
+            assert [p["package"] for p in index["packages"]] == [f"{project}-detector"]
+            assert "not published" in result["summary"] and f"{project}-detector" in result["summary"]
+    finally:
+        wheels.build_local = real_build
+    assert len(built) == 1, "the second project must reuse the runtime built for the first"
+    assert len(list(fake_build["cache"].iterdir())) == 1

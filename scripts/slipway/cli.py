@@ -242,6 +242,8 @@ def _has_gpu() -> bool:
 def cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     plan = make_plan(config, _trigger(args, config.root), config_path=args.config)
+    for note in plan.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     text = json.dumps(plan, indent=2)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -381,6 +383,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     ctx.log(f"release {plan['project']} {plan['version']} ({plan['event']}, dry run: {plan['dry_run']}) into {ctx.out}")
     for skipped in plan.get("skipped", []):
         ctx.log(f"skipping variant {skipped['variant']}: {skipped['reason']}")
+    for note in plan.get("notes", []):
+        ctx.log(f"note: {note}")
     if args.local:
         from slipway import services
 

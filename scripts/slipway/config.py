@@ -122,6 +122,12 @@ class ModelSpec(_Model):
         default=None, ge=0.0, le=1.0,
         description="Smoke fails when an artifact's mAP@0.5 against the golden ground truth is below this.",
     )
+    package: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
+        description="Distribution name of the model's Python package (a PyTorch model with a TorchScript "
+        "export; built by 'slipway wheels'). Default: '<project.name>-<model.name>'.",
+    )
 
 
 class VariantSpec(_Model):
@@ -140,13 +146,18 @@ class VariantSpec(_Model):
 
 
 class WheelsSpec(_Model):
-    """The C++ runtime wheels."""
+    """The C++ runtime wheels (Slipway's, at Slipway's version) and the project's model packages."""
 
     enabled: bool = True
     model: str | None = Field(default=None, description="Model whose golden outputs test the wheels.")
     python: tuple[str, ...] = ("3.10", "3.11", "3.12", "3.13")
     platforms: tuple[str, ...] = ("manylinux_2_28_x86_64", "manylinux_2_28_aarch64")
     max_size_mib: float = Field(default=100.0, gt=0)
+    publish_runtime: bool = Field(
+        default=False,
+        description="Publish Slipway's own C++ runtime wheels (slipway-runtime, slipway-runtime-torch) with "
+        "this release. Only Slipway's own release.toml sets it; the release version must then be Slipway's.",
+    )
 
 
 class RegistriesSpec(_Model):
@@ -224,6 +235,14 @@ class ReleaseConfig(_Model):
         if model.exporters is not None:
             return tuple(model.exporters)
         return ("torchscript", "onnx") if model.framework == "pytorch" else ("saved_model", "frozen_graph")
+
+    def model_package(self, model: ModelSpec) -> str:
+        """The distribution name of a model's package: its own ``package`` or '<project>-<model>'."""
+        return model.package or f"{self.project.name}-{model.name}"
+
+    def packaged_models(self) -> tuple[ModelSpec, ...]:
+        """Models released as a package: PyTorch models with a TorchScript export."""
+        return tuple(m for m in self.models if m.framework == "pytorch" and "torchscript" in self.exporters_for(m))
 
     def wheels_model(self) -> ModelSpec | None:
         if self.wheels.model:

@@ -7,16 +7,21 @@ same plan drives a local release.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import slipway
 from slipway.config import ReleaseConfig
 from slipway.errors import MISSING, ConfigError, ConfigProblem
 from slipway.version import Version, parse_version, version_from_tag
 
 SCHEMA_VERSION = 1
+# The revision of a project folder that is not a git checkout: said plainly, never a made-up commit.
+UNKNOWN_REVISION = "unknown"
+_COMMIT = re.compile(r"^[0-9a-f]{7,64}$")
 EVENTS = ("tag", "dispatch", "pull_request", "call", "local")
 
 # Runner labels per wheel architecture; GitHub's hosted arm runners build aarch64 natively.
@@ -136,13 +141,19 @@ def _bool_input(value: Any) -> bool:
 
 
 def git_sha(root: Path) -> str:
+    """The commit checked out at ``root``; ``UNKNOWN_REVISION`` when it is not a git checkout."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
         )
-        return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "0" * 40
+        return UNKNOWN_REVISION
+    sha = out.stdout.strip()
+    return sha if _COMMIT.match(sha) else UNKNOWN_REVISION
+
+
+def known_revision(sha: str) -> bool:
+    return bool(_COMMIT.match(sha or ""))
 
 
 def _resolve_version(config: ReleaseConfig, trigger: Trigger) -> Version:
@@ -169,6 +180,51 @@ def _resolve_version(config: ReleaseConfig, trigger: Trigger) -> Version:
         return fixed
     # No tag and no fixed version: a development build that can never be mistaken for a release.
     return parse_version("0.0.0.dev0")
+
+
+# Distribution names that belong to Slipway itself; a project's model package may not take them.
+SLIPWAY_NAMES = ("slipway", "slipway-runtime", "slipway-runtime-torch")
+
+
+def normalize_name(name: str) -> str:
+    """A distribution name as indexes compare it (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def import_name(distribution: str) -> str:
+    """The import name of a model package: the distribution name normalised (street-detector -> street_detector)."""
+    return normalize_name(distribution).replace("-", "_")
+
+
+def _names_problems(config: ReleaseConfig, version: Version, *, publishing: bool) -> list[ConfigProblem]:
+    """Names and versions: a project publishes under its own names; Slipway's runtime at Slipway's version
+    (checked when the plan publishes: a dry run publishes nothing)."""
+    file = str(config.source_path)
+    problems = []
+    if publishing and config.wheels.publish_runtime and str(version) != str(parse_version(slipway.__version__)):
+        problems.append(ConfigProblem(
+            file, "wheels.publish-runtime", True,
+            f"publishes Slipway's C++ runtime, which carries Slipway's version {slipway.__version__}; this "
+            f"release is {version} (only Slipway's own release, at its own version, publishes the runtime)",
+        ))
+    seen: dict[str, str] = {}
+    for i, model in enumerate(config.models):
+        if model not in config.packaged_models():
+            if model.package:
+                problems.append(ConfigProblem(file, f"models[{i}].package", model.package,
+                                              "only a PyTorch model with a TorchScript export is released as a "
+                                              "package (it runs on Slipway's C++ runtime)"))
+            continue
+        name = config.model_package(model)
+        key = f"models[{i}].package" if model.package else f"models[{i}].name"
+        if normalize_name(name) in SLIPWAY_NAMES:
+            problems.append(ConfigProblem(file, key, name, f"the package name '{name}' is Slipway's own; choose "
+                                          "a name of the project's (models[].package)"))
+        elif normalize_name(name) in seen:
+            problems.append(ConfigProblem(file, key, name, f"the same package name as model "
+                                          f"'{seen[normalize_name(name)]}'; set models[].package"))
+        seen.setdefault(normalize_name(name), model.name)
+    return problems
 
 
 def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "release.toml") -> dict[str, Any]:
@@ -216,6 +272,10 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
             ]
         )
 
+    problems = _names_problems(config, version, publishing=not dry_run)
+    if problems:
+        raise ConfigError(problems)
+
     images_registry, package_index = _registries(config, trigger, dry_run)
 
     want_wheels = config.wheels.enabled and (
@@ -249,6 +309,13 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
                     "model": wheels_model.name,
                 }
             )
+
+    # The project's model packages (built by 'slipway wheels' with the runtime it depends on).
+    packages = [
+        {"model": m.name, "package": config.model_package(m), "import": import_name(config.model_package(m))}
+        for m in config.packaged_models()
+        if want_wheels and any(e["model"] == m.name for e in export)
+    ]
 
     images = [
         {
@@ -288,7 +355,14 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
     if wheels:
         publish.insert(1 if images else 0, {"kind": "wheels"})
 
-    sha = trigger.sha or "0" * 40
+    sha = trigger.sha or UNKNOWN_REVISION
+    notes = []
+    if not known_revision(sha):
+        sha = UNKNOWN_REVISION
+        notes.append(
+            f"revision unknown: {config.root} is not a git checkout, so images get no sha- tag and their "
+            "revision label says 'unknown'"
+        )
     return {
         "schema_version": SCHEMA_VERSION,
         "project": config.project.name,
@@ -298,14 +372,18 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
         "event": trigger.event,
         "ref": trigger.ref,
         "sha": sha,
-        "short_sha": sha[:7],
+        "short_sha": sha[:7] if sha != UNKNOWN_REVISION else UNKNOWN_REVISION,
         "output_dir": f"dist/{version}",
         "config": config_path,
         "registries": {"images": images_registry, "packages": package_index},
+        # Slipway's C++ runtime: always Slipway's version; published only by Slipway's own release.
+        "runtime": {"version": str(parse_version(slipway.__version__)), "publish": config.wheels.publish_runtime},
+        "packages": packages,
         "matrix": {"export": export, "wheels": wheels, "images": images, "image_builds": image_builds,
                    "smoke": smoke, "publish": publish},
         "stages": planned_stages(export, wheels, images, smoke, dry_run),
         "skipped": skipped,
+        "notes": notes,
     }
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,7 +436,12 @@ model_dir, inputs, out = sys.argv[1:4]
 # Asked before the runtime is imported: the self-contained runtime refuses even a look for torch.
 torch_installed = importlib.util.find_spec("torch") is not None
 import slipway_runtime
-det = slipway_runtime.Detector(model_dir)
+if model_dir.startswith("package:"):
+    # A model package: its own load() finds its own model files.
+    import importlib
+    det = importlib.import_module(model_dir.removeprefix("package:")).load()
+else:
+    det = slipway_runtime.Detector(model_dir)
 
 def field(d, key):
     return d[key] if isinstance(d, dict) else getattr(d, key)
@@ -537,7 +544,11 @@ def wheel_requirements(wheel: Path) -> list[str]:
 
 
 def wheel_kind(wheel: Path) -> str:
-    """``thin`` when the wheel needs the torch package, ``self-contained`` when it must run without it."""
+    """``thin`` when the wheel needs the torch package, ``self-contained`` when it must run without it,
+    ``model-package`` for a project's model package (it needs Slipway's runtime)."""
+    for req in wheel_requirements(wheel):
+        if re.match(r"^slipway[-_.]runtime\b(?![-_.]torch)", req.strip(), re.IGNORECASE):
+            return "model-package"
     for req in wheel_requirements(wheel):
         name = req.split(";")[0].strip()
         if (
@@ -547,6 +558,18 @@ def wheel_kind(wheel: Path) -> str:
         ):
             return "thin"
     return "self-contained"
+
+
+def _top_level(wheel: Path) -> str | None:
+    """The import name a wheel installs (its ``top_level.txt``, else the first package folder)."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        for name in names:
+            if name.endswith(".dist-info/top_level.txt"):
+                first = zf.read(name).decode().split()
+                if first:
+                    return first[0]
+    return next((n.split("/")[0] for n in names if n.endswith("/__init__.py") and n.count("/") == 1), None)
 
 
 def _torch_pin(wheel: Path) -> str | None:
@@ -567,9 +590,13 @@ def smoke_wheel(
     python: str | None = None,
     timeout: float = 900.0,
     keep: bool = False,
+    runtime: Path | None = None,
 ) -> dict[str, Any]:
     """Install ``wheel`` where a user would, run the golden images through
     ``slipway_runtime.Detector(model_dir).predict(image)`` and compare with the reference.
+
+    A model package (``wheel_kind`` ``model-package``) goes into a fresh virtualenv with the
+    self-contained ``runtime`` wheel it depends on; the detector is then its own ``load()``.
 
     A self-contained wheel goes into a fresh virtualenv, and torch must be absent there. A thin wheel
     (one that requires torch) is unpacked beside this interpreter's torch, which must be the version
@@ -583,6 +610,16 @@ def smoke_wheel(
 
     kind = wheel_kind(wheel)
     result: dict[str, Any] = {"ok": False, "wheel_kind": kind}
+    package = None
+    if kind == "model-package":
+        if runtime is None:
+            return {**result, "error": f"{wheel.name}: a model package is checked with the self-contained "
+                                       "runtime wheel it depends on, and none was given"}
+        package = _top_level(wheel)
+        if python is None:
+            python, why = interpreter_for(runtime)
+            if python is None:
+                return {**result, "untested": True, "error": f"{runtime.name}: {why}"}
     if python is None:
         python, why = interpreter_for(wheel)
         if python is None:
@@ -623,13 +660,14 @@ def smoke_wheel(
     ]
     failed = True
     try:
-        if kind == "self-contained":
+        if kind in ("self-contained", "model-package"):
             res = _run([python, "-m", "venv", str(venv)], log=log, timeout=120, env=env)
             if res.returncode != 0:
                 result["error"] = f"cannot create a virtualenv with {python}: {res.stderr.strip()[-300:]}"
                 return result
             runner_python = str(venv / "bin" / "python")
-            res = _run([runner_python, *pip, str(wheel), "numpy"], log=log, timeout=timeout, env=env)
+            wheels = [str(runtime), str(wheel)] if runtime is not None and package else [str(wheel)]
+            res = _run([runner_python, *pip, *wheels, "numpy"], log=log, timeout=timeout, env=env)
         else:
             runner_python = python
             res = _run(
@@ -642,7 +680,7 @@ def smoke_wheel(
         if res.returncode != 0:
             result["error"] = f"pip install {wheel.name} failed: {(res.stderr or res.stdout).strip()[-500:]}"
             return result
-        if kind == "self-contained":
+        if kind in ("self-contained", "model-package"):
             frozen = _run(
                 [runner_python, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
                 log=log,
@@ -670,7 +708,8 @@ def smoke_wheel(
         answers = work / "answers.json"
         # From an empty folder: the repository's own slipway_runtime sources must not shadow the wheel.
         res = subprocess.run(
-            [runner_python, str(runner), str(model_dir.resolve()), str(inputs), str(answers)],
+            [runner_python, str(runner), f"package:{package}" if package else str(model_dir.resolve()), str(inputs),
+             str(answers)],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -706,7 +745,7 @@ def smoke_wheel(
         if not str(Path(got["module"]).resolve()).startswith(str(venv.resolve())):
             result["ok"] = False
             result["error"] = f"slipway_runtime was imported from {got['module']}, not from the wheel"
-        elif kind == "self-contained" and (got["torch_imported"] or got["torch_installed"]):
+        elif kind != "thin" and (got["torch_imported"] or got["torch_installed"]):
             result["ok"] = False
             result["error"] = "torch was present while the wheel ran; the check must run without it"
         failed = not result["ok"]

@@ -133,7 +133,9 @@ def _tolerances(ctx: StageContext) -> dict[str, dict[str, float]]:
 def measure_in_process(ctx: StageContext, models: list[str], settings: BenchSettings,
                        work: Path) -> tuple[dict[str, Any], inprocess.CppEnv]:
     if ctx.config.wheels.enabled:
-        cpp = inprocess.prepare_cpp(ctx.out / "wheels", work, log=ctx.log)
+        from slipway.stages.wheels import runtime_dir
+
+        cpp = inprocess.prepare_cpp(runtime_dir(ctx), work, log=ctx.log)
     else:
         cpp = inprocess.CppEnv(reason="wheels.enabled = false in the configuration")
     ip_settings = inprocess.Settings(threads=settings.threads, warmup=settings.warmup, runs=settings.runs,
@@ -344,7 +346,10 @@ def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict
     for model in models:
         if (ctx.out / "models" / model / "model.json").is_file():
             model_files[model] = sizes.model_file_sizes(ctx.out / "models" / model)
-    wheels = sizes.wheel_sizes(ctx.out / "wheels", ctx.config.wheels.max_size_mib)
+    # The model packages and, when this release publishes it, the runtime (wheels/); else the
+    # runtime in runtime/.
+    wheels = [w for folder in ("wheels", "runtime")
+              for w in sizes.wheel_sizes(ctx.out / folder, ctx.config.wheels.max_size_mib)]
     for w in wheels:
         if not w["within_limit"]:
             ctx.log(f"wheel {w['file']}: {w['mib']} MiB is over the {w['limit_mib']} MiB limit")

@@ -35,12 +35,18 @@ from slipway.context import StageContext
 from slipway.errors import BuildError, ConfigError
 from slipway.fsutil import link_or_copy, sync_tree
 from slipway.github import on_github, set_outputs
-from slipway.paths import resolve
+from slipway.paths import resolve, resource
 
+# The service's requirements: always Slipway's own (its pins are what the service was tested with).
 CONTEXT_FILES = ("requirements.txt", "requirements-pytorch.txt", "requirements-tensorflow.txt")
 CONTEXT_PACKAGES = ("serving", "model_export")
-# Weights and training code stay out of images: the export is what runs.
-PACKAGE_IGNORE = ("__pycache__", "*.pyc", "weights", "train.py")
+# A project's extra requirements (requirements.txt beside its release.toml), installed on top of the
+# service's and constrained by them; staged under this name, empty when the project has none.
+PROJECT_REQUIREMENTS = "requirements-project.txt"
+# Printed by the Dockerfiles when the project's requirements cannot be installed with the service's pins.
+PROJECT_REQUIREMENTS_FAILED = "SLIPWAY-PROJECT-REQUIREMENTS-FAILED"
+# Weights, training code and the example models stay out of images: the export is what runs.
+PACKAGE_IGNORE = ("__pycache__", "*.pyc", "weights", "train.py", "examples")
 # CPU-only torch wheels for the image builds on GitHub (a fraction of the CUDA build's size).
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
@@ -58,8 +64,7 @@ def torch_wheel(ctx: StageContext) -> Path | None:
 
     pip inside an image build cannot see the host's local wheel folders; the wheelhouse can.
     """
-    req = resolve("requirements-pytorch.txt", ctx.root)
-    version = _pinned(req, "torch") if req is not None else None
+    version = _pinned(resource("requirements-pytorch.txt"), "torch")
     if not version:
         return None
     cache = services.state_dir() / "wheelhouse"
@@ -81,6 +86,31 @@ def torch_wheel(ctx: StageContext) -> Path | None:
     return found[-1]
 
 
+def project_requirements(root: Path) -> Path | None:
+    """The project's own requirements.txt beside its release.toml; None when it has none.
+
+    Slipway's own release.toml sits beside the service's requirements.txt: that is not a project's.
+    """
+    path = root / "requirements.txt"
+    if not path.is_file():
+        return None
+    own = resource("requirements.txt")
+    if path.resolve() == own.resolve():
+        return None
+    return path
+
+
+def stage_project_requirements(ctx: StageContext, build: Path) -> Path | None:
+    """Write ``requirements-project.txt`` into the build context (empty without a project file)."""
+    src = project_requirements(ctx.root)
+    dest = build / PROJECT_REQUIREMENTS
+    if src is None:
+        dest.write_text("# the project has no requirements.txt beside its release.toml\n")
+        return None
+    shutil.copy2(src, dest)
+    return src
+
+
 def stage_context(ctx: StageContext, entry: dict[str, Any], *, local_torch: bool = True) -> Path:
     """Assemble the build context of one variant; return its folder.
 
@@ -89,16 +119,12 @@ def stage_context(ctx: StageContext, entry: dict[str, Any], *, local_torch: bool
     """
     build = ctx.out / "build" / entry["variant"]
     build.mkdir(parents=True, exist_ok=True)
-    # A project may bring its own requirements files; the service code is always Slipway's.
+    # The service (code and requirements) is always Slipway's; the project's requirements add to it.
     for name in CONTEXT_FILES:
-        src = resolve(name, ctx.root)
-        if src is not None:
-            shutil.copy2(src, build / name)
+        shutil.copy2(resource(name), build / name)
+    stage_project_requirements(ctx, build)
     for package in CONTEXT_PACKAGES:
-        src = resolve(package)
-        if src is None or not src.is_dir():
-            raise BuildError(f"build context for {entry['variant']}: Slipway's {package}/ is missing")
-        sync_tree(src, build / package, ignore=PACKAGE_IGNORE)
+        sync_tree(resource(package), build / package, ignore=PACKAGE_IGNORE)
     model_dir = ctx.out / "models" / entry["model"]
     if not (model_dir / "model.json").exists():
         raise BuildError(
@@ -116,17 +142,38 @@ def stage_context(ctx: StageContext, entry: dict[str, Any], *, local_torch: bool
         if wheel:
             wanted.append(wheel)
     if entry["runtime"] == "cpp":
-        wheels = sorted((ctx.out / "wheels").glob("slipway_runtime-*.whl"))
+        from slipway.stages.wheels import runtime_wheels
+
+        # Slipway's self-contained runtime, from wheels/ (Slipway's own release) or runtime/.
+        wheels = [w for w in runtime_wheels(ctx.out) if w.name.startswith("slipway_runtime-")]
         if not wheels:
             raise BuildError(
-                f"variant '{entry['variant']}' needs the C++ runtime wheel in {ctx.out / 'wheels'}: "
-                "run 'slipway wheels' first"
+                f"variant '{entry['variant']}' needs the C++ runtime wheel in {ctx.out / 'runtime'} or "
+                f"{ctx.out / 'wheels'}: run 'slipway wheels' first"
             )
         wanted.extend(w for w in wheels if f"cp{sys.version_info.major}{sys.version_info.minor}" in w.name)
     for wheel in wanted:
         link_or_copy(wheel, wheelhouse / wheel.name)
     (wheelhouse / ".keep").touch()
     return build
+
+
+def build_failure(ctx: StageContext, variant: str, log_path: Path) -> str:
+    """The message of a failed build; one that failed on the project's requirements names its file."""
+    text = log_path.read_text()
+    lines = text.splitlines()
+    if PROJECT_REQUIREMENTS_FAILED in text:
+        src = project_requirements(ctx.root) or ctx.root / "requirements.txt"
+        # pip's own lines, from its first error to the marker the failed step printed (the builder
+        # also echoes the step's command, which holds the marker too: not that line).
+        marks = [i for i, line in enumerate(lines) if PROJECT_REQUIREMENTS_FAILED in line and "echo" not in line]
+        end = marks[0] if marks else len(lines)
+        start = next((i for i, line in enumerate(lines[:end]) if "ERROR" in line), max(0, end - 25))
+        pip = "\n".join(lines[start:end][-30:])
+        return (f"image build of variant '{variant}' failed: the project's requirements ({src}) cannot be "
+                f"installed on top of the service's pinned requirements (log: {log_path}):\n{pip}")
+    tail = "\n".join(lines[-25:])
+    return f"image build of variant '{variant}' failed (log: {log_path}):\n{tail}"
 
 
 def _created(ctx: StageContext) -> str:
@@ -356,8 +403,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
             proc.wait()
         seconds = time.monotonic() - started
         if proc.returncode != 0:
-            tail = "\n".join(log_path.read_text().splitlines()[-25:])
-            raise BuildError(f"image build of variant '{entry['variant']}' failed (log: {log_path}):\n{tail}")
+            raise BuildError(build_failure(ctx, entry["variant"], log_path))
         info = inspect_image(tag)
         images[entry["variant"]] = {
             "variant": entry["variant"],

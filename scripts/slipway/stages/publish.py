@@ -53,6 +53,7 @@ from slipway.context import StageContext
 from slipway.errors import BuildError, PublishError, ServiceError
 from slipway.fsutil import sha256_file
 from slipway.github import image_records, primary_smoke, set_outputs, smoke_artifacts, smoke_platforms
+from slipway.plan import known_revision
 from slipway.version import parse_version
 
 ASSETS = "release/assets"
@@ -65,7 +66,10 @@ RECORDS = ("release.json", "SHA256SUMS", "smoke-table.md")
 def image_tags(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(immutable tags, moving tags) for this release."""
     v = parse_version(plan["version"])
-    immutable = [plan["version"], f"sha-{plan['short_sha']}"]
+    immutable = [plan["version"]]
+    # A project folder that is not a git checkout has no commit to name (plan: sha 'unknown').
+    if known_revision(plan.get("short_sha", "")):
+        immutable.append(f"sha-{plan['short_sha']}")
     moving = [] if v.prerelease else [v.major_minor, "latest"]
     return immutable, moving
 

@@ -53,6 +53,7 @@ from slipway.github import (
 from slipway.smoketest import (
     check_golden,
     has_gpu,
+    interpreter_for,
     model_info,
     run_container,
     save_container_logs,
@@ -78,6 +79,7 @@ FORMAT_LABELS = {
 WHEEL_CHECKS = {
     "self-contained": "slipway smoke: fresh virtualenv without torch",
     "thin": "slipway smoke: beside the installed torch",
+    "model-package": "slipway smoke: fresh virtualenv with slipway-runtime, the package's load()",
 }
 FRAMEWORK_LABELS = {"pytorch": "PyTorch", "tensorflow": "TensorFlow/Keras"}
 
@@ -255,7 +257,13 @@ def gate_accuracy(ctx: StageContext, res: dict[str, Any]) -> dict[str, Any]:
 
 def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
     """One result per wheel file, and the aggregate ``wheels`` artifact the plan names."""
-    wheels = sorted((ctx.out / "wheels").glob("*.whl"))
+    from slipway.stages.wheels import runtime_wheels
+
+    # Slipway's runtime wheels (wheels/ or runtime/) and the project's model packages (wheels/).
+    wheels = list(dict.fromkeys([*runtime_wheels(ctx.out), *sorted((ctx.out / "wheels").glob("*.whl"))]))
+    runtime = next((w for w in runtime_wheels(ctx.out) if w.name.startswith("slipway_runtime-")
+                    and interpreter_for(w)[0] is not None), None)
+    packages = {e["import"]: e["model"] for e in ctx.plan.get("packages", [])}
     planned = any(e["kind"] == "wheel" for e in ctx.plan["matrix"]["smoke"])
     if not wheels:
         if not planned:
@@ -268,11 +276,14 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
                 "error": f"no wheels in {ctx.out / 'wheels'} (run 'slipway wheels')",
             }
         }
-    model = ctx.config.wheels_model()
-    model_dir = ctx.out / "models" / (model.name if model else "")
+    wheels_model = ctx.config.wheels_model()
     tolerance = ctx.config.smoke.tolerance_for("cpp")
     results: dict[str, dict[str, Any]] = {}
     for wheel in wheels:
+        # A model package is checked on its own model; a runtime wheel on the wheels' model.
+        import_name = wheel.name.split("-", 1)[0]
+        model = ctx.config.model(packages[import_name]) if import_name in packages else wheels_model
+        model_dir = ctx.out / "models" / (model.name if model else "")
         key = f"wheel:{wheel.name}"
         ctx.log(f"{wheel.name}: installing into a fresh virtualenv (no torch) and running the golden images")
         started = time.monotonic()
@@ -294,6 +305,7 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
                 work=ctx.out / "smoke" / f".wheel-{_safe(wheel.stem)}",
                 iou=tolerance.iou,
                 score=tolerance.score,
+                runtime=runtime,
             )
             if not res["ok"] and "error" not in res:
                 bad = [r for r in res.get("per_image", []) if not r["ok"]]
@@ -434,7 +446,8 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
                 (
                     2,
                     {
-                        "artifact": f"C++ wheel {a.get('file', key)}",
+                        "artifact": ("model package " if a.get("wheel_kind") == "model-package"
+                                     else "C++ wheel ") + str(a.get("file", key)),
                         "model": a.get("model"),
                         "checked_by": WHEEL_CHECKS.get(a.get("wheel_kind", ""), "slipway smoke"),
                         "images": a.get("images"),
@@ -644,11 +657,11 @@ def run(
     summary = summarize(ctx, drop_wheels=test_wheels, gpu_present=gpu_present)
     rows = summary["table"]
     ctx.log("cross-runtime table (smoke/table.md):\n" + table_markdown(rows))
-    tested = [r for r in rows if r["artifact"].startswith(("image ", "C++ wheel"))]
+    tested = [r for r in rows if r["artifact"].startswith(("image ", "C++ wheel", "model package"))]
     if artifact:
         # This job's own rows; the merged table is the release notes' (smoke --summarize).
         mine = {image_row_name(v, arch) for v in (variants or [])}
-        tested = [r for r in tested if r["artifact"] in mine or (test_wheels and r["artifact"].startswith("C++"))]
+        tested = [r for r in tested if r["artifact"] in mine or (test_wheels and r["artifact"].startswith(("C++", "model package")))]
     add_summary(f"### Smoke test: {artifact or 'all artifacts'}\n\n" + table_markdown(tested))
     now_failed = [k for k, r in results.items() if not r["ok"]]
     if now_failed:

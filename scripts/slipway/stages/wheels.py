@@ -1,8 +1,20 @@
-"""``slipway wheels``: build the C++ runtime's two wheels and check them against the golden outputs.
+"""``slipway wheels``: Slipway's C++ runtime wheels, checked against the golden outputs, and the
+project's model packages.
+
+Slipway's runtime, always under Slipway's names and at Slipway's version (``slipway.__version__``):
 
 - ``slipway-runtime`` (self-contained): libtorch vendored by auditwheel, pruned and compressed to
   stay under PyPI's file limit (native/README.md, "Wheel size"); runs with no torch installed.
 - ``slipway-runtime-torch`` (thin): depends on exactly the torch it was built against.
+
+They are built from the sources bundled with Slipway into a cache in the state folder keyed on
+the sources' fingerprint (and the toolchain), so every project on a machine reuses one build.
+Only a release with ``[wheels] publish-runtime = true`` (Slipway's own) puts them in ``wheels/``,
+the folder ``slipway publish`` uploads; any other project gets them in ``runtime/``, where the
+cpp image, the smoke test and the bench take them from and from where nothing is published.
+
+The project's model packages (``models[].package``, default ``<project>-<model>``; see
+``slipway.modelpkg``) go to ``wheels/`` at the release version.
 
 Builder: cibuildwheel (manylinux_2_28, every configured Python and platform) where a container
 engine runs AND the manylinux images can be had; otherwise ``python -m build`` + auditwheel for
@@ -29,9 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import slipway
+from slipway import modelpkg
 from slipway.context import StageContext
 from slipway.errors import BuildError, CheckError
-from slipway.fsutil import sha256_file
+from slipway.fsutil import link_or_copy, sha256_file
 
 KINDS = ("self-contained", "thin")
 # The pyproject folder of each wheel, inside native/.
@@ -70,12 +84,39 @@ class Built:
 # Inputs
 
 
-def native_dir(root: Path) -> Path:
-    """native/ of the Slipway checkout (the project's own, or the one beside this package)."""
-    for candidate in (root / "native", Path(__file__).resolve().parents[3] / "native"):
-        if (candidate / "pyproject.toml").is_file():
-            return candidate
-    raise BuildError(f"no native/pyproject.toml under {root}: the C++ runtime sources are missing")
+def native_dir() -> Path:
+    """The C++ runtime's sources bundled with Slipway (``slipway.paths``)."""
+    from slipway.paths import resource
+
+    native = resource("native")
+    if not (native / "pyproject.toml").is_file():
+        raise BuildError(f"{native / 'pyproject.toml'} is missing: Slipway's C++ runtime sources are incomplete")
+    return native
+
+
+def runtime_version() -> str:
+    """The version of Slipway's runtime wheels: Slipway's own, whatever the project's release is."""
+    return pep440(slipway.__version__)
+
+
+def runtime_dir(ctx: StageContext) -> Path:
+    """Where this release keeps the runtime wheels: ``wheels/`` (published) or ``runtime/`` (not)."""
+    return ctx.out / ("wheels" if ctx.config.wheels.publish_runtime else "runtime")
+
+
+def runtime_wheels(out: Path) -> list[Path]:
+    """The runtime wheels of a release folder, wherever the wheels stage put them."""
+    found = []
+    for folder in (out / "wheels", out / "runtime"):
+        found += sorted(folder.glob("slipway_runtime-*.whl")) + sorted(folder.glob("slipway_runtime_torch-*.whl"))
+    return found
+
+
+def runtime_cache() -> Path:
+    """Built runtime wheels, shared by every project on this machine: <state>/runtime/<fingerprint>."""
+    from slipway import services
+
+    return services.state_dir() / "runtime"
 
 
 def pep440(version: str) -> str:
@@ -426,16 +467,82 @@ def model_folder(ctx: StageContext) -> tuple[str, Path]:
     return model.name, folder
 
 
+def build_packages(ctx: StageContext, out: Path) -> list[dict[str, Any]]:
+    """The project's model packages into ``out`` (``wheels/``), one per packaged model in the plan."""
+    records = []
+    for entry in ctx.plan.get("packages", []):
+        model_dir = ctx.out / "models" / entry["model"]
+        path = modelpkg.build_model_package(
+            model_dir, out, distribution=entry["package"], module=entry["import"], version=str(ctx.plan["version"]),
+            project=ctx.config.project.name, model=entry["model"], slipway_version=slipway.__version__,
+        )
+        size = path.stat().st_size
+        ctx.log(f"{path.name}: model package '{entry['package']}' of {entry['model']} ({size / 2**20:.2f} MiB)")
+        records.append({"name": path.name, "kind": "model-package", "package": entry["package"],
+                        "import": entry["import"], "model": entry["model"], "size": size,
+                        "size_mib": round(size / 2**20, 3), "sha256": sha256_file(path),
+                        "requires": modelpkg.runtime_requirement(slipway.__version__)})
+    return records
+
+
+def _build_runtime(ctx: StageContext, native: Path, version: str, builder: str, docker_env: dict[str, str],
+                   pairs: list[tuple[str, str]], model_dir: Path, key: str) -> tuple[list[Built], Path]:
+    """Build the runtime wheels, or take them from the cache; return them (in the cache) and its folder."""
+    spec = ctx.config.wheels
+    cache = runtime_cache()
+    folder = cache / key
+    index = folder / "built.json"
+    if index.is_file():
+        try:
+            built = [Built(folder / b["name"], b["kind"], b["builder"], check=b.get("check") or {},
+                           repair=b.get("repair") or {}) for b in json.loads(index.read_text())]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            built = []
+        if built and all(b.path.is_file() for b in built):
+            ctx.log(f"runtime {version}: reusing the wheels built from the same sources in {folder}")
+            return built, folder
+    ctx.log(f"runtime {version}: building from Slipway's sources into {folder}")
+    staging = cache / f".{key}.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    work = cache / "work"
+    if builder == "cibuildwheel":
+        project = work / "project"
+        if project.exists():
+            shutil.rmtree(project)
+        stage_sources(native, project / "native", version)
+        shutil.copytree(model_dir, project / "model")
+        built = build_cibuildwheel(project, staging, pairs, docker_env, ctx.log, spec.max_size_mib)
+    else:
+        src = stage_sources(native, work / "src", version)
+        built = build_local(src, staging, work / "cmake", ctx.log, spec.max_size_mib)
+    problems = size_problems([b.path for b in built], spec.max_size_mib)
+    if problems:
+        # Kept for the record in the release folder, never cached: a too-big wheel is not reused.
+        return built, staging
+    (staging / "built.json").write_text(json.dumps([
+        {"name": b.path.name, "kind": b.kind, "builder": b.builder, "check": b.check, "repair": b.repair}
+        for b in built
+    ], indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return [Built(folder / b.path.name, b.kind, b.builder, check=b.check, repair=b.repair) for b in built], folder
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.config.wheels
     if not spec.enabled:
         ctx.log("wheels.enabled = false: nothing to build")
         return {"summary": "disabled"}
     model_name, model_dir = model_folder(ctx)
-    version = pep440(str(ctx.plan["version"]))
-    native = native_dir(ctx.root)
+    version = runtime_version()
+    native = native_dir()
     out = ctx.out / "wheels"
     out.mkdir(parents=True, exist_ok=True)
+    runtime_out = runtime_dir(ctx)
+    runtime_out.mkdir(parents=True, exist_ok=True)
 
     builder, why, docker_env = choose_builder(ctx, ctx.log)
     ctx.log(f"builder: {builder} ({why})")
@@ -453,53 +560,63 @@ def run(ctx: StageContext) -> dict[str, Any]:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = "?"
+    # The runtime's build: its sources and toolchain (cibuildwheel also tests inside the build, on
+    # this release's export). The release's wheels: that, the export checked and the packages.
+    build_inputs = {
+        "version": version, "builder": builder, "pairs": pairs, "torch": torch_version, "python": sys.version,
+        "max_size_mib": spec.max_size_mib, "prune": os.environ.get("SLIPWAY_PRUNE", "auto"),
+    }
+    if builder == "cibuildwheel":
+        build_inputs["model"] = tree_fingerprint(model_dir)
+    key = source_fingerprint(native, build_inputs)[:16]
     fingerprint = source_fingerprint(native, {
-        "version": version, "builder": builder, "pairs": pairs, "torch": torch_version,
-        "python": sys.version, "model": tree_fingerprint(model_dir), "max_size_mib": spec.max_size_mib,
-        "prune": os.environ.get("SLIPWAY_PRUNE", "auto"),
+        **build_inputs, "model": tree_fingerprint(model_dir), "publish_runtime": spec.publish_runtime,
+        "packages": ctx.plan.get("packages", []), "release": str(ctx.plan["version"]),
+        "exports": {e["model"]: tree_fingerprint(ctx.out / "models" / e["model"])
+                    for e in ctx.plan.get("packages", []) if (ctx.out / "models" / e["model"]).is_dir()},
     })
     reused = reuse(out, fingerprint)
     if reused is not None:
-        ctx.log(f"wheels unchanged since the last run (same sources, version, torch and export): reused {len(reused)}")
+        ctx.log("wheels unchanged since the last run (same sources, versions, torch and exports): "
+                f"reused {len(reused)}")
         return {"summary": f"{len(reused)} wheels reused", "wheels": reused}
 
-    for old in [*out.glob("*.whl"), out / "wheels.json"]:
-        old.unlink(missing_ok=True)
-    cache = ctx.root / "build" / "wheels"
+    for folder in {out, runtime_out, ctx.out / "runtime"}:
+        for old in [*folder.glob("*.whl"), folder / "wheels.json"]:
+            old.unlink(missing_ok=True)
     started = time.monotonic()
-    if builder == "cibuildwheel":
-        project = cache / "project"
-        if project.exists():
-            shutil.rmtree(project)
-        stage_sources(native, project / "native", version)
-        shutil.copytree(model_dir, project / "model")
-        built = build_cibuildwheel(project, out, pairs, docker_env, ctx.log, spec.max_size_mib)
-        tools = project / "native" / "tools"
-    else:
-        src = stage_sources(native, cache / "src", version)
-        built = build_local(src, out, cache / "cmake", ctx.log, spec.max_size_mib)
-        tools = src / "tools"
+    cached, cache_folder = _build_runtime(ctx, native, version, builder, docker_env, pairs, model_dir, key)
     build_seconds = round(time.monotonic() - started, 1)
+    built = []
+    for b in cached:
+        link_or_copy(b.path, runtime_out / b.path.name)
+        built.append(Built(runtime_out / b.path.name, b.kind, b.builder, check=dict(b.check), repair=b.repair))
+    tools = (cache_folder.parent / "work" / "project" / "native" / "tools" if builder == "cibuildwheel"
+             else native / "tools")
 
     wheels = [b.path for b in built]
     problems = size_problems(wheels, spec.max_size_mib)
     for b in built:
         ctx.log(f"{b.path.name}: {b.path.stat().st_size / 2**20:.2f} MiB ({b.kind})")
+    packages = [] if problems else build_packages(ctx, out)
     if not problems:
-        twine_check(wheels, ctx.log)
+        twine_check([*wheels, *(out / p["name"] for p in packages)], ctx.log)
     if builder == "local" and not problems:
         with tempfile.TemporaryDirectory(prefix="slipway-wheel-check-") as work:
             for b in built:
                 b.check = check_golden(b, model_dir, tools, Path(work), ctx.log)
     failed_checks = [b for b in built if b.check and not b.check.get("ok")]
 
-    records = [b.record() for b in built]
+    records = [{**b.record(), "package": DIST_NAME[b.kind].replace("_", "-"),
+                "published": spec.publish_runtime, "folder": runtime_out.name} for b in built]
     repair = next((b.repair for b in built if b.kind == "self-contained" and b.repair), {})
     ctx.write_json("wheels/wheels.json", {
-        "version": version, "model": model_name, "builder": builder, "builder_reason": why,
-        "max_size_mib": spec.max_size_mib, "build_seconds": build_seconds, "fingerprint": fingerprint,
+        "version": version, "release_version": str(ctx.plan["version"]), "model": model_name,
+        "builder": builder, "builder_reason": why, "max_size_mib": spec.max_size_mib,
+        "build_seconds": build_seconds, "fingerprint": fingerprint, "runtime_cache": str(cache_folder),
+        "publish_runtime": spec.publish_runtime,
         "ok": not problems and not failed_checks, "problems": problems,
-        "wheels": records, "not_built_here": elsewhere,
+        "wheels": records, "packages": packages, "not_built_here": elsewhere,
         "libtorch_pruning": {k: repair["prune"][k] for k in ("rules", "bytes")} if repair.get("prune") else None,
     })
     if problems:
@@ -510,10 +627,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                 f"{b.check.get('max_score_diff')}") for b in failed_checks)
         raise CheckError(f"golden-output check failed for {names}: {details} (see wheels/wheels.json)")
     largest = max(records, key=lambda r: r["size"])
+    where = "published with this release" if spec.publish_runtime else "in runtime/, not published"
+    names = ", ".join(p["package"] for p in packages) or "none"
     return {
-        "summary": f"{len(records)} wheels ({builder}), largest {largest['size_mib']:.1f} MiB "
-                   f"of {spec.max_size_mib:g}, golden outputs matched",
+        "summary": f"{len(records)} runtime wheels {version} ({builder}, {where}), largest "
+                   f"{largest['size_mib']:.1f} MiB of {spec.max_size_mib:g}, golden outputs matched; "
+                   f"model packages: {names}",
         "wheels": records,
+        "packages": packages,
     }
 
 
@@ -528,8 +649,8 @@ def reuse(out: Path, fingerprint: str) -> list[dict[str, Any]] | None:
         return None
     if previous.get("fingerprint") != fingerprint or not previous.get("ok"):
         return None
-    for record in previous.get("wheels", []):
-        path = out / record["name"]
+    for record in [*previous.get("wheels", []), *previous.get("packages", [])]:
+        path = out.parent / record.get("folder", out.name) / record["name"]
         if not path.is_file() or path.stat().st_size != record["size"] or sha256_file(path) != record["sha256"]:
             return None
-    return previous["wheels"]
+    return [*previous["wheels"], *previous.get("packages", [])]
