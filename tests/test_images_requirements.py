@@ -35,6 +35,7 @@ entry-point = "tiny_pkg.model:build_model"
 weights = "weights/tiny.pt"
 labels = ["circle", "square", "triangle"]
 exporters = ["onnx"]
+golden = {{ hook = "tiny_pkg.model:golden" }}
 input = {{ height = 128, width = 128 }}
 
 [[variants]]

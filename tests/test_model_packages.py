@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from types import SimpleNamespace
 
 import pytest
 from native_fixtures import _env, last_json
@@ -22,6 +23,23 @@ pytestmark = pytest.mark.slow
 
 # Two projects: the example detector, and the same network released by another team under its own
 # names, labels and threshold (a model of its own as far as packaging goes: its own model.json).
+RELABEL_HOOK = """
+from model_export.examples.shapes import LABELS, golden
+
+
+def _relabelled(names, count, seed):
+    rename = dict(zip(LABELS, names))
+    return [(image, [{**box, "label": rename[box["label"]]} for box in boxes]) for image, boxes in golden(count, seed)]
+
+
+def street_scenes(count, seed):
+    return _relabelled(("circle", "square", "triangle"), count, seed)
+
+
+def harbour_cams(count, seed):
+    return _relabelled(("buoy", "crate", "sail"), count, seed)
+"""
+
 PROJECTS = {
     "street-scenes": {"package": "street-detector", "labels": ("circle", "square", "triangle"), "threshold": 0.3},
     "harbour-cams": {"package": "harbour-cams-shapes", "labels": ("buoy", "crate", "sail"), "threshold": 0.6},
@@ -34,17 +52,26 @@ def packages(tmp_path_factory) -> dict[str, dict]:
     from model_export.export import export_model
 
     root = tmp_path_factory.mktemp("model-packages")
+    # The other team's golden set names its own labels: the shapes hook, relabelled by a hook of
+    # that project's own (a module on the project's path, as a project's hook would be).
+    (root / "relabel_golden.py").write_text(RELABEL_HOOK)
+    sys.path.insert(0, str(root))
     out = {}
-    for project, spec in PROJECTS.items():
-        export = root / project / "models" / "shapes"
-        export.parent.mkdir(parents=True)
-        config = example_config("pytorch", exporters=("torchscript",), labels=spec["labels"],
-                                output={"score_threshold": spec["threshold"]})
-        export_model(config, export, version="2.0.0", git_commit="unknown", log=lambda _m: None)
-        wheel = build_model_package(export, root / project / "wheels", distribution=spec["package"],
-                                    module=import_name(spec["package"]), version="2.0.0", project=project,
-                                    model="shapes", slipway_version=slipway.__version__)
-        out[project] = {"wheel": wheel, "export": export, "module": import_name(spec["package"]), **spec}
+    try:
+        for project, spec in PROJECTS.items():
+            export = root / project / "models" / "shapes"
+            export.parent.mkdir(parents=True)
+            golden = SimpleNamespace(hook=f"relabel_golden:{project.replace('-', '_')}", count=8, seed=20_201_215)
+            config = example_config("pytorch", exporters=("torchscript",), labels=spec["labels"],
+                                    output={"score_threshold": spec["threshold"]}, golden=golden)
+            export_model(config, export, version="2.0.0", git_commit="unknown", log=lambda _m: None)
+            wheel = build_model_package(export, root / project / "wheels", distribution=spec["package"],
+                                        module=import_name(spec["package"]), version="2.0.0", project=project,
+                                        model="shapes", slipway_version=slipway.__version__)
+            out[project] = {"wheel": wheel, "export": export, "module": import_name(spec["package"]), **spec}
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop("relabel_golden", None)
     return out
 
 
@@ -142,6 +169,7 @@ labels = ["circle", "square"]
 exporters = ["torchscript"]
 input = {{ height = 32, width = 32 }}
 package = "{name}-street-detector"
+golden = {{ hook = "street_pkg.model:golden" }}
 
 [wheels]
 publish-runtime = {publish_runtime}
@@ -176,7 +204,8 @@ def test_dry_run_publish_lists_the_projects_names(local_services, tmp_path, publ
     ctx = StageContext(config=config, plan=plan, out=folder / "dist", root=config.root)
     (ctx.out).mkdir()
     (ctx.out / "plan.json").write_text(json.dumps(plan))
-    model_dir = write_fake_export(ctx.out / "models" / "street", name="street")
+    model_dir = write_fake_export(ctx.out / "models" / "street", name="street", config=folder / "release.toml",
+                                  version=version)
     (model_dir / "model.torchscript.pt").write_bytes(b"a TorchScript file, as far as packaging goes")
     # Slipway's runtime where the wheels stage puts it (a replay double: the real one is in
     # test_two_projects_packages_in_one_venv_each_load_their_own_model).

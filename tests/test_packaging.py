@@ -101,6 +101,7 @@ weights = "weights/street.pt"
 labels = ["car", "person"]
 input = { height = 96, width = 160 }
 package = "street-detector"
+golden = { hook = "street_pkg.model:golden" }
 
 [[variants]]
 name = "pytorch-cpu"
