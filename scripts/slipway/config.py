@@ -31,11 +31,11 @@ RUNTIME_EXPORT = {
 }
 
 
-# Exporters each framework can produce, and runtimes that have a GPU build (a Dockerfile target
-# that installs the CUDA build of the framework). onnx-cpu, the C++ runtime and the TF Serving
-# client are CPU-only.
+# Exporters each framework can produce, and runtimes whose backend can run on a GPU (onnx with
+# onnxruntime-gpu in a Dockerfile of the project's own). The C++ runtime is built for the CPU only
+# and the TF Serving client leaves the device to the server it calls.
 FRAMEWORK_EXPORTERS = {"pytorch": ("torchscript", "onnx"), "tensorflow": ("saved_model", "frozen_graph")}
-GPU_RUNTIMES = ("torchscript", "tensorflow")
+GPU_RUNTIMES = ("torchscript", "tensorflow", "onnx")
 
 # Patterns of string values, each with what a user reads when a value does not match it.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
