@@ -193,7 +193,8 @@ async def _read_body(request: Request, limit: int, service: Service) -> tuple[by
     except TimeoutError:
         service.bodies.give(held)
         raise ApiError(
-            408, "request_timeout", f"the body did not arrive within {service.settings.body_timeout_s:g}s"
+            408, "request_timeout", f"the body did not arrive within {service.settings.body_timeout_s:g}s",
+            {"Connection": "close"},
         ) from None
     except ClientDisconnect:
         service.bodies.give(held)
@@ -466,6 +467,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         received = time.perf_counter()
         try:
             detections, decode_s, infer_s = await _run_admitted(service, probe, cost, held)
+        except ApiError:
+            raise
         except ImageRejected as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         except BackendUnavailable as exc:
