@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -97,7 +97,8 @@ class Service:
         self.bodies = ByteBudget(self.limits.body_budget_bytes)
         # Decode + predict run here (never more at once than admitted); health probes of a backend
         # with an external server run on their own thread, so they answer while predict is busy.
-        self.workers = ThreadPoolExecutor(self.limits.max_inflight, thread_name_prefix="predict")
+        self.workers = ThreadPoolExecutor(self.limits.max_inflight, thread_name_prefix="predict",
+                                          initializer=lower_priority)
         self.health = ThreadPoolExecutor(1, thread_name_prefix="health")
         inp = self.manifest.get("input") or {}
         # JPEGs are decoded at the smallest DCT scale that still has twice the model's input size.
@@ -111,7 +112,13 @@ class Service:
 
     def start_in_background(self) -> threading.Thread:
         """Load off the event loop, so /healthz answers (and the container looks alive) while a big model loads."""
-        thread = threading.Thread(target=self.backend.start, name="backend-start", daemon=True)
+
+        def start() -> None:
+            # The framework's own thread pools are created here (during warm-up) and inherit this.
+            lower_priority()
+            self.backend.start()
+
+        thread = threading.Thread(target=start, name="backend-start", daemon=True)
         thread.start()
         return thread
 
@@ -140,6 +147,20 @@ class Service:
         return "the model is loading"
 
 
+# Niceness of the threads that decode and run the model (and of the framework threads they start).
+# The event loop keeps 0, so under full load it still gets the CPU first: health checks and
+# refusals are answered at once instead of queueing behind inference for the container's cores.
+WORKER_NICE = 10
+
+
+def lower_priority() -> None:
+    """Lower this thread's CPU priority (Linux: niceness is per thread and inherited by new threads)."""
+    import os
+
+    with suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+
+
 def public(info: dict[str, Any]) -> dict[str, Any]:
     """A backend's description without credentials: user and password are cut from URLs."""
     from urllib.parse import urlsplit, urlunsplit
@@ -156,10 +177,9 @@ def public(info: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _read_body(request: Request, limit: int, service: Service) -> tuple[bytes, int]:
-    """The body, under the size limit, the body timeout and the memory budget for bodies.
-
-    Returns the body and the bytes it holds of the budget (the caller gives them back).
-    """
+    """The body, under the size limit, the body timeout and the memory budget for bodies (counted
+    as the bytes arrive). Returns the body and the bytes it holds of the budget (the caller gives
+    them back)."""
     declared = request.headers.get("content-length")
     held = 0
     if declared is not None:
@@ -173,9 +193,10 @@ async def _read_body(request: Request, limit: int, service: Service) -> tuple[by
             raise ApiError(
                 413, "payload_too_large", f"the body is {declared_size} bytes; the limit is {limit}"
             )
-        if not service.bodies.take(declared_size):
+        # Refused at once if it cannot fit now; not reserved, so a client that declares a large
+        # body and sends it slowly holds only what it has sent.
+        if declared_size > service.bodies.capacity - service.bodies.used:
             raise ApiError(503, "overloaded", "the service is receiving too many images; retry later", RETRY)
-        held = declared_size
     chunks, size = [], 0
     try:
         async with asyncio.timeout(service.settings.body_timeout_s):
