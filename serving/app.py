@@ -500,6 +500,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             raise ApiError(500, "inference_failed", "inference failed; see the service log") from None
         done = time.perf_counter()
         service.metrics.observe_inference(service.model_name, infer_s)
+        if await request.is_disconnected():
+            # Gone while its image was decoded or predicted: recorded as an abort, not an answer.
+            raise ApiError(CLIENT_CLOSED, "client_closed_request", "the client closed the connection")
         return {
             "model": service.model_name,
             "detections": detections,
