@@ -204,6 +204,13 @@ def test_metric_labels_come_from_a_fixed_set(model_dir):
     assert len(after.splitlines()) - len(before.splitlines()) < 60
 
 
+def test_backend_descriptions_lose_their_credentials():
+    from serving.app import public
+
+    info = public({"tfserving_url": "https://user:secret@tfs.example.com:8501/v1", "device": "remote"})
+    assert info == {"tfserving_url": "https://tfs.example.com:8501/v1", "device": "remote"}
+
+
 def test_error_bodies_echo_names_briefly(model_dir):
     app = create_app(Settings(model_dir=model_dir))
     with TestClient(app) as client:
