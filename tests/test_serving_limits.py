@@ -233,26 +233,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_server(model_dir: Path, log_path: Path, **env: str):
+    """``python -m serving`` on a free loopback port, ready; returns (process, url, port)."""
+    port = _free_port()
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "MODEL_DIR": str(model_dir), "HOST": "127.0.0.1",
+                "PORT": str(port), "THREADS": "1", **env}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "serving"], env=full_env, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.terminate()
+    proc.wait(timeout=30)
+    pytest.fail(log_path.read_text()[-3000:])
+
+
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("log") / "service.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MODEL_DIR": str(model_dir), "HOST": "127.0.0.1",
-           "PORT": str(port), "THREADS": "1", "HEADER_TIMEOUT_S": "1", "BODY_TIMEOUT_S": "1.5"}
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "serving"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url, port = _start_server(model_dir, log_path, HEADER_TIMEOUT_S="1", BODY_TIMEOUT_S="1.5")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        else:
-            pytest.fail(log_path.read_text()[-3000:])
         yield url, port, log_path
     finally:
         proc.terminate()
@@ -325,3 +332,21 @@ def test_a_client_abort_is_a_499_in_one_log_line(server):
     # One line per abort (uvicorn's access log adds none for a request that got no answer).
     assert len([line for line in lines if "client closed the connection" in line]) == 3, new
     assert len(lines) <= 3, new
+
+
+@pytest.mark.slow
+def test_beyond_max_connections_is_a_json_503_with_retry_after(model_dir, tmp_path):
+    proc, url, port = _start_server(model_dir, tmp_path / "service.log", MAX_CONNECTIONS="3")
+    try:
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        time.sleep(0.2)
+        r = httpx.get(f"{url}/healthz", timeout=5)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "overloaded"
+        for sock in held:
+            sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
