@@ -629,16 +629,25 @@ def _more_problems(data: dict[str, Any], file: str) -> list[ConfigProblem]:
                     f"no runtime named '{k}' (expected one of: {', '.join(allowed)}){hint}")
 
     budgets = _table(data, "budgets")
+    disabled = {v["name"] for v in variants if isinstance(v.get("name"), str) and v.get("enabled") is False}
     per_variant = {"max-image-mb": "max_image_mb", "max-ready-s": "max_ready_s"}
     for key, alias in per_variant.items():
         table = budgets.get(key, budgets.get(alias))
         if isinstance(table, dict):
             for name in table:
-                if name not in variant_names:
+                if name in disabled:
+                    add(f"budgets.{key}.{name}", table[name],
+                        f"variant '{name}' is disabled (enabled = false), so this budget would never be "
+                        "checked; remove it or enable the variant")
+                elif name not in variant_names:
                     guess = difflib.get_close_matches(str(name), variant_names, n=1, cutoff=0.6)
                     hint = f"; did you mean '{guess[0]}'?" if guess else ""
                     add(f"budgets.{key}.{name}", table[name],
                         f"no variant named '{name}' (variants: {', '.join(variant_names) or 'none'}){hint}")
+    speedup = budgets.get("min-cpp-speedup", budgets.get("min_cpp_speedup"))
+    if speedup is not None and wheels.get("enabled") is False:
+        add("budgets.min-cpp-speedup", speedup,
+            "needs the C++ runtime wheels, but wheels.enabled = false: it would never be measured")
     p95 = budgets.get("max-p95-ms", budgets.get("max_p95_ms"))
     if isinstance(p95, dict):
         from slipway.benchmark.inprocess import RUNTIMES as BENCH_RUNTIMES
