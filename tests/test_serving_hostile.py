@@ -1,8 +1,8 @@
-"""A real pytorch-cpu image under hostile load, with the memory limit a release's smoke test uses.
+"""Real pytorch-cpu and onnx-cpu images under hostile load, at the memory limit of a smoke test.
 
-The image is built by the release stages from the shapes example (export, then image; the image
-layers below the service code come from the engine's cache). It runs with ``--memory 2g --cpus 2``
-and gets, in turn:
+The pytorch-cpu and onnx-cpu images are built by the release stages from the shapes example
+(export, then images; the layers below the service code come from the engine's cache). Each runs
+with ``--memory 2g --cpus 2`` and gets, in turn:
 - 50 concurrent 6000x6000 PNGs while 100 half-sent requests hold connections open;
 - 50 concurrent 12 MP JPEGs.
 Throughout, /healthz is asked every 100 ms. The container must never be OOM-killed, every answer
@@ -35,21 +35,34 @@ LIMIT = 2 * 1024**3
 MODEL = "shapes-torch"
 
 
+ONNX_VARIANT = """
+[[variants]]
+name = "onnx-cpu"
+model = "shapes-torch"
+runtime = "onnx"
+dockerfile = "dockerfiles/pytorch.Dockerfile"
+target = "onnx-cpu"
+"""
+
+
 @pytest.fixture(scope="module")
-def image(local_services, tmp_path_factory):
-    """A pytorch-cpu image of this checkout's service; removed afterwards."""
+def images(local_services, tmp_path_factory):
+    """pytorch-cpu and onnx-cpu images of this checkout's service; removed afterwards."""
     from slipway import services
 
     tmp = tmp_path_factory.mktemp("hostile")
     project = f"hostile-{uuid.uuid4().hex[:8]}"
-    config = small_release(tmp / "release.toml", project, "127.0.0.1:5000/slipway-hostile")
+    config = small_release(tmp / "release.toml", project, "127.0.0.1:5000/slipway-hostile", extra=ONNX_VARIANT)
+    config.write_text(config.read_text().replace('exporters = ["torchscript"]', 'exporters = ["torchscript", "onnx"]'))
     out = tmp / "dist"
     args = ["release", "--config", str(config), "--local", "--out", str(out),
             "--skip", "wheels", "--skip", "smoke", "--skip", "bench", "--skip", "publish"]
     assert main(args) == 0
-    tag = json.loads((out / "images.json").read_text())["pytorch-cpu"]["tag"]
-    yield tag
-    services.docker("rmi", "-f", tag, check=False, timeout=120)
+    built = {variant: record["tag"] for variant, record in json.loads((out / "images.json").read_text()).items()}
+    assert set(built) == {"pytorch-cpu", "onnx-cpu"}
+    yield built
+    for tag in built.values():
+        services.docker("rmi", "-f", tag, check=False, timeout=120)
 
 
 def _png(size: int) -> bytes:
@@ -159,7 +172,9 @@ def _cgroup(name: str, v2: str, v1: str) -> str:
     return ""
 
 
-def test_service_holds_under_hostile_load(image, capsys):
+@pytest.mark.parametrize("variant", ["pytorch-cpu", "onnx-cpu"])
+def test_service_holds_under_hostile_load(images, variant, capsys):
+    image = images[variant]
     from slipway import services
     from slipway.smoketest import run_container
 
@@ -190,7 +205,7 @@ def test_service_holds_under_hostile_load(image, capsys):
     statuses = sorted({s for s, _ in answers})
     ok = {"png": sum(s == 200 for s, _ in pngs), "jpeg": sum(s == 200 for s, _ in jpgs)}
     with capsys.disabled():
-        print(f"\nhostile load: PNG 200s {ok['png']}/50, JPEG 200s {ok['jpeg']}/50, statuses {statuses}, "
+        print(f"\nhostile load on {variant}: PNG 200s {ok['png']}/50, JPEG 200s {ok['jpeg']}/50, statuses {statuses}, "
               f"peak memory {peak / 2**20:.0f} MiB of {LIMIT / 2**20:.0f} MiB, /healthz max "
               f"{max(watch.latencies) * 1000:.0f} ms over {len(watch.latencies)} probes (slowest "
               f"{[round(x * 1000) for x in sorted(watch.latencies)[-5:]]}), half-sent left open "
@@ -207,9 +222,10 @@ def test_service_holds_under_hostile_load(image, capsys):
     assert 'status="500"' not in metrics
 
 
-def test_model_folder_is_read_only_for_the_service(image):
+def test_model_folder_is_read_only_for_the_service(images):
     from slipway import services
 
+    image = images["pytorch-cpu"]
     probe = (
         "import json, os, pathlib; m = pathlib.Path('/model'); files = [p for p in m.rglob('*')];"
         "print(json.dumps({'uid': os.getuid(), 'owners': sorted({p.stat().st_uid for p in [m, *files]}),"
