@@ -350,3 +350,54 @@ def test_beyond_max_connections_is_a_json_503_with_retry_after(model_dir, tmp_pa
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_client_gone_during_inference_is_a_499(model_dir):
+    import threading
+
+    import uvicorn
+
+    from serving.backends.torchscript import TorchScriptBackend
+    from serving.manifest import load_manifest
+    from serving.protocol import protocol_class
+
+    class Slow(TorchScriptBackend):
+        def _predict(self, image):
+            time.sleep(1.0)
+            return super()._predict(image)
+
+    backend = Slow(model_dir, load_manifest(model_dir), threads=1)
+    backend.warmup = lambda: None  # type: ignore[method-assign]
+    app = create_app(Settings(model_dir=model_dir), backend=backend)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           http=protocol_class(5.0)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        body = encode(sample_image(), "PNG")
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/models/tiny-torch:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.3)  # the body is in, the model is busy: the client leaves
+        deadline = time.monotonic() + 5
+        metrics = ""
+        while time.monotonic() < deadline:
+            metrics = httpx.get(f"{url}/metrics", timeout=2).text
+            if 'status="499"' in metrics:
+                break
+            time.sleep(0.1)
+        assert 'slipway_requests_total{method="POST",route="/v1/models/{name}:predict",status="499"} 1' in metrics
+        assert 'route="/v1/models/{name}:predict",status="200"' not in metrics
+    finally:
+        server.should_exit = True
+        thread.join(10)
