@@ -67,10 +67,17 @@ LABEL org.opencontainers.image.title="slipway-serving" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # ---------------------------------------------------------------------------------------------
+# The model's files, owned by root and readable (not writable) by the service user.
+FROM ${BASE_IMAGE} AS model-files
+COPY model/ /model/
+RUN chmod -R a+rX,go-w /model
+
+# ---------------------------------------------------------------------------------------------
 # Variants. Order inside each final stage: venv, code, model (its own layer, last, so a new model
-# reuses every layer below it), then the labels of this build. The model is owned by the service
-# user because an export folder written atomically may be mode 0700, which another user cannot read
-# (COPY --chmod would need BuildKit).
+# reuses every layer below it), then the labels of this build. The model is read-only for the
+# service: owned by root, readable by everyone. It comes from the model-files stage, because an
+# export folder written atomically may be mode 0700, which the service user could not read
+# (COPY --chmod would need BuildKit); COPY --from keeps the modes set there.
 # Stage order matters for the classic builder, which builds every stage above the target (BuildKit
 # builds only what the target needs): cheap variants come first, and pytorch-cpp-cpu, whose
 # builder fails without the C++ wheel in the wheelhouse, comes last.
@@ -84,7 +91,7 @@ COPY --from=venv-onnx /opt/venv /opt/venv
 COPY serving/ /app/serving/
 COPY model_export/ /app/model_export/
 ENV BACKEND=onnx DEVICE=cpu
-COPY --chown=10001:10001 model/ /model/
+COPY --from=model-files /model /model
 ARG VERSION=0.0.0
 ARG GIT_REVISION=unknown
 ARG SOURCE=
@@ -113,7 +120,7 @@ COPY --from=venv-torch /opt/venv /opt/venv
 COPY serving/ /app/serving/
 COPY model_export/ /app/model_export/
 ENV BACKEND=torchscript DEVICE=cpu
-COPY --chown=10001:10001 model/ /model/
+COPY --from=model-files /model /model
 ARG VERSION=0.0.0
 ARG GIT_REVISION=unknown
 ARG SOURCE=
@@ -127,7 +134,7 @@ COPY --from=venv-torch /opt/venv /opt/venv
 COPY serving/ /app/serving/
 COPY model_export/ /app/model_export/
 ENV BACKEND=torchscript DEVICE=gpu
-COPY --chown=10001:10001 model/ /model/
+COPY --from=model-files /model /model
 ARG VERSION=0.0.0
 ARG GIT_REVISION=unknown
 ARG SOURCE=
@@ -151,7 +158,7 @@ COPY --from=venv-cpp /opt/venv /opt/venv
 COPY serving/ /app/serving/
 COPY model_export/ /app/model_export/
 ENV BACKEND=cpp DEVICE=cpu
-COPY --chown=10001:10001 model/ /model/
+COPY --from=model-files /model /model
 ARG VERSION=0.0.0
 ARG GIT_REVISION=unknown
 ARG SOURCE=

@@ -69,10 +69,17 @@ LABEL org.opencontainers.image.title="slipway-serving" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # ---------------------------------------------------------------------------------------------
+# The model's files, owned by root and readable (not writable) by the service user.
+FROM ${BASE_IMAGE} AS model-files
+COPY model/ /model/
+RUN chmod -R a+rX,go-w /model
+
+# ---------------------------------------------------------------------------------------------
 # Variants. Order inside each final stage: venv, code, model (its own layer, last, so a new model
-# reuses every layer below it), then the labels of this build. The model is owned by the service
-# user because an export folder written atomically may be mode 0700, which another user cannot read
-# (COPY --chmod would need BuildKit).
+# reuses every layer below it), then the labels of this build. The model is read-only for the
+# service: owned by root, readable by everyone. It comes from the model-files stage, because an
+# export folder written atomically may be mode 0700, which the service user could not read
+# (COPY --chmod would need BuildKit); COPY --from keeps the modes set there.
 # Stage order matters for the classic builder, which builds every stage above the target (BuildKit
 # builds only what the target needs): tfserving-client first, so it never installs TensorFlow.
 
@@ -87,7 +94,7 @@ COPY serving/ /app/serving/
 # The external server holds the SavedModel; the service needs only the manifest (name, labels).
 # TFSERVING_URL's default suits host networking with TF Serving's REST port on the same host.
 ENV BACKEND=tfserving DEVICE=cpu TFSERVING_URL=http://127.0.0.1:8501
-COPY --chown=10001:10001 model/model.json /model/model.json
+COPY --from=model-files /model/model.json /model/model.json
 ARG VERSION=0.0.0
 ARG GIT_REVISION=unknown
 ARG SOURCE=
@@ -116,7 +123,7 @@ COPY --from=venv-tensorflow /opt/venv /opt/venv
 COPY serving/ /app/serving/
 COPY model_export/ /app/model_export/
 ENV BACKEND=tensorflow DEVICE=cpu
-COPY --chown=10001:10001 model/ /model/
+COPY --from=model-files /model /model
 ARG VERSION=0.0.0
 ARG GIT_REVISION=unknown
 ARG SOURCE=
@@ -130,7 +137,7 @@ COPY --from=venv-tensorflow /opt/venv /opt/venv
 COPY serving/ /app/serving/
 COPY model_export/ /app/model_export/
 ENV BACKEND=tensorflow DEVICE=gpu
-COPY --chown=10001:10001 model/ /model/
+COPY --from=model-files /model /model
 ARG VERSION=0.0.0
 ARG GIT_REVISION=unknown
 ARG SOURCE=

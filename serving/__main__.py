@@ -28,8 +28,26 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, ValueError) as exc:
         print(f"serving: {exc}", file=sys.stderr)
         return 2
+    from PIL import Image
+
+    from serving.protocol import protocol_class
+
+    # Pillow's own decompression-bomb guard (process-wide), in line with the service's pixel limit.
+    Image.MAX_IMAGE_PIXELS = app.state.service.limits.max_image_pixels
+
     # One worker: a second process would load a second copy of the model and split the cores.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1)
+    # The h11 protocol with a header timeout; limit_concurrency answers 503 (with Retry-After)
+    # beyond MAX_CONNECTIONS connections or requests, before any of them is read.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        workers=1,
+        http=protocol_class(settings.header_timeout_s),
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_s,
+    )
     return 0
 
 

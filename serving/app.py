@@ -8,23 +8,28 @@ start, to say whether it is ready, and to predict. Every error is answered as JS
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import threading
 import time
-from contextlib import asynccontextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from serving import __version__
 from serving.backends import Backend, BackendUnavailable, create_backend
+from serving.backends.base import READY
 from serving.config import Settings
-from serving.images import SUPPORTED_CONTENT_TYPES, ImageRejected, decode_image, to_array
+from serving.images import SUPPORTED_CONTENT_TYPES, ImageRejected, Probe, load_image, probe_image, to_array
+from serving.limits import Admission, ByteBudget, Overloaded, cgroup_memory_peak, decode_cost
 from serving.manifest import load_manifest
 from serving.metrics import Metrics
 
@@ -50,6 +55,14 @@ def error_response(
 
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+# Status recorded (and logged) for a request whose client went away before the answer.
+CLIENT_CLOSED = 499
+RETRY = {"Retry-After": "1"}
+
+
+def echo(value: str, limit: int = 64) -> str:
+    """A client's string in an error message: quoted, and cut to ``limit`` characters."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 class Service:
@@ -74,6 +87,22 @@ class Service:
         self.model_name: str = self.manifest["name"]
         self.metrics = Metrics()
         self.created = time.monotonic()
+        self.limits = settings.limits()
+        self.admission = Admission(
+            budget=self.limits.decode_budget_bytes,
+            max_inflight=self.limits.max_inflight,
+            max_queue=self.limits.max_queue,
+            timeout_s=self.limits.queue_timeout_s,
+        )
+        self.bodies = ByteBudget(self.limits.body_budget_bytes)
+        # Decode + predict run here (never more at once than admitted); health probes of a backend
+        # with an external server run on their own thread, so they answer while predict is busy.
+        self.workers = ThreadPoolExecutor(self.limits.max_inflight, thread_name_prefix="predict",
+                                          initializer=lower_priority)
+        self.health = ThreadPoolExecutor(1, thread_name_prefix="health")
+        inp = self.manifest.get("input") or {}
+        # JPEGs are decoded at the smallest DCT scale that still has twice the model's input size.
+        self.draft_to = (2 * int(inp["width"]), 2 * int(inp["height"])) if inp.get("width") else None
 
     @property
     def ready_after_s(self) -> float | None:
@@ -83,7 +112,13 @@ class Service:
 
     def start_in_background(self) -> threading.Thread:
         """Load off the event loop, so /healthz answers (and the container looks alive) while a big model loads."""
-        thread = threading.Thread(target=self.backend.start, name="backend-start", daemon=True)
+
+        def start() -> None:
+            # The framework's own thread pools are created here (during warm-up) and inherit this.
+            lower_priority()
+            self.backend.start()
+
+        thread = threading.Thread(target=start, name="backend-start", daemon=True)
         thread.start()
         return thread
 
@@ -95,32 +130,100 @@ class Service:
             "framework": m.get("framework"),
             "backend": self.backend.name,
             "state": self.backend.state,
-            "error": self.backend.error,
             "input": m.get("input"),
             "labels": m.get("labels"),
             "output": m.get("output"),
-            **self.backend.describe(),
+            **public(self.backend.describe()),
+            "limits": self.limits.describe(),
         }
 
+    def public_reason(self) -> str:
+        """Why the model is not ready, in words that reveal nothing of the server (the log has the rest)."""
+        state = self.backend.state
+        if state == "error":
+            return "the model failed to load; see the service log"
+        if state == READY or self.backend.error:
+            return "a service the model depends on is unavailable; see the service log"
+        return "the model is loading"
 
-async def _read_body(request: Request, limit: int) -> bytes:
+
+# Niceness of the threads that decode and run the model (and of the framework threads they start).
+# The event loop keeps 0, so under full load it still gets the CPU first: health checks and
+# refusals are answered at once instead of queueing behind inference for the container's cores.
+WORKER_NICE = 10
+
+
+def lower_priority() -> None:
+    """Lower this thread's CPU priority (Linux: niceness is per thread and inherited by new threads)."""
+    import os
+
+    with suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+
+
+def public(info: dict[str, Any]) -> dict[str, Any]:
+    """A backend's description without credentials: user and password are cut from URLs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    out = {}
+    for key, value in info.items():
+        if isinstance(value, str) and "://" in value and "@" in value:
+            parts = urlsplit(value)
+            host = parts.hostname or ""
+            netloc = host + (f":{parts.port}" if parts.port else "")
+            value = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        out[key] = value
+    return out
+
+
+async def _read_body(request: Request, limit: int, service: Service) -> tuple[bytes, int]:
+    """The body, under the size limit, the body timeout and the memory budget for bodies (counted
+    as the bytes arrive). Returns the body and the bytes it holds of the budget (the caller gives
+    them back)."""
     declared = request.headers.get("content-length")
+    held = 0
     if declared is not None:
         try:
             declared_size = int(declared)
+            if declared_size < 0:
+                raise ValueError
         except ValueError:
-            raise ApiError(400, "bad_request", f"invalid Content-Length {declared!r}") from None
+            raise ApiError(400, "bad_request", f"invalid Content-Length {echo(declared, 20)}") from None
         if declared_size > limit:
             raise ApiError(
                 413, "payload_too_large", f"the body is {declared_size} bytes; the limit is {limit}"
             )
+        # Refused at once if it cannot fit now; not reserved, so a client that declares a large
+        # body and sends it slowly holds only what it has sent.
+        if declared_size > service.bodies.capacity - service.bodies.used:
+            raise ApiError(503, "overloaded", "the service is receiving too many images; retry later", RETRY)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async with asyncio.timeout(service.settings.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "payload_too_large", f"the body exceeds the limit of {limit} bytes")
+                if size > held:
+                    if not service.bodies.take(size - held):
+                        raise ApiError(
+                            503, "overloaded", "the service is receiving too many images; retry later", RETRY
+                        )
+                    held = size
+                chunks.append(chunk)
+    except TimeoutError:
+        service.bodies.give(held)
+        raise ApiError(
+            408, "request_timeout", f"the body did not arrive within {service.settings.body_timeout_s:g}s",
+            {"Connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        service.bodies.give(held)
+        raise ApiError(CLIENT_CLOSED, "client_closed_request", f"the client closed the connection after {size} bytes") from None
+    except BaseException:
+        service.bodies.give(held)
+        raise
+    return b"".join(chunks), held
 
 
 async def _image_from_multipart(request: Request, body: bytes) -> bytes:
@@ -132,7 +235,7 @@ async def _image_from_multipart(request: Request, body: bytes) -> bytes:
     try:
         form = await form_request.form(max_files=4, max_fields=16)
     except Exception as exc:
-        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+        detail = " ".join(str(getattr(exc, "detail", None) or exc or type(exc).__name__).split())[:120]
         raise ApiError(400, "invalid_multipart", f"the multipart body cannot be parsed: {detail}") from None
     try:
         field = form.get("image")
@@ -145,9 +248,119 @@ async def _image_from_multipart(request: Request, body: bytes) -> bytes:
         await form.close()
 
 
-def _decode(data: bytes, max_pixels: int, as_array: bool):
-    image = decode_image(data, max_pixels=max_pixels)
-    return to_array(image) if as_array else image
+def _work(backend: Backend, probe: Probe) -> tuple[list[dict[str, Any]], float, float]:
+    """Decode and predict, on a worker thread: (detections in the original pixels, decode s, predict s)."""
+    started = time.perf_counter()
+    image = load_image(probe)
+    if backend.input_kind == "array":
+        pil, image = image, to_array(image)
+        pil.close()
+    decoded = time.perf_counter()
+    detections = backend.predict(image)
+    del image
+    sx, sy = probe.scale
+    if sx != 1.0 or sy != 1.0:
+        for d in detections:
+            x1, y1, x2, y2 = d["box"]
+            d["box"] = [
+                min(x1 * sx, probe.width), min(y1 * sy, probe.height),
+                min(x2 * sx, probe.width), min(y2 * sy, probe.height),
+            ]
+    return detections, decoded - started, time.perf_counter() - decoded
+
+
+async def _run_admitted(service: Service, probe: Probe, cost: int, body_held: int):
+    """Run ``_work`` once admitted; the budgets are given back when the thread is done, even
+    when this request is abandoned first (a timeout cancels the wait, never the work)."""
+    try:
+        await service.admission.acquire(cost)
+    except Overloaded:
+        service.bodies.give(body_held)
+        probe.close()
+        raise ApiError(503, "overloaded", "the service is at capacity; retry later", RETRY) from None
+    except BaseException:
+        service.bodies.give(body_held)
+        probe.close()
+        raise
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(service.workers, _work, service.backend, probe)
+
+    def done(_):
+        service.admission.release(cost)
+        service.bodies.give(body_held)
+
+    future.add_done_callback(done)
+    return await asyncio.shield(future)
+
+
+class Guard:
+    """Outermost ASGI layer: the total request timeout, the metrics of every request, client
+    aborts recorded as 499 in one log line, and a JSON 500 (never a traceback) for a bug."""
+
+    def __init__(self, app, service: Service):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = {"status": None, "disconnected": False}
+
+        async def guarded_receive():
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                state["disconnected"] = True
+            return message
+
+        async def guarded_send(message):
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            if state["disconnected"]:
+                return  # nobody to answer
+            try:
+                await send(message)
+            except OSError:
+                state["disconnected"] = True
+
+        try:
+            async with asyncio.timeout(self.service.settings.request_timeout_s):
+                await self.app(scope, guarded_receive, guarded_send)
+        except TimeoutError:
+            if state["status"] is None:
+                await self._answer(guarded_send, 503, "request_timeout",
+                                   f"no answer within {self.service.settings.request_timeout_s:g}s; retry later",
+                                   RETRY)
+        except ClientDisconnect:
+            state["disconnected"] = True
+        except Exception:
+            if state["disconnected"]:
+                pass
+            else:
+                log.exception("unhandled error on %s %s", scope.get("method"), _route(scope))
+                if state["status"] is None:
+                    await self._answer(guarded_send, 500, "internal_error", "internal server error")
+        status = state["status"] or 500
+        if state["disconnected"] and (state["status"] is None or state["status"] == CLIENT_CLOSED):
+            status = CLIENT_CLOSED
+        if status == CLIENT_CLOSED:
+            log.info("client closed the connection before the answer: %s %s after %.3fs",
+                     scope.get("method"), _route(scope), time.perf_counter() - started)
+        self.service.metrics.observe_request(scope.get("method", ""), _route(scope), status,
+                                             time.perf_counter() - started)
+
+    @staticmethod
+    async def _answer(send, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _route(scope) -> str:
+    return getattr(scope.get("route"), "path", None) or "unmatched"
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
@@ -171,22 +384,6 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     )
     app.state.service = service
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            # A bug must not leak a traceback or an HTML page to the client; log it and answer JSON.
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            response = error_response(500, "internal_error", "internal server error")
-        route = request.scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
-        service.metrics.observe_request(
-            request.method, template, response.status_code, time.perf_counter() - started
-        )
-        return response
-
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError):
         if (
@@ -196,26 +393,39 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             service.metrics.observe_rejection(exc.code)
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
+    @app.exception_handler(ClientDisconnect)
+    async def on_disconnect(request: Request, exc: ClientDisconnect):
+        return error_response(CLIENT_CLOSED, "client_closed_request", "the client closed the connection")
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
-            message = f"no endpoint at {request.url.path}"
+            message = f"no endpoint at {echo(request.url.path)}"
         return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
-        return error_response(422, "invalid_request", str(exc.errors()))
+        fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+        return error_response(422, "invalid_request", f"invalid request: {', '.join(fields)[:200]}")
 
+    # Health, readiness and metrics are coroutines: they run on the event loop, never behind
+    # the predict workers, so they answer while every worker is busy.
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
         """Liveness: the process answers. Says nothing about the model; see /readyz."""
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz():
-        ready, reason = service.backend.readiness()
+    async def readyz():
+        if service.backend.state == READY and type(service.backend).check is Backend.check:
+            ready = True
+        else:
+            loop = asyncio.get_running_loop()
+            ready, reason = await loop.run_in_executor(service.health, service.backend.readiness)
+            if not ready:
+                log.warning("not ready: %s", reason)
         body = {
             "ready": ready,
             "model": service.model_name,
@@ -225,11 +435,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         if ready:
             body["ready_after_s"] = service.ready_after_s
             return body
-        body["reason"] = reason
+        body["reason"] = service.public_reason()
         return JSONResponse(body, status_code=503)
 
     @app.get("/v1/models")
-    def list_models() -> dict[str, Any]:
+    async def list_models() -> dict[str, Any]:
         return {"models": [service.model_info()]}
 
     @app.post(PREDICT_ROUTE)
@@ -237,7 +447,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         started = time.perf_counter()
         if name != service.model_name:
             raise ApiError(
-                404, "model_not_found", f"no model named {name!r}; this service serves {service.model_name!r}"
+                404, "model_not_found", f"no model named {echo(name)}; this service serves {service.model_name!r}"
             )
         content_type = request.headers.get("content-type", "")
         media_type = content_type.split(";", 1)[0].strip().lower()
@@ -252,47 +462,54 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             raise ApiError(
                 415,
                 "unsupported_media_type",
-                f"Content-Type {media_type!r} is not accepted; expected one of "
+                f"Content-Type {echo(media_type, 40)} is not accepted; expected one of "
                 f"{', '.join(sorted(SUPPORTED_CONTENT_TYPES))} or multipart/form-data",
             )
-        ready, reason = await run_in_threadpool(service.backend.readiness, probe=False)
-        if not ready:
-            # The full reason (maybe a long traceback) is for operators, on /readyz.
-            short = (reason or "").strip().splitlines()[0][:200] if reason else "unknown"
-            raise ApiError(
-                503, "not_ready", f"the model is not ready ({short}); see /readyz", {"Retry-After": "1"}
-            )
+        if service.backend.state != READY:
+            loop = asyncio.get_running_loop()
+            ready, _ = await loop.run_in_executor(service.health, lambda: service.backend.readiness(probe=False))
+            if not ready:
+                raise ApiError(503, "not_ready", f"{service.public_reason()}; see /readyz", RETRY)
         # Multipart framing adds a little; allow for it so the image itself gets the full limit.
         limit = service.settings.max_body_bytes + (64 * 1024 if media_type == "multipart/form-data" else 0)
-        body = await _read_body(request, limit)
-        if media_type == "multipart/form-data":
-            data = await _image_from_multipart(request, body)
-        else:
-            data = body
+        body, held = await _read_body(request, limit, service)
         try:
-            image = await run_in_threadpool(
-                _decode, data, service.settings.max_image_pixels, service.backend.input_kind == "array"
-            )
+            data = await _image_from_multipart(request, body) if media_type == "multipart/form-data" else body
+            # The header only (cheap, on the loop): dimensions checked, JPEG draft scale chosen.
+            probe = probe_image(data, max_pixels=service.limits.max_image_pixels, draft_to=service.draft_to)
+        except ImageRejected as exc:
+            service.bodies.give(held)
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        except BaseException:
+            service.bodies.give(held)
+            raise
+        del body, data
+        cost = decode_cost(*probe.decoded_size, probe.mode)
+        received = time.perf_counter()
+        try:
+            detections, decode_s, infer_s = await _run_admitted(service, probe, cost, held)
+        except ApiError:
+            raise
         except ImageRejected as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
-        decoded = time.perf_counter()
-        width, height = (int(image.shape[1]), int(image.shape[0])) if hasattr(image, "shape") else image.size
-        try:
-            detections = await run_in_threadpool(service.backend.predict, image)
         except BackendUnavailable as exc:
-            raise ApiError(503, "backend_unavailable", str(exc), {"Retry-After": "1"}) from None
+            log.warning("backend unavailable: %s", exc)
+            raise ApiError(503, "backend_unavailable", "the model's backend is unavailable; retry later", RETRY) from None
         except Exception:
-            log.exception("predict failed for an image of %dx%d", width, height)
+            log.exception("predict failed for an image of %dx%d", probe.width, probe.height)
             raise ApiError(500, "inference_failed", "inference failed; see the service log") from None
         done = time.perf_counter()
-        service.metrics.observe_inference(service.model_name, done - decoded)
+        service.metrics.observe_inference(service.model_name, infer_s)
+        if await request.is_disconnected():
+            # Gone while its image was decoded or predicted: recorded as an abort, not an answer.
+            raise ApiError(CLIENT_CLOSED, "client_closed_request", "the client closed the connection")
         return {
             "model": service.model_name,
             "detections": detections,
-            "image": {"width": width, "height": height},
+            "image": {"width": probe.width, "height": probe.height},
             "timing_ms": {
-                "decode": round((decoded - started) * 1000, 3),
-                "inference": round((done - decoded) * 1000, 3),
+                "decode": round((received - started + decode_s) * 1000, 3),
+                "inference": round(infer_s * 1000, 3),
                 "total": round((done - started) * 1000, 3),
             },
         }
@@ -303,14 +520,28 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             raise ApiError(405, "method_not_allowed", "predict takes POST", {"Allow": "POST"})
         if name != service.model_name:
             raise ApiError(
-                404, "model_not_found", f"no model named {name!r}; this service serves {service.model_name!r}"
+                404, "model_not_found", f"no model named {echo(name)}; this service serves {service.model_name!r}"
             )
         return service.model_info()
 
     @app.get("/metrics")
-    def metrics():
+    async def metrics():
         ready = service.backend.state == "ready"
-        text = service.metrics.render(model=service.model_name, backend=service.backend.name, ready=ready)
+        peak = cgroup_memory_peak()
+        gauges = {
+            "slipway_inflight_requests": ("Predict requests admitted (decoding or predicting).",
+                                          service.admission.inflight),
+            "slipway_queued_requests": ("Predict requests waiting for admission.", service.admission.queued),
+            "slipway_decode_bytes": ("Bytes of decoded pixels the admitted requests may hold.",
+                                     service.admission.used),
+            "slipway_body_bytes": ("Bytes of request bodies being received or held.", service.bodies.used),
+        }
+        if peak is not None:
+            gauges["slipway_memory_peak_bytes"] = ("Peak memory of the container's cgroup.", peak)
+        text = service.metrics.render(model=service.model_name, backend=service.backend.name, ready=ready,
+                                      gauges=gauges)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    # Outermost, so it sees every answer (and every abort) with the route Starlette matched.
+    app.add_middleware(Guard, service=service)
     return app

@@ -34,6 +34,30 @@ class Settings:
     # allocated, while 8K (33 MP) is still a legitimate camera frame.
     max_image_pixels: int = 40_000_000
     log_level: str = "info"
+    # Admission (serving/limits.py); None: derived from the container's memory limit and THREADS.
+    memory_limit_bytes: int | None = None
+    decode_budget_bytes: int | None = None
+    body_budget_bytes: int | None = None
+    max_inflight: int | None = None
+    max_queue: int | None = None
+    queue_timeout_s: float | None = None
+    # Connections and requests uvicorn holds at once; beyond them it answers 503 at once.
+    max_connections: int = 256
+    # Seconds: request line and headers complete; body complete; whole request answered.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    request_timeout_s: float = 60.0
+    keep_alive_s: float = 5.0
+
+    def limits(self):
+        from serving.limits import Limits
+
+        return Limits.derive(
+            threads=self.threads, max_body_bytes=self.max_body_bytes, max_image_pixels=self.max_image_pixels,
+            memory_limit_bytes=self.memory_limit_bytes, decode_budget_bytes=self.decode_budget_bytes,
+            body_budget_bytes=self.body_budget_bytes, max_inflight=self.max_inflight, max_queue=self.max_queue,
+            queue_timeout_s=self.queue_timeout_s,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +96,22 @@ class Settings:
         if fusion_raw not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
             problems.append(f"ONEDNN_FUSION={fusion_raw!r}: expected 1 or 0")
         onednn_fusion = fusion_raw not in ("0", "false", "no", "off")
+        def seconds(key: str, default: float | None) -> float | None:
+            raw = env.get(key, "").strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+                if not value > 0:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{key}={raw!r}: expected a positive number of seconds")
+                return default
+            return value
+
+        def optional_int(key: str, minimum: int) -> int | None:
+            return integer(key, 0, minimum) if env.get(key, "").strip() else None
+
         timeout_raw = env.get("TFSERVING_TIMEOUT", "").strip()
         timeout = 30.0
         if timeout_raw:
@@ -95,6 +135,17 @@ class Settings:
             max_body_bytes=integer("MAX_BODY_BYTES", cls.max_body_bytes, 1),
             max_image_pixels=integer("MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             log_level=env.get("LOG_LEVEL", "info").strip().lower() or "info",
+            memory_limit_bytes=optional_int("MEMORY_LIMIT_BYTES", 1),
+            decode_budget_bytes=optional_int("DECODE_BUDGET_BYTES", 1),
+            body_budget_bytes=optional_int("BODY_BUDGET_BYTES", 1),
+            max_inflight=optional_int("MAX_INFLIGHT", 1),
+            max_queue=optional_int("MAX_QUEUE", 0),
+            queue_timeout_s=seconds("QUEUE_TIMEOUT_S", None),
+            max_connections=integer("MAX_CONNECTIONS", cls.max_connections, 1),
+            header_timeout_s=seconds("HEADER_TIMEOUT_S", cls.header_timeout_s) or cls.header_timeout_s,
+            body_timeout_s=seconds("BODY_TIMEOUT_S", cls.body_timeout_s) or cls.body_timeout_s,
+            request_timeout_s=seconds("REQUEST_TIMEOUT_S", cls.request_timeout_s) or cls.request_timeout_s,
+            keep_alive_s=seconds("KEEP_ALIVE_S", cls.keep_alive_s) or cls.keep_alive_s,
         )
         if problems:
             raise ConfigurationError(

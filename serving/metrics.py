@@ -1,7 +1,9 @@
-"""Prometheus text-format metrics, written by hand: three metric families do not justify a dependency.
+"""Prometheus text-format metrics, written by hand: a few metric families do not justify a dependency.
 
-Labels use the route template (``/v1/models/{name}:predict``), never the raw path, so a client
-probing random URLs cannot grow the series without bound.
+Every label value comes from a fixed set, so no client can grow the series: the route is the
+template (``/v1/models/{name}:predict``) or ``unmatched``, the method one of ``METHODS`` or
+``other``, the status a three-digit code the service answers (499: the client went away first),
+the rejection code one of the service's own error codes.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ class Histogram:
         return out
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else "other"
+
+
 class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -62,8 +75,9 @@ class Metrics:
         self.rejected: dict[str, int] = defaultdict(int)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method_label(method)
         with self._lock:
-            self.requests[(method, route, str(status))] += 1
+            self.requests[(method, route, status_label(status))] += 1
             self.request_latency.setdefault((method, route), Histogram()).observe(seconds)
 
     def observe_inference(self, model: str, seconds: float) -> None:
@@ -74,7 +88,7 @@ class Metrics:
         with self._lock:
             self.rejected[code] += 1
 
-    def render(self, *, model: str, backend: str, ready: bool) -> str:
+    def render(self, *, model: str, backend: str, ready: bool, gauges: dict[str, tuple[str, float]] | None = None) -> str:
         with self._lock:
             lines = [
                 "# HELP slipway_requests_total HTTP requests answered, by method, route and status.",
@@ -107,4 +121,6 @@ class Metrics:
                 "# TYPE slipway_model_ready gauge",
                 f"slipway_model_ready{_labels({'model': model, 'backend': backend})} {1 if ready else 0}",
             ]
+            for name, (help_text, value) in sorted((gauges or {}).items()):
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_number(value)}"]
         return "\n".join(lines) + "\n"

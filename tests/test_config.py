@@ -109,7 +109,7 @@ name = "tf"
 model = "det"
 runtime = "tensorflow"
 dockerfile = "dockerfiles/pytorch.Dockerfile"
-target = "x"
+target = "pytorch-cpu"
 """
     )
     with pytest.raises(ConfigError) as info:

@@ -231,7 +231,7 @@ def test_metrics_count_requests_and_latency(client):
     assert _metric(text, "slipway_rejected_requests_total", code="not_an_image") >= 1
 
 
-def test_missing_model_file_means_not_ready_but_alive(tmp_path):
+def test_missing_model_file_means_not_ready_but_alive(tmp_path, caplog):
     folder = write_tiny_model(tmp_path / "m", name=MODEL)
     (folder / "model.torchscript.pt").unlink()
     app = create_app(Settings(model_dir=folder))
@@ -241,10 +241,14 @@ def test_missing_model_file_means_not_ready_but_alive(tmp_path):
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["state"] == "error"
-        assert "model.torchscript.pt" in ready.json()["reason"]
+        # The reason says what kind of failure, never the server's paths or a traceback: those are
+        # in the log.
+        assert ready.json()["reason"] == "the model failed to load; see the service log"
+        assert "model.torchscript.pt" in caplog.text
         response = predict_png(client, sample_image())
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "not_ready"
+        assert str(tmp_path) not in response.text and str(tmp_path) not in client.get("/v1/models").text
         assert (
             _metric(client.get("/metrics").text, "slipway_model_ready", model=MODEL, backend="torchscript")
             == 0
@@ -395,3 +399,4 @@ def test_python_m_serving_starts_serves_and_passes_its_healthcheck(model_dir, tm
             # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says why.
             assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in log_path.read_text()
+

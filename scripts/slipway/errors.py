@@ -24,8 +24,20 @@ class ConfigProblem:
     message: str
 
     def __str__(self) -> str:
-        shown = "(missing)" if self.value is _MISSING else repr(self.value)
+        if not self.key and self.value is _MISSING:
+            return f"{self.file}: {self.message}"
+        shown = "(missing)" if self.value is _MISSING else _shorten(repr(self.value))
         return f"{self.file}: {self.key} = {shown}: {self.message}"
+
+
+# A value is shown up to this many characters: enough to recognise it, never a screenful.
+MAX_SHOWN = 80
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= MAX_SHOWN:
+        return text
+    return f"{text[: MAX_SHOWN - 20]}...{text[-8:]} ({len(text)} characters)"
 
 
 class _Missing:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import slipway
-from slipway.config import ReleaseConfig
+from slipway.config import ReleaseConfig, file_problems, image_repository_problem, index_url_problem
 from slipway.errors import MISSING, ConfigError, ConfigProblem
 from slipway.version import Version, parse_version, version_from_tag
 
@@ -272,6 +272,14 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
             ]
         )
 
+    overrides = []
+    if trigger.image_registry and (why := image_repository_problem(trigger.image_registry)):
+        overrides.append(ConfigProblem("--image-registry", "registries.images", trigger.image_registry, why))
+    if trigger.package_index and (why := index_url_problem(trigger.package_index)):
+        overrides.append(ConfigProblem("--package-index", "registries.packages", trigger.package_index, why))
+    if overrides:
+        raise ConfigError(overrides)
+
     problems = _names_problems(config, version, publishing=not dry_run)
     if problems:
         raise ConfigError(problems)
@@ -288,6 +296,10 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
     needed_models = [v.model for v in selected]
     if wheels_model is not None:
         needed_models.append(wheels_model.name)
+    # Files the release reads first: refused now, before any stage does work.
+    missing = file_problems(config, needed_models)
+    if missing:
+        raise ConfigError(missing)
     export = [
         {"model": m.name, "framework": m.framework, "exporters": ",".join(config.exporters_for(m))}
         for m in config.models

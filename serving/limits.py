@@ -1,0 +1,198 @@
+"""How much work the service takes on at once, derived from the container's memory limit.
+
+Every predict request costs memory in two places before the model sees it: its body, buffered
+while it arrives, and its decoded pixels (Pillow's image, the RGB conversion, the uint8 array).
+Both are bounded here, as byte budgets taken from the memory limit of the container (cgroup v2
+``memory.max``, or v1 ``memory.limit_in_bytes``), so that no mix of requests can get the process
+killed for memory; what does not fit waits in a short queue, and beyond it is refused with 503.
+
+Defaults, for a limit of L bytes (each one overridable, see serving/README.md):
+- decoded pixels in memory: 40% of L (the model, its framework and Python keep the rest);
+- bodies being received: 10% of L, at least two bodies of the maximum size;
+- requests decoding or predicting at once: 2 x THREADS; waiting for that: 4 x THREADS, 5 s at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+# Without a limit (no cgroup, or "max"), budgets are taken from this much.
+UNLIMITED_FALLBACK = 4096 * MiB
+# Peak bytes per decoded pixel: Pillow holds RGB as 4 bytes, a conversion from another mode
+# (palette, RGBA, 16-bit) holds a second 4-byte image, and the uint8 array handed to the model 3.
+BYTES_PER_PIXEL = 4 + 3
+CONVERT_BYTES_PER_PIXEL = 4
+
+
+def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory limit of this process's cgroup in bytes, or None when there is none."""
+    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
+        try:
+            raw = path.read_text().strip()
+        except OSError:
+            continue
+        if raw == "max":
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            continue
+        # cgroup v1 writes "no limit" as a huge number (PAGE_COUNTER_MAX pages).
+        return value if 0 < value < 1 << 60 else None
+    return None
+
+
+def cgroup_memory_peak(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The cgroup's peak memory use in bytes (v2 memory.peak, v1 max_usage_in_bytes), if known."""
+    for path in (root / "memory.peak", root / "memory" / "memory.max_usage_in_bytes"):
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_limit_bytes: int | None
+    decode_budget_bytes: int
+    body_budget_bytes: int
+    max_inflight: int
+    max_queue: int
+    queue_timeout_s: float
+    max_image_pixels: int
+
+    @classmethod
+    def derive(cls, *, threads: int, max_body_bytes: int, max_image_pixels: int,
+               memory_limit_bytes: int | None = None, decode_budget_bytes: int | None = None,
+               body_budget_bytes: int | None = None, max_inflight: int | None = None,
+               max_queue: int | None = None, queue_timeout_s: float | None = None) -> Limits:
+        limit = memory_limit_bytes if memory_limit_bytes is not None else cgroup_memory_limit()
+        base = limit or UNLIMITED_FALLBACK
+        decode = decode_budget_bytes or max(64 * MiB, int(base * 0.40))
+        body = body_budget_bytes or max(2 * max_body_bytes, int(base * 0.10))
+        # The largest image whose decode fits the whole budget; Pillow's own guard is set to it too.
+        pixels = min(max_image_pixels, decode // (BYTES_PER_PIXEL + CONVERT_BYTES_PER_PIXEL))
+        return cls(
+            memory_limit_bytes=limit,
+            decode_budget_bytes=decode,
+            body_budget_bytes=body,
+            max_inflight=max_inflight or max(2, 2 * threads),
+            max_queue=max_queue if max_queue is not None else max(4, 4 * threads),
+            queue_timeout_s=queue_timeout_s if queue_timeout_s is not None else 5.0,
+            max_image_pixels=max(1, pixels),
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "decode_budget_bytes": self.decode_budget_bytes,
+            "body_budget_bytes": self.body_budget_bytes,
+            "max_inflight": self.max_inflight,
+            "max_queue": self.max_queue,
+            "queue_timeout_s": self.queue_timeout_s,
+            "max_image_pixels": self.max_image_pixels,
+        }
+
+
+def decode_cost(width: int, height: int, mode: str) -> int:
+    """Peak bytes the decode of a ``width`` x ``height`` image in ``mode`` holds."""
+    per_pixel = BYTES_PER_PIXEL + (0 if mode == "RGB" else CONVERT_BYTES_PER_PIXEL)
+    return width * height * per_pixel
+
+
+class Overloaded(Exception):
+    """No room now and no room in the queue (or the wait ran out): answer 503 with Retry-After."""
+
+
+class ByteBudget:
+    """Bytes in use against a capacity; ``take`` never waits (bodies are refused, not queued)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+
+    def take(self, amount: int) -> bool:
+        if self.used + amount > self.capacity:
+            return False
+        self.used += amount
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def give(self, amount: int) -> None:
+        self.used = max(0, self.used - amount)
+
+
+class Admission:
+    """Requests admitted to decode and predict: at most ``max_inflight`` at once, holding at most
+    ``budget`` bytes of decoded pixels; others wait first-come first-served in a queue of
+    ``max_queue``, for ``timeout_s`` at most. Used from the event loop only (no locks needed)."""
+
+    def __init__(self, *, budget: int, max_inflight: int, max_queue: int, timeout_s: float):
+        self.budget = budget
+        self.max_inflight = max_inflight
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self.used = 0
+        self.inflight = 0
+        self.peak_used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def _fits(self, cost: int) -> bool:
+        return self.inflight < self.max_inflight and self.used + cost <= self.budget
+
+    def _grant(self, cost: int) -> None:
+        self.inflight += 1
+        self.used += cost
+        self.peak_used = max(self.peak_used, self.used)
+
+    async def acquire(self, cost: int) -> None:
+        """Wait for room for ``cost`` bytes; raise Overloaded when the queue is full or the wait too long."""
+        cost = min(cost, self.budget)  # one image larger than the budget runs alone
+        if not self._waiters and self._fits(cost):
+            self._grant(cost)
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise Overloaded("queue full")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (cost, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if future.done() and not future.cancelled():
+                # Granted just as the wait ended: hand the room on.
+                self.release(cost)
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise Overloaded("queue wait timed out") from None
+
+    def release(self, cost: int) -> None:
+        cost = min(cost, self.budget)
+        self.inflight = max(0, self.inflight - 1)
+        self.used = max(0, self.used - cost)
+        while self._waiters:
+            head_cost, head = self._waiters[0]
+            if head.cancelled():
+                self._waiters.popleft()
+                continue
+            if not self._fits(head_cost):
+                break
+            self._waiters.popleft()
+            self._grant(head_cost)
+            head.set_result(None)
+

@@ -1,0 +1,89 @@
+"""uvicorn's h11 protocol with a header timeout, and its concurrency-limit answer with Retry-After.
+
+uvicorn bounds the idle time between requests (``timeout_keep_alive``) but not the time a client
+takes to send a request line and headers: a client that sends one byte a second holds its
+connection for ever. Here every connection must deliver complete headers within
+``header_timeout_s`` of its first byte (or of connecting); otherwise it is closed. The body and the
+whole request have their own timeouts in the app (serving/app.py), where the request is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import h11
+from uvicorn.protocols.http import h11_impl
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+OVERLOADED_BODY = json.dumps(
+    {"error": {"status": 503, "code": "overloaded", "message": "the service has too many connections; retry later"}}
+).encode()
+
+
+async def overloaded(scope, receive, send) -> None:
+    """What uvicorn answers beyond ``limit_concurrency``: the service's JSON 503, with Retry-After."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(OVERLOADED_BODY)).encode()),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": OVERLOADED_BODY, "more_body": False})
+
+
+# uvicorn names this answer at module level in its h11 protocol; there is no setting for it.
+h11_impl.service_unavailable = overloaded
+
+
+class GuardedH11Protocol(H11Protocol):
+    """H11Protocol that closes a connection whose request headers do not arrive in time."""
+
+    header_timeout_s: float = 10.0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self._header_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # IDLE: the client is (still) sending a request line and headers.
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._arm_header_timer()
+        else:
+            self._disarm_header_timer()
+
+    def on_response_complete(self) -> None:
+        # Between requests the keep-alive timeout applies, until the next request's first byte.
+        self._disarm_header_timer()
+        super().on_response_complete()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.logger.info("closed a connection whose request headers did not arrive in %.0fs", self.header_timeout_s)
+            self.transport.close()
+
+
+def protocol_class(header_timeout_s: float) -> type[GuardedH11Protocol]:
+    return type("GuardedH11", (GuardedH11Protocol,), {"header_timeout_s": header_timeout_s})
