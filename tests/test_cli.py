@@ -70,3 +70,26 @@ def test_a_closed_pipe_ends_quietly(tmp_path, reader):
         assert lines == ["status=141"]
     else:
         assert lines[0] == "{"
+
+
+def test_a_stage_reads_the_configuration_the_plan_was_made_from(tmp_path, monkeypatch, capsys):
+    """On GitHub a stage job gets only the plan file; a calling repository's release.toml may be
+    elsewhere (release.yml's input `config`), and the plan names it."""
+    import json
+
+    from slipway.cli import config_path
+
+    monkeypatch.delenv("SLIPWAY_CONFIG", raising=False)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"config": "deploy/release.toml"}))
+    assert config_path(build_parser().parse_args(["wheels", "--plan", str(plan)])) == "deploy/release.toml"
+    # --config (or SLIPWAY_CONFIG) wins; without a plan, release.toml.
+    assert config_path(build_parser().parse_args(["wheels", "--plan", str(plan), "--config", "x.toml"])) == "x.toml"
+    monkeypatch.setenv("SLIPWAY_CONFIG", "y.toml")
+    assert config_path(build_parser().parse_args(["images", "--plan", str(plan)])) == "y.toml"
+    monkeypatch.delenv("SLIPWAY_CONFIG")
+    assert config_path(build_parser().parse_args(["images"])) == "release.toml"
+    # End to end: the stage fails on the plan's configuration, named, not on ./release.toml.
+    monkeypatch.chdir(tmp_path)
+    assert main(["wheels", "--plan", str(plan)]) == 2
+    assert "deploy/release.toml" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 from test_smoke_fixtures import (
+    ROOT,
     TF_MODEL,
     TORCH_MODEL,
     docker_build,
@@ -458,3 +459,28 @@ def test_image_sbom_lists_the_python_and_debian_packages_inside(model_images):
         good["tag"], image_id=good["id"], name="good", version="0.0.1", labels=good["labels"]
     )
     assert again == bom
+
+
+def test_a_runtime_wheel_never_published_may_be_untested_here_a_published_one_may_not(tmp_path):
+    """GitHub's one wheel smoke runner gets every Python's and both architectures' runtime wheels:
+    those in runtime/ (never published; tested inside their own build, and in the cpp image on each
+    platform) that it cannot run are shown untested, not failed; an untested wheel to publish fails."""
+    out = tmp_path / "out"
+    (out / "models" / "shapes-torch" / "golden").mkdir(parents=True)
+    (out / "models" / "shapes-torch" / "golden" / "reference.json").write_text("{}")
+    for folder in ("runtime", "wheels"):
+        (out / folder).mkdir()
+    (out / "runtime" / "slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl").write_bytes(b"")
+    plan = {"version": "1.0.0", "packages": [],
+            "matrix": {"smoke": [{"artifact": "wheels", "kind": "wheel", "variant": "", "device": "cpu"}]}}
+    ctx = StageContext(config=load_config(ROOT / "release.toml"), plan=plan, out=out, root=ROOT)
+    results = smoke.smoke_wheels(ctx)
+    only = results["wheel:slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl"]
+    assert only["ok"] is True and only["untested"] is True and only["published"] is False
+    assert "riscv64" in only["error"] and results["wheels"]["ok"] is True
+    # The same wheel to be published (wheels/, as Slipway's own release does): a failure.
+    (out / "runtime" / "slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl").rename(
+        out / "wheels" / "slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl")
+    results = smoke.smoke_wheels(ctx)
+    assert results["wheel:slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl"]["ok"] is False
+    assert results["wheels"]["ok"] is False

@@ -338,3 +338,68 @@ def test_a_projects_runtime_is_not_published_and_its_model_package_is(tmp_path, 
         wheels.build_local = real_build
     assert len(built) == 1, "the second project must reuse the runtime built for the first"
     assert len(list(fake_build["cache"].iterdir())) == 1
+
+
+def _github_job_ctx(tmp_path: Path, monkeypatch, host: str, **wheel_settings) -> tuple[StageContext, Path]:
+    """A wheels job on GitHub: the plan's two targets and one model package; GITHUB_OUTPUT set."""
+    ctx = _ctx(tmp_path, **wheel_settings)
+    ctx.plan["matrix"] = {"wheels": [{"arch": "x86_64", "model": "shapes-torch"},
+                                     {"arch": "aarch64", "model": "shapes-torch"}]}
+    ctx.plan["packages"] = [{"model": "shapes-torch", "package": "acme-detector", "import": "acme_detector"}]
+    monkeypatch.setattr(wheels, "host_arch", lambda: host)
+    output = tmp_path / "github-output"
+    output.write_text("")
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    return ctx, output
+
+
+def test_each_arch_job_builds_its_runtime_and_only_the_first_the_model_packages(tmp_path, monkeypatch, fake_build):
+    """`slipway wheels --arch A` (one GitHub job per wheel target): the runtime into runtime/, the
+    model packages (pure Python, once per release) in the first target's job only; the job's
+    outputs say which folders hold wheels to upload."""
+    from slipway.github import read_outputs
+
+    ctx, output = _github_job_ctx(tmp_path / "arm", monkeypatch, "aarch64", publish_runtime=False)
+    result = wheels.run(ctx, arch="aarch64")
+    assert sorted(p.name for p in (ctx.out / "runtime").glob("*.whl"))
+    assert list((ctx.out / "wheels").glob("*.whl")) == []
+    assert "model packages: built by the x86_64 job" in result["summary"]
+    assert read_outputs(output) == {"runtime": "true", "publish": "false"}
+
+    ctx, output = _github_job_ctx(tmp_path / "x86", monkeypatch, "x86_64", publish_runtime=False)
+    result = wheels.run(ctx, arch="x86_64")
+    assert [p.name for p in (ctx.out / "wheels").glob("*.whl")] == ["acme_detector-1.0.0-py3-none-any.whl"]
+    assert read_outputs(output) == {"runtime": "true", "publish": "true"}
+    # Reused on a second run: the outputs are written again (a re-run of the job uploads again).
+    output.write_text("")
+    assert wheels.run(ctx, arch="x86_64")["summary"].endswith("reused")
+    assert read_outputs(output) == {"runtime": "true", "publish": "true"}
+
+    # Slipway's own release publishes the runtime: everything in wheels/, nothing in runtime/.
+    ctx, output = _github_job_ctx(tmp_path / "own", monkeypatch, "aarch64", publish_runtime=True)
+    wheels.run(ctx, arch="aarch64")
+    assert read_outputs(output) == {"runtime": "false", "publish": "true"}
+    assert list((ctx.out / "runtime").glob("*.whl")) == []
+
+
+def test_an_arch_job_on_the_wrong_machine_or_off_the_plan_is_refused(tmp_path, monkeypatch, fake_build):
+    ctx, _ = _github_job_ctx(tmp_path, monkeypatch, "x86_64")
+    with pytest.raises(BuildError, match=r"--arch aarch64 on this x86_64 machine: the aarch64 wheels are built on an "
+                                         r"aarch64 runner"):
+        wheels.run(ctx, arch="aarch64")
+    with pytest.raises(BuildError, match=r"--arch riscv64: the plan's wheel targets \(matrix.wheels\) are "
+                                         r"x86_64, aarch64"):
+        wheels.run(ctx, arch="riscv64")
+    assert not (ctx.out / "wheels" / "wheels.json").exists()
+
+
+def test_the_github_wheels_job_runs_this_stage_from_slipways_own_sources():
+    """The wheels job runs `slipway wheels --arch`: the runtime's sources are the installed
+    Slipway's (slipway.paths), never a native/ folder of the calling repository."""
+    from slipway.cli import build_parser
+
+    args = build_parser().parse_args(["wheels", "--arch", "aarch64"])
+    assert args.arch == "aarch64" and args.stage == "wheels"
+    from slipway.paths import resource
+
+    assert wheels.native_dir() == resource("native")

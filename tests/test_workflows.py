@@ -55,7 +55,7 @@ ID_TOKEN_JOBS = {
 }
 # Matrix keys a workflow may read although the plan may leave them out (with a fallback).
 # `arch` of a smoke target is made by _smoke.yml's select job from the plan's `arches`.
-OPTIONAL_MATRIX_KEYS = {("wheels", "package_dir"), ("smoke", "arch")}
+OPTIONAL_MATRIX_KEYS = {("smoke", "arch")}
 
 # The plan shape the workflows are written against (docs: the issue's plan JSON). `model` in the
 # wheel targets names the export the wheel test checks against (SLIPWAY_MODEL_DIR).
@@ -64,6 +64,9 @@ SAMPLE_PLAN: dict[str, Any] = {
     "dry_run": False, "event": "tag", "ref": "refs/tags/v1.2.3", "sha": "0123456789abcdef0123456789abcdef01234567",
     "short_sha": "0123456", "output_dir": "dist/1.2.3", "config": "release.toml",
     "registries": {"images": "ghcr.io/owner/slipway", "packages": "https://upload.pypi.org/legacy/"},
+    "runtime": {"version": "0.1.0", "publish": False},
+    "packages": [{"model": "shapes-torch", "package": "slipway-examples-shapes-torch",
+                  "import": "slipway_examples_shapes_torch"}],
     "matrix": {
         "export": [{"model": "shapes-torch", "framework": "pytorch"}, {"model": "shapes-tf", "framework": "tensorflow"}],
         "wheels": [
@@ -73,13 +76,13 @@ SAMPLE_PLAN: dict[str, Any] = {
              "build": "cp311-*", "model": "shapes-torch"},
         ],
         "images": [
-            {"variant": "pytorch-cpu", "model": "shapes-torch", "framework": "pytorch", "device": "cpu",
-             "dockerfile": "dockerfiles/pytorch.Dockerfile", "target": "pytorch-cpu",
+            {"variant": "pytorch-cpu", "model": "shapes-torch", "framework": "pytorch", "runtime": "torchscript",
+             "device": "cpu", "dockerfile": "dockerfiles/pytorch.Dockerfile", "target": "pytorch-cpu",
              "platforms": "linux/amd64,linux/arm64", "image": "ghcr.io/owner/slipway-examples-pytorch-cpu"},
         ],
         "image_builds": [
-            {"variant": "pytorch-cpu", "model": "shapes-torch", "framework": "pytorch", "device": "cpu",
-             "dockerfile": "dockerfiles/pytorch.Dockerfile", "target": "pytorch-cpu",
+            {"variant": "pytorch-cpu", "model": "shapes-torch", "framework": "pytorch", "runtime": "torchscript",
+             "device": "cpu", "dockerfile": "dockerfiles/pytorch.Dockerfile", "target": "pytorch-cpu",
              "platforms": "linux/amd64,linux/arm64", "image": "ghcr.io/owner/slipway-examples-pytorch-cpu",
              "platform": platform, "arch": platform.rsplit("/", 1)[-1]}
             for platform in ("linux/amd64", "linux/arm64")
@@ -1478,10 +1481,108 @@ def setup_isolation_problems(action: dict[str, Any]) -> list[str]:
 
 
 def thin_wheel_problems(doc: dict[str, Any]) -> list[str]:
-    """9. GitHub builds the thin wheel, as a local release does."""
-    dirs = [str((s.get("with") or {}).get("package-dir")) for _, s in all_steps(doc)
-            if "pypa/cibuildwheel@" in str(s.get("uses"))]
-    return [] if "native/thin" in dirs else ["_wheels.yml: the thin wheel (native/thin) is not built"]
+    """9. GitHub builds the thin wheel, as a local release does: the wheels job runs the very stage a
+    local release runs (`slipway wheels`, both kinds of wheels.KINDS) on its target, with cibuildwheel."""
+    from slipway.stages import wheels as wheels_stage
+
+    problems = []
+    steps = [s for _, s in all_steps(doc) if re.search(r"\bslipway wheels --arch\b", str(s.get("run", "")))]
+    if not steps:
+        problems.append("_wheels.yml: no step runs `slipway wheels --arch` (the local release's build, thin wheel included)")
+    elif (steps[0].get("env") or {}).get("SLIPWAY_WHEELS_BUILDER") != "cibuildwheel":
+        problems.append("_wheels.yml: `slipway wheels` may fall back to the runner's own toolchain (SLIPWAY_WHEELS_BUILDER)")
+    if wheels_stage.KINDS != ("self-contained", "thin"):
+        problems.append(f"slipway wheels builds {wheels_stage.KINDS}, not both kinds")
+    return problems
+
+
+# Issue 12 on GitHub: a calling repository has no native/ folder; the runtime comes from the
+# installed Slipway, goes to runtime/ (never published) and reaches only the jobs that use it.
+
+# A path component `native` in a value of a step (with, run, env): the caller's checkout.
+CALLER_NATIVE = re.compile(r"(?:^|[\s'\"=:,(])(?:\./)?native(?:/|['\"\s),]|$)")
+
+
+def caller_native_problems(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """No step reads the C++ runtime's sources from the checked-out project (`native/`)."""
+    problems = []
+    for name, doc in docs.items():
+        for job_id, step in all_steps(doc):
+            values = {k: step.get(k) for k in ("with", "run", "env") if step.get(k) is not None}
+            for key, value in values.items():
+                for text in (value.values() if isinstance(value, dict) else [value]):
+                    if CALLER_NATIVE.search(str(text)):
+                        problems.append(f"{name}/{job_id}/{step.get('name')}: {key} reads native/ from the "
+                                        f"caller's checkout: {str(text)[:80]!r}")
+    return problems
+
+
+def wheels_setup_problems(doc: dict[str, Any]) -> list[str]:
+    """The wheels job installs Slipway with the `wheels` extra and one that brings cibuildwheel."""
+    problems = []
+    setup = [s for _, s in all_steps(doc) if s.get("uses") == SETUP_USES]
+    extras = str((setup[0].get("with") or {}).get("extras", "")).split(",") if setup else []
+    if "wheels" not in extras:
+        problems.append("_wheels.yml: setup-slipway does not install the `wheels` extra")
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    if not any(re.match(r"cibuildwheel\b", d) for e in extras for d in optional.get(e, [])):
+        problems.append("_wheels.yml: setup-slipway installs no extra that brings cibuildwheel")
+    return problems
+
+
+def _artifact_steps(doc: dict[str, Any], action: str) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for job_id, step in all_steps(doc):
+        if f"actions/{action}-artifact@" in str(step.get("uses")):
+            yield job_id, step, step.get("with") or {}
+
+
+# Who needs Slipway's runtime wheels: the cpp image's build, the wheel smoke test, the bench.
+RUNTIME_USERS = {"_images.yml": "build", "_smoke.yml": "smoke", "_bench.yml": "bench"}
+
+
+def runtime_artifact_problems(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """_wheels.yml uploads runtime/ as `runtime-<arch>`, and every job that uses the runtime
+    downloads `runtime-*` into runtime/ (unless the plan publishes the runtime)."""
+    problems = []
+    uploads = {str(w.get("name")): w for _, _, w in _artifact_steps(docs["_wheels.yml"], "upload")}
+    runtime = uploads.get("runtime-${{ matrix.arch }}")
+    if runtime is None:
+        problems.append("_wheels.yml: runtime/ is not uploaded as runtime-<arch>")
+    elif not str(runtime.get("path")).endswith("/runtime/*.whl"):
+        problems.append(f"_wheels.yml: runtime-<arch> holds {runtime.get('path')!r}, not runtime/*.whl")
+    for name, job_id in RUNTIME_USERS.items():
+        found = [(step, w) for j, step, w in _artifact_steps(docs[name], "download")
+                 if j == job_id and w.get("pattern") == "runtime-*"]
+        if not found:
+            problems.append(f"{name}/{job_id}: does not download the runtime wheels (runtime-*)")
+            continue
+        step, w = found[0]
+        if not str(w.get("path")).endswith("/runtime"):
+            problems.append(f"{name}/{job_id}: downloads runtime-* into {w.get('path')!r}, not runtime/")
+        if "!fromJSON(inputs.plan).runtime.publish" not in str(step.get("if")):
+            problems.append(f"{name}/{job_id}: downloads runtime-* although the plan publishes the runtime")
+    return problems
+
+
+def publish_wheels_problems(docs: dict[str, dict[str, Any]], example: dict[str, Any]) -> list[str]:
+    """Only wheels/ reaches publish: `wheels-<arch>` holds wheels/*.whl and nothing else, and every
+    publishing job downloads `wheels-*`, never the runtime (`runtime-*`) or every artifact."""
+    problems = []
+    for job_id, _, w in _artifact_steps(docs["_wheels.yml"], "upload"):
+        if str(w.get("name")).startswith("wheels-") and not str(w.get("path")).endswith("/wheels/*.whl"):
+            problems.append(f"_wheels.yml/{job_id}: wheels-<arch> holds {w.get('path')!r}, not wheels/*.whl")
+    if not any(str(w.get("name")).startswith("wheels-") for _, _, w in _artifact_steps(docs["_wheels.yml"], "upload")):
+        problems.append("_wheels.yml: wheels/ is not uploaded as wheels-<arch>")
+    publishers = [("_publish.yml", j, docs["_publish.yml"]) for j in jobs(docs["_publish.yml"])]
+    publishers += [("release.yml", "pypi", docs["release.yml"]), ("example-caller.yml", "pypi", example)]
+    for name, job_id, doc in publishers:
+        for j, _, w in _artifact_steps(doc, "download"):
+            wanted = str(w.get("pattern") or w.get("name") or "")
+            if j != job_id or not ("wheel" in wanted or "runtime" in wanted or not wanted or wanted.startswith("*")):
+                continue
+            if wanted != "wheels-*":
+                problems.append(f"{name}/{job_id}: downloads {wanted or 'every artifact'!r}; only wheels-* is published")
+    return problems
 
 
 def _docs() -> dict[str, dict[str, Any]]:
@@ -1500,6 +1601,10 @@ def test_first_release_rules_hold():
     assert payload_input_problems(docs["release.yml"]) == []
     assert setup_isolation_problems(load(SETUP_ACTION)) == []
     assert thin_wheel_problems(docs["_wheels.yml"]) == []
+    assert caller_native_problems({**docs, "example-caller.yml": load(EXAMPLE)}) == []
+    assert wheels_setup_problems(docs["_wheels.yml"]) == []
+    assert runtime_artifact_problems(docs) == []
+    assert publish_wheels_problems(docs, load(EXAMPLE)) == []
 
 
 def test_point_1_rule_finds_registries_not_passed():
@@ -1592,9 +1697,90 @@ def test_point_8_lint_tools_are_pinned_and_ci_audits_online():
 
 def test_point_9_rule_finds_no_thin_wheel():
     doc = _wf("_wheels.yml")
-    doc["jobs"]["wheels"]["steps"] = [s for s in doc["jobs"]["wheels"]["steps"]
-                                      if (s.get("with") or {}).get("package-dir") != "native/thin"]
-    assert thin_wheel_problems(doc) == ["_wheels.yml: the thin wheel (native/thin) is not built"]
+    step = next(s for s in doc["jobs"]["wheels"]["steps"] if s.get("id") == "wheels")
+    del step["env"]["SLIPWAY_WHEELS_BUILDER"]
+    assert thin_wheel_problems(doc) == [
+        "_wheels.yml: `slipway wheels` may fall back to the runner's own toolchain (SLIPWAY_WHEELS_BUILDER)"]
+    # The old job: cibuildwheel on the self-contained wheel only.
+    step.clear()
+    step.update({"uses": "pypa/cibuildwheel@1828c10ab37f080699c7b81cea34097c684a7074", "with": {"package-dir": "x"}})
+    assert thin_wheel_problems(doc) == [
+        "_wheels.yml: no step runs `slipway wheels --arch` (the local release's build, thin wheel included)"]
+
+
+# The workflow before the runtime came from the installed Slipway: cibuildwheel on the caller's native/.
+OLD_WHEELS_STEPS = [
+    {"name": "Build, repair and test the wheels (the test has no torch)",
+     "uses": "pypa/cibuildwheel@1828c10ab37f080699c7b81cea34097c684a7074",
+     "with": {"package-dir": "${{ matrix.package_dir || 'native' }}",
+              "output-dir": "${{ fromJSON(inputs.plan).output_dir }}/wheels"}},
+    {"name": "Build, repair and test the thin wheels", "uses": "pypa/cibuildwheel@1828c10ab37f080699c7b81cea34097c684a7074",
+     "with": {"package-dir": "native/thin", "output-dir": "${{ fromJSON(inputs.plan).output_dir }}/wheels"}},
+    {"name": "Upload the wheels", "uses": "actions/upload-artifact@043fb46d1a93c77aae656e7c1c64a875d1fc6a0a",
+     "with": {"name": "wheels-${{ matrix.arch }}", "path": "${{ fromJSON(inputs.plan).output_dir }}/wheels/",
+              "overwrite": True}},
+]
+
+
+def test_native_rule_finds_the_callers_native_folder():
+    docs = _docs()
+    steps = docs["_wheels.yml"]["jobs"]["wheels"]["steps"]
+    steps[3:] = copy.deepcopy(OLD_WHEELS_STEPS)
+    docs["_smoke.yml"]["jobs"]["smoke"]["steps"].append({"name": "Check", "run": "python ./native/tools/check_wheel.py"})
+    problems = caller_native_problems(docs)
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "_smoke.yml/smoke/Check",
+        "_wheels.yml/wheels/Build, repair and test the thin wheels",
+        "_wheels.yml/wheels/Build, repair and test the wheels (the test has no torch)",
+    ], problems
+    # Not fooled by the word elsewhere (`native` in a runner label, `nativeness`).
+    assert CALLER_NATIVE.search("my-native-arm64-runner") is None and CALLER_NATIVE.search("native-thin") is None
+
+
+def test_wheels_setup_rule_finds_a_missing_extra():
+    doc = _wf("_wheels.yml")
+    setup = next(s for s in doc["jobs"]["wheels"]["steps"] if s.get("uses") == SETUP_USES)
+    setup["with"]["extras"] = "wheels"
+    assert wheels_setup_problems(doc) == ["_wheels.yml: setup-slipway installs no extra that brings cibuildwheel"]
+    del setup["with"]["extras"]
+    assert wheels_setup_problems(doc) == ["_wheels.yml: setup-slipway does not install the `wheels` extra",
+                                          "_wheels.yml: setup-slipway installs no extra that brings cibuildwheel"]
+
+
+def test_runtime_rule_finds_the_runtime_not_uploaded_or_not_downloaded():
+    docs = _docs()
+    docs["_wheels.yml"]["jobs"]["wheels"]["steps"][3:] = copy.deepcopy(OLD_WHEELS_STEPS)
+    images = docs["_images.yml"]["jobs"]["build"]["steps"]
+    images[:] = [s for s in images if (s.get("with") or {}).get("pattern") != "runtime-*"]
+    smoke = next(s for s in docs["_smoke.yml"]["jobs"]["smoke"]["steps"] if (s.get("with") or {}).get("pattern") == "runtime-*")
+    smoke["with"]["path"] = "${{ fromJSON(inputs.plan).output_dir }}/wheels"
+    bench = next(s for s in docs["_bench.yml"]["jobs"]["bench"]["steps"] if (s.get("with") or {}).get("pattern") == "runtime-*")
+    bench["if"] = "fromJSON(inputs.plan).matrix.wheels[0] != null"
+    assert runtime_artifact_problems(docs) == [
+        "_wheels.yml: runtime/ is not uploaded as runtime-<arch>",
+        "_images.yml/build: does not download the runtime wheels (runtime-*)",
+        "_smoke.yml/smoke: downloads runtime-* into '${{ fromJSON(inputs.plan).output_dir }}/wheels', not runtime/",
+        "_bench.yml/bench: downloads runtime-* although the plan publishes the runtime",
+    ]
+
+
+def test_publish_rule_finds_the_runtime_reaching_publish():
+    docs = _docs()
+    upload = next(s for s in docs["_wheels.yml"]["jobs"]["wheels"]["steps"]
+                  if str((s.get("with") or {}).get("name")).startswith("wheels-"))
+    upload["with"]["path"] = "${{ fromJSON(inputs.plan).output_dir }}/runtime/*.whl"
+    attest = next(s for s in docs["_publish.yml"]["jobs"]["wheels"]["steps"] if "download-artifact" in str(s.get("uses")))
+    attest["with"]["pattern"] = "*-*"
+    pypi = next(s for s in docs["release.yml"]["jobs"]["pypi"]["steps"] if "download-artifact" in str(s.get("uses")))
+    pypi["with"]["pattern"] = "runtime-*"
+    example = copy.deepcopy(load(EXAMPLE))
+    del next(s for s in example["jobs"]["pypi"]["steps"] if "download-artifact" in str(s.get("uses")))["with"]["pattern"]
+    assert publish_wheels_problems(docs, example) == [
+        "_wheels.yml/wheels: wheels-<arch> holds '${{ fromJSON(inputs.plan).output_dir }}/runtime/*.whl', not wheels/*.whl",
+        "_publish.yml/wheels: downloads '*-*'; only wheels-* is published",
+        "release.yml/pypi: downloads 'runtime-*'; only wheels-* is published",
+        "example-caller.yml/pypi: downloads 'every artifact'; only wheels-* is published",
+    ]
 
 
 def test_point_9_a_tag_of_slipway_plans_slipways_own_release(tmp_path):

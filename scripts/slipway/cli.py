@@ -39,7 +39,9 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", default=_env("CONFIG", DEFAULT_CONFIG), help="release.toml to read [SLIPWAY_CONFIG]"
+        "--config",
+        default=_env("CONFIG"),
+        help="release.toml to read [SLIPWAY_CONFIG; default: the plan's 'config' with --plan, else release.toml]",
     )
     p.add_argument("--out", default=_env("OUT"), help="output folder [SLIPWAY_OUT; default dist/<version>]")
     p.add_argument("--plan", default=_env("PLAN_FILE"), help="plan JSON from 'slipway plan' [SLIPWAY_PLAN_FILE]")
@@ -85,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
         if stage in ("export",):
             p.add_argument("--model", action="append", help="only this model (repeatable)")
+        if stage == "wheels":
+            p.add_argument(
+                "--arch",
+                default=_env("ARCH"),
+                help="one wheel target of the plan (matrix.wheels), built on a machine of that architecture, "
+                "as a GitHub wheels job runs it; the model packages are built by the first target's job only "
+                "[SLIPWAY_ARCH]",
+            )
         if stage in ("images", "smoke", "bench", "publish"):
             p.add_argument("--variant", action="append", help="only this variant (repeatable)")
         if stage == "images":
@@ -312,6 +322,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if getattr(args, "model", None):
         options["models"] = args.model
+    if getattr(args, "arch", None):
+        options["arch"] = args.arch
     if getattr(args, "variant", None):
         options["variants"] = args.variant
     stage = args.stage
@@ -454,9 +466,27 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_path(args: argparse.Namespace) -> str:
+    """--config, else the configuration the plan was made from (a stage job on GitHub gets only the
+    plan file, and a calling repository may keep its release.toml elsewhere), else release.toml."""
+    if args.config:
+        return args.config
+    plan_file = getattr(args, "plan", None)
+    if plan_file:
+        try:
+            recorded = json.loads(Path(plan_file).read_text()).get("config")
+        except (OSError, ValueError, AttributeError):
+            recorded = None  # the stage reports an unreadable plan itself
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    return DEFAULT_CONFIG
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "config"):
+        args.config = config_path(args)
     try:
         code = args.func(args)
         # Flushed here, not at exit, so that a closed pipe is seen by the handler below.

@@ -314,6 +314,12 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
                 )
                 count = f"{len(bad)} of {res.get('images', 0)} golden image(s)"
                 res["error"] = f"{count} differ from the reference ({worst})"
+        if res.get("untested") and wheel.parent == ctx.out / "runtime":
+            # A runtime wheel this release never publishes, for a Python or architecture this
+            # machine lacks (GitHub's one smoke runner gets every Python and both architectures'
+            # runtime): its build tested it in its own manylinux container, and the cpp image that
+            # installs it is smoke-tested on each platform. Shown as untested, not a failure.
+            res = {**res, "ok": True, "published": False}
         results[key] = gate_accuracy(ctx, {**base, **res, "seconds": round(time.monotonic() - started, 1)})
     failed = [k for k, r in results.items() if not r["ok"]]
     results["wheels"] = {

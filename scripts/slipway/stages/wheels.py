@@ -16,6 +16,13 @@ cpp image, the smoke test and the bench take them from and from where nothing is
 The project's model packages (``models[].package``, default ``<project>-<model>``; see
 ``slipway.modelpkg``) go to ``wheels/`` at the release version.
 
+On GitHub (``.github/workflows/_wheels.yml``) each wheel target of the plan is one job on a runner
+of its architecture running ``slipway wheels --arch <arch>``: the same build as a local release,
+from the runtime sources inside the installed Slipway (the calling repository has none), with
+cibuildwheel's project folder staged from them. The model packages are pure Python and built by
+the first target's job only. ``runtime`` and ``publish`` (``true``/``false``) go to
+``GITHUB_OUTPUT``: whether runtime/ and wheels/ hold wheels for the job to upload.
+
 Builder: cibuildwheel (manylinux_2_28, every configured Python and platform) where a container
 engine runs AND the manylinux images can be had; otherwise ``python -m build`` + auditwheel for
 this machine's Python and architecture only. Either way the wheels land in ``wheels/`` with
@@ -467,10 +474,11 @@ def model_folder(ctx: StageContext) -> tuple[str, Path]:
     return model.name, folder
 
 
-def build_packages(ctx: StageContext, out: Path) -> list[dict[str, Any]]:
-    """The project's model packages into ``out`` (``wheels/``), one per packaged model in the plan."""
+def build_packages(ctx: StageContext, out: Path, entries: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The project's model packages into ``out`` (``wheels/``): ``entries`` of the plan's ``packages``
+    (default: all of them)."""
     records = []
-    for entry in ctx.plan.get("packages", []):
+    for entry in ctx.plan.get("packages", []) if entries is None else entries:
         model_dir = ctx.out / "models" / entry["model"]
         path = modelpkg.build_model_package(
             model_dir, out, distribution=entry["package"], module=entry["import"], version=str(ctx.plan["version"]),
@@ -531,11 +539,58 @@ def _build_runtime(ctx: StageContext, native: Path, version: str, builder: str, 
     return [Built(folder / b.path.name, b.kind, b.builder, check=b.check, repair=b.repair) for b in built], folder
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def packaging_arch(plan: dict[str, Any]) -> str | None:
+    """The wheel target whose job builds the model packages (pure Python: once per release, not
+    once per architecture): the plan's first wheel target."""
+    targets_ = (plan.get("matrix") or {}).get("wheels") or []
+    return targets_[0]["arch"] if targets_ else None
+
+
+def check_arch(ctx: StageContext, arch: str) -> None:
+    """``--arch`` names a wheel target of the plan, and this machine is of that architecture."""
+    planned = [t["arch"] for t in (ctx.plan.get("matrix") or {}).get("wheels") or []]
+    if arch not in planned:
+        raise BuildError(f"--arch {arch}: the plan's wheel targets (matrix.wheels) are "
+                         f"{', '.join(planned) or 'none'}")
+    if arch != host_arch():
+        raise BuildError(f"--arch {arch} on this {host_arch()} machine: the {arch} wheels are built on an "
+                         f"{arch} runner (no emulation)")
+
+
+def github_outputs(ctx: StageContext) -> dict[str, str]:
+    """What the job uploads: ``runtime`` when runtime/ holds the (unpublished) runtime wheels,
+    ``publish`` when wheels/ holds wheels to publish (model packages, or a published runtime)."""
+    runtime = ctx.out / "runtime"
+    return {
+        "runtime": str(not ctx.config.wheels.publish_runtime and any(runtime.glob("*.whl"))).lower(),
+        "publish": str(any((ctx.out / "wheels").glob("*.whl"))).lower(),
+    }
+
+
+def _set_outputs(ctx: StageContext) -> None:
+    if os.environ.get("GITHUB_OUTPUT"):
+        from slipway.github import set_outputs
+
+        set_outputs(github_outputs(ctx))
+
+
+def run(ctx: StageContext, arch: str | None = None) -> dict[str, Any]:
+    """Build the runtime for this machine and the model packages.
+
+    ``arch`` (a GitHub wheels job, ``--arch``): one wheel target of the plan, on a runner of that
+    architecture; the model packages are built by the job of the first target only. Without it
+    (a local release) this machine's targets and the packages.
+    """
     spec = ctx.config.wheels
     if not spec.enabled:
         ctx.log("wheels.enabled = false: nothing to build")
         return {"summary": "disabled"}
+    if arch is not None:
+        check_arch(ctx, arch)
+    planned_packages = ctx.plan.get("packages", [])
+    packages_here = planned_packages if arch is None or arch == packaging_arch(ctx.plan) else []
+    if planned_packages and not packages_here:
+        ctx.log(f"model packages: built by the {packaging_arch(ctx.plan)} job, not here")
     model_name, model_dir = model_folder(ctx)
     version = runtime_version()
     native = native_dir()
@@ -571,14 +626,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     key = source_fingerprint(native, build_inputs)[:16]
     fingerprint = source_fingerprint(native, {
         **build_inputs, "model": tree_fingerprint(model_dir), "publish_runtime": spec.publish_runtime,
-        "packages": ctx.plan.get("packages", []), "release": str(ctx.plan["version"]),
+        "packages": packages_here, "release": str(ctx.plan["version"]),
         "exports": {e["model"]: tree_fingerprint(ctx.out / "models" / e["model"])
-                    for e in ctx.plan.get("packages", []) if (ctx.out / "models" / e["model"]).is_dir()},
+                    for e in packages_here if (ctx.out / "models" / e["model"]).is_dir()},
     })
     reused = reuse(out, fingerprint)
     if reused is not None:
         ctx.log("wheels unchanged since the last run (same sources, versions, torch and exports): "
                 f"reused {len(reused)}")
+        _set_outputs(ctx)
         return {"summary": f"{len(reused)} wheels reused", "wheels": reused}
 
     for folder in {out, runtime_out, ctx.out / "runtime"}:
@@ -598,7 +654,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     problems = size_problems(wheels, spec.max_size_mib)
     for b in built:
         ctx.log(f"{b.path.name}: {b.path.stat().st_size / 2**20:.2f} MiB ({b.kind})")
-    packages = [] if problems else build_packages(ctx, out)
+    packages = [] if problems else build_packages(ctx, out, packages_here)
     if not problems:
         twine_check([*wheels, *(out / p["name"] for p in packages)], ctx.log)
     if builder == "local" and not problems:
@@ -626,9 +682,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         details = "; ".join(str(b.check.get("error") or f"min IoU {b.check.get('min_iou')}, max score diff "
                                 f"{b.check.get('max_score_diff')}") for b in failed_checks)
         raise CheckError(f"golden-output check failed for {names}: {details} (see wheels/wheels.json)")
+    _set_outputs(ctx)
     largest = max(records, key=lambda r: r["size"])
     where = "published with this release" if spec.publish_runtime else "in runtime/, not published"
-    names = ", ".join(p["package"] for p in packages) or "none"
+    names = ", ".join(p["package"] for p in packages) or (
+        f"built by the {packaging_arch(ctx.plan)} job" if planned_packages else "none")
     return {
         "summary": f"{len(records)} runtime wheels {version} ({builder}, {where}), largest "
                    f"{largest['size_mib']:.1f} MiB of {spec.max_size_mib:g}, golden outputs matched; "
