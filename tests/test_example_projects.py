@@ -143,3 +143,28 @@ def test_street_model_detects_on_its_golden_set(street):
     m, per_class = mean_average_precision(truth, detections, len(street.config["labels"]), iou=0.5)
     assert m >= street.config["min-map50"], (m, per_class)
     assert all(len(d) > 0 for d in detections)
+
+
+@pytest.mark.slow
+def test_street_model_exports_to_onnx_and_matches_eager(street, tmp_path):
+    """Its GroupNorm heads through Slipway's ONNX exporter, then ONNX Runtime against eager."""
+    import onnxruntime as ort
+
+    from model_export.compare import compare_detections
+    from model_export.postprocess import postprocess_batch
+    from model_export.preprocess import preprocess_batch
+
+    images, _ = _golden(street)
+    info = street.prepared.export("onnx", tmp_path, images)
+    session = ort.InferenceSession(str(tmp_path / info["file"]), providers=["CPUExecutionProvider"])
+    x = preprocess_batch(images, street.prepared.spec)
+    boxes, scores, classes = session.run(None, {info["input"]: x})
+    spec = street.prepared.spec
+    got = postprocess_batch(boxes, scores, classes, input_size=(spec.height, spec.width),
+                            image_sizes=[im.shape[:2] for im in images], output=street.cfg.output,
+                            labels=street.cfg.labels)
+    want = street.prepared.reference(images)
+    assert sum(len(d) for d in want) > 0
+    for w, g in zip(want, got, strict=True):
+        result = compare_detections(w, g, iou=0.99, score=1e-4)
+        assert result.ok, result.table()
