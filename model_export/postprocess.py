@@ -106,6 +106,22 @@ def postprocess(
     return out
 
 
+def expand_candidates(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-box class scores -> the candidates layout of ``postprocess``.
+
+    ``boxes`` [N, M, 4] with one score per class ``scores`` [N, M, C] (what a Keras detector
+    returns before NMS) -> boxes [N, M*C, 4], scores [N, M*C], classes [N, M*C]: each
+    (box, class) pair is one candidate.
+    """
+    boxes, scores = np.asarray(boxes), np.asarray(scores)
+    n, m, c = scores.shape
+    return (
+        np.repeat(boxes[:, :, None, :], c, axis=2).reshape(n, m * c, 4),
+        scores.reshape(n, m * c),
+        np.tile(np.arange(c, dtype=np.int64), (n, m)),
+    )
+
+
 def postprocess_batch(
     boxes: np.ndarray,
     scores: np.ndarray,

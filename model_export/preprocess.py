@@ -112,7 +112,8 @@ def preprocess_torch(image: np.ndarray, spec: Any):
 
     spec = InputSpec.from_any(spec)
     check_image(image)
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(torch.float32)
+    # A copy: images decoded by PIL come as read-only arrays, which torch.from_numpy warns about.
+    x = torch.from_numpy(np.array(image, order="C")).permute(2, 0, 1)[None].to(torch.float32)
     if tuple(x.shape[2:]) != (spec.height, spec.width):
         x = F.interpolate(x, size=(spec.height, spec.width), mode="bilinear", align_corners=False, antialias=False)
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from model_export.entry_points import load_entry_point, module_file
 from model_export.errors import ExportError
-from model_export.postprocess import OutputSpec, postprocess
+from model_export.postprocess import OutputSpec, expand_candidates, postprocess
 from model_export.preprocess import InputSpec, preprocess
 
 
@@ -146,8 +146,6 @@ class PreparedTF:
 
     def reference(self, images: list[np.ndarray]) -> list[list[dict]]:
         """Eager Keras model + numpy pre/postprocessing, one image at a time."""
-        from model_export.examples.tf_detector import expand_candidates
-
         out = []
         for image in images:
             x = preprocess(image, self.spec).transpose(0, 2, 3, 1)

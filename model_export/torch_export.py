@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
 import inspect
+import io
+import logging
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model_export.entry_points import load_entry_point, module_file
@@ -17,9 +23,12 @@ from model_export.errors import ExportError
 from model_export.postprocess import postprocess
 from model_export.preprocess import InputSpec, preprocess_batch, preprocess_torch
 
+ONNX_OPSET = 17
+# The torch.export-based exporter's own opset; asking it for an older one adds a conversion pass.
+ONNX_OPSET_DYNAMO = 18
+ONNX_OUTPUTS = ("boxes", "scores", "classes")
 # Tracer warnings with this text mean a tensor value became a Python value: control flow or a
 # size that depends on the data, frozen into the trace for the example input only.
-ONNX_OPSET = 17
 DATA_DEPENDENT_MARKERS = ("might cause the trace to be incorrect", "Converting a tensor to a Python")
 
 
@@ -185,22 +194,61 @@ class PreparedTorch:
         return traced
 
     def _onnx(self, path: Path, golden_images: list[np.ndarray]) -> dict:
-        """ONNX with a dynamic batch dimension, through torch's TorchScript-based exporter.
+        """ONNX with a dynamic batch dimension.
 
-        torch 2.13 defaults to the torch.export-based exporter, which needs the ``onnxscript``
-        package; the TorchScript-based one (``dynamo=False``) needs nothing beyond torch and
-        handles this kind of model, so it is used. It is deprecated upstream: when it goes,
-        switch to ``dynamo=True`` with ``dynamic_shapes`` and add onnxscript to the dependencies.
+        The torch.export-based exporter (``dynamo=True``) where its ``onnxscript`` dependency is
+        installed: it captures the graph symbolically, so the Python-side checks of GroupNorm and
+        friends never become tracer warnings, and data-dependent control flow is refused by
+        torch.export itself. Without onnxscript, the TorchScript-based exporter, which refuses
+        tracer warnings except the few known to be harmless (see ``harmless_tracer_warning``).
+        Either way the fresh-process verification then compares the file with the eager model.
         """
         x = torch.from_numpy(preprocess_batch(golden_images[:2], self.spec))
-        names = ["boxes", "scores", "classes"]
+        info = self._onnx_dynamo(path, x) if onnx_exporter() == "dynamo" else self._onnx_torchscript(path, x)
+        try:
+            import onnx
+
+            onnx.checker.check_model(str(path))
+            opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                          if o.domain in ("", "ai.onnx")), info["opset"])
+        except ImportError:
+            opset = info["opset"]
+        except Exception as exc:
+            raise ExportError(self.name, path.name, f"the ONNX checker rejects the file: {exc}") from exc
+        return {**info, "opset": opset, "dynamic_axes": {"batch": 0}, "input": "images",
+                "outputs": list(ONNX_OUTPUTS), "file": path.name}
+
+    def _onnx_dynamo(self, path: Path, x: torch.Tensor) -> dict:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        noise = io.StringIO()
+        # The exporter prints its progress and logs optional torchvision ops it skips; what matters
+        # comes back as the exception or the verification.
+        quiet = logging.getLogger("torch.onnx")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(record=True), contextlib.redirect_stdout(noise):
+                warnings.simplefilter("always")
+                torch.onnx.export(
+                    self.model, (x,), str(path), dynamo=True, opset_version=ONNX_OPSET_DYNAMO,
+                    input_names=["images"], output_names=list(ONNX_OUTPUTS), dynamic_shapes=({0: batch},),
+                    external_data=False, verbose=False,
+                )
+        except Exception as exc:
+            raise ExportError(self.name, _source_file(self.model),
+                              "ONNX export (torch.export-based) failed: " + _export_failure(exc)) from exc
+        finally:
+            quiet.setLevel(level)
+        return {"opset": ONNX_OPSET_DYNAMO, "exporter": "torch.onnx (torch.export-based, dynamo=True)"}
+
+    def _onnx_torchscript(self, path: Path, x: torch.Tensor) -> dict:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 torch.onnx.export(
                     self.model, (x,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                    input_names=["images"], output_names=names,
-                    dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
+                    input_names=["images"], output_names=list(ONNX_OUTPUTS),
+                    dynamic_axes={n: {0: "batch"} for n in ["images", *ONNX_OUTPUTS]},
                 )
             except Exception as exc:
                 raise ExportError(self.name, path.name, f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
@@ -209,22 +257,61 @@ class PreparedTorch:
             raise ExportError(self.name, _source_file(self.model),
                               "ONNX export traces the model and the tracer reports data-dependent Python values: "
                               + "; ".join(data_dependent))
-        try:
-            import onnx
+        return {"opset": ONNX_OPSET, "exporter": "torch.onnx (TorchScript-based, dynamo=False)"}
 
-            onnx.checker.check_model(str(path))
-        except ImportError:
-            pass
-        except Exception as exc:
-            raise ExportError(self.name, path.name, f"the ONNX checker rejects the file: {exc}") from exc
-        return {"opset": ONNX_OPSET, "exporter": "torch.onnx (TorchScript-based, dynamo=False)",
-                "dynamic_axes": {"batch": 0}, "input": "images", "outputs": names, "file": path.name}
+
+def onnx_exporter() -> str:
+    """'dynamo' where the torch.export-based exporter can run (it needs onnxscript), else 'torchscript'."""
+    return "dynamo" if importlib.util.find_spec("onnxscript") is not None else "torchscript"
+
+
+def _export_failure(exc: BaseException) -> str:
+    """The exporter's own message is pages long: its first line and that of the root cause."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {first}"
+    if root is not exc:
+        cause = next((line for line in str(root).strip().splitlines() if line.strip()), "")
+        text += f"; caused by {type(root).__name__}: {cause}"
+    if "DataDependent" in type(root).__name__:
+        text += " (forward has data-dependent control flow: a Python branch or size on a tensor's value)"
+    return text
+
+
+@functools.cache
+def _harmless_ranges() -> tuple[tuple[str, int, int], ...]:
+    """(file, first line, last line) of the Python-side checks whose tracer warnings are harmless.
+
+    ``torch.nn.functional._verify_batch_size`` (batch_norm in training, group_norm) and
+    ``_verify_spatial_size`` (instance_norm) compare the input's size with 1 to raise a clear
+    error for a single value per channel; the comparison never shapes the computed graph, but
+    the tracer warns that it became a Python boolean. Matched by source location, so the same
+    message from anywhere else (the model's own code included) still refuses the export.
+    """
+    ranges = []
+    for fn in (F._verify_batch_size, F._verify_spatial_size):
+        try:
+            lines, first = inspect.getsourcelines(fn)
+            ranges.append((str(Path(inspect.getsourcefile(fn) or "").resolve()), first, first + len(lines) - 1))
+        except (OSError, TypeError):
+            continue  # no source to match against: nothing is treated as harmless
+    return tuple(ranges)
+
+
+def harmless_tracer_warning(w: warnings.WarningMessage) -> bool:
+    if not issubclass(w.category, torch.jit.TracerWarning) or "to a Python boolean" not in str(w.message):
+        return False
+    where = str(Path(w.filename).resolve())
+    return any(where == file and first <= w.lineno <= last for file, first, last in _harmless_ranges())
 
 
 def _data_dependent(caught: list[warnings.WarningMessage]) -> list[str]:
     return sorted({
         f"{str(w.message).splitlines()[0]} ({Path(w.filename).name}:{w.lineno})" for w in caught
         if issubclass(w.category, torch.jit.TracerWarning) and any(m in str(w.message) for m in DATA_DEPENDENT_MARKERS)
+        and not harmless_tracer_warning(w)
     })
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from model_export.examples.shapes import LABELS
+from model_export.postprocess import expand_candidates
 
 keras = tf.keras
 STRIDE = 8
@@ -82,16 +83,6 @@ def training_outputs(model: keras.Model) -> keras.Model:
 def candidates(model: keras.Model, x_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eager model -> every (cell, class) pair as one candidate, in model_export.postprocess's layout."""
     return expand_candidates(*(t.numpy() for t in model(x_nhwc, training=False)))
-
-
-def expand_candidates(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """boxes [N, M, 4] + per-class scores [N, M, C] -> boxes [N, M*C, 4], scores [N, M*C], classes [N, M*C]."""
-    n, m, c = scores.shape
-    return (
-        np.repeat(boxes[:, :, None, :], c, axis=2).reshape(n, m * c, 4),
-        scores.reshape(n, m * c),
-        np.tile(np.arange(c, dtype=np.int64), (n, m)),
-    )
 
 
 def load_example(weights: str | None = None) -> keras.Model:
