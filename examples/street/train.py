@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "weights" / "streetnet.pt")
     parser.add_argument("--scenes", type=int, default=1500, help="training scenes (seeds 0..N-1)")
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--crop", type=int, nargs=2, default=(160, 224), metavar=("H", "W"),
                         help="train on random crops of this size (multiples of 32) of the 256x384 input")
     parser.add_argument("--batch", type=int, default=16)
