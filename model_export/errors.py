@@ -18,3 +18,8 @@ class ExportError(Exception):
         self.cause = cause
         where = f" ({self.file})" if self.file else ""
         super().__init__(f"export of model '{model}' failed{where}: {cause}")
+
+
+class VerificationError(ExportError):
+    """The export was written but its verification failed (outputs differ from the eager model, or the
+    verifying process failed or ran out of time): a failed check rather than a failed build."""

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from model_export import artifacts
 from model_export.compare import accuracy
-from model_export.errors import ExportError
+from model_export.errors import ExportError, VerificationError
 from model_export.golden import load_golden
 from model_export.postprocess import OutputSpec
 from model_export.preprocess import InputSpec
@@ -205,14 +205,14 @@ def run_verification(model_dir: Path, formats: list[str], name: str, threads: in
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=VERIFY_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise ExportError(name, model_dir, f"verification did not finish within {VERIFY_TIMEOUT_S}s") from exc
+        raise VerificationError(name, model_dir, f"verification did not finish within {VERIFY_TIMEOUT_S}s") from exc
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
     except json.JSONDecodeError:
         result = None
     if result is None:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise ExportError(name, model_dir, f"verification process failed (exit {proc.returncode}):\n{tail}")
+        raise VerificationError(name, model_dir, f"verification process failed (exit {proc.returncode}):\n{tail}")
     failed = [r for r in result["runs"] if not r["ok"]]
     if failed:
         details = "\n".join(
@@ -221,6 +221,6 @@ def run_verification(model_dir: Path, formats: list[str], name: str, threads: in
             + (f"\n  error: {r['error']}" if r.get("error") else "")
             for r in failed
         )
-        raise ExportError(name, model_dir / FILE_NAMES.get(failed[0]["format"], ""),
+        raise VerificationError(name, model_dir / FILE_NAMES.get(failed[0]["format"], ""),
                           f"verification failed: the export does not match the eager model on the golden images:\n{details}")
     return result

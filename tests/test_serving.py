@@ -20,7 +20,7 @@ from serving.app import create_app
 from serving.backends.torchscript import TorchScriptBackend
 from serving.config import ConfigurationError, Settings
 from serving.manifest import load_manifest
-from serving.testing import (
+from slipway.request_cases import (
     bad_request_cases,
     check_response,
     encode,

@@ -22,8 +22,8 @@ from serving.app import create_app
 from serving.backends import create_backend
 from serving.config import Settings
 from serving.manifest import load_manifest
-from serving.testing import encode, run_cases, sample_image, write_tiny_model
-from serving.tfserving_stub import SERVER, make_server
+from slipway.request_cases import encode, run_cases, sample_image, write_tiny_model
+from slipway.tfserving_standin import SERVER, make_server
 
 with warnings.catch_warnings():
     # Starlette asks for its httpx fork; the TestClient works the same with httpx meanwhile.
@@ -129,7 +129,7 @@ def test_cpp_backend_serves_what_the_runtime_returns(model_dir, tmp_path):
         from fastapi.testclient import TestClient
         from serving.app import create_app
         from serving.config import Settings
-        from serving.testing import encode, sample_image
+        from slipway.request_cases import encode, sample_image
         app = create_app(Settings(model_dir={str(model_dir)!r}, backend="cpp"))
         with TestClient(app) as c:
             app.state.service.backend.wait_started(30)

@@ -22,7 +22,7 @@ import pytest
 from serving.app import create_app
 from serving.config import Settings
 from serving.limits import Admission, Limits, Overloaded, cgroup_memory_limit, decode_cost
-from serving.testing import encode, sample_image, write_tiny_model
+from slipway.request_cases import encode, sample_image, write_tiny_model
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")

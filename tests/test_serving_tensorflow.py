@@ -20,8 +20,8 @@ tf = pytest.importorskip("tensorflow", reason="TensorFlow is the optional tensor
 from serving.backends import create_backend  # noqa: E402
 from serving.backends._tf import detections_from_outputs  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
-from serving.testing import run_cases_against, sample_image  # noqa: E402
-from serving.tfserving_stub import make_server, saved_model_runner  # noqa: E402
+from slipway.request_cases import run_cases_against, sample_image  # noqa: E402
+from slipway.tfserving_standin import make_server, saved_model_runner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["red", "green", "blue"]
@@ -204,7 +204,7 @@ def _wait_http(url: str, timeout: float) -> None:
 
 
 def test_service_processes_with_tfserving_backend_against_the_stub_process(tf_export, tmp_path):
-    """``python -m serving.tfserving_stub`` and ``python -m serving`` as separate processes, as in an image."""
+    """``python -m slipway.tfserving_standin`` and ``python -m serving`` as separate processes, as in an image."""
     stub_port, service_port = _free_port(), _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     stub_log, service_log = tmp_path / "stub.log", tmp_path / "service.log"
@@ -213,7 +213,7 @@ def test_service_processes_with_tfserving_backend_against_the_stub_process(tf_ex
             [
                 sys.executable,
                 "-m",
-                "serving.tfserving_stub",
+                "slipway.tfserving_standin",
                 "--model-dir",
                 str(tf_export),
                 "--port",

@@ -30,7 +30,10 @@ class StageContext:
         print(f"[{elapsed:7.1f}s] {message}", file=sys.stderr, flush=True)
 
     def read_json(self, relative: str) -> Any:
-        return json.loads((self.out / relative).read_text())
+        """A record of the output folder; a missing or damaged one is a ``RecordError`` naming it."""
+        from slipway.fsutil import read_record
+
+        return read_record(self.out / relative, kind=object)
 
     def write_json(self, relative: str, data: Any) -> Path:
         """Write atomically: a crash never leaves half a JSON file behind."""

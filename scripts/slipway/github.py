@@ -9,12 +9,14 @@ release and a GitHub one take the same decisions from the same files.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import uuid
 from pathlib import Path
 from typing import Any, TextIO
+
+from slipway.errors import RecordError
+from slipway.fsutil import read_record
 
 
 def on_github() -> bool:
@@ -71,20 +73,20 @@ def add_summary(markdown: str) -> None:
             fh.write(markdown.rstrip("\n") + "\n\n")
 
 
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _read(path: Path, missing: Any = None) -> Any:
+    """A record of the output folder; ``missing`` when the file is not there, a ``RecordError``
+    naming the file when it is there but damaged (``slipway.fsutil.read_record``)."""
+    return read_record(path, missing)
 
 
 def image_records(out: Path) -> dict[str, dict[str, Any]]:
     """variant -> image record: ``images.json`` (a local build) overlaid by ``images/<variant>.json``."""
-    records = _read(out / "images.json") or {}
+    records = _read(out / "images.json", {})
     for path in sorted((out / "images").glob("*.json")):
         record = _read(path)
-        if isinstance(record, dict) and record.get("variant"):
-            records[record["variant"]] = record
+        if not isinstance(record.get("variant"), str) or not record["variant"]:
+            raise RecordError(path, "names no variant")
+        records[record["variant"]] = record
     return records
 
 
@@ -127,8 +129,9 @@ def smoke_result_files(out: Path) -> dict[str, dict[str, Any]]:
         if path.name == "summary.json":
             continue
         result = _read(path)
-        if isinstance(result, dict) and result.get("artifact"):
-            results[smoke_key(result["artifact"], result.get("arch"))] = result
+        if not isinstance(result.get("artifact"), str) or not result["artifact"]:
+            raise RecordError(path, "names no artifact")
+        results[smoke_key(result["artifact"], result.get("arch"))] = result
     return results
 
 
@@ -138,7 +141,7 @@ def smoke_artifacts(out: Path) -> dict[str, dict[str, Any]]:
     A summary downloaded from several smoke jobs is whichever job's came last; the per-artifact
     files are each job's own and never collide (one per artifact and platform).
     """
-    summary = _read(out / "smoke" / "summary.json") or {}
+    summary = _read(out / "smoke" / "summary.json", {})
     artifacts = dict(summary.get("artifacts") or {})
     artifacts.update(smoke_result_files(out))
     return artifacts

@@ -1,9 +1,10 @@
 """Talking to an OCI registry and a package index over HTTP: what is already there, by digest.
 
-Every call here is read-only; pushing and uploading are done by ``docker push`` and ``twine``
-in ``slipway.stages.publish``. Failures that another attempt may cure (connection refused or
-reset, timeouts, 5xx answers) raise ``Transient`` so callers can retry them with ``retry``;
-anything else (404 aside, which means "absent") is final.
+The calls here read; pushing and uploading are done by ``docker push`` and ``twine``, and the
+manifest PUT that tags a pushed digest on GitHub, in ``slipway.stages.publish``. Failures that another attempt may cure (connection refused or
+reset, timeouts, 5xx answers) raise ``Transient`` (``slipway.errors.TransientError``) so callers can retry them with
+``retry``; anything else (404 aside, which means "absent") is final: ``RegistryError`` with the
+HTTP status and the registry's own message. Both are ``PublishError``s (exit 6).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+
+from slipway.errors import RegistryError, TransientError
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -44,12 +47,27 @@ TRANSIENT_PATTERNS = re.compile(
 )
 
 
-class Transient(Exception):
-    """A failure worth retrying: connection refused or reset, a timeout, a 5xx answer."""
+# The errors are ``SlipwayError``s (exit 6, see slipway.errors); ``Transient`` is the name callers use.
+Transient = TransientError
 
 
-class RegistryError(Exception):
-    """A final answer from a registry or index that is neither success nor "absent"."""
+def answer(r: httpx.Response) -> str:
+    """What a registry or index said, in its own words: the ``errors`` of an OCI/distribution error
+    body (``CODE: message``), else the start of the body, else the status line."""
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("errors"), list):
+        said = [
+            f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
+            for e in body["errors"]
+            if isinstance(e, dict)
+        ]
+        if any(said):
+            return "; ".join(s for s in said if s)
+    text = r.text.strip()[:300]
+    return text or f"{r.status_code} {r.reason_phrase}".strip()
 
 
 def is_transient_text(text: str) -> bool:
@@ -187,7 +205,9 @@ def manifest(image: str, tag: str) -> dict[str, Any] | None:
     if r.status_code == 404:
         return None
     if r.status_code != 200:
-        raise RegistryError(f"{image}:{tag}: the registry answered {r.status_code}: {r.text[:300]}")
+        raise RegistryError(
+            f"{image}:{tag}: the registry answered {r.status_code}: {answer(r)}", status=r.status_code
+        )
     body = r.json()
     media_type = body.get("mediaType") or r.headers.get("Content-Type", "")
     return {
@@ -204,7 +224,7 @@ def tags(image: str) -> list[str]:
     if r.status_code == 404:
         return []
     if r.status_code != 200:
-        raise RegistryError(f"{image}: listing tags answered {r.status_code}: {r.text[:300]}")
+        raise RegistryError(f"{image}: listing tags answered {r.status_code}: {answer(r)}", status=r.status_code)
     return sorted(r.json().get("tags") or [])
 
 
@@ -260,7 +280,7 @@ def index_files(simple: str, project: str) -> dict[str, tuple[str, str | None]]:
     if r.status_code >= 500:
         raise Transient(f"{urlsplit(url).netloc} answered {r.status_code}")
     if r.status_code != 200:
-        raise RegistryError(f"{url} answered {r.status_code}: {r.text[:300]}")
+        raise RegistryError(f"{url} answered {r.status_code}: {answer(r)}", status=r.status_code)
     files: dict[str, tuple[str, str | None]] = {}
     for href, text in _LINK.findall(r.text):
         link, _, fragment = href.partition("#")
@@ -277,7 +297,7 @@ def download_sha256(url: str) -> str:
             if r.status_code >= 500:
                 raise Transient(f"{urlsplit(url).netloc} answered {r.status_code}")
             if r.status_code != 200:
-                raise RegistryError(f"{url} answered {r.status_code}")
+                raise RegistryError(f"{url} answered {r.status_code}", status=r.status_code)
             for chunk in r.iter_bytes():
                 h.update(chunk)
     except httpx.TransportError as exc:

@@ -5,7 +5,7 @@ Shared by ``slipway smoke`` and ``slipway bench``. Three kinds of artifact:
 - a served image: ``run_container`` starts it (limited memory and CPUs, host networking, a free
   port), ``check_golden`` sends every golden PNG to its predict endpoint;
 - the external model server a ``tfserving`` image talks to: ``tfserving_server`` starts the real
-  ``tensorflow/serving`` image (GitHub) or the REST stand-in ``serving.tfserving_stub`` (here);
+  ``tensorflow/serving`` image (GitHub) or the REST stand-in ``slipway.tfserving_standin`` (here);
 - a C++ runtime wheel: ``smoke_wheel`` installs it into a fresh virtualenv without torch and runs
   ``slipway_runtime.Detector(model_dir).predict(image)`` on the golden images.
 
@@ -39,6 +39,7 @@ import httpx
 
 from slipway import services
 from slipway.errors import CheckError
+from slipway.fsutil import read_record
 
 # The real TF Serving on GitHub; pinned, and overridable for a newer TensorFlow.
 TFSERVING_IMAGE = os.environ.get("SLIPWAY_TFSERVING_IMAGE", "tensorflow/serving:2.20.0")
@@ -219,10 +220,10 @@ def tfserving_server(
     """Serve the SavedModel of the export ``model_dir`` over TF Serving's REST API on a free port.
 
     ``mode="image"`` runs the real ``tensorflow/serving`` image (SavedModel mounted read-only as
-    version 1); ``mode="stub"`` runs ``python -m serving.tfserving_stub`` on the host, which is a
+    version 1); ``mode="stub"`` runs ``python -m slipway.tfserving_standin`` on the host, which is a
     stand-in, not TF Serving, and says so in every result.
     """
-    manifest = json.loads((model_dir / "model.json").read_text())
+    manifest = read_record(model_dir / "model.json")
     name = manifest["name"]
     saved_model = model_dir / ((manifest.get("files") or {}).get("saved_model") or {}).get(
         "path", "saved_model"
@@ -296,7 +297,7 @@ def tfserving_server(
     cmd = [
         sys.executable,
         "-m",
-        "serving.tfserving_stub",
+        "slipway.tfserving_standin",
         "--model-dir",
         str(model_dir),
         "--port",
@@ -369,8 +370,8 @@ def compare_golden(
     score threshold)."""
     from model_export.compare import accuracy, compare_detections
 
-    manifest = json.loads((model_dir / "model.json").read_text())
-    reference = json.loads((model_dir / "golden" / "reference.json").read_text())["images"]
+    manifest = read_record(model_dir / "model.json")
+    reference = read_record(model_dir / "golden" / "reference.json")["images"]
     results, latencies, got_all = [], [], []
     for entry in reference:
         got, seconds = detect(entry, model_dir / "golden" / entry["file"])
@@ -407,7 +408,7 @@ def export_digest(manifest: dict[str, Any]) -> str | None:
 
 def check_golden(url: str, model_dir: Path, *, iou: float, score: float) -> dict[str, Any]:
     """Send every golden image to a served model; compare with the reference and the ground truth."""
-    name = json.loads((model_dir / "model.json").read_text())["name"]
+    name = read_record(model_dir / "model.json")["name"]
 
     def detect(entry: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], float]:
         answer, seconds = predict(url, name, png_bytes(path))
@@ -697,7 +698,7 @@ def smoke_wheel(
                 return result
         inputs = work / "inputs"
         inputs.mkdir()
-        reference = json.loads((model_dir / "golden" / "reference.json").read_text())["images"]
+        reference = read_record(model_dir / "golden" / "reference.json")["images"]
         for entry in reference:
             with Image.open(model_dir / "golden" / entry["file"]) as im:
                 np.save(

@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import importlib.util
 import inspect
-import json
 import os
 import shutil
 import statistics
@@ -44,6 +43,7 @@ from slipway.benchmark import inprocess, machine, report, served, sizes
 from slipway.context import StageContext
 from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError, SlipwayError
+from slipway.fsutil import read_record
 from slipway.github import image_records
 from slipway.smoketest import run_container
 
@@ -150,7 +150,7 @@ def measure_in_process(ctx: StageContext, models: list[str], settings: BenchSett
                           for rt in inprocess.RUNTIMES.get(framework, ())}
             ctx.log(f"{model}: no export to measure")
             continue
-        manifest = json.loads((model_dir / "model.json").read_text())
+        manifest = read_record(model_dir / "model.json")
         out[model] = inprocess.measure_model(model_dir, manifest, ip_settings, cpp=cpp, log=ctx.log,
                                              eager=_eager_source(ctx, model, manifest))
         if not ctx.config.wheels.enabled and "cpp" in out[model]:
@@ -278,7 +278,7 @@ def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dic
             out[variant] = {"reason": f"no golden images in models/{image['model']}/golden"}
             continue
         bodies = [p.read_bytes() for p in golden]
-        model_name = json.loads((model_dir / "model.json").read_text())["name"]
+        model_name = read_record(model_dir / "model.json")["name"]
         result: dict[str, Any] = {"image": image["tag"], "image_id": image.get("id"), "runtime": image["runtime"],
                                   "device": image.get("device"), "cpus": ctx.config.smoke.cpus,
                                   "memory": ctx.config.smoke.memory, "load": [], "ready_s": {"runs": []}}

@@ -19,7 +19,7 @@ from typing import Any
 
 from slipway.context import StageContext
 from slipway.errors import BuildError, CheckError, ConfigError
-from slipway.fsutil import replace_dir, sha256_file, sha256_tree
+from slipway.fsutil import read_record, replace_dir, sha256_file, sha256_tree
 
 FINGERPRINT = ".fingerprint"
 
@@ -111,7 +111,7 @@ def stale_parts(ctx: StageContext, model: Any, model_dir: Path,
     manifest_path = model_dir / "model.json"
     if not manifest_path.is_file():
         return ["no export"]
-    recorded = json.loads(manifest_path.read_text()).get("inputs")
+    recorded = read_record(manifest_path).get("inputs")
     if not isinstance(recorded, dict):
         return ["export records no inputs"]
     current = export_inputs(ctx, model)
@@ -120,7 +120,7 @@ def stale_parts(ctx: StageContext, model: Any, model_dir: Path,
 
 
 def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
-    from model_export.errors import ExportError
+    from model_export.errors import ExportError, VerificationError
     from model_export.export import export_model
 
     # A project's own model code (its entry points) lives beside its release.toml.
@@ -147,7 +147,7 @@ def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
         if (target / FINGERPRINT).exists() and (target / FINGERPRINT).read_text() == fingerprint:
             ctx.log(f"{model.name}: unchanged since the last export, reusing {target}")
             reused.append(model.name)
-            rows.extend(_rows(json.loads((target / "model.json").read_text())))
+            rows.extend(_rows(read_record(target / "model.json")))
             continue
         tmp = root / f".{model.name}.tmp"
         if tmp.exists():
@@ -160,8 +160,7 @@ def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
             )
         except ExportError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            failed_check = "verification" in str(exc).lower()
-            raise (CheckError if failed_check else BuildError)(str(exc)) from exc
+            raise (CheckError if isinstance(exc, VerificationError) else BuildError)(str(exc)) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

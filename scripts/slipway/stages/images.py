@@ -33,7 +33,7 @@ from typing import Any
 from slipway import baseimage, services
 from slipway.context import StageContext
 from slipway.errors import BuildError, ConfigError
-from slipway.fsutil import link_or_copy, sync_tree
+from slipway.fsutil import link_or_copy, read_record, sync_tree
 from slipway.github import on_github, set_outputs
 from slipway.paths import resolve, resource
 
@@ -310,7 +310,8 @@ def _export_inputs(ctx: StageContext, model: str) -> str | None:
     from slipway.smoketest import export_digest
 
     path = ctx.out / "models" / model / "model.json"
-    return export_digest(json.loads(path.read_text())) if path.exists() else None
+    manifest = read_record(path, None)
+    return export_digest(manifest) if manifest is not None else None
 
 
 def record(ctx: StageContext, variants: list[str] | None = None, digest: str | None = None) -> dict[str, Any]:
@@ -367,7 +368,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
     entries = select(ctx, variants)
     services.ensure_docker(ctx.log)
     images_path = ctx.out / "images.json"
-    images = json.loads(images_path.read_text()) if images_path.exists() else {}
+    images = read_record(images_path, {})
     created = _created(ctx)
     bases: dict[str, str] = {}
     for entry in entries:

@@ -51,7 +51,7 @@ from slipway import registry, sbom, services
 from slipway.baseimage import HOST_CA_LABEL
 from slipway.context import StageContext
 from slipway.errors import BuildError, PublishError, ServiceError
-from slipway.fsutil import sha256_file
+from slipway.fsutil import read_record, sha256_file
 from slipway.github import image_records, primary_smoke, set_outputs, smoke_artifacts, smoke_platforms
 from slipway.plan import known_revision
 from slipway.version import parse_version
@@ -104,7 +104,7 @@ def check_exports(ctx: StageContext, artifacts: dict[str, Any]) -> None:
             problems.append(f"model '{name}' ({model_dir}): the export is stale, changed since it was "
                             f"exported: {', '.join(stale)}; run 'slipway export' and the later stages again")
             continue
-        digests[name] = export_digest(json.loads((model_dir / "model.json").read_text()))
+        digests[name] = export_digest(read_record(model_dir / "model.json"))
     for variant, rec in sorted(image_records(ctx.out).items()):
         model = rec.get("model")
         if model in digests and rec.get("export_inputs") and rec["export_inputs"] != digests[model]:
@@ -129,7 +129,7 @@ def check_smoke(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]
         raise PublishError(
             f"no smoke results in {path.parent}: run 'slipway smoke' first; nothing was published"
         )
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = read_record(path, {})
     summary = {
         **summary,
         "artifacts": artifacts,
@@ -563,6 +563,10 @@ def _upload(ctx: StageContext, job: WheelJob, index: str, simple: str) -> None:
         "upload",
         "--non-interactive",
         "--disable-progress-bar",
+        # An earlier attempt may have landed before its answer was lost: twine tells "this file is
+        # already there" (409, or a 400 saying so) from its HTTP answer and skips it; the read-back
+        # below decides whether what is there is this file.
+        "--skip-existing",
         "--repository-url",
         index,
     ]
@@ -578,9 +582,6 @@ def _upload(ctx: StageContext, job: WheelJob, index: str, simple: str) -> None:
         if res.returncode == 0:
             return
         text = (res.stdout + res.stderr).strip()
-        if "409" in text or "already exists" in text.lower():
-            # An earlier attempt may have landed before its answer was lost; the check below decides.
-            return
         if registry.is_transient_text(text):
             raise registry.Transient(f"twine: {text.splitlines()[-1] if text else 'failed'}")
         raise PublishError(f"uploading {job.path.name} to {index} failed:\n{text[-1500:]}")
@@ -705,16 +706,25 @@ def _credentials(host: str) -> tuple[str, str] | None:
     return registry._credentials(host) or _docker_config_auth(host)
 
 
-def _authorize(challenge: str, host: str, repo: str) -> dict[str, str]:
+def _authorize(refused: httpx.Response, host: str, repo: str) -> dict[str, str]:
     """Answer a 401 for pushing to ``repo``: a bearer token with pull and push scope, or basic auth."""
+    challenge = refused.headers.get("WWW-Authenticate", "")
+    said = registry.answer(refused)
     creds = _credentials(host)
     if challenge.lower().startswith("basic"):
         if not creds:
-            raise PublishError(f"{host} wants credentials; log in (docker login) or set SLIPWAY_REGISTRY_*")
+            raise registry.RegistryError(
+                f"{host} answered 401: {said}; it wants credentials: log in (docker login) or set "
+                "SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD",
+                status=refused.status_code,
+            )
         return {"Authorization": "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()}
     params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
     if not params.get("realm"):
-        raise PublishError(f"{host} refused the request and named no way to authenticate ({challenge!r})")
+        raise registry.RegistryError(
+            f"{host} answered 401: {said}; it named no way to authenticate ({challenge!r})",
+            status=refused.status_code,
+        )
     query = {"scope": f"repository:{repo}:pull,push"}
     if params.get("service"):
         query["service"] = params["service"]
@@ -725,7 +735,10 @@ def _authorize(challenge: str, host: str, repo: str) -> dict[str, str]:
     if r.status_code >= 500:
         raise registry.Transient(f"{params['realm']} answered {r.status_code}")
     if r.status_code != 200:
-        raise PublishError(f"{params['realm']} refused a push token for {repo}: {r.status_code} {r.text[:200]}")
+        raise registry.RegistryError(
+            f"{params['realm']} refused a push token for {repo}: {r.status_code} {registry.answer(r)}",
+            status=r.status_code,
+        )
     body = r.json()
     return {"Authorization": f"Bearer {body.get('token') or body.get('access_token')}"}
 
@@ -736,7 +749,7 @@ def _registry_call(method: str, image: str, path: str, headers: dict[str, str], 
     try:
         r = httpx.request(method, url, headers=headers, content=content, timeout=60)
         if r.status_code == 401:
-            auth = _authorize(r.headers.get("WWW-Authenticate", ""), host, repo)
+            auth = _authorize(r, host, repo)
             r = httpx.request(method, url, headers={**headers, **auth}, content=content, timeout=60)
     except httpx.TransportError as exc:
         raise registry.Transient(f"{type(exc).__name__} from {host}: {exc}") from exc
@@ -753,7 +766,9 @@ def tag_digest(image: str, digest: str, tag: str) -> None:
     """
     r = _registry_call("GET", image, f"manifests/{digest}", {"Accept": registry.MANIFEST_TYPES})
     if r.status_code != 200:
-        raise PublishError(f"{image}@{digest}: the registry answered {r.status_code}: {r.text[:300]}")
+        raise registry.RegistryError(
+            f"{image}@{digest}: the registry answered {r.status_code}: {registry.answer(r)}", status=r.status_code
+        )
     if hashlib.sha256(r.content).hexdigest() != digest.removeprefix("sha256:"):
         raise PublishError(f"{image}@{digest}: the registry answered a manifest of another digest")
     media_type = r.headers.get("Content-Type") or json.loads(r.content).get("mediaType", "")
@@ -761,7 +776,9 @@ def tag_digest(image: str, digest: str, tag: str) -> None:
         "PUT", image, f"manifests/{tag}", {"Content-Type": media_type}, content=r.content
     )
     if put.status_code not in (200, 201):
-        raise PublishError(f"tagging {image}:{tag} answered {put.status_code}: {put.text[:300]}")
+        raise registry.RegistryError(
+            f"tagging {image}:{tag} answered {put.status_code}: {registry.answer(put)}", status=put.status_code
+        )
 
 
 def _image_gate(ctx: StageContext, variant: str, record: dict[str, Any], artifacts: dict[str, Any]) -> None:
@@ -910,7 +927,7 @@ def github_release(ctx: StageContext) -> dict[str, Any]:
         if record.get("digest"):
             _image_gate(ctx, variant, record, summary["artifacts"])
         path = ctx.out / "publish" / f"{variant}.json"
-        published = json.loads(path.read_text()) if path.exists() else {}
+        published = read_record(path, {})
         if not plan["dry_run"] and published.get("digest") != record.get("digest"):
             raise PublishError(
                 f"image:{variant} was not tagged ({path} missing or for another digest): "
@@ -1039,10 +1056,9 @@ def run(
 
 
 def _published_before(path: Path) -> bool:
-    try:
-        return json.loads(path.read_text()).get("dry_run") is False
-    except (OSError, ValueError):
-        return False
+    # A damaged release.json is an error (RecordError), never "not published": a dry run must not
+    # overwrite what may be the record of a real publish.
+    return read_record(path, {}).get("dry_run") is False
 
 
 def _ensure_local_services(ctx: StageContext, plan: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 - Each image of ``images.json`` runs with the memory and CPUs of ``[smoke]``, must answer /readyz
   within ``timeout-s``, and must return the export's reference detections for every golden image
   within the tolerance of its runtime. A ``tfserving`` image gets an external model server beside
-  it (the real ``tensorflow/serving`` on GitHub, the REST stand-in ``serving.tfserving_stub``
+  it (the real ``tensorflow/serving`` on GitHub, the REST stand-in ``slipway.tfserving_standin``
   elsewhere; the result names which). A GPU image on a machine without a GPU runs on the CPU and
   its result says that the GPU path was not exercised.
 - Each wheel in ``wheels/`` is installed into a fresh virtualenv without torch and runs the same
@@ -37,11 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serving.testing import run_cases_against
 from slipway.context import StageContext
 from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError
-from slipway.fsutil import sha256_file
+from slipway.fsutil import read_record, sha256_file
 from slipway.github import (
     PRIMARY_ARCH,
     add_summary,
@@ -50,6 +49,7 @@ from slipway.github import (
     smoke_key,
     smoke_result_files,
 )
+from slipway.request_cases import run_cases_against
 from slipway.smoketest import (
     check_golden,
     has_gpu,
@@ -181,7 +181,7 @@ def smoke_image(
                 )
             )
             result["ready_seconds"] = round(running.ready_seconds, 2)
-            name = json.loads((model_dir / "model.json").read_text())["name"]
+            name = read_record(model_dir / "model.json")["name"]
             info = model_info(running.url, name)
             result["service"] = {
                 k: info.get(k) for k in ("backend", "device", "runtime", "state") if k in info
@@ -404,7 +404,7 @@ def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str
     rows: list[dict[str, Any]] = []
     manifests = {}
     for path in sorted((out / "models").glob("*/model.json")):
-        m = json.loads(path.read_text())
+        m = read_record(path)
         manifests[m["name"]] = m
     # Order of the issue: eager, TorchScript, C++ wheel, TensorFlow, ONNX, then the served images.
     order = {"torchscript": 1, "saved_model": 4, "frozen_graph": 5, "onnx": 6}

@@ -52,7 +52,7 @@ import slipway
 from slipway import modelpkg
 from slipway.context import StageContext
 from slipway.errors import BuildError, CheckError
-from slipway.fsutil import link_or_copy, sha256_file
+from slipway.fsutil import link_or_copy, read_record, sha256_file
 
 KINDS = ("self-contained", "thin")
 # The pyproject folder of each wheel, inside native/.
@@ -701,10 +701,7 @@ def reuse(out: Path, fingerprint: str) -> list[dict[str, Any]] | None:
     index = out / "wheels.json"
     if not index.is_file():
         return None
-    try:
-        previous = json.loads(index.read_text())
-    except json.JSONDecodeError:
-        return None
+    previous = read_record(index)  # a damaged record is an error naming it, not a silent rebuild
     if previous.get("fingerprint") != fingerprint or not previous.get("ok"):
         return None
     for record in [*previous.get("wheels", []), *previous.get("packages", [])]:

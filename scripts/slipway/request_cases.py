@@ -1,4 +1,6 @@
-"""Test helpers shared by the in-process tests and the container smoke tests.
+"""The request cases Slipway's smoke stage sends to a served model, shared with the in-process tests.
+
+Part of Slipway, not of the service: nothing here is copied into an image.
 
 ``bad_request_cases()`` lists requests a client may get wrong; ``run_cases()`` sends them to a
 running service (an ``httpx.Client`` with a base URL, or FastAPI's TestClient) and reports, case by

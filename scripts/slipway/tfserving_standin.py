@@ -1,6 +1,9 @@
 """A stand-in for TensorFlow Serving's REST API. It is NOT TensorFlow Serving.
 
-    python -m serving.tfserving_stub --model-dir dist/<version>/models/<model> --port 8501
+Part of Slipway (the smoke stage runs it for the tfserving-client variant locally), not of the
+service: nothing here is copied into an image.
+
+    python -m slipway.tfserving_standin --model-dir dist/<version>/models/<model> --port 8501
 
 No TF Serving model server can be installed here (none on PyPI or Debian) and the real
 ``tensorflow/serving`` image cannot be pulled, so tests and local smoke runs of the
@@ -34,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("serving.tfserving_stub")
+log = logging.getLogger("slipway.tfserving_standin")
 
 SERVER = "slipway tfserving_stub (not TensorFlow Serving)"
 # Outputs of a batch of instances, keyed by output name, each with the batch as first dimension.
@@ -228,7 +231,7 @@ def _resolve(model_dir: Path, model_name: str | None) -> tuple[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.tfserving_stub",
+        prog="python -m slipway.tfserving_standin",
         description="A stand-in for TensorFlow Serving's REST predict API (NOT TensorFlow Serving): "
         "runs a SavedModel with TensorFlow in Python.",
     )
