@@ -23,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a release needs on the host, besides Slipway itself (pyproject.toml's extras).
-RELEASE_EXTRAS = "pytorch,serve,publish,bench,wheels"
+RELEASE_EXTRAS = "pytorch,tensorflow,serve,publish,bench,wheels"
 
 
 def _log(message: str) -> None:

@@ -179,5 +179,5 @@ def test_installed_slipway_refuses_a_missing_dockerfile_naming_it(installed_slip
     assert "variants[0].dockerfile" in res.stderr and "docker/mine.Dockerfile" in res.stderr
     # A project's own Dockerfile beside its release.toml is found.
     (project / "docker").mkdir()
-    (project / "docker" / "mine.Dockerfile").write_text("FROM scratch\n")
+    (project / "docker" / "mine.Dockerfile").write_text("FROM scratch AS pytorch-cpu\n")
     installed_slipway.slipway("plan", cwd=project, check=True)

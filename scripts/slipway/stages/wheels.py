@@ -159,7 +159,8 @@ def stage_sources(native: Path, dest: Path, version: str) -> Path:
 
 def source_fingerprint(native: Path, extra: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
-    ignored = re.compile(r"(^|/)(build|_skbuild|dist|wheelhouse|__pycache__)(/|$)|\.(pyc|so|whl)$")
+    # Documentation does not shape the build: an edited README must not rebuild the runtime.
+    ignored = re.compile(r"(^|/)(build|_skbuild|dist|wheelhouse|__pycache__)(/|$)|\.(pyc|so|whl|md)$")
     for f in sorted(p for p in native.rglob("*") if p.is_file()):
         rel = f.relative_to(native).as_posix()
         if not ignored.search(rel):
