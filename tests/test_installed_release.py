@@ -32,11 +32,12 @@ REGISTRY = "127.0.0.1:5000"
 
 
 def _copy_project(source: Path, dest: Path, name: str, *, package: str | None = None) -> Path:
-    """The project folder as its team has it, renamed for this session: images under
-    ``127.0.0.1:5000/<name>``, the model package (if any) named ``package``."""
+    """The project folder as its team has it, renamed for this session: project '<name>-<its name>',
+    images under ``127.0.0.1:5000/<name>``, the model package (if any) named ``package``."""
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "dist", "build"))
     toml = dest / "release.toml"
     text = toml.read_text()
+    text = re.sub(r'(?m)^name = "(.*)"$', lambda m: f'name = "{name}-{m.group(1)}"', text, count=1)
     text = re.sub(r'(?m)^images = ".*"$', f'images = "{REGISTRY}/{name}"', text)
     if "[registries]" not in text:
         text += f'\n[registries]\nimages = "{REGISTRY}/{name}"\npackages = "http://127.0.0.1:8765/"\n'
@@ -56,11 +57,13 @@ def _release(installed: Installed, project: Path, *skip: str):
     return res
 
 
-def _remove_from_index(prefix: str) -> None:
-    """The package files this test uploaded, where the index is the one slipway runs here."""
+def _remove_published(prefix: str, project: str) -> None:
+    """What this test published besides images: its package files in the index slipway runs here,
+    and the local release assets of its project."""
     folder = services.state_dir() / "index" / "packages"
     for f in folder.glob(f"{prefix}*") if folder.is_dir() else ():
         f.unlink()
+    shutil.rmtree(services.state_dir() / "releases" / project, ignore_errors=True)
 
 
 def test_street_example_releases_from_an_installed_slipway(installed_slipway: Installed, tmp_path: Path):
@@ -91,21 +94,22 @@ def test_street_example_releases_from_an_installed_slipway(installed_slipway: In
         assert wheels == [f"{package.replace('-', '_')}-0.1.0-py3-none-any.whl"], wheels
         assert not any(p.name.startswith("slipway") for p in (out / "wheels").iterdir())
         catalog = httpx.get(f"http://{REGISTRY}/v2/_catalog?n=10000", timeout=10).json()["repositories"]
-        assert {f"{name}/street-{v}" for v in ("pytorch-cpu", "pytorch-cpp-cpu", "onnx-cpu")} <= set(catalog)
+        assert {f"{name}/{name}-street-{v}" for v in ("pytorch-cpu", "pytorch-cpp-cpu", "onnx-cpu")} <= set(catalog)
         simple = httpx.get(f"http://127.0.0.1:8765/simple/{package}/", timeout=10)
         assert simple.status_code == 200 and f"{package.replace('-', '_')}-0.1.0" in simple.text
 
         # The bench measured the C++ runtime on this model, against eager PyTorch.
-        bench = json.loads((out / "bench" / "results.json").read_text())
-        assert "cpp_speedup" in json.dumps(bench) or "speedup" in json.dumps(bench)
+        cpp = json.loads((out / "bench" / "results.json").read_text())["inprocess"]["models"]["street"]["cpp"]
+        assert cpp["available"] and cpp["speedup_vs_eager"]["p50"] > 0, cpp
     finally:
-        _remove_from_index(package.replace("-", "_"))
+        _remove_published(package.replace("-", "_"), f"{name}-street")
 
 
 def test_tensorflow_only_project_releases_through_smoke(installed_slipway: Installed, tmp_path: Path):
     name = run_id()
     project = _copy_project(ROOT / "tests" / "projects" / "tf-only", tmp_path / "tf-only", name)
     res = _release(installed_slipway, project, "bench", "publish")
+    assert "== wheels: not planned" in res.stderr
     out = project / "dist" / "0.1.0"
     plan = json.loads((out / "plan.json").read_text())
     assert plan["matrix"]["wheels"] == [] and plan["packages"] == []

@@ -194,7 +194,9 @@ def test_dry_run_publish_lists_the_projects_names(local_services, tmp_path, publ
 
     name = run_id()
     folder = tmp_path / name
-    folder.mkdir()
+    (folder / "weights").mkdir(parents=True)
+    # Planning checks that the weights exist; the export is replayed below, so any bytes do.
+    (folder / "weights" / "street.pt").write_bytes(b"weights, as far as planning goes")
     version = slipway.__version__ if publish_runtime else "3.1.4"
     (folder / "release.toml").write_text(PROJECT_TOML.format(
         name=name, version=version, publish_runtime=str(publish_runtime).lower()))

@@ -402,8 +402,13 @@ def cmd_release(args: argparse.Namespace) -> int:
 
         services.up()
     try:
+        # The plan says which stages this release has (a TensorFlow-only project builds no wheels).
+        planned = plan.get("stages", list(STAGES))
         for stage in STAGES:
             if stage in args.skip:
+                continue
+            if stage not in planned:
+                ctx.log(f"== {stage}: not planned (nothing for it in this release)")
                 continue
             options: dict[str, Any] = {}
             if stage == "images":

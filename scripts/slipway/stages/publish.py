@@ -563,10 +563,6 @@ def _upload(ctx: StageContext, job: WheelJob, index: str, simple: str) -> None:
         "upload",
         "--non-interactive",
         "--disable-progress-bar",
-        # An earlier attempt may have landed before its answer was lost: twine tells "this file is
-        # already there" (409, or a 400 saying so) from its HTTP answer and skips it; the read-back
-        # below decides whether what is there is this file.
-        "--skip-existing",
         "--repository-url",
         index,
     ]
@@ -578,6 +574,11 @@ def _upload(ctx: StageContext, job: WheelJob, index: str, simple: str) -> None:
     cmd.append(str(job.path))
 
     def upload() -> None:
+        # An earlier attempt may have landed before its answer was lost: the index's own listing
+        # says whether the file is there (twine's --skip-existing works with PyPI only), and the
+        # read-back below decides whether what is there is this file.
+        if _index_digest(simple, job)[0]:
+            return
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if res.returncode == 0:
             return

@@ -586,6 +586,9 @@ def run(ctx: StageContext, arch: str | None = None) -> dict[str, Any]:
     if not spec.enabled:
         ctx.log("wheels.enabled = false: nothing to build")
         return {"summary": "disabled"}
+    if not ctx.plan["matrix"].get("wheels") and not ctx.plan.get("packages"):
+        ctx.log("the plan has no wheels to build (no PyTorch model in it): nothing to do")
+        return {"summary": "none planned"}
     if arch is not None:
         check_arch(ctx, arch)
     planned_packages = ctx.plan.get("packages", [])
