@@ -96,7 +96,10 @@ def _ctx(tmp_path: Path, **wheel_settings) -> StageContext:
     (model / "golden").mkdir(parents=True)
     for name in ("model.json", "model.torchscript.pt", "golden/reference.json"):
         (model / name).write_text("{}")
-    plan = {"version": "1.0.0", "matrix": {}}
+    # The plan's wheel targets, as 'slipway plan' writes them for this release.toml.
+    targets = [{"arch": "x86_64" if p.endswith("x86_64") else "aarch64", "platform": p, "model": "shapes-torch"}
+               for p in config.wheels.platforms]
+    plan = {"version": "1.0.0", "matrix": {"wheels": targets}}
     return StageContext(config=config, plan=plan, out=out, root=ROOT)
 
 
