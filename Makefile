@@ -16,9 +16,9 @@ PYTEST_ARGS ?=
 # zizmor without --offline runs its online audits too (pin verification); they need GH_TOKEN.
 ZIZMOR_FLAGS ?= --offline --strict-collection
 
-# Debian tools a few tests need: command:package. Installed as root on Debian; elsewhere the
+# Debian tools a few tests need: command:package (jq runs the release gate script as GitHub would). Installed as root on Debian; elsewhere the
 # tests that need them say what is missing.
-TEST_TOOLS := aarch64-linux-gnu-g++:g++-aarch64-linux-gnu shellcheck:shellcheck
+TEST_TOOLS := aarch64-linux-gnu-g++:g++-aarch64-linux-gnu shellcheck:shellcheck jq:jq
 
 .PHONY: all venv release test test-tools lint services down clean schema
 
