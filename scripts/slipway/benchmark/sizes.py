@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from slipway import services
+from slipway.errors import ServiceError
 
 GZIP_LEVEL = 6
 CHUNK = 1 << 20
@@ -69,6 +70,9 @@ def layer_sizes(ref: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
     # it, so the diff id it stood for last time is still the one it stands for.
     saved_as: dict[str, str] = cache.setdefault("_saved_as", {})
     small: dict[str, bytes] = {}
+    # A save that the engine cannot complete (no space left for its export, say) ends the stream
+    # early or sends nothing: that is the engine's failure, reported with its own words.
+    broken: tarfile.TarError | None = None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for member in tar:
@@ -87,10 +91,13 @@ def layer_sizes(ref: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
                     members[member.name] = cache[digest]
                     continue
                 members[member.name] = {"size": member.size, "gzip": gzip_size(f)}
+    except tarfile.TarError as exc:
+        broken = exc
     finally:
         _, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"docker save {ref} failed: {err.decode(errors='replace')[-500:]}")
+    if proc.returncode != 0 or broken is not None or "manifest.json" not in small:
+        said = err.decode(errors="replace").strip()[-500:] or f"no image in its output ({broken or 'no manifest'})"
+        raise ServiceError(f"docker save {ref} failed (exit {proc.returncode}): {said}")
     manifest = json.loads(small["manifest.json"])[0]
     config = json.loads(small[manifest["Config"]])
     diff_ids = config.get("rootfs", {}).get("diff_ids") or diff_ids
