@@ -438,21 +438,24 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
     ]
 
 
-def test_a_save_that_fails_is_a_service_error_with_the_engines_words(monkeypatch, tmp_path):
-    """docker save can end with nothing on stdout (the engine's disk full, say): a ServiceError
-    naming the image and quoting docker, not a tar traceback."""
-    import subprocess as sp
-
-    from slipway import services
+def test_a_save_that_fails_is_a_service_error_with_the_engines_words(monkeypatch):
+    """docker save can end with nothing (the engine's disk full, say): a ServiceError naming the
+    image, not a tar traceback; an engine that refuses the save is its EngineError (a ServiceError)."""
+    from slipway import engine
     from slipway.benchmark import sizes
     from slipway.errors import ServiceError
 
-    inspect = json.dumps([{"Id": "sha256:0", "Size": 1, "RootFS": {"Layers": ["sha256:1"]}}])
-    monkeypatch.setattr(services, "docker", lambda *a, **k: sp.CompletedProcess(a, 0, inspect, ""))
-    fake = tmp_path / "docker"
-    fake.write_text("#!/bin/sh\necho 'write /var/lib/docker/tmp/docker-export: no space left on device' >&2\nexit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setattr(services, "docker_cli", lambda: str(fake))
-    monkeypatch.setattr(services, "docker_env", lambda: {"PATH": "/usr/bin:/bin"})
-    with pytest.raises(ServiceError, match=r"docker save example:1 failed \(exit 1\): .*no space left on device"):
+    monkeypatch.setattr(engine, "image_inspect",
+                        lambda ref: {"Id": "sha256:0", "Size": 1, "RootFS": {"Layers": ["sha256:1"]}})
+    monkeypatch.setattr(engine, "save", lambda ref: iter([b""]))
+    with pytest.raises(ServiceError, match=r"docker save example:1 failed: no image in its output"):
+        sizes.layer_sizes("example:1", {})
+
+    def refused(ref):
+        raise engine.EngineError("save example:1: the engine answered 500: write /var/lib/docker/tmp/"
+                                 "docker-export: no space left on device", status=500)
+        yield b""
+
+    monkeypatch.setattr(engine, "save", refused)
+    with pytest.raises(ServiceError, match=r"save example:1: .*no space left on device"):
         sizes.layer_sizes("example:1", {})

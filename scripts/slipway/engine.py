@@ -25,6 +25,7 @@ Errors (all ``SlipwayError``s, each with its exit code):
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -444,6 +445,33 @@ def save(ref: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         stream = client(timeout=None).api.get_image(ref, chunk_size=chunk_size)
     with _engine_call(f"save {ref}"):
         yield from stream
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks (for ``tarfile.open(fileobj=..., mode="r|")``)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            try:
+                self._left = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+def save_reader(ref: str) -> IO[bytes]:
+    """``docker save ref`` as a readable binary stream."""
+    return io.BufferedReader(_ChunkReader(save(ref)), buffer_size=1 << 20)
 
 
 def save_to(ref: str, path: Path) -> None:

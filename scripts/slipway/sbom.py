@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from slipway import __version__, services
-from slipway.errors import BuildError
+from slipway import __version__, engine
+from slipway.errors import BuildError, SlipwayError
 
 SPEC_VERSION = "1.5"
 COMPONENT_TYPES = {
@@ -208,25 +208,11 @@ def image_inventory(image: str, timeout: float = 300) -> dict[str, Any]:
     """What is installed in ``image``, read by the image's own Python in a container without network."""
     # The image's first Python on PATH (a service's virtualenv), else the system's python3.
     launcher = 'p=$(command -v python || command -v python3) && exec "$p" -c "$1"'
-    res = services.docker(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--user",
-        "65534:65534",
-        "--entrypoint",
-        "sh",
-        image,
-        "-c",
-        launcher,
-        "sh",
-        _INVENTORY,
-        check=False,
-        timeout=timeout,
-    )
-    if res.returncode != 0:
-        raise BuildError(f"cannot read what {image} contains: {(res.stderr or '').strip()[-500:]}")
+    try:
+        res = engine.run(image, ["-c", launcher, "sh", _INVENTORY], entrypoint="sh", network="none",
+                         user="65534:65534", timeout=timeout)
+    except SlipwayError as exc:
+        raise BuildError(f"cannot read what {image} contains: {str(exc).strip()[-500:]}") from exc
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

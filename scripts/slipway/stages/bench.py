@@ -17,10 +17,10 @@ Writes ``bench/results.json`` (with a run id and the machine's fingerprint), ``b
 ``bench/chart.png``, then checks ``[budgets]``; an exceeded budget raises CheckError, which stops
 ``slipway release`` before ``publish``.
 
-Settings come from keyword arguments, else ``SLIPWAY_BENCH_*`` environment variables
-(``RUNS``, ``WARMUP``, ``THREADS``, ``SECONDS``, ``CONCURRENCY`` as ``1,8``, ``READY_RUNS``,
-``IMPORT_REPEATS`` (0 leaves import times out), ``SERVED`` = 0 to leave out the containers),
-else the defaults below.
+Settings come from keyword arguments, else the ``SLIPWAY_BENCH_*`` variables of
+``slipway.settings`` (``RUNS``, ``WARMUP``, ``THREADS``, ``SECONDS``, ``CONCURRENCY`` as ``1,8``,
+``READY_RUNS``, ``IMPORT_REPEATS`` (0 leaves import times out), ``SERVED`` = 0 to leave out the
+containers; see docs/settings.md), else the defaults below.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import importlib.util
 import inspect
-import os
 import shutil
 import statistics
 import time
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slipway import services, smoketest
+from slipway import engine, services, smoketest
 from slipway.benchmark import budgets as budget_checks
 from slipway.benchmark import inprocess, machine, report, served, sizes
 from slipway.context import StageContext
@@ -45,6 +44,7 @@ from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError, SlipwayError
 from slipway.fsutil import read_record
 from slipway.github import image_records
+from slipway.settings import get_settings
 from slipway.smoketest import run_container
 
 RESULTS_SCHEMA = 1
@@ -63,30 +63,28 @@ class BenchSettings:
 
     @classmethod
     def resolve(cls, **given: Any) -> BenchSettings:
+        """Keyword arguments first, then the ``SLIPWAY_BENCH_*`` settings, then the defaults."""
+        env = get_settings()
         s = cls()
-        for name, cast in (("threads", int), ("warmup", int), ("runs", int), ("seconds", float),
-                           ("ready_runs", int), ("import_repeats", int)):
+        for name in ("threads", "warmup", "runs", "seconds", "ready_runs", "import_repeats"):
             value = given.get(name)
             if value is None:
-                raw = os.environ.get(f"SLIPWAY_BENCH_{name.upper()}")
-                if raw:
-                    try:
-                        value = cast(raw)
-                    except ValueError as exc:
-                        raise ConfigError(f"SLIPWAY_BENCH_{name.upper()}={raw!r}: expected a number") from exc
+                value = getattr(env, f"bench_{name}")
             if value is not None:
                 if value < 0 or (value == 0 and name not in ("warmup", "import_repeats")):
                     raise ConfigError(f"bench setting {name} must be positive, got {value}")
                 setattr(s, name, value)
-        conc = given.get("concurrency") or os.environ.get("SLIPWAY_BENCH_CONCURRENCY")
+        conc = given.get("concurrency")
         if conc:
             try:
                 s.concurrency = tuple(int(c) for c in (conc.split(",") if isinstance(conc, str) else conc))
             except ValueError as exc:
                 raise ConfigError(f"bench concurrency {conc!r}: expected numbers like 1,8") from exc
+        elif env.bench_concurrency:
+            s.concurrency = env.bench_concurrency
         served_flag = given.get("served")
-        if served_flag is None and os.environ.get("SLIPWAY_BENCH_SERVED"):
-            served_flag = os.environ["SLIPWAY_BENCH_SERVED"].lower() not in ("0", "no", "false")
+        if served_flag is None:
+            served_flag = env.bench_served
         if served_flag is not None:
             s.served = bool(served_flag)
         return s
@@ -217,10 +215,7 @@ def images_in_engine(ctx: StageContext, entries: list[dict[str, Any]]) -> dict[s
 
 
 def _has_gpu() -> bool:
-    check = getattr(smoketest, "has_gpu", None)
-    if check is not None:
-        return bool(check())
-    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
+    return engine.has_gpu()
 
 
 @contextlib.contextmanager
@@ -374,7 +369,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     imports = measure_imports(ctx, models, settings, cpp)
     images = images_in_engine(ctx, entries)
     served_results = measure_served(ctx, entries, images, settings)
-    docker_ok = bool(entries) and images and services.docker_reachable()
+    docker_ok = bool(entries) and images and engine.reachable()
     size_results = measure_sizes(ctx, entries, images, models, bool(docker_ok))
 
     extra_libs = {}
@@ -384,8 +379,10 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
             extra_libs["slipway_runtime"] = cpp_result["version"]
     docker_version = ""
     if docker_ok:
-        docker_version = services.docker("version", "--format", "{{.Server.Version}}", check=False,
-                                         timeout=30).stdout.strip()
+        try:
+            docker_version = engine.server_version()
+        except SlipwayError:
+            docker_version = ""
     results: dict[str, Any] = {
         "schema": RESULTS_SCHEMA,
         **run_info,
