@@ -11,11 +11,11 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from readiness import wait_http
 
 from slipway.benchmark import budgets, report, served, stats
 from slipway.benchmark.inprocess import CppEnv, Settings, find_cpp_wheel, import_time, measure_model
@@ -243,17 +243,8 @@ def test_load_generator_against_the_real_service(export_dir):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "the service exited"
-            time.sleep(0.2)
+        wait_http(f"{url}/readyz", timeout=60, proc=proc)
         bodies = [p.read_bytes() for p in sorted((export_dir / "golden").glob("*.png"))]
         for conc in (1, 4):
             r = served.load_test(url, "shapes-torch", bodies, concurrency=conc, seconds=1.0)

@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from readiness import process_gone, wait_until
 from registry_cleanup import pushes_to
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -419,16 +419,8 @@ class _Process:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.ready():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(
-            f"{self.name} did not start: {(self.folder / f'{self.name}.log').read_text()[-2000:]}"
-        )
+        wait_until(self.ready, timeout=30, what=f"{self.name} did not start", gone=process_gone(self.proc),
+                   log=self.folder / f"{self.name}.log")
 
     def kill(self) -> None:
         """SIGKILL: a crash, not a shutdown."""
