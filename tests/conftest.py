@@ -55,6 +55,20 @@ def remove_pushed_repositories():
             print(f"removed {len(removed)} test repositories from {services.REGISTRY_ADDR}", file=sys.stderr)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def remove_session_images():
+    """After the session, the local images this session named (tests/image_cleanup.py) are removed;
+    every other image in the engine is left alone."""
+    import image_cleanup
+
+    yield
+    removed, problems = image_cleanup.remove_owned()
+    for line in problems:
+        print(f"could not remove a test image: {line}", file=sys.stderr)
+    if removed:
+        print(f"removed {len(removed)} local test image reference(s)", file=sys.stderr)
+
+
 @pytest.fixture(scope="session")
 def local_services():
     """The Docker engine, registry and index, started if needed (and left for 'make test' to stop)."""

@@ -367,7 +367,7 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
     cannot be pulled is reported, so its budgets fail as not measured."""
     from types import SimpleNamespace
 
-    from slipway import services
+    from slipway import engine, services
     from slipway.benchmark import sizes
     from slipway.stages import bench
 
@@ -385,18 +385,15 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
              "tag": f"{repo}-local:1.2.3", "id": "sha256:" + "d" * 64}
     (tmp_path / "images.json").write_text(json.dumps({"local": local}))
 
-    calls: list[tuple[str, ...]] = []
+    pulls: list[str] = []
 
-    def docker(*args, check=True, timeout=None, **_kw):
-        calls.append(args)
-        if args[0] == "pull":
-            ok = "-gone@" not in args[-1]
-            return subprocess.CompletedProcess(args, 0 if ok else 1, "", "" if ok else "manifest unknown")
-        if args[:2] == ("image", "inspect"):
-            return subprocess.CompletedProcess(args, 0, f"sha256:{'e' * 64}\n", "")
-        raise AssertionError(f"unexpected docker {args}")
+    def pull(ref, timeout=None):
+        pulls.append(ref)
+        if "-gone@" in ref:
+            raise engine.ImageNotFound(f"pull {ref}: manifest unknown", status=404)
+        return f"sha256:{'e' * 64}"
 
-    monkeypatch.setattr(services, "docker", docker)
+    monkeypatch.setattr(engine, "pull", pull)
     monkeypatch.setattr(services, "ensure_docker", lambda log=None: "running")
     ctx = SimpleNamespace(out=tmp_path, log=lambda _m: None,
                           config=SimpleNamespace(wheels=SimpleNamespace(max_size_mib=100)))
@@ -405,7 +402,8 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
     images = bench.images_in_engine(ctx, entries)
 
     pulled = f"{repo}-alpha@{digest['alpha']}"
-    assert [c for c in calls if c[0] == "pull"] == [("pull", "-q", pulled), ("pull", "-q", f"{repo}-gone@{digest['gone']}")]
+    # An absent digest is a final answer: pulled once, never retried.
+    assert pulls == [pulled, f"{repo}-gone@{digest['gone']}"]
     assert (images["alpha"]["tag"], images["alpha"]["id"]) == (pulled, "sha256:" + "e" * 64)
     assert images["local"] == local
     assert "manifest unknown" in images["gone"]["unavailable"]

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from image_cleanup import owns
 from PIL import Image
 from readiness import process_gone, wait_until
 from registry_cleanup import pushes_to
@@ -48,8 +49,9 @@ LINKED = (
 
 
 def run_id() -> str:
-    """A name new to this session; the registry repositories under it are removed after the session."""
-    return pushes_to(f"swt{uuid.uuid4().hex[:8]}")
+    """A name new to this session; the registry repositories under it and the local images named
+    with it are removed after the session."""
+    return owns(pushes_to(f"swt{uuid.uuid4().hex[:8]}"))
 
 
 def slipway(
@@ -265,13 +267,9 @@ def base_image() -> str:
 
 def docker_build(context: Path, tag: str) -> str:
     """Build ``context`` (its Dockerfile) as ``tag``; return the image ID."""
-    from slipway import services
+    from slipway import engine
 
-    args = ["build", "-q", "-t", tag]
-    if services.host_networking():
-        args += ["--network", "host"]
-    services.docker(*args, str(context), timeout=600)
-    return services.docker("image", "inspect", "-f", "{{.Id}}", tag, timeout=60).stdout.strip()
+    return engine.build(context, tag, timeout=600)
 
 
 def build_replay_image(folder: Path, *, tag: str, model_dir: Path, content: str) -> str:
@@ -504,14 +502,12 @@ class TestIndex(_Process):
 
 def remove_images(uid: str) -> None:
     """Untag every local image a test run named with ``uid`` (its layers go when nothing else uses them)."""
-    from slipway import services
+    from image_cleanup import owned_references
 
-    listing = services.docker(
-        "images", "--format", "{{.Repository}}:{{.Tag}}", check=False, timeout=60
-    ).stdout
-    refs = [ref for ref in listing.split() if uid in ref]
-    if refs:
-        services.docker("rmi", "--force", *refs, check=False, timeout=300)
+    from slipway import engine
+
+    for ref in owned_references(engine.images(), {uid}):
+        engine.remove_image(ref)
 
 
 def registry_state(image: str) -> dict[str, Any]:

@@ -618,7 +618,8 @@ def run(image: str, command: list[str] | None = None, *, entrypoint: str | None 
 
 
 def build(context: Path, tag: str, *, dockerfile: Path | None = None, target: str | None = None,
-          build_args: dict[str, str] | None = None, log_to: IO[str] | None = None,
+          build_args: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+          log_to: IO[str] | None = None,
           on_line: Callable[[str], None] | None = None, timeout: float | None = None) -> str:
     """``docker build`` of ``context`` as ``tag`` (BuildKit where the client has it, host network on
     an engine without a bridge); the built image's ID. Every output line goes to ``log_to`` and
@@ -632,6 +633,8 @@ def build(context: Path, tag: str, *, dockerfile: Path | None = None, target: st
         cmd += ["--network", "host"]
     for key, value in (build_args or {}).items():
         cmd += ["--build-arg", f"{key}={value}"]
+    for key, value in (labels or {}).items():
+        cmd += ["--label", f"{key}={value}"]
     cmd.append(str(context))
     tail: list[str] = []
     started = time.monotonic()
