@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -189,6 +191,11 @@ def client(timeout: float | None = API_TIMEOUT):
     import docker
 
     host = docker_host()
+    socket_path = (host or "unix:///var/run/docker.sock").removeprefix("unix://")
+    if (host or "unix://").startswith("unix://") and not os.path.exists(socket_path):
+        # Checked here, not left to a connection attempt: the SDK's Unix transport leaves the
+        # socket of a failed connect open.
+        raise EngineError(f"no container engine at {host or 'the default socket'}: {socket_path} does not exist")
     key = (host, timeout)
     if key not in _CLIENTS:
         env = {k: v for k, v in os.environ.items() if k.startswith("DOCKER_")}
@@ -422,12 +429,29 @@ def push(ref: str, *, progress: Callable[[str], None] | None = None) -> str:
 
 
 def load(tar: Path) -> list[str]:
-    """``docker load`` of a saved tar; the references (or IDs) of the images it held."""
+    """``docker load`` of a saved tar; the references it names (its manifest's tags), else the IDs
+    of the images it holds."""
+    names = saved_names(tar)
     with _engine_call(f"load {tar}"), open(tar, "rb") as data:
-        loaded = client(timeout=None).images.load(data)
+        client(timeout=None).images.load(data)
+    return names
+
+
+def saved_names(tar: Path) -> list[str]:
+    """What a ``docker save`` tar holds, from its ``manifest.json``: each image's tags, or its ID."""
+    try:
+        with tarfile.open(tar) as archive:
+            member = archive.extractfile("manifest.json")
+            manifest = json.loads(member.read()) if member is not None else None
+    except (OSError, KeyError, tarfile.TarError, ValueError) as exc:
+        raise EngineError(f"{tar}: not an image saved by docker save ({exc})") from exc
+    if not isinstance(manifest, list):
+        raise EngineError(f"{tar}: its manifest.json lists no images")
     names: list[str] = []
-    for image in loaded:
-        names.extend(image.tags or [image.id])
+    for entry in manifest:
+        tags = entry.get("RepoTags") or []
+        config = str(entry.get("Config", ""))
+        names.extend(tags or ["sha256:" + Path(config).name.removesuffix(".json").removeprefix("sha256:")])
     return names
 
 
