@@ -139,7 +139,7 @@ def test_a_push_refused_mid_stream_is_a_publish_error_unless_the_registry_is_dow
     directly whether it is up; up -> PushError (final, exit 6), down -> EngineTransient."""
 
     class Api:
-        def push(self, repo, tag, stream, decode):
+        def push(self, repo, tag, stream, decode, auth_config=None):
             yield {"status": "The push refers to repository [x]"}
             yield {"error": "denied: requested access to the resource is denied",
                    "errorDetail": {"message": "denied: requested access to the resource is denied"}}

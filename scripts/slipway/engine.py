@@ -344,9 +344,14 @@ def _transfer_error(what: str, exc: Exception, final: type[Exception]) -> Except
     return EngineError(f"{what}: {exc}")
 
 
-def pull(ref: str, *, timeout: float | None = None) -> str:
+def _auth_config(auth: tuple[str, str] | None) -> dict[str, str] | None:
+    return {"username": auth[0], "password": auth[1]} if auth else None
+
+
+def pull(ref: str, *, timeout: float | None = None, auth: tuple[str, str] | None = None) -> str:
     """Pull ``ref`` (``repo:tag`` or ``repo@sha256:...``); the pulled image's ID. ``timeout``: the
-    longest the engine may stay silent (None: no limit).
+    longest the engine may stay silent (None: no limit). ``auth``: (user, password) for the
+    registry; without it, what ``docker login`` stored (the SDK reads the same config).
 
     ImageNotFound when the registry has no such manifest, PullError for another final answer,
     EngineTransient when the registry could not be reached (retry with ``registry.retry``).
@@ -357,7 +362,8 @@ def pull(ref: str, *, timeout: float | None = None) -> str:
     repo, name = _split(ref)
     what = f"pull {ref}"
     try:
-        for line in client(timeout=timeout).api.pull(repo, tag=name, stream=True, decode=True):
+        for line in client(timeout=timeout).api.pull(repo, tag=name, stream=True, decode=True,
+                                                     auth_config=_auth_config(auth)):
             if isinstance(line, dict) and line.get("error"):
                 # An error after the transfer began has no status: the registry answered something
                 # mid-way; whether it is worth another attempt is what the registry now says.
@@ -399,10 +405,11 @@ def _registry_answers(ref: str) -> bool:
     return r.status_code < 500
 
 
-def push(ref: str, *, progress: Callable[[str], None] | None = None) -> str:
+def push(ref: str, *, progress: Callable[[str], None] | None = None, auth: tuple[str, str] | None = None) -> str:
     """Push ``ref`` (``repo:tag``) to its registry; the manifest digest the registry now holds.
 
-    PushError for a final refusal, EngineTransient when another attempt may succeed.
+    PushError for a final refusal, EngineTransient when another attempt may succeed. ``auth``:
+    (user, password); without it, what ``docker login`` stored.
     """
     import docker
     import requests
@@ -411,7 +418,8 @@ def push(ref: str, *, progress: Callable[[str], None] | None = None) -> str:
     what = f"push {ref}"
     digest = ""
     try:
-        for line in client(timeout=None).api.push(repo, tag=name, stream=True, decode=True):
+        for line in client(timeout=None).api.push(repo, tag=name, stream=True, decode=True,
+                                                  auth_config=_auth_config(auth)):
             if not isinstance(line, dict):
                 continue
             if line.get("error"):
