@@ -42,6 +42,8 @@ def remove_owned() -> tuple[list[str], list[str]]:
     from slipway import engine
     from slipway.errors import SlipwayError
 
+    if not engine.reachable():
+        return [], []  # no engine: the session made no images
     try:
         refs = owned_references(engine.images())
     except SlipwayError as exc:

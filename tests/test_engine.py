@@ -171,3 +171,20 @@ def test_a_failed_build_is_a_build_error_with_the_end_of_its_output(local_servic
         assert image == engine.image_id(tag)
     finally:
         engine.remove_image(tag)
+
+
+def test_the_session_removes_only_the_images_it_named():
+    from image_cleanup import owned_references
+
+    listing = [
+        {"RepoTags": ["127.0.0.1:5000/swtaaaa1111/swtaaaa1111-alpha:0.1.0", "mine-too:swtaaaa1111"],
+         "RepoDigests": ["127.0.0.1:5000/swtaaaa1111/swtaaaa1111-alpha@sha256:" + "a" * 64]},
+        {"RepoTags": ["127.0.0.1:5000/swtbbbb2222/swtbbbb2222-alpha:0.1.0"], "RepoDigests": []},
+        {"RepoTags": ["<none>:<none>"], "RepoDigests": ["<none>@<none>"]},
+        {"RepoTags": None, "RepoDigests": None},
+    ]
+    assert owned_references(listing, {"swtaaaa1111"}) == [
+        "127.0.0.1:5000/swtaaaa1111/swtaaaa1111-alpha:0.1.0", "mine-too:swtaaaa1111",
+        "127.0.0.1:5000/swtaaaa1111/swtaaaa1111-alpha@sha256:" + "a" * 64,
+    ]
+    assert owned_references(listing, set()) == []
