@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from plans import bare_plan
 
 from model_export import golden as golden_mod
 from model_export.compare import accuracy, precision_recall
@@ -228,7 +229,7 @@ def test_accuracy_matches_classes_by_label_name_not_by_position():
 
 def _ctx(tmp_path: Path, extra: str) -> StageContext:
     cfg = load_config(release_toml(tmp_path, f'{{ hook = "{HOOK}", count = 4 }}', extra=extra))
-    return StageContext(config=cfg, plan={"version": "0.1.0", "sha": "0" * 40}, out=tmp_path / "out", root=tmp_path)
+    return StageContext(config=cfg, plan=bare_plan("0.1.0"), out=tmp_path / "out", root=tmp_path)
 
 
 def test_min_map50_gate_fails_below_and_passes_at_or_above(tmp_path):
@@ -259,8 +260,8 @@ def test_min_map50_fails_the_smoke_stage_with_exit_4(tmp_path, monkeypatch):
 
     ctx = _ctx(tmp_path, "min-map50 = 0.9")
     ctx = StageContext(config=ctx.config, out=tmp_path / "out", root=tmp_path,
-                       plan={**ctx.plan, "project": "golden-test", "matrix": {"smoke": [{"kind": "wheel",
-                                                                                          "artifact": "wheels"}]}})
+                       plan=bare_plan("0.1.0", project="golden-test", matrix={"smoke": [{
+                           "kind": "wheel", "artifact": "wheels", "variant": "", "device": "cpu", "arches": "amd64"}]}))
     model_dir = write_fake_export(ctx.out / "models" / "det", name="det")
     # The wheel will agree with the export exactly; the export itself misses the ground truth of
     # image 1 (the only 'square'): mAP@0.5 (1 + 0) / 2, precision and recall 2/3.
@@ -468,7 +469,7 @@ def test_export_inputs_do_not_depend_on_where_the_project_is_or_how_exporters_ar
     for where in ("a", "b"):
         coco_folder(tmp_path / where / "golden")
         cfg = load_config(release_toml(tmp_path / where, COCO))
-        ctx = StageContext(config=cfg, plan={"version": "1.0.0"}, out=tmp_path / where / "out", root=cfg.root)
+        ctx = StageContext(config=cfg, plan=bare_plan("1.0.0"), out=tmp_path / where / "out", root=cfg.root)
         model = cfg.model("det")
         inputs.append(export_inputs(ctx, model))
         # The export stage gives the model the plan's exporters; unset in release.toml, that is the default.

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from slipway import records
 from slipway.cli import main
 from slipway.config import load_config
 from slipway.errors import ConfigError
-from slipway.plan import Trigger, make_plan, trigger_from_github
+from slipway.plan import Trigger, trigger_from_github
+from slipway.plan import make_plan as _make_plan
 from slipway.version import parse_version, version_from_tag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +26,13 @@ def config():
     return load_config(ROOT / "release.toml")
 
 
+def make_plan(*args, **kwargs) -> dict:
+    """The plan as the JSON that 'slipway plan' writes (checked against its model on the way)."""
+    plan = _make_plan(*args, **kwargs)
+    assert isinstance(plan, records.Plan)
+    return records.dump(plan)
+
+
 def _golden(name: str, plan: dict) -> None:
     path = GOLDEN / name
     text = json.dumps(plan, indent=2) + "\n"
@@ -32,6 +41,8 @@ def _golden(name: str, plan: dict) -> None:
     assert json.loads(path.read_text()) == plan, (
         f"plan differs from {path}; SLIPWAY_UPDATE_GOLDEN=1 rewrites it"
     )
+    # Byte for byte as 'slipway plan' writes it, and what it writes reads back as the same plan.
+    assert records.dumps(records.read(path, records.Plan)) == path.read_text() == text
 
 
 def test_tag_plan_golden(config):

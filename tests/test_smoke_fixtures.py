@@ -36,6 +36,8 @@ import numpy as np
 from PIL import Image
 from registry_cleanup import pushes_to
 
+from slipway import records
+
 ROOT = Path(__file__).resolve().parent.parent
 LINKED = (
     "serving",
@@ -169,19 +171,24 @@ def write_fake_export(folder: Path, *, name: str, images: int = 3, seed: int = 7
                 "file": f"{i:03d}.png",
                 "width": 64,
                 "height": 48 + 8 * i,
-                "ground_truth": [{"box": d["box"], "class_id": d["class_id"]} for d in dets],
+                "source": f"fake#{i}",
+                "ground_truth": [{"box": d["box"], "class_id": d["class_id"], "label": d["label"]} for d in dets],
                 "detections": dets,
             }
         )
-    (golden / "reference.json").write_text(json.dumps({"images": entries}, indent=1))
+    records.write(golden / "reference.json", records.GoldenReference.model_validate({"images": entries}))
     manifest = {
         "name": name,
         "version": "0.0.1",
         "framework": "pytorch",
         "labels": ["circle", "square"],
-        "input": {"height": 32, "width": 32, "channels": 3},
+        "input": {"height": 32, "width": 32, "channels": 3, "dtype": "uint8", "resize": "stretch",
+                  "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "output": {"format": "candidates", "score_threshold": 0.3, "nms_iou": 0.5, "max_detections": 50},
         "files": {},
-        "golden": {"dir": "golden", "reference": "golden/reference.json"},
+        "exporters": {},
+        "golden": {"dir": "golden", "reference": "golden/reference.json", "count": images,
+                   "source": {"kind": "hook", "hook": "fake", "count": images, "seed": seed}},
         "verification": {
             "ok": True,
             "runs": [
@@ -191,18 +198,21 @@ def write_fake_export(folder: Path, *, name: str, images: int = 3, seed: int = 7
     }
     if config is not None:
         manifest["inputs"] = current_inputs(config, name, version)
-    (folder / "model.json").write_text(json.dumps(manifest, indent=1))
+    # Through the record's model: a fake export is still a valid one.
+    records.write(folder / "model.json", records.ModelManifest.model_validate(manifest))
     return folder
 
 
 def current_inputs(config: Path, model: str, version: str) -> dict[str, str]:
     """What ``slipway export`` records as the inputs of ``model`` of ``config`` now."""
+    from plans import bare_plan
+
     from slipway.config import load_config
     from slipway.context import StageContext
     from slipway.stages.export import export_inputs
 
     cfg = load_config(config)
-    ctx = StageContext(config=cfg, plan={"version": version}, out=config.parent, root=cfg.root)
+    ctx = StageContext(config=cfg, plan=bare_plan(version), out=config.parent, root=cfg.root)
     return export_inputs(ctx, cfg.model(model))
 
 
@@ -297,17 +307,14 @@ def image_entry(
     variant: str, tag: str, *, model: str, runtime: str = "torchscript", device: str = "cpu"
 ) -> dict:
     """An images.json entry for a locally built image, as 'slipway images' writes it."""
+    from slipway import records
     from slipway.stages.images import inspect_image
 
-    return {
-        "variant": variant,
-        "model": model,
-        "runtime": runtime,
-        "device": device,
-        "image": tag.rsplit(":", 1)[0],
-        "tag": tag,
-        **inspect_image(tag),
-    }
+    info = inspect_image(tag)
+    return records.dump(records.ImageRecord(
+        variant=variant, model=model, runtime=runtime, device=device, image=tag.rsplit(":", 1)[0], tag=tag,
+        id=info.id, size=info.size, layers=info.layers, labels=info.labels,
+    ))
 
 
 def _record_line(path: str, data: bytes) -> str:

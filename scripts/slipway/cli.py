@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slipway import __version__
+from slipway import __version__, records
 from slipway.config import DEFAULT_CONFIG, ReleaseConfig, load_config
 from slipway.context import StageContext
 from slipway.errors import ConfigError, SlipwayError
@@ -186,8 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sp.set_defaults(func=cmd_services)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of release.toml")
-    p.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the current schema")
+    p = sub.add_parser("schema", help="print the JSON Schema of release.toml (or write those of the records)")
+    p.add_argument("--check", metavar="FILE", help="exit 1 if FILE (with --records: DIR) differs from the current "
+                   "schema(s)")
+    p.add_argument("--records", metavar="DIR", help="write the JSON Schema of the plan and of every record in "
+                   "dist/<version>/ into DIR, one file each (slipway/schemas/ holds them)")
     p.set_defaults(func=cmd_schema)
     return parser
 
@@ -252,24 +255,22 @@ def _has_gpu() -> bool:
 def cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     plan = make_plan(config, _trigger(args, config.root), config_path=args.config)
-    for note in plan.get("notes", []):
+    for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
-    text = json.dumps(plan, indent=2)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-        print(f"plan for {plan['project']} {plan['version']} written to {args.output}", file=sys.stderr)
+        records.write(Path(args.output), plan)
+        print(f"plan for {plan.project} {plan.version} written to {args.output}", file=sys.stderr)
     else:
-        print(text)
+        sys.stdout.write(records.dumps(plan))
     github_output = os.environ.get("GITHUB_OUTPUT")
     if args.github and github_output:
         with open(github_output, "a") as fh:
-            fh.write(f"plan={json.dumps(plan, separators=(',', ':'))}\n")
-            fh.write(f"version={plan['version']}\n")
+            fh.write(f"plan={records.dumps(plan, indent=None)}\n")
+            fh.write(f"version={plan.version}\n")
     return 0
 
 
-def _context(args: argparse.Namespace, config: ReleaseConfig, plan: dict[str, Any] | None = None) -> StageContext:
+def _context(args: argparse.Namespace, config: ReleaseConfig, plan: records.Plan | None = None) -> StageContext:
     if plan is None:
         if args.plan:
             plan = load_plan(Path(args.plan))
@@ -283,10 +284,10 @@ def _context(args: argparse.Namespace, config: ReleaseConfig, plan: dict[str, An
                     config, Trigger(event="local", sha=git_sha(config.root), gpu=_has_gpu()), config_path=args.config
                 )
     # Relative to where slipway runs (the workspace), like every other path on its command line.
-    out = Path(args.out) if args.out else Path.cwd() / plan["output_dir"]
+    out = Path(args.out) if args.out else Path.cwd() / plan.output_dir
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "plan.json").exists() or args.plan:
-        (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        records.write(out / "plan.json", plan)
     return StageContext(config=config, plan=plan, out=out, root=config.root, verbose=getattr(args, "verbose", False))
 
 
@@ -307,12 +308,10 @@ def run_stage(stage: str, ctx: StageContext, **options: Any) -> dict[str, Any]:
         status, summary = "interrupted", ""
         raise
     finally:
-        record = {}
-        path = ctx.out / "stages.json"
-        if path.exists():
-            record = json.loads(path.read_text())
-        record[stage] = {"status": status, "seconds": round(time.monotonic() - started, 1), "summary": summary}
-        ctx.write_json("stages.json", record)
+        record = ctx.read("stages.json", records.StagesRecord, records.StagesRecord({}))
+        record.root[stage] = records.StageStatus(status=status, seconds=round(time.monotonic() - started, 1),
+                                                 summary=summary)
+        ctx.write("stages.json", record)
         ctx.log(f"== {stage}: {status} in {time.monotonic() - started:.1f}s {summary}")
 
 
@@ -354,25 +353,24 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def override_registries(plan: dict[str, Any], image_registry: str | None, package_index: str | None) -> None:
+def override_registries(plan: records.Plan, image_registry: str | None, package_index: str | None) -> None:
     """Point the plan at other registries, naming each image as 'slipway plan' would."""
     if image_registry:
         registry = image_registry.rstrip("/")
-        plan["registries"]["images"] = registry
-        for entry in plan["matrix"]["images"]:
-            entry["image"] = f"{registry}/{plan['project']}-{entry['variant']}"
+        plan.registries.images = registry
+        for entry in plan.matrix.images:
+            entry.image = f"{registry}/{plan.project}-{entry.variant}"
     if package_index:
-        plan["registries"]["packages"] = package_index
+        plan.registries.packages = package_index
 
 
 def summary_table(ctx: StageContext) -> str:
-    path = ctx.out / "stages.json"
-    stages = json.loads(path.read_text()) if path.exists() else {}
+    stages = ctx.read("stages.json", records.StagesRecord, records.StagesRecord({})).root
     rows = [("stage", "status", "seconds", "result")]
     for name in ("plan", *STAGES):
         if name in stages:
             s = stages[name]
-            rows.append((name, s["status"], f"{s['seconds']:.1f}", s.get("summary", "")))
+            rows.append((name, s.status, f"{s.seconds:.1f}", s.summary))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = []
     for i, r in enumerate(rows):
@@ -390,12 +388,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     plan = make_plan(config, _trigger(args, config.root), config_path=args.config)
     ctx = _context(args, config, plan)
     (ctx.out / "stages.json").unlink(missing_ok=True)
-    ctx.write_json("stages.json", {"plan": {"status": "ok", "seconds": round(time.monotonic() - started, 1),
-                                            "summary": f"{plan['project']} {plan['version']}"}})
-    ctx.log(f"release {plan['project']} {plan['version']} ({plan['event']}, dry run: {plan['dry_run']}) into {ctx.out}")
-    for skipped in plan.get("skipped", []):
-        ctx.log(f"skipping variant {skipped['variant']}: {skipped['reason']}")
-    for note in plan.get("notes", []):
+    ctx.write("stages.json", records.StagesRecord({"plan": records.StageStatus(
+        status="ok", seconds=round(time.monotonic() - started, 1), summary=f"{plan.project} {plan.version}")}))
+    ctx.log(f"release {plan.project} {plan.version} ({plan.event}, dry run: {plan.dry_run}) into {ctx.out}")
+    for skipped in plan.skipped:
+        ctx.log(f"skipping variant {skipped.variant}: {skipped.reason}")
+    for note in plan.notes:
         ctx.log(f"note: {note}")
     if args.local:
         from slipway import services
@@ -403,7 +401,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         services.up()
     try:
         # The plan says which stages this release has (a TensorFlow-only project builds no wheels).
-        planned = plan.get("stages", list(STAGES))
+        planned = plan.stages
         for stage in STAGES:
             if stage in args.skip:
                 continue
@@ -418,7 +416,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             run_stage(stage, ctx, **options)
     finally:
         print("\n" + summary_table(ctx), file=sys.stderr)
-    print(f"\nrelease {plan['version']} done in {time.monotonic() - started:.0f}s; see {ctx.out}", file=sys.stderr)
+    print(f"\nrelease {plan.version} done in {time.monotonic() - started:.0f}s; see {ctx.out}", file=sys.stderr)
     return 0
 
 
@@ -460,6 +458,8 @@ def cmd_services(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from slipway.config import json_schema
 
+    if args.records:
+        return _record_schemas(Path(args.records), check=bool(args.check))
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.check:
         current = Path(args.check).read_text() if Path(args.check).exists() else ""
@@ -468,6 +468,28 @@ def cmd_schema(args: argparse.Namespace) -> int:
             return 1
         return 0
     sys.stdout.write(text)
+    return 0
+
+
+def _record_schemas(folder: Path, *, check: bool) -> int:
+    """Write (or, with ``check``, compare) one JSON Schema file per record model."""
+    schemas = records.json_schemas()
+    if check:
+        stale = sorted(name for name, text in schemas.items()
+                       if not (folder / name).is_file() or (folder / name).read_text() != text)
+        extra = sorted(p.name for p in folder.glob("*.schema.json") if p.name not in schemas)
+        for name in stale:
+            print(f"{folder / name} is stale: run 'slipway schema --records {folder}'", file=sys.stderr)
+        for name in extra:
+            print(f"{folder / name} describes no record: remove it", file=sys.stderr)
+        return 1 if stale or extra else 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in schemas.items():
+        (folder / name).write_text(text)
+    for path in folder.glob("*.schema.json"):
+        if path.name not in schemas:
+            path.unlink()
+    print(f"{len(schemas)} record schema(s) written to {folder}", file=sys.stderr)
     return 0
 
 

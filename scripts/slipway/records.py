@@ -45,33 +45,51 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
 
+class PlanPart(Record):
+    """A part of the plan. ``plan["version"]`` and ``plan.get("ref")`` read a field by its JSON key:
+    transitional, for the publish stage, which still reads the plan by key; every other stage uses
+    the attributes."""
+
+    def __getitem__(self, key: str) -> Any:
+        name = _FIELD_BY_KEY.get((type(self), key), key)
+        if name not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, name)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
 # --------------------------------------------------------------------------------------------
 # plan.json (``slipway plan``)
 
 
-class PlanRegistries(Record):
+class PlanRegistries(PlanPart):
     images: str = Field(description="image registry and namespace, e.g. ghcr.io/acme")
     packages: str = Field(description="package index upload URL")
 
 
-class PlanRuntime(Record):
+class PlanRuntime(PlanPart):
     version: str = Field(description="Slipway's C++ runtime version (always Slipway's own)")
     publish: bool = Field(description="whether this release publishes the runtime wheels")
 
 
-class PlanPackage(Record):
+class PlanPackage(PlanPart):
     model: str
     package: str = Field(description="distribution name of the model package")
     import_name: str = Field(alias="import", description="import name of the model package")
 
 
-class ExportEntry(Record):
+class ExportEntry(PlanPart):
     model: str
     framework: str
     exporters: str = Field(description="comma-separated exporters")
 
 
-class WheelTarget(Record):
+class WheelTarget(PlanPart):
     arch: str
     platform: str
     runner: str
@@ -79,7 +97,7 @@ class WheelTarget(Record):
     model: str = Field(description="the export whose golden outputs the wheel test checks")
 
 
-class ImageEntry(Record):
+class ImageEntry(PlanPart):
     variant: str
     model: str
     framework: str
@@ -96,7 +114,7 @@ class ImageBuild(ImageEntry):
     arch: str
 
 
-class SmokeEntry(Record):
+class SmokeEntry(PlanPart):
     artifact: str = Field(description="image:<variant> or wheels")
     kind: Literal["image", "wheel"]
     variant: str
@@ -104,11 +122,11 @@ class SmokeEntry(Record):
     arches: str = Field(description="comma-separated architectures it is smoke-tested on")
 
 
-class PublishEntry(Record):
+class PublishEntry(PlanPart):
     kind: Literal["images", "wheels", "models"]
 
 
-class PlanMatrix(Record):
+class PlanMatrix(PlanPart):
     export: list[ExportEntry]
     wheels: list[WheelTarget]
     images: list[ImageEntry]
@@ -117,12 +135,12 @@ class PlanMatrix(Record):
     publish: list[PublishEntry]
 
 
-class SkippedVariant(Record):
+class SkippedVariant(PlanPart):
     variant: str
     reason: str
 
 
-class Plan(Record):
+class Plan(PlanPart):
     """What a run builds and whether it publishes (``plan.json``; GitHub matrices come from it)."""
 
     schema_version: Literal[1]
@@ -146,6 +164,14 @@ class Plan(Record):
 
     def image_entry(self, variant: str) -> ImageEntry | None:
         return next((e for e in self.matrix.images if e.variant == variant), None)
+
+
+_FIELD_BY_KEY = {
+    (cls, field.alias): name
+    for cls in (PlanPackage,)
+    for name, field in cls.model_fields.items()
+    if field.alias
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,6 +238,31 @@ class ExportSource(Record):
     weights_sha256: str
 
 
+class Tolerance(Record):
+    iou: Number
+    score: Number
+
+
+class VerificationRun(Record):
+    """One export format run on the golden images in a fresh process, against the eager outputs."""
+
+    format: str
+    ok: bool
+    min_iou: Number | None = None
+    max_score_diff: Number | None = None
+    images: int | None = None
+    detections: int | None = None
+    seconds: Number | None = None
+    tolerance: Tolerance | None = None
+    table: str | None = Field(default=None, description="what differed, when a run failed")
+    error: str | None = None
+
+
+class Verification(Record):
+    ok: bool
+    runs: list[VerificationRun]
+
+
 class ModelManifest(Record):
     """``models/<model>/model.json``: what an export holds, how it was made and verified."""
 
@@ -228,7 +279,7 @@ class ModelManifest(Record):
     golden: GoldenInfo | None = None
     source: ExportSource | None = None
     git_commit: str | None = None
-    verification: JsonObject | None = Field(default=None, description="{ok, runs: [{format, min_iou, ...}]}")
+    verification: Verification | None = None
     inputs: dict[str, str] | None = Field(
         default=None, description="a hash per part the export depends on (slipway.stages.export.export_inputs)"
     )
@@ -370,11 +421,6 @@ class WheelsRecord(Record):
 # smoke/<artifact>.json and smoke/summary.json (``slipway smoke``)
 
 
-class Tolerance(Record):
-    iou: Number
-    score: Number
-
-
 class SmokeLimits(Record):
     memory: str | None = None
     cpus: Number | None = None
@@ -453,6 +499,7 @@ class SmokeSummaryEntry(Record):
 
     ok: bool
     error: str = ""
+    wheel_kind: str | None = None
     artifact: str | None = None
     kind: str | None = None
     variant: str | None = None
@@ -490,7 +537,7 @@ class SmokeTableRow(Record):
     max_score_diff: Number | None = None
     accuracy: JsonObject | None = None
     ok: bool
-    tolerance: Tolerance | JsonObject | None = None
+    tolerance: Tolerance | None = None
     ready_seconds: Number | None = None
     p50_ms: Number | None = None
     note: str | None = None
@@ -669,7 +716,7 @@ class ReleaseRecord(Record):
 # Reading and writing
 
 M = TypeVar("M", bound=BaseModel)
-_REQUIRED: Any = object()
+REQUIRED: Any = object()  # "no default": a missing file is an error
 
 # File name in slipway/schemas/ -> the model it describes (what 'slipway schema --records' writes).
 SCHEMAS: dict[str, type[BaseModel]] = {
@@ -689,9 +736,10 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 }
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
+def location(loc: tuple[int | str, ...]) -> str:
+    """A validation error's location as a dotted key: ``matrix.images[0].variant``."""
     text = ""
-    for part in loc:
+    for part in (p for p in loc if p != "root"):
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(the whole record)"
 
@@ -700,7 +748,7 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
     """The first problems of a validation error, each as ``field: message (got value)``."""
     parts = []
     for err in exc.errors()[:limit]:
-        where = _where(tuple(p for p in err["loc"] if p != "root"))
+        where = location(err["loc"])
         shown = "" if err["type"] in ("missing",) else f" (got {json.dumps(err.get('input'), default=str)[:60]})"
         parts.append(f"{where}: {err['msg']}{shown}")
     more = len(exc.errors()) - limit
@@ -715,7 +763,7 @@ def parse(path: Path | str, data: object, model: type[M]) -> M:
         raise RecordError(path, f"does not match {model.__name__}: {describe(exc)}") from None
 
 
-def read(path: Path | str, model: type[M], missing: Any = _REQUIRED) -> M:
+def read(path: Path | str, model: type[M], missing: Any = REQUIRED) -> M:
     """The record at ``path`` as a ``model``.
 
     A file that is not there is ``missing`` when one is given (an optional record is then absent),
@@ -727,7 +775,7 @@ def read(path: Path | str, model: type[M], missing: Any = _REQUIRED) -> M:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        if missing is _REQUIRED:
+        if missing is REQUIRED:
             raise RecordError(path, "is missing") from None
         return missing
     except (OSError, UnicodeDecodeError) as exc:

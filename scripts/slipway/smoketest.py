@@ -30,16 +30,15 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from slipway import services
+from slipway import records, services
 from slipway.errors import CheckError
-from slipway.fsutil import read_record
 
 # The real TF Serving on GitHub; pinned, and overridable for a newer TensorFlow.
 TFSERVING_IMAGE = os.environ.get("SLIPWAY_TFSERVING_IMAGE", "tensorflow/serving:2.20.0")
@@ -223,11 +222,10 @@ def tfserving_server(
     version 1); ``mode="stub"`` runs ``python -m slipway.tfserving_standin`` on the host, which is a
     stand-in, not TF Serving, and says so in every result.
     """
-    manifest = read_record(model_dir / "model.json")
-    name = manifest["name"]
-    saved_model = model_dir / ((manifest.get("files") or {}).get("saved_model") or {}).get(
-        "path", "saved_model"
-    )
+    manifest = records.read(model_dir / "model.json", records.ModelManifest)
+    name = manifest.name
+    saved_model = model_dir / (manifest.files["saved_model"].path if "saved_model" in manifest.files
+                               else "saved_model")
     if not (saved_model / "saved_model.pb").is_file():
         raise CheckError(
             f"{saved_model}: no SavedModel to serve (export the model with the saved_model exporter)"
@@ -359,7 +357,7 @@ def predict(
 
 def compare_golden(
     model_dir: Path,
-    detect: Callable[[dict[str, Any], Path], tuple[list[dict[str, Any]], float]],
+    detect: Callable[[records.GoldenImage, Path], tuple[list[dict[str, Any]], float]],
     *,
     iou: float,
     score: float,
@@ -370,22 +368,22 @@ def compare_golden(
     score threshold)."""
     from model_export.compare import accuracy, compare_detections
 
-    manifest = read_record(model_dir / "model.json")
-    reference = read_record(model_dir / "golden" / "reference.json")["images"]
+    manifest = records.read(model_dir / "model.json", records.ModelManifest)
+    reference = records.read(model_dir / "golden" / "reference.json", records.GoldenReference).images
     results, latencies, got_all = [], [], []
     for entry in reference:
-        got, seconds = detect(entry, model_dir / "golden" / entry["file"])
+        got, seconds = detect(entry, model_dir / "golden" / entry.file)
         latencies.append(seconds * 1000)
         got_all.append(got)
-        cmp = compare_detections(entry["detections"], got, iou=iou, score=score)
-        results.append({"file": entry["file"], **cmp.to_json(), "differences": cmp.table()})
+        cmp = compare_detections([records.dump(d) for d in entry.detections], got, iou=iou, score=score)
+        results.append({"file": entry.file, **cmp.to_json(), "differences": cmp.table()})
     # Against the project's own ground truth, over the model's own labels; precision and recall at
     # the score threshold the release serves with.
-    acc = accuracy([e["ground_truth"] for e in reference], got_all, manifest["labels"],
-                   float((manifest.get("output") or {}).get("score_threshold", 0.0)))
+    acc = accuracy([[records.dump(t) for t in e.ground_truth] for e in reference], got_all, manifest.labels,
+                   float(manifest.output.score_threshold))
     return {
         "ok": bool(results) and all(r["ok"] for r in results),
-        "model": manifest["name"],
+        "model": manifest.name,
         "images": len(results),
         "min_iou": min((r["min_iou"] for r in results), default=1.0),
         "max_score_diff": max((r["max_score_diff"] for r in results), default=0.0),
@@ -398,9 +396,10 @@ def compare_golden(
     }
 
 
-def export_digest(manifest: dict[str, Any]) -> str | None:
-    """One hash of the inputs an export records in ``model.json`` (None for an export without)."""
-    inputs = manifest.get("inputs")
+def export_digest(manifest: records.ModelManifest | Mapping[str, object]) -> str | None:
+    """One hash of the inputs an export records in ``model.json`` (None for an export without).
+    (``manifest`` as JSON data: for the publish stage, until it reads model.json through its model.)"""
+    inputs = manifest.inputs if isinstance(manifest, records.ModelManifest) else manifest.get("inputs")
     if not isinstance(inputs, dict):
         return None
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
@@ -408,9 +407,9 @@ def export_digest(manifest: dict[str, Any]) -> str | None:
 
 def check_golden(url: str, model_dir: Path, *, iou: float, score: float) -> dict[str, Any]:
     """Send every golden image to a served model; compare with the reference and the ground truth."""
-    name = read_record(model_dir / "model.json")["name"]
+    name = records.read(model_dir / "model.json", records.ModelManifest).name
 
-    def detect(entry: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], float]:
+    def detect(entry: records.GoldenImage, path: Path) -> tuple[list[dict[str, Any]], float]:
         answer, seconds = predict(url, name, png_bytes(path))
         return answer.get("detections", []), seconds
 
@@ -698,12 +697,10 @@ def smoke_wheel(
                 return result
         inputs = work / "inputs"
         inputs.mkdir()
-        reference = read_record(model_dir / "golden" / "reference.json")["images"]
+        reference = records.read(model_dir / "golden" / "reference.json", records.GoldenReference).images
         for entry in reference:
-            with Image.open(model_dir / "golden" / entry["file"]) as im:
-                np.save(
-                    inputs / f"{Path(entry['file']).stem}.npy", np.asarray(im.convert("RGB"), dtype=np.uint8)
-                )
+            with Image.open(model_dir / "golden" / entry.file) as im:
+                np.save(inputs / f"{Path(entry.file).stem}.npy", np.asarray(im.convert("RGB"), dtype=np.uint8))
         runner = work / "run_golden.py"
         runner.write_text(_WHEEL_RUNNER)
         answers = work / "answers.json"
@@ -738,8 +735,8 @@ def smoke_wheel(
         )
         by_stem = got["images"]
 
-        def detect(entry: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], float]:
-            answer = by_stem[Path(entry["file"]).stem]
+        def detect(entry: records.GoldenImage, path: Path) -> tuple[list[dict[str, Any]], float]:
+            answer = by_stem[Path(entry.file).stem]
             return answer["detections"], answer["ms"] / 1000
 
         result.update(compare_golden(model_dir, detect, iou=iou, score=score))
