@@ -65,6 +65,7 @@ lint: venv
 
 schema: venv
 	$(BIN)/slipway schema > scripts/slipway/release.schema.json
+	$(BIN)/slipway schema --records scripts/slipway/schemas
 
 clean:
 	rm -rf dist build .pytest_cache .ruff_cache

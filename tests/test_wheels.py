@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from plans import bare_plan
 
 from slipway.config import load_config
 from slipway.context import StageContext
@@ -88,6 +89,11 @@ def test_size_problems_name_wheel_size_and_limit(tmp_path):
     assert big.name in problems[0] and "3.50 MiB" in problems[0] and "wheels.max_size_mib = 3 MiB" in problems[0]
 
 
+def _target(arch: str, platform: str = "") -> dict[str, str]:
+    return {"arch": arch, "platform": platform or f"manylinux_2_28_{arch}", "runner": "ubuntu-24.04",
+            "build": "cp311-*", "model": "shapes-torch"}
+
+
 def _ctx(tmp_path: Path, **wheel_settings) -> StageContext:
     config = load_config(ROOT / "release.toml")
     config = config.model_copy(update={"wheels": config.wheels.model_copy(update=wheel_settings)})
@@ -97,9 +103,8 @@ def _ctx(tmp_path: Path, **wheel_settings) -> StageContext:
     for name in ("model.json", "model.torchscript.pt", "golden/reference.json"):
         (model / name).write_text("{}")
     # The plan's wheel targets, as 'slipway plan' writes them for this release.toml.
-    targets = [{"arch": "x86_64" if p.endswith("x86_64") else "aarch64", "platform": p, "model": "shapes-torch"}
-               for p in config.wheels.platforms]
-    plan = {"version": "1.0.0", "matrix": {"wheels": targets}}
+    targets = [_target("x86_64" if p.endswith("x86_64") else "aarch64", platform=p) for p in config.wheels.platforms]
+    plan = bare_plan("1.0.0", matrix={"wheels": targets})
     return StageContext(config=config, plan=plan, out=out, root=ROOT)
 
 
@@ -321,8 +326,8 @@ def test_a_projects_runtime_is_not_published_and_its_model_package_is(tmp_path, 
     try:
         for project in ("street-scenes", "harbour-cams"):
             ctx = _ctx(tmp_path / project, publish_runtime=False)
-            ctx.plan["packages"] = [{"model": "shapes-torch", "package": f"{project}-detector",
-                                     "import": f"{project.replace('-', '_')}_detector"}]
+            ctx.plan.packages = [{"model": "shapes-torch", "package": f"{project}-detector",
+                                  "import": f"{project.replace('-', '_')}_detector"}]
             result = wheels.run(ctx)
             assert sorted(p.name for p in (ctx.out / "runtime").glob("*.whl")) == [
                 "slipway_runtime-1.0.0-cp311-cp311-manylinux_2_34_x86_64.whl",
@@ -346,9 +351,8 @@ def test_a_projects_runtime_is_not_published_and_its_model_package_is(tmp_path, 
 def _github_job_ctx(tmp_path: Path, monkeypatch, host: str, **wheel_settings) -> tuple[StageContext, Path]:
     """A wheels job on GitHub: the plan's two targets and one model package; GITHUB_OUTPUT set."""
     ctx = _ctx(tmp_path, **wheel_settings)
-    ctx.plan["matrix"] = {"wheels": [{"arch": "x86_64", "model": "shapes-torch"},
-                                     {"arch": "aarch64", "model": "shapes-torch"}]}
-    ctx.plan["packages"] = [{"model": "shapes-torch", "package": "acme-detector", "import": "acme_detector"}]
+    ctx.plan.matrix.wheels = [_target("x86_64"), _target("aarch64")]
+    ctx.plan.packages = [{"model": "shapes-torch", "package": "acme-detector", "import": "acme_detector"}]
     monkeypatch.setattr(wheels, "host_arch", lambda: host)
     output = tmp_path / "github-output"
     output.write_text("")

@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=cmd_services)
 
     p = sub.add_parser("schema", help="print the JSON Schema of release.toml (or write those of the records)")
-    p.add_argument("--check", metavar="FILE", help="exit 1 if FILE (with --records: DIR) differs from the current "
-                   "schema(s)")
+    p.add_argument("--check", metavar="FILE", nargs="?", const="",
+                   help="exit 1 if FILE differs from the current schema; with --records (no FILE): if DIR does")
     p.add_argument("--records", metavar="DIR", help="write the JSON Schema of the plan and of every record in "
                    "dist/<version>/ into DIR, one file each (slipway/schemas/ holds them)")
     p.set_defaults(func=cmd_schema)
@@ -459,7 +459,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from slipway.config import json_schema
 
     if args.records:
-        return _record_schemas(Path(args.records), check=bool(args.check))
+        return _record_schemas(Path(args.records), check=args.check is not None)
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.check:
         current = Path(args.check).read_text() if Path(args.check).exists() else ""

@@ -716,6 +716,8 @@ class ReleaseRecord(Record):
 # Reading and writing
 
 M = TypeVar("M", bound=BaseModel)
+# The committed JSON Schemas (slipway/schemas/ in the installed package).
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 REQUIRED: Any = object()  # "no default": a missing file is an error
 
 # File name in slipway/schemas/ -> the model it describes (what 'slipway schema --records' writes).

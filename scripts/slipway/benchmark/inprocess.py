@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slipway import records
 from slipway.benchmark.stats import summarize
 from slipway.benchmark.worker import MARKER, STAGES
 
@@ -223,18 +224,18 @@ def add_ratios(runtimes: dict[str, dict[str, Any]], baseline: str = "eager") -> 
                 result["pipeline"]["p50"] / result["stages"]["inference"]["p50"], 3)
 
 
-def measure_model(model_dir: Path, manifest: dict[str, Any], settings: Settings, *, eager: dict[str, Any],
+def measure_model(model_dir: Path, manifest: records.ModelManifest, settings: Settings, *, eager: dict[str, Any],
                   cpp: CppEnv, log=print, only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Every runtime that fits the model's framework, interleaved; those that cannot run say why.
 
     Workers start (load + warm-up) one at a time. Then rounds: each live worker in turn makes one
     batch of timed runs, the order rotating every round, until each has ``settings.runs`` samples.
     """
-    name = manifest["name"]
+    name = manifest.name
     results: dict[str, dict[str, Any]] = {}
     workers: dict[str, Worker] = {}
     try:
-        for runtime in RUNTIMES.get(manifest["framework"], ()):
+        for runtime in RUNTIMES.get(manifest.framework, ()):
             if only and runtime not in only:
                 continue
             spec = {"runtime": runtime, "model_dir": str(model_dir), "threads": settings.threads,

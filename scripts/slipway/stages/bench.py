@@ -37,14 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slipway import services, smoketest
+from slipway import records, services, smoketest
 from slipway.benchmark import budgets as budget_checks
 from slipway.benchmark import inprocess, machine, report, served, sizes
-from slipway.context import StageContext
+from slipway.context import StageContext, StageResult
 from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError, SlipwayError
-from slipway.fsutil import read_record
-from slipway.github import image_records
+from slipway.outputs import image_records
 from slipway.smoketest import run_container
 
 RESULTS_SCHEMA = 1
@@ -92,21 +91,28 @@ class BenchSettings:
         return s
 
 
-def _scope(ctx: StageContext, variants: list[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+class EngineImage(records.ImageRecord):
+    """An image record as this run has it in the engine; ``unavailable`` says why it could not be
+    had (never written: the bench's own view of ``images.json`` and ``images/<variant>.json``)."""
+
+    unavailable: str | None = None
+
+
+def _scope(ctx: StageContext, variants: list[str] | None) -> tuple[list[records.ImageEntry], list[str]]:
     """The image entries and the models this run measures."""
-    entries = list(ctx.plan["matrix"]["images"])
+    entries = list(ctx.plan.matrix.images)
     if variants:
-        unknown = sorted(set(variants) - {e["variant"] for e in entries})
+        unknown = sorted(set(variants) - {e.variant for e in entries})
         if unknown:
             raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
-        entries = [e for e in entries if e["variant"] in variants]
-        models = sorted({e["model"] for e in entries})
+        entries = [e for e in entries if e.variant in variants]
+        models = sorted({e.model for e in entries})
     else:
-        models = [e["model"] for e in ctx.plan["matrix"]["export"]]
+        models = [e.model for e in ctx.plan.matrix.export]
     return entries, models
 
 
-def _eager_source(ctx: StageContext, model: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def _eager_source(ctx: StageContext, model: str, manifest: records.ModelManifest) -> dict[str, Any]:
     """Entry point and weights of the eager model; the weights must be the ones that were exported."""
     try:
         spec = ctx.config.model(model)
@@ -115,7 +121,7 @@ def _eager_source(ctx: StageContext, model: str, manifest: dict[str, Any]) -> di
     weights = Path(spec.weights)
     if not weights.is_file():
         return {"reason": f"weights file {weights.name} not found"}
-    want = (manifest.get("source") or {}).get("weights_sha256")
+    want = manifest.source.weights_sha256 if manifest.source else None
     if want:
         h = hashlib.sha256()
         with weights.open("rb") as f:
@@ -131,7 +137,7 @@ def _tolerances(ctx: StageContext) -> dict[str, dict[str, float]]:
 
 
 def measure_in_process(ctx: StageContext, models: list[str], settings: BenchSettings,
-                       work: Path) -> tuple[dict[str, Any], inprocess.CppEnv]:
+                       work: Path) -> tuple[records.JsonObject, inprocess.CppEnv]:
     if ctx.config.wheels.enabled:
         from slipway.stages.wheels import runtime_dir
 
@@ -150,7 +156,7 @@ def measure_in_process(ctx: StageContext, models: list[str], settings: BenchSett
                           for rt in inprocess.RUNTIMES.get(framework, ())}
             ctx.log(f"{model}: no export to measure")
             continue
-        manifest = read_record(model_dir / "model.json")
+        manifest = records.read(model_dir / "model.json", records.ModelManifest)
         out[model] = inprocess.measure_model(model_dir, manifest, ip_settings, cpp=cpp, log=ctx.log,
                                              eager=_eager_source(ctx, model, manifest))
         if not ctx.config.wheels.enabled and "cpp" in out[model]:
@@ -160,7 +166,7 @@ def measure_in_process(ctx: StageContext, models: list[str], settings: BenchSett
 
 
 def measure_imports(ctx: StageContext, models: list[str], settings: BenchSettings,
-                    cpp: inprocess.CppEnv) -> dict[str, Any]:
+                    cpp: inprocess.CppEnv) -> records.JsonObject:
     frameworks = set()
     for model in models:
         try:
@@ -189,7 +195,7 @@ def measure_imports(ctx: StageContext, models: list[str], settings: BenchSetting
     return out
 
 
-def images_in_engine(ctx: StageContext, entries: list[dict[str, Any]]) -> dict[str, Any]:
+def images_in_engine(ctx: StageContext, entries: list[records.ImageEntry]) -> dict[str, EngineImage]:
     """variant -> image record, each image of this run present in the engine, as smoke gets it.
 
     A local build is in ``images.json`` and in the engine already (its ID). A job on GitHub has
@@ -198,22 +204,23 @@ def images_in_engine(ctx: StageContext, entries: list[dict[str, Any]]) -> dict[s
     it, so bench measures the image that was smoke-tested. An image that cannot be had is
     marked ``unavailable`` (its budgets then fail as not measured).
     """
-    records = image_records(ctx.out)
-    wanted = [e["variant"] for e in entries
-              if records.get(e["variant"], {}).get("digest") or records.get(e["variant"], {}).get("archive")]
+    found = {variant: EngineImage.model_validate(records.dump(record))
+             for variant, record in image_records(ctx.out).items()}
+    wanted = [e.variant for e in entries
+              if e.variant in found and (found[e.variant].digest or found[e.variant].archive)]
     if not wanted:
-        return records
+        return found
     try:
         services.ensure_docker(ctx.log)
     except SlipwayError:
-        return records  # measure_served and measure_sizes report the missing engine
+        return found  # measure_served and measure_sizes report the missing engine
     for variant in wanted:
         try:
-            records[variant] = materialize(ctx, records[variant])
+            found[variant] = materialize(ctx, found[variant])
         except SlipwayError as exc:
-            records[variant] = {**records[variant], "unavailable": str(exc).splitlines()[0]}
-            ctx.log(f"{variant}: {records[variant]['unavailable']}")
-    return records
+            found[variant] = found[variant].model_copy(update={"unavailable": str(exc).splitlines()[0]})
+            ctx.log(f"{variant}: {found[variant].unavailable}")
+    return found
 
 
 def _has_gpu() -> bool:
@@ -224,9 +231,9 @@ def _has_gpu() -> bool:
 
 
 @contextlib.contextmanager
-def _external_server(image: dict[str, Any], model_dir: Path, ctx: StageContext, variant: str):
+def _external_server(image: EngineImage, model_dir: Path, ctx: StageContext, variant: str):
     """The model server a ``tfserving`` image talks to (as the smoke test starts it); else nothing."""
-    if image.get("runtime") != "tfserving":
+    if image.runtime != "tfserving":
         yield {}, None
         return
     server = getattr(smoketest, "tfserving_server", None)
@@ -238,49 +245,49 @@ def _external_server(image: dict[str, Any], model_dir: Path, ctx: StageContext, 
         yield {"TFSERVING_URL": ext.url}, ext.description
 
 
-def _start(image: dict[str, Any], ctx: StageContext, variant: str, env: dict[str, str]):
+def _start(image: EngineImage, ctx: StageContext, variant: str, env: dict[str, str]):
     options: dict[str, Any] = {}
-    if image.get("device") == "gpu" and "gpus" in inspect.signature(run_container).parameters:
+    if image.device == "gpu" and "gpus" in inspect.signature(run_container).parameters:
         options["gpus"] = True
-    return run_container(image["tag"], memory=ctx.config.smoke.memory, cpus=ctx.config.smoke.cpus,
+    return run_container(image.tag, memory=ctx.config.smoke.memory, cpus=ctx.config.smoke.cpus,
                          timeout=ctx.config.smoke.timeout_s, env=env,
                          logs_to=ctx.out / "bench" / f"container-{variant}.log", **options)
 
 
-def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dict[str, Any],
-                   settings: BenchSettings) -> dict[str, Any]:
+def measure_served(ctx: StageContext, entries: list[records.ImageEntry], images: dict[str, EngineImage],
+                   settings: BenchSettings) -> records.JsonObject:
     """Per image: ``ready_runs`` starts to /readyz; during the first, a load test per concurrency."""
     out: dict[str, Any] = {}
     if not entries:
         return out
     if not settings.served:
-        return {e["variant"]: {"skipped": True, "reason": "served benchmark turned off (SLIPWAY_BENCH_SERVED=0)"}
+        return {e.variant: {"skipped": True, "reason": "served benchmark turned off (SLIPWAY_BENCH_SERVED=0)"}
                 for e in entries}
     try:
         services.ensure_docker(ctx.log)
     except SlipwayError as exc:
-        return {e["variant"]: {"reason": f"no Docker engine: {str(exc).splitlines()[0]}"} for e in entries}
+        return {e.variant: {"reason": f"no Docker engine: {str(exc).splitlines()[0]}"} for e in entries}
     for entry in entries:
-        variant = entry["variant"]
+        variant = entry.variant
         if variant not in images:
             out[variant] = {"reason": "no image built for this variant (run 'slipway images')"}
             continue
         image = images[variant]
-        if image.get("device") == "gpu" and not _has_gpu():
+        if image.device == "gpu" and not _has_gpu():
             out[variant] = {"skipped": True, "reason": "GPU image; this machine has no GPU"}
             continue
-        if image.get("unavailable"):
-            out[variant] = {"reason": image["unavailable"]}
+        if image.unavailable:
+            out[variant] = {"reason": image.unavailable}
             continue
-        model_dir = ctx.out / "models" / image["model"]
+        model_dir = ctx.out / "models" / image.model
         golden = sorted((model_dir / "golden").glob("*.png"))
         if not golden:
-            out[variant] = {"reason": f"no golden images in models/{image['model']}/golden"}
+            out[variant] = {"reason": f"no golden images in models/{image.model}/golden"}
             continue
         bodies = [p.read_bytes() for p in golden]
-        model_name = read_record(model_dir / "model.json")["name"]
-        result: dict[str, Any] = {"image": image["tag"], "image_id": image.get("id"), "runtime": image["runtime"],
-                                  "device": image.get("device"), "cpus": ctx.config.smoke.cpus,
+        model_name = records.read(model_dir / "model.json", records.ModelManifest).name
+        result: dict[str, Any] = {"image": image.tag, "image_id": image.id, "runtime": image.runtime,
+                                  "device": image.device, "cpus": ctx.config.smoke.cpus,
                                   "memory": ctx.config.smoke.memory, "load": [], "ready_s": {"runs": []}}
         try:
             with _external_server(image, model_dir, ctx, variant) as (extra_env, external):
@@ -314,26 +321,29 @@ def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dic
     return out
 
 
-def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict[str, Any],
-                  models: list[str], docker_ok: bool) -> dict[str, Any]:
+def measure_sizes(ctx: StageContext, entries: list[records.ImageEntry], images: dict[str, EngineImage],
+                  models: list[str], docker_ok: bool) -> records.JsonObject:
     image_sizes: dict[str, Any] = {}
     cache_path = sizes.cache_path()
     cache = sizes.load_cache(cache_path)
     for entry in entries:
-        variant = entry["variant"]
+        variant = entry.variant
         if variant not in images:
             image_sizes[variant] = {"reason": "no image built for this variant"}
             continue
         if not docker_ok:
             image_sizes[variant] = {"reason": "no Docker engine to read the image from"}
             continue
-        if images[variant].get("unavailable"):
-            image_sizes[variant] = {"reason": images[variant]["unavailable"]}
+        if images[variant].unavailable:
+            image_sizes[variant] = {"reason": images[variant].unavailable}
             continue
         ctx.log(f"{variant}: image sizes (docker save, gzip per layer)")
         started = time.monotonic()
         try:
-            image_sizes[variant] = {"image": images[variant]["tag"], **sizes.image_sizes(images[variant]["tag"], cache)}
+            tag = images[variant].tag
+            if tag is None:
+                raise KeyError(f"the record of {variant} names no tag")
+            image_sizes[variant] = {"image": tag, **sizes.image_sizes(tag, cache)}
         except (SlipwayError, RuntimeError, KeyError, ValueError) as exc:
             image_sizes[variant] = {"reason": f"could not measure: {str(exc).splitlines()[0]}"}
             continue
@@ -356,7 +366,7 @@ def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict
     return {"images": image_sizes, "wheels": wheels, "models": model_files}
 
 
-def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) -> dict[str, Any]:
+def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) -> StageResult:
     settings = BenchSettings.resolve(**options)
     entries, models = _scope(ctx, variants)
     bench_dir = ctx.out / "bench"
@@ -364,7 +374,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     work = bench_dir / "work"
     run_info = machine.new_run()
     ctx.log(f"bench run {run_info['run_id']}: models {', '.join(models) or '-'}; "
-            f"variants {', '.join(e['variant'] for e in entries) or '-'}")
+            f"variants {', '.join(e.variant for e in entries) or '-'}")
     if settings.runs < 30:
         ctx.log(f"only {settings.runs} timed runs per runtime: p95 is a rough estimate")
     load_before = machine.load_average()
@@ -389,15 +399,15 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     results: dict[str, Any] = {
         "schema": RESULTS_SCHEMA,
         **run_info,
-        "project": ctx.plan.get("project"),
-        "version": ctx.plan.get("version"),
-        "git_commit": ctx.plan.get("sha"),
+        "project": ctx.plan.project,
+        "version": ctx.plan.version,
+        "git_commit": ctx.plan.sha,
         "machine": {**machine.machine_info(extra_libs), "docker_server": docker_version or None,
                     "load_average_before": load_before, "load_average_after": machine.load_average()},
         "settings": {"threads": settings.threads, "warmup": settings.warmup, "runs": settings.runs,
                      "served_seconds": settings.seconds, "concurrency": list(settings.concurrency),
                      "ready_runs": settings.ready_runs, "import_repeats": settings.import_repeats},
-        "scope": {"models": models, "variants": [e["variant"] for e in entries]},
+        "scope": {"models": models, "variants": [e.variant for e in entries]},
         "inprocess": in_process,
         "imports": imports,
         "served": served_results,
@@ -407,7 +417,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     checks = budget_checks.evaluate(ctx.config.budgets, results)
     failed = [c for c in checks if c.failed]
     results["budgets"] = {"ok": not failed, "checks": [c.to_json() for c in checks]}
-    ctx.write_json("bench/results.json", results)
+    ctx.write("bench/results.json", records.BenchResults.model_validate(results))
     (bench_dir / "table.md").write_text(report.markdown(results))
     report.chart(results, bench_dir / "chart.png")
     shutil.rmtree(work, ignore_errors=True)

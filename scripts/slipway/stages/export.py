@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from slipway import records
-from slipway.context import StageContext
+from slipway.context import StageContext, StageResult
 from slipway.errors import BuildError, CheckError, ConfigError
 from slipway.fsutil import replace_dir, sha256_file, sha256_tree
 
@@ -120,7 +120,7 @@ def stale_parts(ctx: StageContext, model: Any, model_dir: Path,
                   if k not in ignore and current.get(k) != recorded.get(k))
 
 
-def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
+def run(ctx: StageContext, models: list[str] | None = None) -> StageResult:
     from model_export.errors import ExportError, VerificationError
     from model_export.export import export_model
 
