@@ -383,10 +383,10 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
 
     repo = "ghcr.io/acme/det"
     digest = {name: "sha256:" + c * 64 for name, c in (("alpha", "a"), ("gone", "b"), ("gpu", "c"))}
-    records = tmp_path / "images"
-    records.mkdir()
+    record_dir = tmp_path / "images"
+    record_dir.mkdir()
     for variant in ("alpha", "gone", "gpu"):
-        (records / f"{variant}.json").write_text(json.dumps({
+        (record_dir / f"{variant}.json").write_text(json.dumps({
             "variant": variant, "model": "m", "runtime": "onnx", "device": "gpu" if variant == "gpu" else "cpu",
             "image": f"{repo}-{variant}", "tag": f"{repo}-{variant}:1.2.3", "digest": digest[variant],
             "dry_run": False,

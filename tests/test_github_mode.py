@@ -461,16 +461,21 @@ def test_every_slipway_call_in_the_workflows_parses():
 
 
 def test_publish_registry_overrides_rename_every_image_as_the_plan_would():
+    from plans import bare_plan
+
+    from slipway import records
     from slipway.cli import build_parser, override_registries
 
-    plan = {
-        "project": "det",
-        "registries": {"images": "ghcr.io/acme", "packages": "https://upload.pypi.org/legacy/"},
-        "matrix": {"images": [{"variant": "onnx-cpu", "image": "ghcr.io/acme/det-onnx-cpu"}]},
-    }
+    plan = bare_plan(
+        "1.0.0", project="det", registries={"images": "ghcr.io/acme", "packages": "https://upload.pypi.org/legacy/"},
+        matrix={"images": [{"variant": "onnx-cpu", "model": "det", "framework": "pytorch", "runtime": "onnx",
+                            "device": "cpu", "dockerfile": "dockerfiles/pytorch.Dockerfile", "target": "onnx-cpu",
+                            "platforms": "linux/amd64", "image": "ghcr.io/acme/det-onnx-cpu"}]},
+    )
     args = build_parser().parse_args(
         ["publish", "--image-registry", "127.0.0.1:5000/x/", "--package-index", "http://127.0.0.1:8765/"]
     )
     override_registries(plan, args.image_registry, args.package_index)
-    assert plan["registries"] == {"images": "127.0.0.1:5000/x", "packages": "http://127.0.0.1:8765/"}
-    assert plan["matrix"]["images"][0]["image"] == "127.0.0.1:5000/x/det-onnx-cpu"
+    data = records.dump(plan)
+    assert data["registries"] == {"images": "127.0.0.1:5000/x", "packages": "http://127.0.0.1:8765/"}
+    assert data["matrix"]["images"][0]["image"] == "127.0.0.1:5000/x/det-onnx-cpu"

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from installed import ROOT, clean_env
 
+from slipway import records
+
 pytestmark = pytest.mark.slow
 
 # Repository folder -> where the wheel puts it (pyproject.toml, [tool.hatch.build.targets.wheel]).
@@ -64,6 +66,8 @@ def test_wheel_carries_everything_a_release_needs(slipway_dists):
                    "native/tools/repair_wheel.py", "native/tools/check_wheel.py",
                    "native/include/slipway/detector.hpp", "native/cmake/SlipwayRuntimeConfig.cmake.in"):
             assert f"slipway/_resources/{needed}" in names, needed
+    # The JSON Schemas of the records, beside the module that reads them.
+    assert {f"slipway/schemas/{name}" for name in records.json_schemas()} <= names
     # The example models, build trees and caches stay out.
     assert not [n for n in names if n.startswith("model_export/examples")]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".so", ".whl"))]

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from plans import bare_plan
 from test_smoke_fixtures import (
     TestIndex,
     TestRegistry,
@@ -37,7 +38,7 @@ from test_smoke_fixtures import (
     write_fake_export,
 )
 
-from slipway import registry, sbom, services
+from slipway import records, registry, sbom, services
 from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.errors import PublishError
@@ -221,18 +222,17 @@ def _context(tmp_path: Path, plan: dict, summary: dict | None) -> StageContext:
     out = tmp_path / "out"
     (out / "smoke").mkdir(parents=True)
     if summary is not None:
+        # A summary as 'slipway smoke' writes it: what the test does not set is empty.
+        summary = {"failed": [], "version": "1.0.0", "sha": "0" * 40, "table": [], **summary}
         (out / "smoke" / "summary.json").write_text(json.dumps(summary))
     return StageContext(config=config, plan=plan, out=out, root=config.root)
 
 
-def _plan(artifacts: list[str]) -> dict:
-    return {
-        "version": "1.0.0",
-        "short_sha": "abcdef0",
-        "matrix": {
-            "smoke": [{"artifact": a, "kind": "image", "variant": a.split(":")[1]} for a in artifacts]
-        },
-    }
+def _plan(artifacts: list[str]) -> records.Plan:
+    return bare_plan("1.0.0", sha="abcdef0" + "0" * 33, matrix={
+        "smoke": [{"artifact": a, "kind": "image", "variant": a.split(":")[1], "device": "cpu", "arches": "amd64"}
+                  for a in artifacts]
+    })
 
 
 def test_gate_refuses_naming_every_failed_and_untested_artifact(tmp_path):
@@ -263,7 +263,7 @@ def test_gate_refuses_without_smoke_results_and_for_changed_wheels(tmp_path):
         ctx.out / "wheels", dist="unit-pkg", version="1.0", files={"unit_pkg/__init__.py": ""}, readme="# x"
     )
     summary = {
-        "ok": True,
+        "ok": True, "failed": [], "version": "1.0.0", "sha": "0" * 40, "table": [],
         "artifacts": {
             "image:alpha": {"ok": True},
             "wheels": {"ok": True},

@@ -162,9 +162,6 @@ class Plan(PlanPart):
     skipped: list[SkippedVariant]
     notes: list[str]
 
-    def image_entry(self, variant: str) -> ImageEntry | None:
-        return next((e for e in self.matrix.images if e.variant == variant), None)
-
 
 _FIELD_BY_KEY = {
     (cls, field.alias): name
