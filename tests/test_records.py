@@ -240,7 +240,7 @@ def test_every_record_model_refuses_damage_naming_the_file(tmp_path, name):
 # Modules whose public functions hand data from one stage to another (the records and their
 # readers) or make a stage's records. The publish stage is converted separately: until then it
 # is the one stage left out, by name.
-BOUNDARY = [SLIPWAY / "records.py", SLIPWAY / "outputs.py", SLIPWAY / "context.py",
+BOUNDARY = [SLIPWAY / "records.py", SLIPWAY / "outputs.py", SLIPWAY / "context.py", SLIPWAY / "cli.py",
             *sorted((SLIPWAY / "stages").rglob("*.py"))]
 NOT_YET = {"publish"}
 # Raw JSON a stage may read or write: what is not a record of dist/<version>/.
@@ -251,6 +251,10 @@ RAW_JSON_ALLOWED = {
     ("export.py", "_fingerprint"): "hashes JSON text, reads no file",
     ("export.py", "run"): "the fingerprint file beside model.json (JSON text of export_inputs)",
     ("images.py", "inspect_image"): "docker's own output",
+    ("cli.py", "_trigger"): "the GitHub event payload",
+    ("cli.py", "cmd_services"): "the services' session file and status, in the state folder",
+    ("cli.py", "cmd_schema"): "release.toml's JSON Schema",
+    ("cli.py", "config_path"): "a lenient look at the plan's 'config' before the stage reads the plan",
     ("wheels.py", "build_local"): "the report of native/tools/repair_wheel.py, a file of the build's own",
     ("wheels.py", "check_golden"): "the result file of native/tools/check_wheel.py, a file of the check's own",
 }

@@ -18,7 +18,7 @@ from typing import Any
 
 from slipway import __version__, records
 from slipway.config import DEFAULT_CONFIG, ReleaseConfig, load_config
-from slipway.context import StageContext
+from slipway.context import StageContext, StageResult
 from slipway.errors import ConfigError, SlipwayError
 from slipway.plan import EVENTS, Trigger, git_sha, load_plan, make_plan, trigger_from_github
 
@@ -291,7 +291,7 @@ def _context(args: argparse.Namespace, config: ReleaseConfig, plan: records.Plan
     return StageContext(config=config, plan=plan, out=out, root=config.root, verbose=getattr(args, "verbose", False))
 
 
-def run_stage(stage: str, ctx: StageContext, **options: Any) -> dict[str, Any]:
+def run_stage(stage: str, ctx: StageContext, **options: Any) -> StageResult:
     """Run one stage and record its status and duration in stages.json."""
     module = importlib.import_module(f"slipway.stages.{stage}")
     ctx.log(f"== {stage}")
@@ -299,7 +299,7 @@ def run_stage(stage: str, ctx: StageContext, **options: Any) -> dict[str, Any]:
     status, summary = "ok", ""
     try:
         result = module.run(ctx, **options) or {}
-        summary = result.get("summary", "")
+        summary = str(result.get("summary", ""))
         return result
     except SlipwayError as exc:
         status, summary = "failed", str(exc).splitlines()[0]
