@@ -23,6 +23,7 @@ from model_export.compare import accuracy, precision_recall
 from model_export.errors import ExportError
 from model_export.examples import shapes
 from slipway import config as config_mod
+from slipway import records
 from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.errors import CheckError, ConfigError, PublishError
@@ -235,21 +236,23 @@ def _ctx(tmp_path: Path, extra: str) -> StageContext:
 def test_min_map50_gate_fails_below_and_passes_at_or_above(tmp_path):
     from slipway.stages.smoke import gate_accuracy
 
+    def result(**fields) -> records.SmokeResult:
+        return records.SmokeResult(**{"artifact": "image:pytorch-cpu", "kind": "image", "model": "det", "ok": True,
+                                      **fields})
+
     ctx = _ctx(tmp_path, "min-map50 = 0.8")
-    low = gate_accuracy(ctx, {"artifact": "image:pytorch-cpu", "model": "det", "ok": True,
-                              "accuracy": {"map50": 0.7512}})
-    assert low["ok"] is False and low["min_map50"] == 0.8
-    assert "image:pytorch-cpu" in low["error"] and "model 'det'" in low["error"]
-    assert "0.7512" in low["error"] and "min-map50 0.8" in low["error"] and "models[0].min-map50" in low["error"]
-    high = gate_accuracy(ctx, {"artifact": "image:pytorch-cpu", "model": "det", "ok": True,
-                               "accuracy": {"map50": 0.8}})
-    assert high["ok"] is True and "error" not in high
+    low = gate_accuracy(ctx, result(accuracy={"map50": 0.7512}))
+    assert low.ok is False and low.min_map50 == 0.8
+    assert "image:pytorch-cpu" in low.error and "model 'det'" in low.error
+    assert "0.7512" in low.error and "min-map50 0.8" in low.error and "models[0].min-map50" in low.error
+    high = gate_accuracy(ctx, result(accuracy={"map50": 0.8}))
+    assert high.ok is True and high.error is None
     # A mismatch already reported keeps its message; the gate adds its own.
-    both = gate_accuracy(ctx, {"artifact": "wheel:x.whl", "model": "det", "ok": False, "error": "2 differ",
-                               "accuracy": {"map50": 0.1}})
-    assert both["error"].startswith("2 differ; wheel:x.whl: mAP@0.5 0.1000")
-    ungated = gate_accuracy(_ctx(tmp_path / "u", ""), {"model": "det", "ok": True, "accuracy": {"map50": 0.0}})
-    assert ungated["ok"] is True
+    both = gate_accuracy(ctx, result(artifact="wheel:x.whl", kind="wheel", ok=False, error="2 differ",
+                                     accuracy={"map50": 0.1}))
+    assert both.error.startswith("2 differ; wheel:x.whl: mAP@0.5 0.1000")
+    ungated = gate_accuracy(_ctx(tmp_path / "u", ""), result(accuracy={"map50": 0.0}))
+    assert ungated.ok is True
 
 
 def test_min_map50_fails_the_smoke_stage_with_exit_4(tmp_path, monkeypatch):
@@ -277,7 +280,8 @@ def test_min_map50_fails_the_smoke_stage_with_exit_4(tmp_path, monkeypatch):
         # Answer with the reference detections, shifted off the ground truth on every other image.
         from slipway.smoketest import compare_golden
 
-        return compare_golden(model_dir, lambda entry, path: (entry["detections"], 0.001), iou=0.99, score=1e-4)
+        return compare_golden(model_dir, lambda entry, path: ([records.dump(d) for d in entry.detections], 0.001),
+                              iou=0.99, score=1e-4)
 
     monkeypatch.setattr(smoke, "smoke_wheel", fake_smoke_wheel)
     with pytest.raises(CheckError) as info:
@@ -507,6 +511,7 @@ def test_a_stale_export_is_never_published(project):
         check_exports(ctx, {"image:pytorch-cpu": {"model": "det", "ok": True, "export_inputs": "0" * 64}})
     # Nor an image built from another export.
     (project.out / "images.json").write_text(json.dumps(
-        {"pytorch-cpu": {"variant": "pytorch-cpu", "model": "det", "export_inputs": "1" * 64}}))
+        {"pytorch-cpu": {"variant": "pytorch-cpu", "model": "det", "runtime": "torchscript", "device": "cpu",
+                         "image": "127.0.0.1:5000/x/det-pytorch-cpu", "export_inputs": "1" * 64}}))
     with pytest.raises(PublishError, match="image of variant 'pytorch-cpu': built from another export of model 'det'"):
         check_exports(ctx, {})
