@@ -343,6 +343,9 @@ class ImageRecord(Record):
     size: int | None = None
     layers: list[ImageLayer] | None = None
     labels: dict[str, str] | None = None
+    tuned_from: str | None = Field(default=None, description="slipway bench --tune: the built image's ID")
+    serving_defaults: dict[str, str] | None = Field(
+        default=None, description="slipway bench --tune: the serving knobs the tuned image sets (ENV)")
 
 
 class ImagesIndex(RootModel[dict[str, ImageRecord]]):
@@ -564,6 +567,8 @@ class BenchSettingsRecord(Record):
     concurrency: list[int]
     ready_runs: int
     import_repeats: int
+    grid: bool | None = None
+    grid_seconds: Number | None = None
 
 
 class BenchScope(Record):
@@ -591,9 +596,21 @@ class BenchResults(Record):
     inprocess: JsonObject
     imports: JsonObject
     served: JsonObject
+    grid: JsonObject | None = Field(default=None, description="the serving grid (bench/grid.json), or why not")
     sizes: JsonObject
     seconds: Number
     budgets: BenchBudgets | None = None
+
+
+class BenchGrid(Record):
+    """``bench/grid.json``: the serving grid ``slipway bench --tune`` measured on the built images."""
+
+    target: int = Field(description="the concurrency the choice is made at")
+    seconds: Number
+    cpus: int
+    rule: str
+    images: dict[str, JsonObject] = Field(description="variant -> grid points measured and the chosen one")
+    measured_by: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,6 +746,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "smoke-result.schema.json": SmokeResult,
     "smoke-summary.schema.json": SmokeSummary,
     "bench-results.schema.json": BenchResults,
+    "bench-grid.schema.json": BenchGrid,
     "publish-image.schema.json": PublishedImage,
     "publish-plan.schema.json": PublishPlan,
     "release-record.schema.json": ReleaseRecord,
