@@ -460,3 +460,37 @@ def test_tritonclient_sees_protocol_errors(server):
         with pytest.raises(InferenceServerException) as info:
             client.infer("other", [good])
         assert info.value.status() == "404"
+
+
+# -- the same client against a built image ----------------------------------------------------
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["pytorch-cpu", "onnx-cpu"])
+def test_tritonclient_against_a_built_image_matches_the_rest_api(service_images, variant):
+    """The shapes example's image, run as a smoke test runs it: tritonclient.http asks for the
+    golden images' detections as binary and as JSON tensors and gets what the REST API answers."""
+    from service_images import MODEL as IMAGE_MODEL
+
+    from model_export.examples.shapes import golden
+    from slipway.smoketest import run_container
+
+    pngs = [encode(image, "PNG") for image, _ in golden(3, seed=20201215)]
+    with run_container(service_images[variant], memory="2g", cpus=2.0, timeout=120) as running:
+        address = running.url.split("://", 1)[1]
+        import tritonclient.http as httpclient
+
+        with httpclient.InferenceServerClient(address) as client:
+            assert client.is_server_ready() and client.is_model_ready(IMAGE_MODEL)
+            platform = client.get_model_metadata(IMAGE_MODEL)["platform"]
+            assert platform == ("onnxruntime_onnx" if variant == "onnx-cpu" else "pytorch_torchscript")
+        found = 0
+        for image in pngs:
+            rest = httpx.post(f"{running.url}/v1/models/{IMAGE_MODEL}:predict", content=image,
+                              headers={"content-type": "image/png"}, timeout=60)
+            assert rest.status_code == 200, rest.text
+            expected = rest.json()["detections"]
+            found += len(expected)
+            for binary in (True, False):
+                assert_same_detections(triton_detections(address, IMAGE_MODEL, image, binary=binary), expected)
+    assert found >= 3, "the golden images hold shapes; expected detections to compare"
