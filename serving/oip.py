@@ -34,6 +34,7 @@ import binascii
 import json
 import logging
 import struct
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,10 @@ OUTPUTS: dict[str, tuple[str, list[int]]] = {
 # JSON framing allowed on top of the image's base64 text.
 JSON_OVERHEAD = 64 * 1024
 RETRY = {"Retry-After": "1"}
+# binascii's strict mode (Python 3.11+) checks and decodes in one pass.
+STRICT_BASE64 = sys.version_info >= (3, 11)
+# Bodies larger than this are parsed on a thread (a few milliseconds of work on the loop at most).
+OFF_LOOP_BYTES = 256 * 1024
 # What the protocol calls the platform, per backend.
 PLATFORMS = {
     "torchscript": "pytorch_torchscript",
@@ -210,14 +215,32 @@ def parse_infer_request(body: bytes, header_length: int | None, max_image_bytes:
         if len(text) > 4 * ((max_image_bytes + 2) // 3):
             raise OipError(413, f"{where}: the image is larger than the limit of {max_image_bytes} bytes",
                            "payload_too_large")
-        try:
-            image = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise OipError(400, f"{where}: the element of 'data' is not base64 (in JSON, the image file is sent "
-                                "in base64; or send it as binary data)") from None
+        image = _unbase64(text, where)
 
     outputs = _requested_outputs(doc, binary_default)
     return InferRequest(image=image, request_id=request_id, outputs=outputs)
+
+
+def _b64(text: str) -> bytes:
+    if STRICT_BASE64:
+        return binascii.a2b_base64(text, strict_mode=True)
+    return base64.b64decode(text, validate=True)
+
+
+def _unbase64(text: str, where: str) -> bytes:
+    """Standard padded base64; whitespace (the line breaks base64 tools wrap it with) is allowed,
+    nothing else is."""
+    try:
+        return _b64(text)
+    except (binascii.Error, ValueError):
+        pass
+    if any(c.isspace() for c in text):
+        try:
+            return _b64("".join(text.split()))
+        except (binascii.Error, ValueError):
+            pass
+    raise OipError(400, f"{where}: the element of 'data' is not base64 (in JSON, the image file is sent "
+                        "in base64; or send it as binary data)")
 
 
 def _bytes_element(binary: memoryview, where: str, max_image_bytes: int) -> bytes:
@@ -350,6 +373,26 @@ async def _infer_detections(service: Service, request: Request, image: bytes, bo
     return detections
 
 
+async def _parse(service: Service, body: bytes, header_length: int | None, max_image: int) -> InferRequest:
+    """``parse_infer_request`` under the body budget, off the event loop for a large body.
+
+    Parsing holds more than the body: JSON's string and the decoded image (about twice the body),
+    or the copy of a binary image (once); that much more is taken from the body budget while it
+    runs (capped at what the budget has, so a body that fits alone is still served alone). A
+    large body is parsed on a thread: base64 and JSON take a second for tens of megabytes, and
+    the health endpoints must answer meanwhile."""
+    binary = header_length is not None and header_length < len(body)
+    extra = min(len(body) * (1 if binary else 2), max(0, service.bodies.capacity - len(body)))
+    if not service.bodies.take(extra):
+        raise OipError(503, "the service is receiving too many images; retry later", "overloaded", RETRY)
+    try:
+        if len(body) <= OFF_LOOP_BYTES:
+            return parse_infer_request(body, header_length, max_image)
+        return await asyncio.to_thread(parse_infer_request, body, header_length, max_image)
+    finally:
+        service.bodies.give(extra)
+
+
 def build_router(service: Service) -> APIRouter:
     router = APIRouter()
 
@@ -425,7 +468,7 @@ def build_router(service: Service) -> APIRouter:
         except ApiError as exc:
             raise OipError(exc.status, exc.message, exc.code, exc.headers) from None
         try:
-            parsed = parse_infer_request(body, _header_length(request, len(body)), max_image)
+            parsed = await _parse(service, body, _header_length(request, len(body)), max_image)
         except BaseException:
             service.bodies.give(held)
             raise
