@@ -189,6 +189,49 @@ def test_no_detections_are_empty_tensors(client):
     assert all(c == b"" for c in chunks.values()) and doc["outputs"][0]["shape"] == [0, 4]
 
 
+def test_base64_wrapped_in_lines_is_accepted(client):
+    image = png()
+    text = base64.encodebytes(image).decode()  # 76-character lines, as the base64 tool writes them
+    assert "\n" in text
+    r = client.post(INFER, json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [text]}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][3]["data"] == ["red"]
+
+
+def test_a_large_body_is_parsed_off_the_loop_and_its_budget_given_back(client):
+    from serving.oip import OFF_LOOP_BYTES
+
+    noisy = np.random.default_rng(1).integers(0, 256, size=(400, 400, 3), dtype=np.uint8)
+    image = encode(noisy, "PNG")
+    payload = json.dumps(json_request(image)).encode()
+    assert len(payload) > OFF_LOOP_BYTES
+    expected = rest_detections(client, image)
+    for body, headers in ((payload, {"content-type": "application/json"}), binary_request(image)):
+        r = client.post(INFER, content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["outputs"][0]["data"]) == 4 * len(expected)
+    assert client.app.state.service.bodies.used == 0
+
+
+def test_parsing_holds_body_budget_while_it_runs(model_dir):
+    """Parsing JSON holds about twice the body more (its string, the decoded image): a body that
+    fits the budget, but not with that, is refused with 503 while other bodies hold the rest."""
+    payload = json.dumps(json_request(png())).encode()
+    app = create_app(Settings(model_dir=model_dir, body_budget_bytes=4 * len(payload)))
+    with TestClient(app) as client:
+        service = app.state.service
+        assert service.backend.wait_started(60)
+        assert service.bodies.take(3 * len(payload) // 2)  # other requests' bodies
+        r = client.post(INFER, content=payload, headers={"content-type": "application/json"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json() == {"error": "the service is receiving too many images; retry later"}
+        service.bodies.give(3 * len(payload) // 2)
+        assert service.bodies.used == 0
+        r = client.post(INFER, content=payload, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert service.bodies.used == 0 and service.bodies.peak >= 3 * len(payload)
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 def _with_input(**changes) -> dict:
