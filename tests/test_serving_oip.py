@@ -93,6 +93,15 @@ def rest_detections(client, image: bytes) -> list[dict]:
     return r.json()["detections"]
 
 
+def test_the_protocol_needs_no_numpy():
+    """The pytorch-cpp-cpu image has neither numpy nor torch: the v2 router must import without them."""
+    code = ("import sys; sys.modules['numpy'] = sys.modules['torch'] = None; "
+            "import serving.app, serving.oip; print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
 # -- health and metadata ----------------------------------------------------------------------
 
 def test_server_metadata_and_health(client):
