@@ -341,7 +341,7 @@ async def _ready(service: Service) -> bool:
     return ready
 
 
-async def _infer_detections(service: Service, request: Request, image: bytes, body_held: int) -> list[dict[str, Any]]:
+async def _infer_detections(service: Service, image: bytes, body_held: int) -> list[dict[str, Any]]:
     """The detections of one image, through the same steps (and limits) as the REST predict route.
 
     ``body_held``: the bytes of the body budget this request holds; given back when the work is
@@ -385,12 +385,15 @@ async def _parse(service: Service, body: bytes, header_length: int | None, max_i
     extra = min(len(body) * (1 if binary else 2), max(0, service.bodies.capacity - len(body)))
     if not service.bodies.take(extra):
         raise OipError(503, "the service is receiving too many images; retry later", "overloaded", RETRY)
-    try:
-        if len(body) <= OFF_LOOP_BYTES:
+    if len(body) <= OFF_LOOP_BYTES:
+        try:
             return parse_infer_request(body, header_length, max_image)
-        return await asyncio.to_thread(parse_infer_request, body, header_length, max_image)
-    finally:
-        service.bodies.give(extra)
+        finally:
+            service.bodies.give(extra)
+    # Given back when the thread is done, even if this request is abandoned first.
+    future = asyncio.get_running_loop().run_in_executor(None, parse_infer_request, body, header_length, max_image)
+    future.add_done_callback(lambda _: service.bodies.give(extra))
+    return await asyncio.shield(future)
 
 
 def build_router(service: Service) -> APIRouter:
@@ -473,7 +476,7 @@ def build_router(service: Service) -> APIRouter:
             service.bodies.give(held)
             raise
         del body
-        detections = await _infer_detections(service, request, parsed.image, held)
+        detections = await _infer_detections(service, parsed.image, held)
         if await request.is_disconnected():
             from serving.app import CLIENT_CLOSED
 
