@@ -516,8 +516,13 @@ def test_api_errors_threads_and_benchmark(thin_target, shapes_export, tmp_path):
 # The manifest reader under a host locale
 
 
-def _torch_free_build(out: Path) -> Path:
+@pytest.fixture(scope="module")
+def manifest_reader(tmp_path_factory) -> Path:
     """tests/cpp/manifest_locale.cpp linked with the runtime's torch-free sources (all but detector.cpp)."""
+    return _torch_free_build(tmp_path_factory.mktemp("manifest-reader"))
+
+
+def _torch_free_build(out: Path) -> Path:
     compiler = shutil.which("c++") or shutil.which("g++")
     assert compiler, "no C++ compiler (c++ or g++) on PATH: the runtime's tests build C++"
     sources = sorted(p for p in (NATIVE / "src").glob("*.cpp") if p.name != "detector.cpp")
@@ -549,7 +554,7 @@ def _decimal_comma_locale(binary: Path, model: Path, work: Path) -> tuple[str, d
     return name, {**_env(), "LOCPATH": str(locales)}
 
 
-def test_manifest_numbers_ignore_the_host_locale(tmp_path):
+def test_manifest_numbers_ignore_the_host_locale(manifest_reader, tmp_path):
     """A program that set a decimal-comma locale (de_DE) still reads 0.5 from model.json as 0.5:
     the JSON reader must not go through the C library's locale-dependent strtod."""
     model = tmp_path / "model"
@@ -561,7 +566,7 @@ def test_manifest_numbers_ignore_the_host_locale(tmp_path):
                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
         "output": {"format": "candidates", "score_threshold": 0.5, "nms_iou": 0.45, "max_detections": 7},
     }))
-    binary = _torch_free_build(tmp_path)
+    binary = manifest_reader
     name, env = _decimal_comma_locale(binary, model, tmp_path)
     runs = {}
     for locale in ("C", name):
@@ -575,6 +580,25 @@ def test_manifest_numbers_ignore_the_host_locale(tmp_path):
         assert got["error"] is None, got
         assert got["score_threshold"] == 0.5 and got["nms_iou"] == 0.45 and got["max_detections"] == 7, got
         assert got["mean"] == pytest.approx([0.485, 0.456, 0.406]) and got["std"] == pytest.approx([0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{"name": "x",\n "input": {', "invalid JSON at line 2, column 12: syntax error while parsing object key"),
+    ('{"labels": [1, 2,, 3]}', "invalid JSON at line 1, column 18: syntax error while parsing value"),
+    ('{"name": "caf\xe9"}', "invalid JSON at line 1, column 15: syntax error while parsing value - invalid string: "
+                            "ill-formed UTF-8 byte"),
+    ('{"input": {"height": 8, "width": 8}, "labels": []} trailing', "invalid JSON at line 1, column 54: syntax error "
+                                                                  "while parsing value - invalid literal"),
+    ('{"input": {"height": 8, "width": 8, "mean": [0, 0], "std": [1, 1, 1]}}', "input.mean must hold 3 numbers"),
+    ('{"input": {"height": "8"}}', "input.height must be a number, not a string"),
+    ('{"input": {"height": 8, "height": 0.5}}', "input.height must be a positive integer"),  # the last one wins
+])
+def test_manifest_errors_name_the_file_and_the_place(manifest_reader, tmp_path, text, expected):
+    (tmp_path / "model.torchscript.pt").write_bytes(b"")
+    (tmp_path / "model.json").write_bytes(text.encode("latin-1"))
+    res = subprocess.run([str(manifest_reader), "C", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (json.loads(res.stdout)["error"] or "").startswith(f"{tmp_path / 'model.json'}: {expected}"), res.stdout
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,10 +37,12 @@ int main(int argc, char** argv) {
         << ", \"std\": [" << info.std[0] << ", " << info.std[1] << ", " << info.std[2] << "]"
         << ", \"max_detections\": " << info.max_detections << ", \"error\": null}";
   } catch (const std::exception& e) {
-    // The message goes out through the JSON encoder of the test, not here: keep it printable.
+    // Printed inside a JSON string: quotes, backslashes, control and non-ASCII bytes (the
+    // message may quote the bad bytes of the file) become spaces.
     std::string msg = e.what();
     for (char& c : msg) {
-      if (c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20) c = ' ';
+      const auto u = static_cast<unsigned char>(c);
+      if (c == '"' || c == '\\' || u < 0x20 || u >= 0x80) c = ' ';
     }
     out << ", \"error\": \"" << msg << "\"}";
   }
