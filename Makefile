@@ -16,9 +16,11 @@ PYTEST_ARGS ?=
 # zizmor without --offline runs its online audits too (pin verification); they need GH_TOKEN.
 ZIZMOR_FLAGS ?= --offline --strict-collection
 
-# Debian tools a few tests need: command:package (jq runs the release gate script as GitHub would). Installed as root on Debian; elsewhere the
-# tests that need them say what is missing.
-TEST_TOOLS := aarch64-linux-gnu-g++:g++-aarch64-linux-gnu shellcheck:shellcheck jq:jq
+# Debian tools a few tests need: command-or-file:package (jq runs the release gate script as GitHub would; the
+# de_DE locale source lets the C++ runtime's locale test make a decimal-comma locale). Installed as root on
+# Debian; elsewhere the tests that need them say what is missing.
+TEST_TOOLS := aarch64-linux-gnu-g++:g++-aarch64-linux-gnu shellcheck:shellcheck jq:jq \
+  /usr/share/i18n/locales/de_DE:locales
 
 .PHONY: all venv release test test-tools lint services down clean schema
 
@@ -45,7 +47,7 @@ release: venv
 # Services are started for the tests and, afterwards, only those the tests started are stopped.
 test-tools:
 	@missing=""; for pair in $(TEST_TOOLS); do \
-	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	  { command -v "$${pair%%:*}" || test -e "$${pair%%:*}"; } >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages for the tests:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

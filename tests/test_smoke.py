@@ -249,6 +249,14 @@ def test_wheel_with_wrong_answers_fails_and_a_right_one_passes(tmp_path):
     assert Path(res["log"]).exists()  # kept for the failure; the virtualenv is not
     assert not (tmp_path / "w2" / "venv").exists()
 
+    # The wheel-check harness (native/tools/check_wheel.py, as in the wheels stage) also feeds the
+    # images as raw RGB bytes: a runtime that answers those differently fails though the arrays match.
+    deaf = make_replay_wheel(tmp_path / "deaf", dist="smoke-deaf-runtime", model_dir=model, bytes_input=False)
+    res = smoke_wheel(deaf, model, work=tmp_path / "w3", iou=0.99, score=1e-4)
+    assert res["ok"] is False and res["min_iou"] == 1.0, res
+    assert res["error"] == "RGB bytes input: detections differ from the numpy input's"
+    assert "check_wheel.py" in Path(res["log"]).read_text()
+
 
 # --------------------------------------------------------------------------------------------
 # With the real engine: real model images

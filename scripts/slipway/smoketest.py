@@ -7,7 +7,7 @@ Shared by ``slipway smoke`` and ``slipway bench``. Three kinds of artifact:
 - the external model server a ``tfserving`` image talks to: ``tfserving_server`` starts the real
   ``tensorflow/serving`` image (GitHub) or the REST stand-in ``slipway.tfserving_standin`` (here);
 - a C++ runtime wheel: ``smoke_wheel`` installs it into a fresh virtualenv without torch and runs
-  ``slipway_runtime.Detector(model_dir).predict(image)`` on the golden images.
+  the wheels stage's own harness (native/tools/check_wheel.py) on the golden images in it.
 
 Whatever was started is stopped and removed afterwards, also when a check fails; logs are kept
 when something failed.
@@ -428,48 +428,13 @@ def _pct(values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------------------------
 # Wheels
 
-# Runs inside the wheel's virtualenv, where only the wheel, its dependencies and numpy exist.
-_WHEEL_RUNNER = r"""
-import importlib.util, json, sys, time
-from pathlib import Path
-import numpy as np
-model_dir, inputs, out = sys.argv[1:4]
-# Asked before the runtime is imported: the self-contained runtime refuses even a look for torch.
-torch_installed = importlib.util.find_spec("torch") is not None
-import slipway_runtime
-if model_dir.startswith("package:"):
-    # A model package: its own load() finds its own model files.
-    import importlib
-    det = importlib.import_module(model_dir.removeprefix("package:")).load()
-else:
-    det = slipway_runtime.Detector(model_dir)
+def wheel_harness() -> Path:
+    """The wheel-check harness (native/tools/check_wheel.py, shipped in Slipway's resources): it runs
+    inside the wheel's environment, where only the wheel, its dependencies and numpy exist, and the
+    wheels stage and cibuildwheel run the same file."""
+    from slipway.paths import resource
 
-def field(d, key):
-    return d[key] if isinstance(d, dict) else getattr(d, key)
-
-def as_dict(d):
-    label = d.get("label") if isinstance(d, dict) else getattr(d, "label", None)
-    return {"box": [float(v) for v in field(d, "box")], "score": float(field(d, "score")),
-            "class_id": int(field(d, "class_id")), "label": label}
-
-images = {}
-files = sorted(Path(inputs).glob("*.npy"))
-for i, f in enumerate(files):
-    image = np.load(f)
-    if i == 0:
-        det.predict(image)  # warm-up: first-call allocations are not the runtime's speed
-    t = time.perf_counter()
-    got = det.predict(image)
-    ms = (time.perf_counter() - t) * 1000
-    images[f.stem] = {"detections": [as_dict(d) for d in got], "ms": ms}
-Path(out).write_text(json.dumps({
-    "images": images,
-    "module": slipway_runtime.__file__,
-    "version": getattr(slipway_runtime, "__version__", None),
-    "torch_imported": "torch" in sys.modules,
-    "torch_installed": torch_installed,
-}))
-"""
+    return resource("native") / "tools" / "check_wheel.py"
 
 
 def wheel_tags(filename: str) -> list[tuple[str, str, str]]:
@@ -704,27 +669,24 @@ def smoke_wheel(
                 np.save(
                     inputs / f"{Path(entry['file']).stem}.npy", np.asarray(im.convert("RGB"), dtype=np.uint8)
                 )
-        runner = work / "run_golden.py"
-        runner.write_text(_WHEEL_RUNNER)
-        answers = work / "answers.json"
+        answers, summary_file = work / "answers.json", work / "check.json"
+        cmd = [runner_python, str(wheel_harness()), "--kind", "thin" if kind == "thin" else "self-contained",
+               "--model", str(model_dir.resolve()), "--inputs", str(inputs), "--answers", str(answers),
+               "--json-out", str(summary_file), "--iou", str(iou), "--score", str(score)]
+        if package:
+            cmd += ["--package", package]
         # From an empty folder: the repository's own slipway_runtime sources must not shadow the wheel.
-        res = subprocess.run(
-            [runner_python, str(runner), f"package:{package}" if package else str(model_dir.resolve()), str(inputs),
-             str(answers)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=inputs,
-            env=env,
-        )
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=inputs, env=env)
         with open(log, "a") as fh:
-            fh.write(f"$ run_golden.py\n{res.stdout}{res.stderr}\n")
-        if res.returncode != 0:
+            fh.write(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}\n")
+        check = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        if not answers.is_file():
+            # The runtime never answered: it failed to import or load, or the process died.
             how = f"exit code {res.returncode}"
             if res.returncode < 0:
                 with contextlib.suppress(ValueError):
                     how = f"killed by {signal.Signals(-res.returncode).name}"
-            output = (res.stderr or res.stdout).strip()[-800:] or "(no output)"
+            output = check.get("error") or (res.stderr or res.stdout).strip()[-800:] or "(no output)"
             result["error"] = f"slipway_runtime.Detector failed ({how}): {output}"
             return result
         got = json.loads(answers.read_text())
@@ -749,6 +711,14 @@ def smoke_wheel(
         elif kind != "thin" and (got["torch_imported"] or got["torch_installed"]):
             result["ok"] = False
             result["error"] = "torch was present while the wheel ran; the check must run without it"
+        elif result["ok"] and not check.get("ok"):
+            # The golden detections agree, and the harness found something else: inputs that answer
+            # differently (RGB bytes, PIL image), or a torch guard that let torch in.
+            result["ok"] = False
+            problems = [p for f in check.get("failures", []) for p in f.get("problems", []) if "input" in p]
+            result["error"] = check.get("error") or (
+                f"{problems[0]['input']} input: {problems[0]['problem']}" if problems
+                else "the wheel check failed (see the log)")
         failed = not result["ok"]
         return result
     except subprocess.TimeoutExpired as exc:
