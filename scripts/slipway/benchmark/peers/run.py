@@ -32,7 +32,7 @@ SCHEMA = 1
 @dataclass
 class PeerSettings:
     seconds: float = 10.0
-    warmup: float = 3.0
+    warmup: float = 2.0
     rounds: int = 3
     concurrency: tuple[int, ...] = (1, 8)
     cpus: str = ""                       # empty: the first two CPUs this process may use
@@ -50,7 +50,7 @@ class PeerSettings:
         if any(c < 1 for c in self.concurrency):
             raise ConfigError(f"peer bench concurrency {self.concurrency}: every level must be at least 1")
 
-    def estimate_s(self, n_configs: int, start_s: float = 12.0) -> float:
+    def estimate_s(self, n_configs: int, start_s: float = 15.0) -> float:
         """Rough wall time: each start plus every level's warm-up and timed window, every round."""
         return self.rounds * n_configs * (start_s + len(self.concurrency) * (self.warmup + self.seconds))
 
@@ -96,9 +96,13 @@ def run(inputs: Inputs, settings: PeerSettings) -> dict[str, Any]:
     cpu_list = servers.parse_cpus(cpus)
     all_configs = configs(len(cpu_list), variants=settings.variants, peers=settings.peers)
     if settings.only:
+        unknown = sorted(set(settings.only) - {c.key for c in all_configs})
+        if unknown:
+            raise ConfigError(f"--only {', '.join(unknown)}: no such configuration "
+                              f"(one of {', '.join(c.key for c in all_configs)})")
         all_configs = [c for c in all_configs if c.key in settings.only]
-        if not all_configs:
-            raise ConfigError(f"--only {', '.join(settings.only)}: no such configuration")
+    else:
+        all_configs = [c for c in all_configs if not c.optional]
     manifest_text = (inputs.model_dir / "model.json").read_text()
     import json
 

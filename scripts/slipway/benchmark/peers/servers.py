@@ -203,6 +203,8 @@ def _litserve(config: Config, setup: Setup) -> Iterator[Running]:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**_peer_env(setup, config, config.threads, lib), "PEER_PORT": str(port)}
+    if config.workers:
+        env["PEER_WORKERS"] = str(config.workers)
     url = f"http://127.0.0.1:{port}/predict"
     log_file = home / "server.log"
     cmd = [str(venv / "bin" / "python"), str(lib / "litserve_server.py")]

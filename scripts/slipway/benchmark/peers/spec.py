@@ -51,6 +51,7 @@ class Config:
     batch_max: int = 1
     batch_delay_ms: int = 0
     variant: str = ""        # Slipway's image variant
+    optional: bool = False   # measured only when named (--only), to keep the full run short
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -70,9 +71,14 @@ def configs(cpus: int, variants: tuple[str, ...] = SLIPWAY_VARIANTS,
                    batch_max=8, batch_delay_ms=5),
         ]
     if "litserve" in peers:
-        out.append(Config(key="litserve-default", server="litserve", label=f"LitServe {LITSERVE}",
-                          settings="its defaults (workers per device), threads = CPUs / workers"))
+        out += [
+            Config(key="litserve-default", server="litserve", label=f"LitServe {LITSERVE}",
+                   settings="its defaults (1 inference worker on a CPU), threads = CPUs / workers"),
+            Config(key="litserve-per-cpu", server="litserve", label=f"LitServe {LITSERVE}",
+                   settings=f"{cpus} inference workers (workers_per_device) x 1 thread", workers=cpus, threads=1,
+                   optional=True),
+        ]
     if "bentoml" in peers:
-        out.append(Config(key="bentoml-2", server="bentoml", label=f"BentoML {BENTOML}",
+        out.append(Config(key="bentoml-per-cpu", server="bentoml", label=f"BentoML {BENTOML}",
                           settings=f"{cpus} workers x 1 thread", workers=cpus, threads=1))
     return out
