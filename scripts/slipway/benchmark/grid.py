@@ -79,23 +79,28 @@ def dockerfile(base: str, point: dict[str, int], tuned_from: str, cpus: int | No
     return f"FROM {base}\nENV {env_line}\nLABEL {label_line}\n"
 
 
+def untuned_tag(tag: str) -> str:
+    """The local tag that keeps the built image once its tag names the tuned one (never pushed)."""
+    return f"{tag}-untuned"
+
+
 def derive_image(base_id: str, tag: str, point: dict[str, int], cpus: int | None = None, log=print) -> str:
-    """Build the tuned image from ``base_id`` under ``tag``; returns its ID."""
+    """Build the tuned image from ``base_id`` under ``tag``; returns its ID.
+
+    The built image keeps a local tag (``untuned_tag``): a build resolves FROM by name, and an
+    image without a tag would be removed, with it the ID that ``tuned_from`` names.
+    """
     import tempfile
     from pathlib import Path
 
     from slipway import services
 
-    # A build resolves FROM by name: a temporary tag for the built image, removed afterwards.
-    base_tag = f"slipway-tune-base:{base_id.split(':')[-1][:16]}"
+    base_tag = untuned_tag(tag)
     services.docker("tag", base_id, base_tag, timeout=60)
-    try:
-        with tempfile.TemporaryDirectory(prefix="slipway-tune-") as tmp:
-            (Path(tmp) / "Dockerfile").write_text(dockerfile(base_tag, point, base_id, cpus))
-            log(f"{tag}: defaults {label(point)} as a layer of ENV and LABEL on {base_id[:19]}")
-            services.docker("build", "-q", "-t", tag, tmp, timeout=300)
-    finally:
-        services.docker("rmi", base_tag, check=False, timeout=60)
+    with tempfile.TemporaryDirectory(prefix="slipway-tune-") as tmp:
+        (Path(tmp) / "Dockerfile").write_text(dockerfile(base_tag, point, base_id, cpus))
+        log(f"{tag}: defaults {label(point)} as a layer of ENV and LABEL on {base_id[:19]}")
+        services.docker("build", "-q", "-t", tag, tmp, timeout=300)
     return services.docker("image", "inspect", "-f", "{{.Id}}", tag, timeout=60).stdout.strip()
 
 
