@@ -139,7 +139,7 @@ def svg(data: dict[str, Any]) -> str:
     """Horizontal bars: req/s at each concurrency (left) and memory under load (right), per configuration."""
     conc = [int(c) for c in data.get("settings", {}).get("concurrency", [1, 8])]
     configs = [c for c in data.get("configs", []) if c.get("summary")]
-    label_w, panel_w, gap, bar_h, pad = 260, 360, 40, 12, 6
+    label_w, panel_w, gap, bar_h, pad = 340, 340, 40, 12, 6
     row_h = bar_h * len(conc) + pad * 2
     top, width = 56, label_w + panel_w * 2 + gap + 30
     height = top + row_h * max(1, len(configs)) + 40
@@ -158,7 +158,7 @@ def svg(data: dict[str, Any]) -> str:
             out.append(f'<rect x="0" y="{y0}" width="{width}" height="{row_h}" fill="#f4f6f8"/>')
         name = c["label"] + ("" if c["server"] == "slipway" else f" ({_settings_cell(c)})")
         weight = ' font-weight="bold"' if c["server"] == "slipway" else ""
-        out.append(f'<text x="10" y="{y0 + row_h / 2 + 4:.0f}"{weight}>{escape(name[:42])}</text>')
+        out.append(f'<text x="10" y="{y0 + row_h / 2 + 4:.0f}" font-size="11"{weight}>{escape(name[:52])}</text>')
         for j, k in enumerate(conc):
             value = rate(c, k) or 0
             w = panel_w * 0.85 * value / max_rate

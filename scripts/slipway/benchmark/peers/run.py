@@ -231,8 +231,10 @@ def from_context(ctx, settings: PeerSettings, report_dir: Path | None = None,
             if rec.get("tag") and not rec.get("unavailable"):
                 images[e["variant"]] = rec["tag"]
                 continue
+            # Else the release's tag: in the engine already, or pulled from the registry it went to.
             ref = f"{e['image']}:{ctx.plan['version']}"
-            if services.docker("image", "inspect", ref, check=False, timeout=60).returncode == 0:
+            if (services.docker("image", "inspect", ref, check=False, timeout=60).returncode == 0
+                    or services.docker("pull", "-q", ref, check=False, timeout=600).returncode == 0):
                 images[e["variant"]] = ref
     images.update(overrides)
     tolerance = ctx.config.smoke.tolerance_for("torchscript").model_dump()
