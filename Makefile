@@ -64,12 +64,14 @@ lint: venv
 	$(BIN)/actionlint .github/workflows/*.yml docs/example-caller.yml
 	$(BIN)/zizmor $(ZIZMOR_FLAGS) .github docs/example-caller.yml
 
-# The peer benchmark: not part of make test (it installs the peers). Needs the example's export and
-# CPU images (make release, or slipway export + slipway images). PEERS_ARGS passes options through,
-# e.g. make bench-peers PEERS_ARGS="--rounds 1 --seconds 2" for a quick look.
+# The peer benchmark: not part of make test (it installs the peers). It exports the example's
+# PyTorch model (reused when current) and takes the CPU images of the last make release from the
+# engine or the local registry. About 15 minutes. PEERS_ARGS passes options through, e.g.
+# make bench-peers PEERS_ARGS="--rounds 1 --seconds 2 --warmup 1" for a 3-minute look.
 PEERS_ARGS ?=
 bench-peers: venv
 	$(BIN)/slipway services up
+	$(BIN)/slipway export --model shapes-torch
 	$(BIN)/slipway bench --peers --report-dir docs/bench $(PEERS_ARGS)
 
 schema: venv
