@@ -133,3 +133,66 @@ def test_tuned_image_is_the_built_image_plus_env_and_labels(local_services, tmp_
                                timeout=60).stdout.strip() == base_id
     finally:
         services.docker("rmi", "-f", tag, grid.untuned_tag(tag), check=False, timeout=60)
+
+
+def test_tune_replaces_each_image_with_its_tuned_one_and_bench_reuses_that_grid(tmp_path, monkeypatch):
+    """--tune: images.json then names the tuned image (tuned_from: the built one); the later bench
+    reuses the grid measured on these very images, and measures again for an image rebuilt since."""
+    import json
+    from types import SimpleNamespace
+
+    from slipway import services
+    from slipway.stages import bench
+
+    built = {"variant": "onnx-cpu", "model": "m", "runtime": "onnx", "device": "cpu", "image": "r/onnx",
+             "tag": "r/onnx:1.0", "id": "sha256:" + "a" * 64, "size": 1}
+    (tmp_path / "images.json").write_text(json.dumps({"onnx-cpu": built}))
+
+    def write_json(rel, data):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    ctx = SimpleNamespace(out=tmp_path, log=lambda _m: None, write_json=write_json,
+                          plan={"matrix": {"images": [{"variant": "onnx-cpu", "model": "m"}],
+                                           "export": [{"model": "m"}]}},
+                          config=SimpleNamespace(smoke=SimpleNamespace(cpus=2.0)))
+    points = [_result(P(1, 2), 400, 420, 2.0), _result(P(2, 1), 390, 700, 2.1)]
+    measured: list[str] = []
+
+    def measure_grid(_ctx, entries, images, _settings):
+        measured.extend(images)
+        return {"target": 8, "seconds": 3, "cpus": 2, "rule": grid.RULE, "images": {
+            v: {"image_id": images[v]["id"], "points": points, "chosen": grid.choose(points, 8)} for v in images}}
+
+    derived: list[tuple] = []
+
+    def derive_image(base_id, tag, point, cpus=None, log=None):
+        derived.append((base_id, tag, point, cpus))
+        return "sha256:" + "b" * 64
+
+    monkeypatch.setattr(services, "ensure_docker", lambda log=None: "running")
+    monkeypatch.setattr(bench, "measure_grid", measure_grid)
+    monkeypatch.setattr(grid, "derive_image", derive_image)
+    monkeypatch.setattr(bench, "_inspect", lambda ref: {"id": "sha256:" + "b" * 64, "size": 2})
+
+    summary = bench.tune(ctx)["summary"]
+    assert "onnx-cpu" in summary
+    assert derived == [(built["id"], "r/onnx:1.0", P(2, 1), 2)]
+    record = json.loads((tmp_path / "images.json").read_text())["onnx-cpu"]
+    assert record["id"] == "sha256:" + "b" * 64 and record["tuned_from"] == built["id"]
+    assert record["serving_defaults"] == {"SLIPWAY_SLOTS": "2", "SLIPWAY_THREADS": "1", "SLIPWAY_BATCH_MAX": "1",
+                                          "SLIPWAY_BATCH_DELAY_MS": "0"}
+    assert json.loads((tmp_path / "images" / "onnx-cpu.json").read_text()) == record
+
+    # Tuning again starts from the built image, not from the tuned one.
+    bench.tune(ctx)
+    assert derived[-1][0] == built["id"]
+
+    settings = bench.BenchSettings()
+    measured.clear()
+    reused = bench._grid_for(ctx, [{"variant": "onnx-cpu"}], {"onnx-cpu": record}, settings)
+    assert not measured and reused["measured_by"].startswith("slipway bench --tune")
+    rebuilt = {**record, "id": "sha256:" + "c" * 64}
+    bench._grid_for(ctx, [{"variant": "onnx-cpu"}], {"onnx-cpu": rebuilt}, settings)
+    assert measured == ["onnx-cpu"]
