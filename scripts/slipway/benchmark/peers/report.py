@@ -68,6 +68,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"same CPUs ({s.get('server_cpus', '?')}), one load generator on loopback; {s.get('warmup_s')} s warm-up "
         f"then {s.get('seconds')} s per concurrency level, {s.get('rounds')} interleaved rounds, medians. "
         f"Memory: the peak RSS of the server's whole process tree during the c={top} level (median over rounds). "
+        "Detections: each server's answers on the golden images against the export's reference (the smoke "
+        "test's tolerance) and against the first Slipway image's answers. "
         f"Written by `{COMMAND}` from one run; the numbers are in `peers.json`.",
         "",
     ]

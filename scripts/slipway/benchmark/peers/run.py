@@ -4,7 +4,7 @@ For each round, each configuration (in an order rotated every round) is started 
 answering, and loaded at each concurrency (warm-up, then the timed window), with the RSS of its
 process tree sampled during the highest concurrency; then stopped. In the first round every
 server's detections on the golden images are compared with the export's reference detections
-(the ones Slipway's smoke test holds every image to). Results: ``peers.json``, ``peers.md`` and
+(the ones Slipway's smoke test holds every image to) and with the first Slipway image's answers. Results: ``peers.json``, ``peers.md`` and
 ``peers.svg`` in the report folder.
 """
 
@@ -129,13 +129,15 @@ def run(inputs: Inputs, settings: PeerSettings) -> dict[str, Any]:
         c.key: {"key": c.key, "server": c.server, "label": c.label, "settings": c.settings,
                 "variant": c.variant or None, "rounds": [], "check": None} for c in all_configs}
     by_key = {c.key: c for c in all_configs}
+    answers: dict[str, Any] = {}  # the first Slipway image's detections, for the others to equal
     try:
         for r in range(settings.rounds):
             for key in results.round_order(list(by_key), r):
                 config = by_key[key]
                 rec = records[key]
                 try:
-                    rec["rounds"].append(_measure(config, setup, settings, bodies, reference, inputs, rec, r))
+                    rec["rounds"].append(_measure(config, setup, settings, bodies, reference, inputs, rec, r,
+                                                   answers))
                 except SlipwayError as exc:
                     rec.setdefault("failures", []).append(f"round {r + 1}: {str(exc).splitlines()[0]}")
                     log(f"{key}: round {r + 1} failed: {exc}")
@@ -168,14 +170,23 @@ def run(inputs: Inputs, settings: PeerSettings) -> dict[str, Any]:
 
 
 def _measure(config, setup: servers.Setup, settings: PeerSettings, bodies: list[bytes],
-             reference: list[dict[str, Any]], inputs: Inputs, rec: dict[str, Any], r: int) -> dict[str, Any]:
+             reference: list[dict[str, Any]], inputs: Inputs, rec: dict[str, Any], r: int,
+             answers: dict[str, Any]) -> dict[str, Any]:
     log = inputs.log
     with servers.serve(config, setup) as running:
         rec["actual"] = running.actual
         if rec["check"] is None:
             try:
-                rec["check"] = check_against_reference(load.detections(running.url, bodies), reference,
-                                                       inputs.tolerance)
+                got = load.detections(running.url, bodies)
+                rec["check"] = check_against_reference(got, reference, inputs.tolerance)
+                # And against what the first Slipway image answered, where one was measured before.
+                if config.server == "slipway" and "slipway" not in answers:
+                    answers["slipway"] = (config.key, got)
+                elif "slipway" in answers:
+                    key, theirs = answers["slipway"]
+                    vs = check_against_reference(got, [{"detections": d} for d in theirs], inputs.tolerance)
+                    rec["check"]["vs_slipway"] = {"image": key, **vs}
+                    rec["check"]["ok"] = rec["check"]["ok"] and vs["ok"]
             except Exception as exc:  # a wrong answer is a result to report, not a crash
                 rec["check"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             if not rec["check"].get("ok"):
