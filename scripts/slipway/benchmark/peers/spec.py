@@ -67,7 +67,8 @@ def configs(cpus: int, variants: tuple[str, ...] = SLIPWAY_VARIANTS,
             Config(key="torchserve-1x", server="torchserve", label=f"TorchServe {TORCHSERVE}",
                    settings=f"1 worker x {cpus} threads", workers=1, threads=cpus),
             Config(key="torchserve-batch", server="torchserve", label=f"TorchServe {TORCHSERVE}",
-                   settings="default workers x 1 thread, batch 8, 5 ms delay", workers=None, threads=1,
+                   settings="default workers x 1 thread, batch 8, 5 ms delay (oneDNN fusion off: it "
+                   "collapses on mixed batch sizes)", workers=None, threads=1,
                    batch_max=8, batch_delay_ms=5),
         ]
     if "litserve" in peers:
