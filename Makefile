@@ -2,7 +2,8 @@
 #   make release   the whole local release of the example models (local registry and index)
 #   make test      every test; starts what it needs and stops what it started, and removes
 #                  from the registry what its tests pushed there
-# Also: make lint, make services, make down, make clean.
+# Also: make lint, make services, make down, make clean, make bench-peers (Slipway's CPU images
+# against TorchServe, LitServe and BentoML; downloads them; about 14 minutes; see docs/bench/peers.md).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,7 +23,7 @@ ZIZMOR_FLAGS ?= --offline --strict-collection
 TEST_TOOLS := aarch64-linux-gnu-g++:g++-aarch64-linux-gnu shellcheck:shellcheck jq:jq \
   /usr/share/i18n/locales/de_DE:locales
 
-.PHONY: all venv release test test-tools lint services down clean schema
+.PHONY: all venv release test test-tools lint services down clean schema bench-peers
 
 all: test
 
@@ -64,6 +65,16 @@ lint: venv
 	$(BIN)/hadolint dockerfiles/*.Dockerfile
 	$(BIN)/actionlint .github/workflows/*.yml docs/example-caller.yml
 	$(BIN)/zizmor $(ZIZMOR_FLAGS) .github docs/example-caller.yml
+
+# The peer benchmark: not part of make test (it installs the peers). It exports the example's
+# PyTorch model (reused when current) and takes the CPU images of the last make release from the
+# engine or the local registry. About 15 minutes. PEERS_ARGS passes options through, e.g.
+# make bench-peers PEERS_ARGS="--rounds 1 --seconds 2 --warmup 1" for a 3-minute look.
+PEERS_ARGS ?=
+bench-peers: venv
+	$(BIN)/slipway services up
+	$(BIN)/slipway export --model shapes-torch
+	$(BIN)/slipway bench --peers --report-dir docs/bench $(PEERS_ARGS)
 
 schema: venv
 	$(BIN)/slipway schema > scripts/slipway/release.schema.json
