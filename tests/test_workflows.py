@@ -1412,6 +1412,32 @@ def publish_order_problems(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
+CYCLONEDX_PREDICATE = "https://cyclonedx.org/bom"
+
+
+def sbom_problems(doc: dict[str, Any]) -> list[str]:
+    """One SBOM format on both paths: the images job writes CycloneDX JSON, at the path the record
+    step gives it (the file name `slipway publish` uses locally), and attests that very file as a
+    CycloneDX predicate."""
+    problems = []
+    steps = jobs(doc)["images"]["steps"]
+    path = "${{ steps.record.outputs.sbom }}"
+    record = next((s for s in steps if s.get("id") == "record"), {})
+    if ".cdx.json" not in str(record.get("run")):
+        problems.append("images: the record step names no .cdx.json SBOM file")
+    for s in steps:
+        w = s.get("with") or {}
+        if "anchore/sbom-action@" in str(s.get("uses")):
+            if w.get("format") != "cyclonedx-json":
+                problems.append(f"images: {s.get('name')} writes {w.get('format')!r}, not cyclonedx-json")
+            if w.get("output-file") != path:
+                problems.append(f"images: {s.get('name')} writes {w.get('output-file')!r}, not {path}")
+        attests_sbom = "actions/attest@" in str(s.get("uses")) and ("sbom-path" in w or "predicate-path" in w)
+        if attests_sbom and (w.get("predicate-type") != CYCLONEDX_PREDICATE or w.get("predicate-path") != path):
+            problems.append(f"images: {s.get('name')} does not attest {path} as {CYCLONEDX_PREDICATE}")
+    return problems
+
+
 def runner_problems(docs: dict[str, dict[str, Any]]) -> list[str]:
     """5. Runner labels are inputs; arm64 builds natively (no QEMU) and by digest; one job merges
     the digests into an index; smoke runs each architecture on its own runner."""
@@ -1596,6 +1622,7 @@ def test_first_release_rules_hold():
     assert skipped_stage_problems(docs["ci.yml"]) == []
     assert [p for d in docs.values() for p in overwrite_problems(d)] == []
     assert publish_order_problems(docs["_publish.yml"]) == []
+    assert sbom_problems(docs["_publish.yml"]) == []
     assert runner_problems(docs) == []
     assert cache_problems(docs["_images.yml"]) == []
     assert payload_input_problems(docs["release.yml"]) == []
@@ -1644,6 +1671,40 @@ def test_point_4_rule_finds_tags_before_attestations():
     problems = publish_order_problems(doc)
     assert "images: anchore/sbom-action@e22c389904149dbc22b58101806040fa8d37a610 runs after the release tags" in problems
     assert "images: Attest the SBOM does not depend on inputs.attest" in problems
+
+
+def test_sbom_rule_finds_another_format_and_an_spdx_attestation():
+    doc = _wf("_publish.yml")
+    steps = doc["jobs"]["images"]["steps"]
+    generate = next(s for s in steps if "anchore/sbom-action@" in str(s.get("uses")))
+    generate["with"]["format"] = "spdx-json"
+    attest = next(s for s in steps if s.get("name") == "Attest the SBOM")
+    attest["with"]["predicate-type"] = "https://spdx.dev/Document"
+    assert sbom_problems(doc) == [
+        "images: Generate the SBOM writes 'spdx-json', not cyclonedx-json",
+        f"images: Attest the SBOM does not attest ${{{{ steps.record.outputs.sbom }}}} as {CYCLONEDX_PREDICATE}",
+    ]
+
+
+def test_the_images_sbom_on_github_is_named_as_slipway_names_it(tmp_path):
+    """The record step of _publish.yml, run as GitHub runs it: the SBOM path it gives syft is
+    the one `slipway publish` writes and the github-release job reads (sbom.image_file_name)."""
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed (make test-tools installs it)")
+    from slipway import sbom
+
+    step = next(s for s in jobs(load(WORKFLOWS / "_publish.yml"))["images"]["steps"] if s.get("id") == "record")
+    record = tmp_path / "pytorch-cpu.json"
+    image = "ghcr.io/acme/detector-pytorch-cpu"
+    record.write_text(json.dumps({"image": image, "digest": "sha256:" + "a" * 64}))
+    out = tmp_path / "github-output"
+    env = {"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(out), "RECORD": str(record), "SBOM_DIR": "dist/1.2.3/sbom",
+           "VERSION": "1.2.3"}
+    res = _run_action_script(step, env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    outputs = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert outputs == {"image": image, "digest": "sha256:" + "a" * 64,
+                       "sbom": f"dist/1.2.3/sbom/{sbom.image_file_name(image, '1.2.3')}"}
 
 
 def test_point_5_rule_finds_fixed_runners_qemu_and_no_index():
