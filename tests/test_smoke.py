@@ -56,8 +56,8 @@ TORCH_VARIANT = {
 
 def test_wheel_tags_expand_compressed_sets():
     assert wheel_tags("slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_x86_64.manylinux2014_x86_64.whl") == [
-        ("cp311", "cp311", "manylinux_2_28_x86_64"),
         ("cp311", "cp311", "manylinux2014_x86_64"),
+        ("cp311", "cp311", "manylinux_2_28_x86_64"),
     ]
     assert wheel_tags("pkg-1.0-1build-py2.py3-none-any.whl") == [
         ("py2", "none", "any"),
