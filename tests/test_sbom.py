@@ -238,3 +238,31 @@ def test_the_in_image_inventory_script_runs_on_a_plain_python(tmp_path):
     bom = sbom.image_sbom("unused", image_id="sha256:" + "d" * 64, name="x", version="1.0.0", inventory=inv)
     assert sbom.validate(bom) == []
     assert "Pruned" in _by_name(bom)["libtorch_cpu"]["pedigree"]["notes"]
+
+
+@pytest.mark.parametrize("compiler", ["g++", "aarch64-linux-gnu-g++"])
+def test_what_the_pruner_blanks_is_what_the_sbom_reads(compiler, tmp_path):
+    """native/tools/prune_libtorch.py on a real library: the SBOM's scan finds the blanked code
+    (x86-64 int3, aarch64 udf), and nothing in the library before pruning."""
+    import shutil
+
+    if not shutil.which(compiler):
+        pytest.skip(f"{compiler} is not installed (Debian: apt-get install g++-aarch64-linux-gnu)")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "native" / "tools"))
+    import prune_libtorch
+
+    body = "\n".join(f'    x = x * 7 + {i}; asm volatile("" : "+r"(x));' for i in range(300))
+    (tmp_path / "lib.cpp").write_text(
+        "namespace torch { namespace lazy {\n"
+        f"__attribute__((noinline)) int only_via_pointer(int x) {{\n{body}\n    return x;\n}}\n"
+        "}}\n"
+        "extern \"C\" int kept_entry(int x) { return x + 1; }\n"
+        "int (*table[])(int) = { &torch::lazy::only_via_pointer };\n"
+    )
+    lib, pruned = tmp_path / "lib.so", tmp_path / "pruned.so"
+    subprocess.run([compiler, "-O1", "-fPIC", "-shared", "-o", str(lib), str(tmp_path / "lib.cpp")], check=True)
+    result = prune_libtorch.prune(lib, pruned)
+    assert result["rules"]["lazy tensor core"]["functions"] == 1
+    assert sbom._trap_filled_bytes(lib.read_bytes()) == 0
+    found = sbom._trap_filled_bytes(pruned.read_bytes())
+    assert result["bytes"] > 1000 and result["bytes"] - 16 <= found <= result["bytes"] + 16

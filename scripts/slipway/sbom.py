@@ -261,7 +261,7 @@ def _libtorch_pedigree(ref: str, lib_name: str, file_name: str, torch_version: s
     ]
     if trap_bytes:
         notes.append(
-            f"Pruned by Slipway (native/tools/prune_libtorch.py): {trap_bytes / 2**20:.1f} MiB of code that an "
+            f"Pruned by Slipway (native/tools/prune_libtorch.py): about {trap_bytes / 2**20:.1f} MiB of code that an "
             "inference-only TorchScript runtime never runs is overwritten with trap instructions; every "
             "symbol, address and relocation is kept, and a blanked function that ran would stop the process."
         )
