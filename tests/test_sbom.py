@@ -266,3 +266,51 @@ def test_what_the_pruner_blanks_is_what_the_sbom_reads(compiler, tmp_path):
     assert sbom._trap_filled_bytes(lib.read_bytes()) == 0
     found = sbom._trap_filled_bytes(pruned.read_bytes())
     assert result["bytes"] > 1000 and result["bytes"] - 16 <= found <= result["bytes"] + 16
+
+
+@pytest.mark.docker
+def test_a_pushed_image_gets_the_sbom_a_local_release_writes(local_services, tmp_path):
+    """GitHub's publish job runs `python -m slipway.sbom IMAGE@DIGEST`: the same document, byte for
+    byte, as `slipway publish` writes from the local image; the cpp image's pruned libtorch marked."""
+    from test_smoke_fixtures import base_image, docker_build, run_id
+
+    from slipway import services
+
+    uid = run_id()
+    site = tmp_path / "ctx" / "site"
+    files = {
+        "slipway_runtime/__init__.py": b"",
+        "slipway_runtime/_build_info.py": b'TORCH_VERSION = "2.13.0"\n',
+        "slipway_runtime.libs/libtorch_cpu-1a2b3c4d.so": PRUNED_X86,
+        "slipway_runtime-0.1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: slipway-runtime\nVersion: 0.1.0\n",
+    }
+    for name, data in files.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_bytes(data)
+    (site / "slipway_runtime-0.1.0.dist-info/RECORD").write_text("".join(f"{n},,\n" for n in files))
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        f"FROM {base_image()}\nCOPY site/ /opt/site/\nENV PYTHONPATH=/opt/site\n"
+        f'LABEL org.opencontainers.image.created="2026-01-01T00:00:00Z" dev.slipway.test="{uid}"\n'
+    )
+    repository = f"127.0.0.1:5000/{uid}/{uid}-pytorch-cpp-cpu"
+    image_id = docker_build(tmp_path / "ctx", f"{repository}:build")
+    try:
+        services.docker("push", "--quiet", f"{repository}:build", timeout=300)
+        digest = json.loads(services.docker("image", "inspect", image_id).stdout)[0]["RepoDigests"][0]
+        labels = json.loads(services.docker("image", "inspect", image_id).stdout)[0]["Config"]["Labels"]
+        local = tmp_path / "local" / sbom.image_file_name(repository, "1.2.3")
+        sbom.write(sbom.image_sbom(f"{repository}:build", image_id=image_id, name=repository.rsplit("/", 1)[-1],
+                                   version="1.2.3", labels=labels), local)
+        pushed = tmp_path / "github" / sbom.image_file_name(repository, "1.2.3")
+        res = subprocess.run([sys.executable, "-m", "slipway.sbom", digest, "--version", "1.2.3", "--output",
+                              str(pushed)], capture_output=True, text=True, timeout=600, env=services.docker_env())
+        assert res.returncode == 0, res.stderr
+        assert pushed.read_bytes() == local.read_bytes()
+        torch_cpu = _by_name(json.loads(pushed.read_text()))["libtorch_cpu"]
+        assert "Pruned" in torch_cpu["pedigree"]["notes"]
+        bad = subprocess.run([sys.executable, "-m", "slipway.sbom", f"{repository}@sha256:{'0' * 64}", "--version",
+                              "1.2.3", "--output", str(tmp_path / "x.json")], capture_output=True, text=True,
+                             timeout=300, env=services.docker_env())
+        assert bad.returncode == 5 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        services.docker("image", "rm", "--force", image_id, check=False, timeout=120)

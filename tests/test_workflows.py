@@ -1380,7 +1380,7 @@ def publish_order_problems(doc: dict[str, Any]) -> list[str]:
     names = [str(s.get("uses") or s.get("name")) for s in steps]
     tag = next(i for i, s in enumerate(steps) if s.get("id") == "tag")
     for i, s in enumerate(steps):
-        if any(a in str(s.get("uses")) for a in ("actions/attest@", "anchore/sbom-action@")) and i > tag:
+        if ("actions/attest@" in str(s.get("uses")) or s.get("id") == "sbom") and i > tag:
             problems.append(f"images: {names[i]} runs after the release tags")
         if "actions/attest@" in str(s.get("uses")) and s.get("if") != "inputs.attest":
             problems.append(f"images: {s.get('name')} does not depend on inputs.attest")
@@ -1393,22 +1393,24 @@ CYCLONEDX_PREDICATE = "https://cyclonedx.org/bom"
 
 
 def sbom_problems(doc: dict[str, Any]) -> list[str]:
-    """One SBOM format on both paths: the images job writes CycloneDX JSON, at the path the record
-    step gives it (the file name `slipway publish` uses locally), and attests that very file as a
-    CycloneDX predicate."""
+    """One SBOM on both paths: the images job has Slipway write it (`python -m slipway.sbom`, the
+    code `slipway publish` runs locally) at the path the record step gives it (the local file
+    name), and attests that very file as a CycloneDX predicate."""
     problems = []
     steps = jobs(doc)["images"]["steps"]
     path = "${{ steps.record.outputs.sbom }}"
     record = next((s for s in steps if s.get("id") == "record"), {})
     if ".cdx.json" not in str(record.get("run")):
         problems.append("images: the record step names no .cdx.json SBOM file")
+    made = next((s for s in steps if s.get("id") == "sbom"), {})
+    if not re.search(r"^python -m slipway\.sbom \S+ .*--output \"\$SBOM\"", str(made.get("run"))) or (
+        (made.get("env") or {}).get("SBOM") != path
+    ):
+        problems.append(f"images: the SBOM is not written by python -m slipway.sbom to {path}")
     for s in steps:
         w = s.get("with") or {}
         if "anchore/sbom-action@" in str(s.get("uses")):
-            if w.get("format") != "cyclonedx-json":
-                problems.append(f"images: {s.get('name')} writes {w.get('format')!r}, not cyclonedx-json")
-            if w.get("output-file") != path:
-                problems.append(f"images: {s.get('name')} writes {w.get('output-file')!r}, not {path}")
+            problems.append(f"images: {s.get('name')} makes another SBOM than a local release")
         attests_sbom = "actions/attest@" in str(s.get("uses")) and ("sbom-path" in w or "predicate-path" in w)
         if attests_sbom and (w.get("predicate-type") != CYCLONEDX_PREDICATE or w.get("predicate-path") != path):
             problems.append(f"images: {s.get('name')} does not attest {path} as {CYCLONEDX_PREDICATE}")
@@ -1646,20 +1648,23 @@ def test_point_4_rule_finds_tags_before_attestations():
     steps.insert(3, tag)
     del next(s for s in steps if s.get("name") == "Attest the SBOM")["if"]
     problems = publish_order_problems(doc)
-    assert "images: anchore/sbom-action@e22c389904149dbc22b58101806040fa8d37a610 runs after the release tags" in problems
+    assert "images: Generate the SBOM runs after the release tags" in problems
     assert "images: Attest the SBOM does not depend on inputs.attest" in problems
 
 
-def test_sbom_rule_finds_another_format_and_an_spdx_attestation():
+def test_sbom_rule_finds_another_generator_and_an_spdx_attestation():
     doc = _wf("_publish.yml")
     steps = doc["jobs"]["images"]["steps"]
-    generate = next(s for s in steps if "anchore/sbom-action@" in str(s.get("uses")))
-    generate["with"]["format"] = "spdx-json"
+    i = next(i for i, s in enumerate(steps) if s.get("id") == "sbom")
+    steps[i] = {"name": "Generate the SBOM", "uses": "anchore/sbom-action@e22c389904149dbc22b58101806040fa8d37a610",
+                "with": {"format": "spdx-json", "output-file": "${{ steps.record.outputs.sbom }}"}}
     attest = next(s for s in steps if s.get("name") == "Attest the SBOM")
     attest["with"]["predicate-type"] = "https://spdx.dev/Document"
+    path = "${{ steps.record.outputs.sbom }}"
     assert sbom_problems(doc) == [
-        "images: Generate the SBOM writes 'spdx-json', not cyclonedx-json",
-        f"images: Attest the SBOM does not attest ${{{{ steps.record.outputs.sbom }}}} as {CYCLONEDX_PREDICATE}",
+        f"images: the SBOM is not written by python -m slipway.sbom to {path}",
+        "images: Generate the SBOM makes another SBOM than a local release",
+        f"images: Attest the SBOM does not attest {path} as {CYCLONEDX_PREDICATE}",
     ]
 
 

@@ -6,8 +6,9 @@ Built and validated with cyclonedx-python-lib; what goes in is read from the art
   Python) lists the installed Python distributions with ``importlib.metadata`` (plus licences,
   requirements and the shared libraries auditwheel vendored into ``<package>.libs/``) and the
   Debian packages from dpkg's database. cyclonedx-bom can describe a Python environment but not
-  Debian packages, and it would have to be installed into every image; syft (what GitHub's
-  publish job runs, on the pushed digest) does both, but the images must not change.
+  Debian packages, and it would have to be installed into every image; syft does both but cannot
+  tell a pruned libtorch from PyTorch's. GitHub's publish job runs this module on the pushed
+  digest (``python -m slipway.sbom``): the same document as a local release, byte for byte.
 - a wheel: its ``METADATA`` (name, version, licence, ``Requires-Dist``) and every shared library
   in it, each with its sha256.
 
@@ -613,3 +614,43 @@ def summary(bom: dict[str, Any]) -> dict[str, int]:
 def image_file_name(image: str, version: str) -> str:
     """The file name of an image's SBOM under ``sbom/`` (the same locally and on GitHub)."""
     return f"{image.rsplit('/', 1)[-1]}-{version}.cdx.json"
+
+
+# --------------------------------------------------------------------------------------------
+# A pushed image (GitHub's publish job): python -m slipway.sbom IMAGE@DIGEST --version V --output FILE
+
+
+def pushed_image_sbom(reference: str, *, version: str, output: Path, pull: bool = True) -> Path:
+    """The SBOM of a pushed image (``repository@digest``): the document a local release writes for
+    the same image (same ID, labels, name and version, read the same way from inside it)."""
+    if pull:
+        services.docker("pull", "--quiet", reference, timeout=1800)
+    info = json.loads(services.docker("image", "inspect", reference, timeout=120).stdout)[0]
+    name = reference.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return write(image_sbom(reference, image_id=info["Id"], name=name, version=version, labels=labels), output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from slipway.errors import SlipwayError
+
+    parser = argparse.ArgumentParser(prog="python -m slipway.sbom", description=pushed_image_sbom.__doc__)
+    parser.add_argument("image", help="the pushed image by digest, e.g. ghcr.io/acme/detector-onnx-cpu@sha256:...")
+    parser.add_argument("--version", required=True, help="the release version, e.g. 1.2.3")
+    parser.add_argument("--output", type=Path, required=True, help=f"the file to write, e.g. {image_file_name('x', '1.2.3')}")
+    parser.add_argument("--no-pull", action="store_true", help="use the image already in the engine")
+    args = parser.parse_args(argv)
+    try:
+        path = pushed_image_sbom(args.image, version=args.version, output=args.output, pull=not args.no_pull)
+    except SlipwayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"{path}: {summary(json.loads(path.read_text()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
