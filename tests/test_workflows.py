@@ -1669,7 +1669,7 @@ def test_sbom_rule_finds_another_generator_and_an_spdx_attestation():
 
 
 def test_the_images_sbom_on_github_is_named_as_slipway_names_it(tmp_path):
-    """The record step of _publish.yml, run as GitHub runs it: the SBOM path it gives syft is
+    """The record step of _publish.yml, run as GitHub runs it: the SBOM path it gives Slipway is
     the one `slipway publish` writes and the github-release job reads (sbom.image_file_name)."""
     if shutil.which("jq") is None:
         pytest.skip("jq is not installed (make test-tools installs it)")
