@@ -322,7 +322,10 @@ def _timestamp(created: str | None) -> datetime | None:
 def document(bom: Bom) -> dict[str, Any]:
     """The CycloneDX JSON document of ``bom`` (what :func:`write` stores); the library checks on
     the way that every dependency names a component of the BOM."""
-    return json.loads(JSON_OUTPUT[SCHEMA](bom).output_as_string())
+    doc = json.loads(JSON_OUTPUT[SCHEMA](bom).output_as_string())
+    # What the document is comes first, for a reader of the file.
+    first = ("$schema", "bomFormat", "specVersion", "serialNumber", "version", "metadata")
+    return {**{k: doc[k] for k in first if k in doc}, **doc}
 
 
 def _depend(bom: Bom, component: Component, on: Iterable[Component]) -> None:
