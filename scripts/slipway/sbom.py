@@ -54,14 +54,7 @@ from slipway.errors import BuildError
 SCHEMA = SchemaVersion.V1_6
 SPEC_VERSION = SCHEMA.to_version()
 # Shared libraries that come from libtorch (as auditwheel names them, without its hash suffix).
-LIBTORCH_LIBRARIES = {
-    "libtorch",
-    "libtorch_cpu",
-    "libtorch_cuda",
-    "libc10",
-    "libc10_cuda",
-    "libtorch_global_deps",
-}
+LIBTORCH_LIBRARIES = {"libtorch", "libtorch_cpu", "libtorch_cuda", "libc10", "libc10_cuda", "libtorch_global_deps"}
 # Runs of at least this many trap bytes in a library's code are blanked functions, not padding
 # (compilers pad functions to 16 or 64 bytes at most).
 TRAP_RUN = 64
@@ -340,23 +333,8 @@ def image_inventory(image: str, timeout: float = 300) -> dict[str, Any]:
     """What is installed in ``image``, read by the image's own Python in a container without network."""
     # The image's first Python on PATH (a service's virtualenv), else the system's python3.
     launcher = 'p=$(command -v python || command -v python3) && exec "$p" -c "$1"'
-    res = services.docker(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--user",
-        "65534:65534",
-        "--entrypoint",
-        "sh",
-        image,
-        "-c",
-        launcher,
-        "sh",
-        _INVENTORY,
-        check=False,
-        timeout=timeout,
-    )
+    res = services.docker("run", "--rm", "--network", "none", "--user", "65534:65534", "--entrypoint", "sh", image,
+                          "-c", launcher, "sh", _INVENTORY, check=False, timeout=timeout)
     if res.returncode != 0:
         raise BuildError(f"cannot read what {image} contains: {(res.stderr or '').strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
