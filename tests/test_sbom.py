@@ -117,16 +117,20 @@ def test_vendored_libtorch_is_marked_modified_and_pruning_is_read_from_its_code(
 def test_requirements_are_read_as_pep_508(tmp_path):
     wheel = _runtime_wheel(
         tmp_path,
-        requires=("numpy>=1.26", "Torch_TensorRT>=2.0; extra == 'trt'", 'pillow[webp]; python_version >= "3.10"'),
+        requires=(
+            "numpy>=1.26",
+            "Torch_TensorRT>=2.0; extra == 'trt'",
+            'pillow[webp]; python_version >= "3.10"',
+        ),
     )
     by_name = _by_name(sbom.wheel_sbom(wheel))
     assert by_name["torch-tensorrt"]["scope"] == "optional"
     assert by_name["torch-tensorrt"]["purl"] == "pkg:pypi/torch-tensorrt"
     assert by_name["pillow"]["scope"] == "required" and by_name["numpy"]["scope"] == "required"
     assert "torch" not in by_name
-    assert sbom._requirement_names(["torch_tensorrt; extra == 'trt'", "Typing.Extensions>=4", "starlette"]) == [
-        "typing-extensions", "starlette"
-    ]
+    assert sbom._requirement_names(
+        ["torch_tensorrt; extra == 'trt'", "Typing.Extensions>=4", "starlette"]
+    ) == ["typing-extensions", "starlette"]
     broken = _runtime_wheel(tmp_path / "b", requires=("numpy >=>= 1",))
     with pytest.raises(BuildError, match=r"Requires-Dist 'numpy >=>= 1'"):
         sbom.wheel_sbom(broken)
@@ -152,36 +156,80 @@ def test_sbom_validation_reports_what_is_wrong(tmp_path):
 
 
 INVENTORY = {
-    "python": "3.11.2", "executable": "/opt/venv/bin/python", "implementation": "CPython", "machine": "x86_64",
+    "python": "3.11.2",
+    "executable": "/opt/venv/bin/python",
+    "implementation": "CPython",
+    "machine": "x86_64",
     "os": {"ID": "debian", "VERSION_ID": "12", "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)"},
     "python_dists": [
-        {"name": "slipway-runtime", "version": "0.1.0", "summary": "runtime", "license_expression": "Apache-2.0",
-         "license": "", "classifiers": [], "requires": ["numpy>=1.26", "torch_tensorrt; extra == 'trt'"],
-         "location": "/opt/venv/lib/python3.11/site-packages/slipway_runtime-0.1.0.dist-info",
-         "torch_version": "2.13.0",
-         "vendored": [
-             {"path": "slipway_runtime.libs/libtorch_cpu-1a2b3c4d.so", "sha256": "a" * 64, "size": 10,
-              "trap_bytes": 40 * 2**20},
-             {"path": "slipway_runtime.libs/libgomp-a34b3233.so.1.0.0", "sha256": "b" * 64, "size": 3,
-              "trap_bytes": 0},
-         ]},
-        {"name": "numpy", "version": "2.4.6", "summary": "", "license_expression": "",
-         "license": "BSD License", "classifiers": ["License :: OSI Approved :: BSD License"], "requires": [],
-         "location": "", "torch_version": None, "vendored": []},
+        {
+            "name": "slipway-runtime",
+            "version": "0.1.0",
+            "summary": "runtime",
+            "license_expression": "Apache-2.0",
+            "license": "",
+            "classifiers": [],
+            "requires": ["numpy>=1.26", "torch_tensorrt; extra == 'trt'"],
+            "location": "/opt/venv/lib/python3.11/site-packages/slipway_runtime-0.1.0.dist-info",
+            "torch_version": "2.13.0",
+            "vendored": [
+                {
+                    "path": "slipway_runtime.libs/libtorch_cpu-1a2b3c4d.so",
+                    "sha256": "a" * 64,
+                    "size": 10,
+                    "trap_bytes": 40 * 2**20,
+                },
+                {
+                    "path": "slipway_runtime.libs/libgomp-a34b3233.so.1.0.0",
+                    "sha256": "b" * 64,
+                    "size": 3,
+                    "trap_bytes": 0,
+                },
+            ],
+        },
+        {
+            "name": "numpy",
+            "version": "2.4.6",
+            "summary": "",
+            "license_expression": "",
+            "license": "BSD License",
+            "classifiers": ["License :: OSI Approved :: BSD License"],
+            "requires": [],
+            "location": "",
+            "torch_version": None,
+            "vendored": [],
+        },
     ],
     "debs": [
-        {"Package": "libc6", "Version": "2.36-9+deb12u4", "Architecture": "amd64", "Source": "glibc",
-         "Depends": "libgcc-s1", "Pre-Depends": ""},
-        {"Package": "libgcc-s1", "Version": "12.2.0-14", "Architecture": "amd64", "Source": "gcc-12",
-         "Depends": "gcc-12-base (= 12.2.0-14), libc6 (>= 2.35)", "Pre-Depends": ""},
+        {
+            "Package": "libc6",
+            "Version": "2.36-9+deb12u4",
+            "Architecture": "amd64",
+            "Source": "glibc",
+            "Depends": "libgcc-s1",
+            "Pre-Depends": "",
+        },
+        {
+            "Package": "libgcc-s1",
+            "Version": "12.2.0-14",
+            "Architecture": "amd64",
+            "Source": "gcc-12",
+            "Depends": "gcc-12-base (= 12.2.0-14), libc6 (>= 2.35)",
+            "Pre-Depends": "",
+        },
     ],
 }
 
 
 def test_image_sbom_of_the_cpp_image_marks_its_pruned_libtorch():
     labels = {"org.opencontainers.image.created": CREATED, "dev.slipway.runtime": "cpp"}
-    kwargs = dict(image_id="sha256:" + "c" * 64, name="demo-pytorch-cpp-cpu", version="1.2.3", labels=labels,
-                  inventory=INVENTORY)
+    kwargs = dict(
+        image_id="sha256:" + "c" * 64,
+        name="demo-pytorch-cpp-cpu",
+        version="1.2.3",
+        labels=labels,
+        inventory=INVENTORY,
+    )
     bom = sbom.image_sbom("unused", **kwargs)
     assert sbom.validate(bom) == []
     assert bom == sbom.image_sbom("unused", **kwargs)
@@ -201,7 +249,10 @@ def test_image_sbom_of_the_cpp_image_marks_its_pruned_libtorch():
     assert deps[by_name["libgcc-s1"]["bom-ref"]] == [by_name["libc6"]["bom-ref"]]
     assert by_name["numpy"]["licenses"] == [{"license": {"name": "BSD License"}}]
     assert sbom.summary(bom) == {"application": 1, "deb": 2, "library": 2, "operating-system": 1, "pypi": 2}
-    assert sbom.image_file_name("ghcr.io/acme/demo-pytorch-cpp-cpu", "1.2.3") == "demo-pytorch-cpp-cpu-1.2.3.cdx.json"
+    assert (
+        sbom.image_file_name("ghcr.io/acme/demo-pytorch-cpp-cpu", "1.2.3")
+        == "demo-pytorch-cpp-cpu-1.2.3.cdx.json"
+    )
 
 
 def test_the_in_image_inventory_script_runs_on_a_plain_python(tmp_path):
@@ -223,8 +274,9 @@ def test_the_in_image_inventory_script_runs_on_a_plain_python(tmp_path):
         (site / name).write_bytes(data)
     (site / "slipway_runtime-0.1.0.dist-info/RECORD").write_text("".join(f"{n},,\n" for n in files))
     script = f"import sys; sys.path.insert(0, {str(site)!r})\n" + sbom._INVENTORY
-    res = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr
     inv = json.loads(res.stdout.strip().splitlines()[-1])
     assert inv["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -256,11 +308,13 @@ def test_what_the_pruner_blanks_is_what_the_sbom_reads(compiler, tmp_path):
         "namespace torch { namespace lazy {\n"
         f"__attribute__((noinline)) int only_via_pointer(int x) {{\n{body}\n    return x;\n}}\n"
         "}}\n"
-        "extern \"C\" int kept_entry(int x) { return x + 1; }\n"
+        'extern "C" int kept_entry(int x) { return x + 1; }\n'
         "int (*table[])(int) = { &torch::lazy::only_via_pointer };\n"
     )
     lib, pruned = tmp_path / "lib.so", tmp_path / "pruned.so"
-    subprocess.run([compiler, "-O1", "-fPIC", "-shared", "-o", str(lib), str(tmp_path / "lib.cpp")], check=True)
+    subprocess.run(
+        [compiler, "-O1", "-fPIC", "-shared", "-o", str(lib), str(tmp_path / "lib.cpp")], check=True
+    )
     result = prune_libtorch.prune(lib, pruned)
     assert result["rules"]["lazy tensor core"]["functions"] == 1
     assert sbom._trap_filled_bytes(lib.read_bytes()) == 0
@@ -299,18 +353,44 @@ def test_a_pushed_image_gets_the_sbom_a_local_release_writes(local_services, tmp
         digest = json.loads(services.docker("image", "inspect", image_id).stdout)[0]["RepoDigests"][0]
         labels = json.loads(services.docker("image", "inspect", image_id).stdout)[0]["Config"]["Labels"]
         local = tmp_path / "local" / sbom.image_file_name(repository, "1.2.3")
-        sbom.write(sbom.image_sbom(f"{repository}:build", image_id=image_id, name=repository.rsplit("/", 1)[-1],
-                                   version="1.2.3", labels=labels), local)
+        sbom.write(
+            sbom.image_sbom(
+                f"{repository}:build",
+                image_id=image_id,
+                name=repository.rsplit("/", 1)[-1],
+                version="1.2.3",
+                labels=labels,
+            ),
+            local,
+        )
         pushed = tmp_path / "github" / sbom.image_file_name(repository, "1.2.3")
-        res = subprocess.run([sys.executable, "-m", "slipway.sbom", digest, "--version", "1.2.3", "--output",
-                              str(pushed)], capture_output=True, text=True, timeout=600, env=services.docker_env())
+        res = subprocess.run(
+            [sys.executable, "-m", "slipway.sbom", digest, "--version", "1.2.3", "--output", str(pushed)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=services.docker_env(),
+        )
         assert res.returncode == 0, res.stderr
         assert pushed.read_bytes() == local.read_bytes()
         torch_cpu = _by_name(json.loads(pushed.read_text()))["libtorch_cpu"]
         assert "Pruned" in torch_cpu["pedigree"]["notes"]
-        bad = subprocess.run([sys.executable, "-m", "slipway.sbom", f"{repository}@sha256:{'0' * 64}", "--version",
-                              "1.2.3", "--output", str(tmp_path / "x.json")], capture_output=True, text=True,
-                             timeout=300, env=services.docker_env())
+        bad = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "slipway.sbom",
+                f"{repository}@sha256:{'0' * 64}",
+                "--version",
+                "1.2.3",
+                "--output",
+                str(tmp_path / "x.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=services.docker_env(),
+        )
         assert bad.returncode == 5 and "error:" in bad.stderr and "Traceback" not in bad.stderr
     finally:
         services.docker("image", "rm", "--force", image_id, check=False, timeout=120)

@@ -54,7 +54,14 @@ from slipway.errors import BuildError
 SCHEMA = SchemaVersion.V1_6
 SPEC_VERSION = SCHEMA.to_version()
 # Shared libraries that come from libtorch (as auditwheel names them, without its hash suffix).
-LIBTORCH_LIBRARIES = {"libtorch", "libtorch_cpu", "libtorch_cuda", "libc10", "libc10_cuda", "libtorch_global_deps"}
+LIBTORCH_LIBRARIES = {
+    "libtorch",
+    "libtorch_cpu",
+    "libtorch_cuda",
+    "libc10",
+    "libc10_cuda",
+    "libtorch_global_deps",
+}
 # Runs of at least this many trap bytes in a library's code are blanked functions, not padding
 # (compilers pad functions to 16 or 64 bytes at most).
 TRAP_RUN = 64
@@ -178,7 +185,9 @@ def pypi_purl(name: str, version: str | None = None, **qualifiers: str) -> Packa
 
 def deb_purl(name: str, version: str, arch: str, distro: str) -> PackageURL:
     qualifiers = {k: v for k, v in (("arch", arch), ("distro", distro)) if v}
-    return PackageURL(type="deb", namespace="debian", name=name, version=version, qualifiers=qualifiers or None)
+    return PackageURL(
+        type="deb", namespace="debian", name=name, version=version, qualifiers=qualifiers or None
+    )
 
 
 def _props(**values: str) -> list[Property]:
@@ -192,7 +201,9 @@ def _sha256(hexdigest: str) -> list[HashType]:
 _LICENSES = LicenseFactory()
 
 
-def _licenses(expression: str, text: str, classifiers: list[str]) -> list[LicenseExpression | DisjunctiveLicense]:
+def _licenses(
+    expression: str, text: str, classifiers: list[str]
+) -> list[LicenseExpression | DisjunctiveLicense]:
     """A declared SPDX expression as such; otherwise the licence text (when it is a name) and the
     classifiers' names, SPDX ids where the library knows them."""
     if expression:
@@ -246,7 +257,9 @@ def _lib_name(path: str) -> tuple[str, str | None]:
     return m.group("base"), m.group("ver").lstrip(".") or None
 
 
-def _libtorch_pedigree(ref: str, lib_name: str, file_name: str, torch_version: str, trap_bytes: int) -> Pedigree:
+def _libtorch_pedigree(
+    ref: str, lib_name: str, file_name: str, torch_version: str, trap_bytes: int
+) -> Pedigree:
     """libtorch as shipped: copied from PyPI's torch, repaired by auditwheel, maybe pruned."""
     upstream = f"torch/lib/{lib_name}.so"
     notes = [
@@ -333,8 +346,23 @@ def image_inventory(image: str, timeout: float = 300) -> dict[str, Any]:
     """What is installed in ``image``, read by the image's own Python in a container without network."""
     # The image's first Python on PATH (a service's virtualenv), else the system's python3.
     launcher = 'p=$(command -v python || command -v python3) && exec "$p" -c "$1"'
-    res = services.docker("run", "--rm", "--network", "none", "--user", "65534:65534", "--entrypoint", "sh", image,
-                          "-c", launcher, "sh", _INVENTORY, check=False, timeout=timeout)
+    res = services.docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        "65534:65534",
+        "--entrypoint",
+        "sh",
+        image,
+        "-c",
+        launcher,
+        "sh",
+        _INVENTORY,
+        check=False,
+        timeout=timeout,
+    )
     if res.returncode != 0:
         raise BuildError(f"cannot read what {image} contains: {(res.stderr or '').strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -396,15 +424,21 @@ def image_bom(
             version=d["version"],
             purl=purl,
             description=d.get("summary") or None,
-            licenses=_licenses(d.get("license_expression", ""), d.get("license", ""), d.get("classifiers", [])),
+            licenses=_licenses(
+                d.get("license_expression", ""), d.get("license", ""), d.get("classifiers", [])
+            ),
             properties=_props(location=d.get("location", "")),
         )
         bom.components.add(comp)
         pypi[normalize(d["name"])] = comp
         libs = [
             _library(
-                f"{purl.to_string()}#{lib['path']}", lib["path"], lib["sha256"], lib["size"],
-                origin="vendored by auditwheel", torch_version=d.get("torch_version"),
+                f"{purl.to_string()}#{lib['path']}",
+                lib["path"],
+                lib["sha256"],
+                lib["size"],
+                origin="vendored by auditwheel",
+                torch_version=d.get("torch_version"),
                 trap_bytes=lib.get("trap_bytes", 0),
             )
             for lib in d.get("vendored", [])
@@ -494,9 +528,13 @@ def wheel_bom(wheel: Path, *, created: str | None = None) -> Bom:
         vendored = ".libs/" in path
         bom.components.add(
             _library(
-                f"file:{path}", path, sha, size,
+                f"file:{path}",
+                path,
+                sha,
+                size,
                 origin="vendored by auditwheel" if vendored else "built with the wheel",
-                torch_version=torch_version, trap_bytes=trap,
+                torch_version=torch_version,
+                trap_bytes=trap,
             )
         )
     for text in meta.get_all("Requires-Dist") or []:
@@ -549,7 +587,9 @@ def validate(bom: dict[str, Any]) -> list[str]:
     except ValueError:
         schema = SchemaVersion.V1_0
     if schema < SchemaVersion.V1_5:
-        problems.append(f"specVersion {bom.get('specVersion')!r}: expected 1.5, 1.6 or 1.7 (checked as {SPEC_VERSION})")
+        problems.append(
+            f"specVersion {bom.get('specVersion')!r}: expected 1.5, 1.6 or 1.7 (checked as {SPEC_VERSION})"
+        )
         schema = SCHEMA
     errors = JsonStrictValidator(schema).validate_str(json.dumps(bom), all_errors=True) or []
     problems += sorted(_schema_problem(e.data) for e in errors)
@@ -609,7 +649,9 @@ def pushed_image_sbom(reference: str, *, version: str, output: Path, pull: bool 
     info = json.loads(services.docker("image", "inspect", reference, timeout=120).stdout)[0]
     name = reference.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
     labels = (info.get("Config") or {}).get("Labels") or {}
-    return write(image_sbom(reference, image_id=info["Id"], name=name, version=version, labels=labels), output)
+    return write(
+        image_sbom(reference, image_id=info["Id"], name=name, version=version, labels=labels), output
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -619,9 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     from slipway.errors import SlipwayError
 
     parser = argparse.ArgumentParser(prog="python -m slipway.sbom", description=pushed_image_sbom.__doc__)
-    parser.add_argument("image", help="the pushed image by digest, e.g. ghcr.io/acme/detector-onnx-cpu@sha256:...")
+    parser.add_argument(
+        "image", help="the pushed image by digest, e.g. ghcr.io/acme/detector-onnx-cpu@sha256:..."
+    )
     parser.add_argument("--version", required=True, help="the release version, e.g. 1.2.3")
-    parser.add_argument("--output", type=Path, required=True, help=f"the file to write, e.g. {image_file_name('x', '1.2.3')}")
+    parser.add_argument(
+        "--output", type=Path, required=True, help=f"the file to write, e.g. {image_file_name('x', '1.2.3')}"
+    )
     parser.add_argument("--no-pull", action="store_true", help="use the image already in the engine")
     args = parser.parse_args(argv)
     try:

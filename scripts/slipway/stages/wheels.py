@@ -82,7 +82,8 @@ class Built:
     def record(self) -> dict[str, Any]:
         name = self.path.name
         tags = parse_wheel_filename(name)[3]
-        py, abi, plat = (".".join(sorted({getattr(t, part) for t in tags})) for part in ("interpreter", "abi", "platform"))
+        # Compressed tag sets as dotted strings (py2.py3), as in the file name.
+        py, abi, plat = (".".join(sorted({getattr(t, k) for t in tags})) for k in ("interpreter", "abi", "platform"))
         size = self.path.stat().st_size
         return {
             "name": name, "kind": self.kind, "size": size, "size_mib": round(size / 2**20, 3),
