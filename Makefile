@@ -15,6 +15,7 @@ TORCH := $(shell sed -n 's/^torch==//p' requirements-pytorch.txt)
 SESSION := .slipway-services.json
 PYTEST_ARGS ?=
 # zizmor without --offline runs its online audits too (pin verification); they need GH_TOKEN.
+# The pedantic persona: tests/test_workflows.py leaves the generic workflow rules to zizmor.
 ZIZMOR_FLAGS ?= --offline --strict-collection
 
 # Debian tools a few tests need: command-or-file:package (jq runs the release gate script as GitHub would; the
@@ -64,7 +65,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/hadolint dockerfiles/*.Dockerfile
 	$(BIN)/actionlint .github/workflows/*.yml docs/example-caller.yml
-	$(BIN)/zizmor $(ZIZMOR_FLAGS) .github docs/example-caller.yml
+	$(BIN)/zizmor --persona pedantic $(ZIZMOR_FLAGS) .github docs/example-caller.yml
 
 # The peer benchmark: not part of make test (it installs the peers). It exports the example's
 # PyTorch model (reused when current) and takes the CPU images of the last make release from the

@@ -320,7 +320,7 @@ def make_wheel(
     *,
     dist: str,
     version: str,
-    files: dict[str, str],
+    files: dict[str, str | bytes],
     readme: str,
     requires: tuple[str, ...] = ("numpy",),
 ) -> Path:
@@ -341,7 +341,8 @@ def make_wheel(
             "Wheel-Version: 1.0\nGenerator: slipway-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         ),
     }
-    record = [_record_line(p, c.encode()) for p, c in contents.items()] + [f"{info}/RECORD,,"]
+    record = [_record_line(p, c.encode() if isinstance(c, str) else c) for p, c in contents.items()]
+    record.append(f"{info}/RECORD,,")
     path = folder / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for p, c in sorted(contents.items()):

@@ -371,6 +371,29 @@ def test_a_cuda_library_in_the_self_contained_wheel_is_named():
     assert repair_wheel.cuda_libraries(names[:2] + names[4:]) == []
 
 
+@pytest.mark.parametrize(
+    ("requires", "kind"),
+    [
+        (("numpy", "torch==2.13.0"), "thin"),
+        (("numpy", "Torch>=2; python_version >= '3.10'"), "thin"),
+        # torch_tensorrt, torchvision, torch-foo are other projects than torch (PEP 503 names).
+        (("numpy", "torch_tensorrt>=2.0", "torchvision", "torch-foo"), "self-contained"),
+        (("numpy", 'torch; extra == "compare"'), "self-contained"),
+        (("slipway-runtime~=0.1.0",), "model-package"),
+        (("Slipway_Runtime~=0.1.0", "torch"), "model-package"),
+        (("slipway-runtime-torch==0.1.0",), "self-contained"),
+    ],
+)
+def test_wheel_kind_reads_requirements_as_pep_508(tmp_path, requires, kind):
+    from test_smoke_fixtures import make_wheel
+
+    from slipway.smoketest import wheel_kind
+
+    wheel = make_wheel(tmp_path, dist="some-wheel", version="0.1.0", files={"some_wheel/__init__.py": ""},
+                       readme="# w", requires=requires)
+    assert wheel_kind(wheel) == kind
+
+
 def test_a_projects_runtime_is_not_published_and_its_model_package_is(tmp_path, fake_build):
     """publish-runtime false: the runtime goes to runtime/ (at Slipway's version, from the shared cache),
     the project's model package to wheels/; a second project reuses the cached runtime build."""

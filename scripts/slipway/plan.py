@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name
+
 import slipway
 from slipway.config import ReleaseConfig, file_problems, image_repository_problem, index_url_problem
 from slipway.errors import MISSING, ConfigError, ConfigProblem
@@ -188,7 +190,7 @@ SLIPWAY_NAMES = ("slipway", "slipway-runtime", "slipway-runtime-torch")
 
 def normalize_name(name: str) -> str:
     """A distribution name as indexes compare it (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
 def import_name(distribution: str) -> str:

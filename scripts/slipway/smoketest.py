@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from slipway import services
 from slipway.errors import CheckError
@@ -439,11 +440,13 @@ def wheel_harness() -> Path:
 
 def wheel_tags(filename: str) -> list[tuple[str, str, str]]:
     """(interpreter, abi, platform) triples of a wheel file name, compressed tag sets expanded (PEP 425)."""
-    parts = filename.removesuffix(".whl").split("-")
-    if len(parts) not in (5, 6):
-        raise CheckError(f"{filename}: not a wheel file name (name-version[-build]-python-abi-platform.whl)")
-    pythons, abis, platforms = (p.split(".") for p in parts[-3:])
-    return [(py, abi, plat) for py in pythons for abi in abis for plat in platforms]
+    try:
+        tags = parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename as exc:
+        raise CheckError(
+            f"{filename}: not a wheel file name (name-version[-build]-python-abi-platform.whl): {exc}"
+        ) from None
+    return sorted((t.interpreter, t.abi, t.platform) for t in tags)
 
 
 def _python_version(python: str) -> tuple[int, int] | None:
@@ -512,18 +515,17 @@ def wheel_requirements(wheel: Path) -> list[str]:
 def wheel_kind(wheel: Path) -> str:
     """``thin`` when the wheel needs the torch package, ``self-contained`` when it must run without it,
     ``model-package`` for a project's model package (it needs Slipway's runtime)."""
-    for req in wheel_requirements(wheel):
-        if re.match(r"^slipway[-_.]runtime\b(?![-_.]torch)", req.strip(), re.IGNORECASE):
-            return "model-package"
-    for req in wheel_requirements(wheel):
-        name = req.split(";")[0].strip()
-        if (
-            name.lower().startswith("torch")
-            and not name[5:6].isalnum()
-            and "extra" not in req.partition(";")[2]
-        ):
-            return "thin"
-    return "self-contained"
+    needs = set()
+    for text in wheel_requirements(wheel):
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue  # installing the wheel says what is wrong with it
+        if req.marker is None or "extra" not in str(req.marker):  # not only with an extra
+            needs.add(canonicalize_name(req.name))
+    if "slipway-runtime" in needs:
+        return "model-package"
+    return "thin" if "torch" in needs else "self-contained"
 
 
 def _top_level(wheel: Path) -> str | None:
