@@ -234,7 +234,8 @@ def test_a_damaged_plan_is_a_configuration_error_naming_the_file(release_job, tm
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_wheel_and_release_records_are_errors_not_absent(tmp_path, damage):
-    from slipway.stages import publish, wheels
+    from slipway.stages import wheels
+    from slipway.stages.publish import local
 
     folder = tmp_path / "wheels"
     folder.mkdir()
@@ -244,14 +245,15 @@ def test_damaged_wheel_and_release_records_are_errors_not_absent(tmp_path, damag
     assert str(folder / "wheels.json") in str(err.value) and err.value.exit_code == 4
     (tmp_path / "release.json").write_bytes(DAMAGE[damage])
     with pytest.raises(RecordError) as err:
-        publish._published_before(tmp_path / "release.json")
+        local.published_before(tmp_path / "release.json")
     assert str(tmp_path / "release.json") in str(err.value)
 
 
 def test_missing_optional_records_stay_absent(tmp_path):
     from slipway.github import image_records, smoke_artifacts
-    from slipway.stages import publish, wheels
+    from slipway.stages import wheels
+    from slipway.stages.publish import local
 
     assert image_records(tmp_path) == {} and smoke_artifacts(tmp_path) == {}
     assert wheels.reuse(tmp_path, "fingerprint") is None
-    assert publish._published_before(tmp_path / "release.json") is False
+    assert local.published_before(tmp_path / "release.json") is False

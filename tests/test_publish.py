@@ -42,6 +42,8 @@ from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.errors import PublishError
 from slipway.stages import publish
+from slipway.stages.publish import assets as release_assets
+from slipway.stages.publish import gate, jobs
 
 REPLAY_MODEL = """[[models]]
 name = "replay-model"
@@ -245,20 +247,20 @@ def test_gate_refuses_naming_every_failed_and_untested_artifact(tmp_path):
     }
     ctx = _context(tmp_path, _plan(["image:alpha", "image:beta", "image:gamma"]), summary)
     with pytest.raises(PublishError) as err:
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
     text = str(err.value)
     assert "image:beta (2 of 4 golden image(s) differ" in text
     assert "not smoke-tested: image:gamma" in text
     assert "nothing was published" in text
     assert "image:alpha" not in text
     # Narrowed to the green variant, the gate opens.
-    assert publish.check_smoke(ctx, ["alpha"])["artifacts"]["image:alpha"]["ok"]
+    assert gate.check_smoke(ctx, ["alpha"])["artifacts"]["image:alpha"]["ok"]
 
 
 def test_gate_refuses_without_smoke_results_and_for_changed_wheels(tmp_path):
     ctx = _context(tmp_path, _plan(["image:alpha"]), None)
     with pytest.raises(PublishError, match="run 'slipway smoke' first"):
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
     wheel = make_wheel(
         ctx.out / "wheels", dist="unit-pkg", version="1.0", files={"unit_pkg/__init__.py": ""}, readme="# x"
     )
@@ -274,17 +276,17 @@ def test_gate_refuses_without_smoke_results_and_for_changed_wheels(tmp_path):
     with pytest.raises(
         PublishError, match=re.escape(f"wheel:{wheel.name} (changed since it was smoke-tested)")
     ):
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
 
 
 def test_model_archive_is_byte_for_byte_reproducible(tmp_path):
     model = write_fake_export(tmp_path / "m", name="m")
     first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
-    publish._deterministic_tar_gz(model, first, "m-1.0.0")
+    release_assets.deterministic_tar_gz(model, first, "m-1.0.0")
     for path in model.rglob("*"):
         path.touch()  # new mtimes must not change the archive
     (model / ".fingerprint").write_text("hidden files stay out")
-    publish._deterministic_tar_gz(model, second, "m-1.0.0")
+    release_assets.deterministic_tar_gz(model, second, "m-1.0.0")
     assert first.read_bytes() == second.read_bytes()
     with tarfile.open(first) as tar:
         names = tar.getnames()
@@ -689,12 +691,12 @@ def test_local_publish_writes_assets_sboms_and_keeps_latest_on_the_newest(replay
         assert set(registry.tags(f"{prefix}/{rel.uid}-alpha")) >= {"4.1.0", "4.1", "4.0.3", "4.0", "latest"}
 
         # The same version again, from an identical release: nothing to do, assets unchanged.
-        before = {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in publish.RECORDS}
+        before = {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in jobs.RECORDS}
         time.sleep(1)
         res = _publish(rel, out, "--local")
         assert res.returncode == 0, res.stderr
         assert "pushing" not in res.stderr
-        assert {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in publish.RECORDS} == before
+        assert {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in jobs.RECORDS} == before
     finally:
         shutil.rmtree(dest, ignore_errors=True)
 
