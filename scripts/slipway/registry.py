@@ -23,6 +23,7 @@ ghcr.io, else what ``docker login`` stored in plain form; for an index ``TWINE_U
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -307,16 +308,6 @@ def tags(image: str) -> list[str]:
     return sorted(r.json().get("tags") or [])
 
 
-def blob_exists(image: str, digest: str) -> bool:
-    """Whether the repository holds the blob ``digest`` (a layer or a config)."""
-    r = _request("HEAD", image, f"blobs/{digest}", timeout=15)
-    if r.status_code == 404:
-        return False
-    if r.status_code != 200:
-        raise _refused(r, f"{image}@{digest}")
-    return True
-
-
 def tag_digest(image: str, digest: str, tag: str) -> None:
     """Point ``image:tag`` at the manifest ``digest`` of the same repository.
 
@@ -340,12 +331,19 @@ def tag_digest(image: str, digest: str, tag: str) -> None:
 
 
 def check_push_access(image: str) -> None:
-    """Ask the registry whether it can take a push to ``image`` now: ``Transient`` when it is down or
-    failing (5xx, connection refused), ``RegistryError`` when it refuses these credentials; returns
-    when it answers as a registry that would take the push."""
-    r = _request("GET", image, "tags/list", push=True, timeout=15)
-    if r.status_code not in (200, 404):
-        raise _refused(r, f"{image}: asking for push access")
+    """Ask the registry whether it takes a push to ``image`` now, the way a push begins: a blob
+    upload is opened (and cancelled at once). ``Transient`` when the registry is down or failing
+    (5xx, connection refused), ``RegistryError`` with its own words when it refuses (401, 403...);
+    returns when it would take the push."""
+    r = _request("POST", image, "blobs/uploads/", push=True, timeout=15)
+    if r.status_code != 202:
+        raise _refused(r, f"{image}: opening an upload")
+    location = r.headers.get("Location")
+    if location:
+        host, repo = split_ref(image)
+        url = urljoin(f"{_scheme(host)}://{host}/v2/{repo}/blobs/uploads/", location)
+        with contextlib.suppress(httpx.TransportError):  # an upload left open expires on its own
+            httpx.delete(url, headers=_AUTH.get((host, repo, True), {}), timeout=15)
 
 
 def same_image(existing: dict[str, Any] | None, image_id: str) -> bool:
