@@ -22,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_errors import _RefusingRegistry
 from test_smoke_fixtures import (
     TestIndex,
     TestRegistry,
@@ -544,6 +545,31 @@ def test_publish_interrupted_by_registry_crash_completes_on_rerun(replay_release
     finally:
         reg.stop()
         index.stop()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("status", [401, 403, 400])
+def test_a_registry_refusing_the_engines_push_ends_in_exit_6_with_its_own_message(replay_release, tmp_path, status):
+    """The registry reads fine and refuses every write: docker push fails, publish asks the registry
+    (a blob upload, as a push begins) and ends with its status and words, not docker's wording."""
+    rel = replay_release
+    _RefusingRegistry.status, _RefusingRegistry.where, _RefusingRegistry.requests = status, "write", []
+    _RefusingRegistry.message = f"this registry takes no pushes ({status})"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingRegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        prefix = f"127.0.0.1:{server.server_address[1]}/{rel.uid}"
+        out = _release_copy(rel, tmp_path, version="7.0.0", image_registry=prefix, index="http://127.0.0.1:8765/")
+        res = _publish(rel, out, env=FAST_RETRIES)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode == 6, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert _RefusingRegistry.message in res.stderr and f"answered {status}" in res.stderr, res.stderr
+    assert "retrying" not in res.stderr  # a refusal is an answer, not an accident
+    assert "opening an upload" in res.stderr, res.stderr  # publish's own question, after docker's push
+    assert not (out / "release.json").exists()
 
 
 @pytest.mark.docker
