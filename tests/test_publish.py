@@ -568,7 +568,8 @@ def test_a_registry_refusing_the_engines_push_ends_in_exit_6_with_its_own_messag
     assert "Traceback" not in res.stderr
     assert _RefusingRegistry.message in res.stderr and f"answered {status}" in res.stderr, res.stderr
     assert "retrying" not in res.stderr  # a refusal is an answer, not an accident
-    assert "opening an upload" in res.stderr, res.stderr  # publish's own question, after docker's push
+    # The registry's own answer to publish's question (a blob upload), after docker's push failed.
+    assert f"docker push {prefix}/{rel.uid}-alpha:7.0.0 failed: 127.0.0.1" in res.stderr, res.stderr
     assert not (out / "release.json").exists()
 
 
