@@ -154,6 +154,24 @@ def test_transient_failures_are_told_apart(text, transient):
     assert registry.is_transient_text(text) is transient
 
 
+def test_publish_reaches_registries_through_the_client_and_the_engine_through_one_module():
+    """Every registry and index call of publish goes through slipway.registry (no HTTP library, no
+    private part of the client); every engine call through engine_calls."""
+    import ast
+
+    folder = Path(publish.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"httpx", "requests", "urllib.request", "http.client"}, path.name
+        attrs = {(n.value.id, n.attr) for n in ast.walk(tree)
+                 if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+        assert not [a for m, a in attrs if m == "registry" and a.startswith("_")], path.name
+        if path.name != "engine_calls.py":
+            assert ("services", "docker") not in attrs, path.name
+
+
 def test_simple_index_url_of_an_upload_url():
     assert registry.simple_url("http://127.0.0.1:8765/") == "http://127.0.0.1:8765/simple/"
     assert registry.simple_url("https://upload.pypi.org/legacy/") == "https://pypi.org/simple/"
