@@ -22,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_errors import _RefusingRegistry
 from test_smoke_fixtures import (
     TestIndex,
     TestRegistry,
@@ -42,6 +43,8 @@ from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.errors import PublishError
 from slipway.stages import publish
+from slipway.stages.publish import assets as release_assets
+from slipway.stages.publish import gate, jobs
 
 REPLAY_MODEL = """[[models]]
 name = "replay-model"
@@ -151,6 +154,24 @@ def test_transient_failures_are_told_apart(text, transient):
     assert registry.is_transient_text(text) is transient
 
 
+def test_publish_reaches_registries_through_the_client_and_the_engine_through_one_module():
+    """Every registry and index call of publish goes through slipway.registry (no HTTP library, no
+    private part of the client); every engine call through engine_calls."""
+    import ast
+
+    folder = Path(publish.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"httpx", "requests", "urllib.request", "http.client"}, path.name
+        attrs = {(n.value.id, n.attr) for n in ast.walk(tree)
+                 if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+        assert not [a for m, a in attrs if m == "registry" and a.startswith("_")], path.name
+        if path.name != "engine_calls.py":
+            assert ("services", "docker") not in attrs, path.name
+
+
 def test_simple_index_url_of_an_upload_url():
     assert registry.simple_url("http://127.0.0.1:8765/") == "http://127.0.0.1:8765/simple/"
     assert registry.simple_url("https://upload.pypi.org/legacy/") == "https://pypi.org/simple/"
@@ -245,20 +266,20 @@ def test_gate_refuses_naming_every_failed_and_untested_artifact(tmp_path):
     }
     ctx = _context(tmp_path, _plan(["image:alpha", "image:beta", "image:gamma"]), summary)
     with pytest.raises(PublishError) as err:
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
     text = str(err.value)
     assert "image:beta (2 of 4 golden image(s) differ" in text
     assert "not smoke-tested: image:gamma" in text
     assert "nothing was published" in text
     assert "image:alpha" not in text
     # Narrowed to the green variant, the gate opens.
-    assert publish.check_smoke(ctx, ["alpha"])["artifacts"]["image:alpha"]["ok"]
+    assert gate.check_smoke(ctx, ["alpha"])["artifacts"]["image:alpha"]["ok"]
 
 
 def test_gate_refuses_without_smoke_results_and_for_changed_wheels(tmp_path):
     ctx = _context(tmp_path, _plan(["image:alpha"]), None)
     with pytest.raises(PublishError, match="run 'slipway smoke' first"):
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
     wheel = make_wheel(
         ctx.out / "wheels", dist="unit-pkg", version="1.0", files={"unit_pkg/__init__.py": ""}, readme="# x"
     )
@@ -274,17 +295,17 @@ def test_gate_refuses_without_smoke_results_and_for_changed_wheels(tmp_path):
     with pytest.raises(
         PublishError, match=re.escape(f"wheel:{wheel.name} (changed since it was smoke-tested)")
     ):
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
 
 
 def test_model_archive_is_byte_for_byte_reproducible(tmp_path):
     model = write_fake_export(tmp_path / "m", name="m")
     first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
-    publish._deterministic_tar_gz(model, first, "m-1.0.0")
+    release_assets.deterministic_tar_gz(model, first, "m-1.0.0")
     for path in model.rglob("*"):
         path.touch()  # new mtimes must not change the archive
     (model / ".fingerprint").write_text("hidden files stay out")
-    publish._deterministic_tar_gz(model, second, "m-1.0.0")
+    release_assets.deterministic_tar_gz(model, second, "m-1.0.0")
     assert first.read_bytes() == second.read_bytes()
     with tarfile.open(first) as tar:
         names = tar.getnames()
@@ -486,6 +507,32 @@ def test_publish_interrupted_by_registry_crash_completes_on_rerun(replay_release
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("status", [401, 403, 400])
+def test_a_registry_refusing_the_engines_push_ends_in_exit_6_with_its_own_message(replay_release, tmp_path, status):
+    """The registry reads fine and refuses every write: docker push fails, publish asks the registry
+    (a blob upload, as a push begins) and ends with its status and words, not docker's wording."""
+    rel = replay_release
+    _RefusingRegistry.status, _RefusingRegistry.where, _RefusingRegistry.requests = status, "write", []
+    _RefusingRegistry.message = f"this registry takes no pushes ({status})"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingRegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        prefix = f"127.0.0.1:{server.server_address[1]}/{rel.uid}"
+        out = _release_copy(rel, tmp_path, version="7.0.0", image_registry=prefix, index="http://127.0.0.1:8765/")
+        res = _publish(rel, out, env=FAST_RETRIES)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode == 6, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert _RefusingRegistry.message in res.stderr and f"answered {status}" in res.stderr, res.stderr
+    assert "retrying" not in res.stderr  # a refusal is an answer, not an accident
+    # The registry's own answer to publish's question (a blob upload), after docker's push failed.
+    assert f"docker push {prefix}/{rel.uid}-alpha:7.0.0 failed: 127.0.0.1" in res.stderr, res.stderr
+    assert not (out / "release.json").exists()
+
+
+@pytest.mark.docker
 def test_publish_refuses_same_version_with_other_image(replay_release, tmp_path):
     rel = replay_release
     prefix = f"127.0.0.1:5000/{rel.uid}"
@@ -630,12 +677,12 @@ def test_local_publish_writes_assets_sboms_and_keeps_latest_on_the_newest(replay
         assert set(registry.tags(f"{prefix}/{rel.uid}-alpha")) >= {"4.1.0", "4.1", "4.0.3", "4.0", "latest"}
 
         # The same version again, from an identical release: nothing to do, assets unchanged.
-        before = {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in publish.RECORDS}
+        before = {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in jobs.RECORDS}
         time.sleep(1)
         res = _publish(rel, out, "--local")
         assert res.returncode == 0, res.stderr
         assert "pushing" not in res.stderr
-        assert {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in publish.RECORDS} == before
+        assert {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in jobs.RECORDS} == before
     finally:
         shutil.rmtree(dest, ignore_errors=True)
 

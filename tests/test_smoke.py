@@ -40,7 +40,8 @@ from slipway.context import StageContext
 from slipway.errors import CheckError, PublishError
 from slipway.github import primary_smoke, smoke_artifacts
 from slipway.smoketest import interpreter_for, smoke_wheel, tfserving_mode, wheel_kind, wheel_tags
-from slipway.stages import publish, smoke
+from slipway.stages import smoke
+from slipway.stages.publish import gate
 
 TORCH_VARIANT = {
     "model": "shapes-torch",
@@ -211,19 +212,19 @@ def test_each_platform_keeps_its_own_result_and_the_gate_reads_both(tmp_path, mo
     assert [r["artifact"] for r in summary["table"]] == ["image a", "image a (arm64)"]
     assert "| image a (arm64) |" in (ctx.out / "smoke" / "table.md").read_text()
     with pytest.raises(PublishError, match=re.escape("image:a on arm64 (2 of 4 golden image(s) differ)")):
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
     artifacts = smoke_artifacts(ctx.out)
     with pytest.raises(PublishError, match="smoke test failed: image:a on arm64"):
-        publish._image_gate(ctx, "a", {"digest": digest}, artifacts)
+        gate.image_gate(ctx, "a", {"digest": digest}, artifacts)
     # arm64 not tested at all: the gate names the platform.
     write("arm64", None)
     (ctx.out / "smoke" / "summary.json").unlink()
     with pytest.raises(PublishError, match="image:a was not smoke-tested on arm64"):
-        publish._image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
+        gate.image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
     # Both passed: both gates open, and the release records amd64's numbers.
     write("arm64", True)
-    assert publish.check_smoke(ctx, None)["ok"]
-    publish._image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
+    assert gate.check_smoke(ctx, None)["ok"]
+    gate.image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
     assert primary_smoke(smoke_artifacts(ctx.out), "image:a")["arch"] == "amd64"
 
 
