@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+from packaging.utils import canonicalize_name
 
 from slipway.errors import PublishError, RegistryError, TransientError
 
@@ -362,7 +363,7 @@ def same_image(existing: dict[str, Any] | None, image_id: str) -> bool:
 
 
 def normalize_project(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
 def simple_url(upload_url: str, override: str | None = None) -> str:

@@ -17,6 +17,7 @@ import os
 import shutil
 from typing import Any
 
+from slipway import sbom
 from slipway.context import StageContext
 from slipway.errors import PublishError
 from slipway.fsutil import read_record, sha256_file
@@ -141,11 +142,14 @@ def github_release(ctx: StageContext) -> dict[str, Any]:
         }
     wheels = collect_wheels(ctx.out)
     sboms = release_assets.write_sboms(ctx, [], wheels)
-    for path in sorted((ctx.out / "sbom").glob("*.spdx.json")):
-        # The images' SBOMs, generated from the registry by the images job of _publish.yml.
-        sboms[f"image:{path.name.removesuffix('.spdx.json')}"] = {
-            "file": path.name, "sha256": sha256_file(path), "components": None
-        }
+    for variant, image in sorted(images.items()):
+        # The images' SBOMs, made from the pushed digest by the images job of _publish.yml
+        # (python -m slipway.sbom), named as a local publish names them.
+        path = ctx.out / "sbom" / sbom.image_file_name(image["image"], plan["version"])
+        if path.is_file():
+            sboms[f"image:{variant}"] = {
+                "file": path.name, "sha256": sha256_file(path), "components": sbom.summary(read_record(path)),
+            }
     assets = release_assets.stage_assets(ctx, sboms, extra=[w.path for w in wheels])
     release = {
         "project": plan["project"],

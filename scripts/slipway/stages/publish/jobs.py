@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from slipway import registry
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
 from slipway.fsutil import sha256_file
 from slipway.plan import known_revision
 from slipway.version import parse_version
@@ -83,7 +84,7 @@ def release_tags(plan: dict[str, Any]) -> list[tuple[str, bool]]:
 
 
 def wheel_project(path: Path) -> str:
-    return registry.normalize_project(path.name.split("-")[0])
+    return canonicalize_name(parse_wheel_filename(path.name)[0])
 
 
 def collect_wheels(out: Path) -> list[WheelJob]:
