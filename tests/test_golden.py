@@ -486,7 +486,7 @@ def test_export_inputs_do_not_depend_on_where_the_project_is_or_how_exporters_ar
 
 def test_a_stale_export_is_never_published(project):
     from slipway.stages.export import stale_parts
-    from slipway.stages.publish import check_exports
+    from slipway.stages.publish.gate import check_exports
 
     res = _cli("export", *project.args, cwd=project.folder.parent)
     assert res.returncode == 0, res.stderr

@@ -64,6 +64,8 @@ def test_wheel_carries_everything_a_release_needs(slipway_dists):
     for needed in ("dockerfiles/pytorch.Dockerfile", "dockerfiles/tensorflow.Dockerfile",
                    "native/pyproject.toml", "native/thin/pyproject.toml", "native/CMakeLists.txt",
                    "native/tools/repair_wheel.py", "native/tools/check_wheel.py",
+                   "native/third_party/nlohmann-json/include/nlohmann/json.hpp",
+                   "native/third_party/nlohmann-json/LICENSE.MIT",
                    "native/include/slipway/detector.hpp", "native/cmake/SlipwayRuntimeConfig.cmake.in"):
             assert f"slipway/_resources/{needed}" in names, needed
     # The JSON Schemas of the records, beside the module that reads them.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,20 @@ def test_prerelease_versions():
     assert parse_version("1.2.3-rc.1").prerelease and str(parse_version("1.2.3-rc.1")) == "1.2.3rc1"
     assert not parse_version("1.2.3").prerelease
     assert parse_version("1.2.3").major_minor == "1.2"
+
+
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [("1.2.3", "1.2.3"), ("1.2.3-rc.1", "1.2.3rc1"), ("1.2.3alpha2", "1.2.3a2"), ("1.2.3-dev.4", "1.2.3.dev4"),
+     ("01.2.3", None), ("v1.2.3", None), ("1.2", None), ("1.2.3.4", None), ("1.2.3.post1", None),
+     ("1.2.3+cpu", None), ("1!1.2.3", None), ("1.2.3rc1.dev2", None), ("1.2.3-foo", None)],
+)
+def test_release_versions_are_pep_440_major_minor_patch(text, normalised):
+    if normalised is None:
+        with pytest.raises(ValueError, match=re.escape(f"'{text}' is not a release version")):
+            parse_version(text)
+    else:
+        assert str(parse_version(text)) == normalised
 
 
 def test_cli_plan_tag_prints_json(capsys, tmp_path):

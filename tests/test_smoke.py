@@ -41,7 +41,8 @@ from slipway.context import StageContext
 from slipway.errors import CheckError, PublishError
 from slipway.github import primary_smoke, smoke_artifacts
 from slipway.smoketest import interpreter_for, smoke_wheel, tfserving_mode, wheel_kind, wheel_tags
-from slipway.stages import publish, smoke
+from slipway.stages import smoke
+from slipway.stages.publish import gate
 
 TORCH_VARIANT = {
     "model": "shapes-torch",
@@ -57,8 +58,8 @@ TORCH_VARIANT = {
 
 def test_wheel_tags_expand_compressed_sets():
     assert wheel_tags("slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_x86_64.manylinux2014_x86_64.whl") == [
-        ("cp311", "cp311", "manylinux_2_28_x86_64"),
         ("cp311", "cp311", "manylinux2014_x86_64"),
+        ("cp311", "cp311", "manylinux_2_28_x86_64"),
     ]
     assert wheel_tags("pkg-1.0-1build-py2.py3-none-any.whl") == [
         ("py2", "none", "any"),
@@ -209,19 +210,19 @@ def test_each_platform_keeps_its_own_result_and_the_gate_reads_both(tmp_path, mo
     assert [r.artifact for r in summary.table] == ["image a", "image a (arm64)"]
     assert "| image a (arm64) |" in (ctx.out / "smoke" / "table.md").read_text()
     with pytest.raises(PublishError, match=re.escape("image:a on arm64 (2 of 4 golden image(s) differ)")):
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
     artifacts = smoke_artifacts(ctx.out)
     with pytest.raises(PublishError, match="smoke test failed: image:a on arm64"):
-        publish._image_gate(ctx, "a", {"digest": digest}, artifacts)
+        gate.image_gate(ctx, "a", {"digest": digest}, artifacts)
     # arm64 not tested at all: the gate names the platform.
     write("arm64", None)
     (ctx.out / "smoke" / "summary.json").unlink()
     with pytest.raises(PublishError, match="image:a was not smoke-tested on arm64"):
-        publish._image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
+        gate.image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
     # Both passed: both gates open, and the release records amd64's numbers.
     write("arm64", True)
-    assert publish.check_smoke(ctx, None)["ok"]
-    publish._image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
+    assert gate.check_smoke(ctx, None)["ok"]
+    gate.image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
     assert primary_smoke(smoke_artifacts(ctx.out), "image:a")["arch"] == "amd64"
 
 
@@ -246,6 +247,14 @@ def test_wheel_with_wrong_answers_fails_and_a_right_one_passes(tmp_path):
     assert res["ok"] is False and res["min_iou"] < 0.99
     assert Path(res["log"]).exists()  # kept for the failure; the virtualenv is not
     assert not (tmp_path / "w2" / "venv").exists()
+
+    # The wheel-check harness (native/tools/check_wheel.py, as in the wheels stage) also feeds the
+    # images as raw RGB bytes: a runtime that answers those differently fails though the arrays match.
+    deaf = make_replay_wheel(tmp_path / "deaf", dist="smoke-deaf-runtime", model_dir=model, bytes_input=False)
+    res = smoke_wheel(deaf, model, work=tmp_path / "w3", iou=0.99, score=1e-4)
+    assert res["ok"] is False and res["min_iou"] == 1.0, res
+    assert res["error"] == "RGB bytes input: detections differ from the numpy input's"
+    assert "check_wheel.py" in Path(res["log"]).read_text()
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,7 +455,7 @@ def test_image_sbom_lists_the_python_and_debian_packages_inside(model_images):
     versions = {c["name"].lower(): c.get("version") for c in bom["components"]}
     assert versions["torch"].startswith("2.") and "fastapi" in versions and "numpy" in versions
     assert "libc6" in versions and "python3.11" in versions
-    deps = {d["ref"]: d["dependsOn"] for d in bom["dependencies"]}
+    deps = {d["ref"]: d.get("dependsOn", []) for d in bom["dependencies"]}
     fastapi = next(c["bom-ref"] for c in bom["components"] if c["name"].lower() == "fastapi")
     assert any(ref.startswith("pkg:pypi/starlette@") for ref in deps[fastapi])
     libc = next(c["bom-ref"] for c in bom["components"] if c["name"] == "libc6")

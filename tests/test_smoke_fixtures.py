@@ -327,7 +327,7 @@ def make_wheel(
     *,
     dist: str,
     version: str,
-    files: dict[str, str],
+    files: dict[str, str | bytes],
     readme: str,
     requires: tuple[str, ...] = ("numpy",),
 ) -> Path:
@@ -348,7 +348,8 @@ def make_wheel(
             "Wheel-Version: 1.0\nGenerator: slipway-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         ),
     }
-    record = [_record_line(p, c.encode()) for p, c in contents.items()] + [f"{info}/RECORD,,"]
+    record = [_record_line(p, c.encode() if isinstance(c, str) else c) for p, c in contents.items()]
+    record.append(f"{info}/RECORD,,")
     path = folder / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for p, c in sorted(contents.items()):
@@ -361,12 +362,13 @@ def make_wheel(
     return path
 
 
-def make_replay_wheel(
-    folder: Path, *, dist: str, model_dir: Path, version: str = "0.0.1", readme: str = ""
-) -> Path:
-    """A wheel providing ``slipway_runtime.Detector`` that replays ``model_dir``'s references.
+def replay_runtime_source(model_dir: Path, *, version: str = "0.0.1", kind: str = "self-contained",
+                          bytes_input: bool = True) -> str:
+    """``slipway_runtime/__init__.py`` of a runtime double that replays ``model_dir``'s references.
 
     Images are recognised by the sha256 of their pixels, decoded here exactly as the smoke test does.
+    With ``bytes_input`` false, raw RGB bytes (``predict(data, size=...)``) find no detections. A
+    ``self-contained`` double refuses ``import torch`` with the real runtime's advice, as its guard does.
     """
     table = {}
     reference = json.loads((model_dir / "golden" / "reference.json").read_text())["images"]
@@ -374,15 +376,34 @@ def make_replay_wheel(
         with Image.open(model_dir / "golden" / entry["file"]) as im:
             pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
         table[hashlib.sha256(pixels.tobytes()).hexdigest()] = entry["detections"]
-    code = (
+    return (
         '"""Test double of the C++ runtime: replays reference detections."""\n'
-        "import hashlib\n\n__version__ = " + repr(version) + "\n_TABLE = " + json.dumps(table) + "\n\n\n"
+        "import hashlib\nimport sys\nfrom importlib.abc import MetaPathFinder\n\n"
+        "__version__ = " + repr(version) + "\nKIND = " + repr(kind) + "\nTORCH_VERSION = '0'\n"
+        "_TABLE = " + json.dumps(table) + "\n\n\n"
+        "class _TorchBlocker(MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('refused: use slipway-runtime-torch beside torch')\n\n\n"
+        "if KIND == 'self-contained':\n"
+        "    sys.meta_path.insert(0, _TorchBlocker())\n\n\n"
         "class Detector:\n"
         "    def __init__(self, model_dir, threads=1):\n"
         "        self.model_dir = model_dir\n\n"
-        "    def predict(self, image):\n"
-        "        return _TABLE[hashlib.sha256(image.tobytes()).hexdigest()]\n"
+        "    def predict(self, image, size=None):\n"
+        "        if isinstance(image, bytes) and not " + repr(bytes_input) + ":\n"
+        "            return []\n"
+        "        pixels = image if isinstance(image, bytes) else image.tobytes()\n"
+        "        return _TABLE[hashlib.sha256(pixels).hexdigest()]\n"
     )
+
+
+def make_replay_wheel(
+    folder: Path, *, dist: str, model_dir: Path, version: str = "0.0.1", readme: str = "", bytes_input: bool = True
+) -> Path:
+    """A wheel providing ``slipway_runtime.Detector`` that replays ``model_dir``'s references
+    (``replay_runtime_source``)."""
+    code = replay_runtime_source(model_dir, version=version, bytes_input=bytes_input)
     return make_wheel(
         folder,
         dist=dist,

@@ -67,6 +67,51 @@ def _add_trigger(p: argparse.ArgumentParser) -> None:
     p.add_argument("--github-event-name", default="push", help="event name for --github-event (default push)")
 
 
+def _add_peer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tune", action="store_true",
+                   help="between images and smoke: measure the serving grid on the built images and give each "
+                   "its best slots x threads (and batching) as defaults, a layer of ENV and LABEL on the built "
+                   "image (slipway release does this when SLIPWAY_TUNE=1)")
+    g = p.add_argument_group("peer benchmark (--peers; downloads TorchServe, LitServe and BentoML)")
+    g.add_argument("--peers", action="store_true",
+                   help="instead of the release's bench: Slipway's CPU images against TorchServe, LitServe and "
+                   "BentoML on the same model and CPUs; writes peers.md, peers.svg and peers.json")
+    g.add_argument("--peer", action="append", help="only this peer: torchserve, litserve, bentoml (repeatable)")
+    g.add_argument("--cpus", default=_env("PEERS_CPUS"),
+                   help="CPUs every server is pinned to, as taskset takes them [SLIPWAY_PEERS_CPUS; default: "
+                   "the first two this process may use]")
+    g.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
+    g.add_argument("--seconds", type=float, default=None, help="timed seconds per concurrency level (default 10)")
+    g.add_argument("--warmup", type=float, default=None, help="warm-up seconds per level (default 2)")
+    g.add_argument("--only", action="append", help="only this configuration key, e.g. torchserve-default")
+    g.add_argument("--image", action="append", metavar="VARIANT=REF", help="the Slipway image to use for a variant")
+    g.add_argument("--report-dir", help="where peers.md, peers.svg and peers.json go (default <out>/bench/peers)")
+
+
+def tune_enabled() -> bool:
+    """SLIPWAY_TUNE=1: ``slipway release`` tunes the images' serving defaults before smoke."""
+    return os.environ.get("SLIPWAY_TUNE", "").strip().lower() in ("1", "yes", "true")
+
+
+def cmd_peers(args: argparse.Namespace, ctx: StageContext) -> int:
+    from slipway.benchmark.peers.run import PeerSettings, from_context
+    from slipway.benchmark.peers.spec import PEERS, SLIPWAY_VARIANTS
+
+    images = {}
+    for item in args.image or []:
+        variant, sep, ref = item.partition("=")
+        if not sep or not variant or not ref:
+            raise ConfigError(f"--image {item!r}: expected VARIANT=IMAGE, e.g. pytorch-cpu=slipway-examples:0.1.0")
+        images[variant] = ref
+    settings = PeerSettings(peers=tuple(args.peer or PEERS), variants=tuple(args.variant or SLIPWAY_VARIANTS),
+                            cpus=args.cpus or "", only=tuple(args.only or ()))
+    for name in ("rounds", "seconds", "warmup"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
+    from_context(ctx, settings, Path(args.report_dir) if args.report_dir else None, images)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slipway",
@@ -128,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help="with --prepare: build on the variant's base image as named, with PyTorch's CPU index "
                 "for CPU variants (default: on GitHub Actions only); --no-official-base builds the local base",
             )
+        if stage == "bench":
+            _add_peer_options(p)
         if stage == "smoke":
             p.add_argument(
                 "--artifact",
@@ -326,6 +373,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if getattr(args, "variant", None):
         options["variants"] = args.variant
     stage = args.stage
+    if stage == "bench" and args.peers:
+        return cmd_peers(args, ctx)
+    if stage == "bench" and args.tune:
+        from slipway.stages.bench import tune
+
+        ctx.log(tune(ctx, variants=args.variant)["summary"])
+        return 0
     if stage == "images":
         if args.digest and not args.record:
             raise ConfigError("--digest goes with --record")
@@ -414,6 +468,10 @@ def cmd_release(args: argparse.Namespace) -> int:
             if stage == "publish" and args.local:
                 options["local"] = True
             run_stage(stage, ctx, **options)
+            if stage == "images" and tune_enabled():
+                from slipway.stages.bench import tune
+
+                ctx.log(f"== tune: {tune(ctx)['summary']}")
     finally:
         print("\n" + summary_table(ctx), file=sys.stderr)
     print(f"\nrelease {plan.version} done in {time.monotonic() - started:.0f}s; see {ctx.out}", file=sys.stderr)

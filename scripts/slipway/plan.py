@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name
 from pydantic import ValidationError
 
 import slipway
@@ -192,7 +193,7 @@ SLIPWAY_NAMES = ("slipway", "slipway-runtime", "slipway-runtime-torch")
 
 def normalize_name(name: str) -> str:
     """A distribution name as indexes compare it (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
 def import_name(distribution: str) -> str:

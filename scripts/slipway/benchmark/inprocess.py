@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.tags import sys_tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
 from slipway import records
 from slipway.benchmark.stats import summarize
 from slipway.benchmark.worker import MARKER, STAGES
@@ -319,14 +322,11 @@ def measure_model(model_dir: Path, manifest: records.ModelManifest, settings: Se
 
 def _wheel_fits(name: str) -> bool:
     """A wheel for this interpreter and this machine (by its file name's tags)."""
-    parts = name[:-4].split("-")
-    if len(parts) < 5:
+    try:
+        tags = parse_wheel_filename(name)[3]
+    except InvalidWheelFilename:
         return False
-    py, abi, plat = parts[-3], parts[-2], parts[-1]
-    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    py_ok = here in py.split(".") or "py3" in py.split(".")
-    abi_ok = abi in ("none", "abi3") or here in abi.split(".")
-    return py_ok and abi_ok and platform.machine() in plat and sys.platform in plat
+    return not tags.isdisjoint(sys_tags())
 
 
 def find_cpp_wheel(wheels_dir: Path) -> tuple[Path | None, str]:

@@ -19,8 +19,17 @@ Writes ``bench/results.json`` (with a run id and the machine's fingerprint), ``b
 
 Settings come from keyword arguments, else ``SLIPWAY_BENCH_*`` environment variables
 (``RUNS``, ``WARMUP``, ``THREADS``, ``SECONDS``, ``CONCURRENCY`` as ``1,8``, ``READY_RUNS``,
-``IMPORT_REPEATS`` (0 leaves import times out), ``SERVED`` = 0 to leave out the containers),
-else the defaults below.
+``IMPORT_REPEATS`` (0 leaves import times out), ``SERVED`` = 0 to leave out the containers,
+``GRID`` = 0 to leave out the serving grid, ``GRID_SECONDS``), else the defaults below.
+
+The serving grid (``slipway.benchmark.grid``): each image once per point of slots x threads (and
+batching where the runtime batches), at concurrency 1 and the highest concurrency; the best point
+by the rule stated there is recorded per image. ``slipway bench --tune``, run between ``images``
+and ``smoke``, measures the grid on the built images and makes the best point each image's
+defaults: a layer of ENV and LABEL on the built image (``FROM <image ID>``, nothing else), which
+replaces it in ``images.json`` (``tuned_from`` names the built image), so smoke tests, bench
+measures and publish ships the image with the defaults it will run with. The later bench then
+reuses the grid measured by ``--tune`` instead of measuring it again.
 """
 
 from __future__ import annotations
@@ -37,9 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from slipway import records, services, smoketest
 from slipway.benchmark import budgets as budget_checks
-from slipway.benchmark import inprocess, machine, report, served, sizes
+from slipway.benchmark import grid, inprocess, machine, report, served, sizes
 from slipway.context import StageContext, StageResult
 from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError, SlipwayError
@@ -59,12 +70,15 @@ class BenchSettings:
     ready_runs: int = 3
     import_repeats: int = 3
     served: bool = True
+    # The serving grid (slipway.benchmark.grid): on unless SLIPWAY_BENCH_GRID=0; seconds per level.
+    grid: bool = True
+    grid_seconds: float = 3.0
 
     @classmethod
     def resolve(cls, **given: Any) -> BenchSettings:
         s = cls()
         for name, cast in (("threads", int), ("warmup", int), ("runs", int), ("seconds", float),
-                           ("ready_runs", int), ("import_repeats", int)):
+                           ("ready_runs", int), ("import_repeats", int), ("grid_seconds", float)):
             value = given.get(name)
             if value is None:
                 raw = os.environ.get(f"SLIPWAY_BENCH_{name.upper()}")
@@ -88,6 +102,11 @@ class BenchSettings:
             served_flag = os.environ["SLIPWAY_BENCH_SERVED"].lower() not in ("0", "no", "false")
         if served_flag is not None:
             s.served = bool(served_flag)
+        grid_flag = given.get("grid")
+        if grid_flag is None and os.environ.get("SLIPWAY_BENCH_GRID"):
+            grid_flag = os.environ["SLIPWAY_BENCH_GRID"].lower() not in ("0", "no", "false")
+        if grid_flag is not None:
+            s.grid = bool(grid_flag)
         return s
 
 
@@ -302,8 +321,12 @@ def measure_served(ctx: StageContext, entries: list[records.ImageEntry], images:
                         if i > 0:
                             continue
                         for conc in settings.concurrency:
+                            before = _stage_metrics(running.url)
                             load = served.load_test(running.url, model_name, bodies, concurrency=conc,
                                                     seconds=settings.seconds)
+                            after = _stage_metrics(running.url)
+                            if before is not None and after:
+                                load["stage_metrics_ms"] = grid.stage_delta(before, after)
                             result["load"].append(load)
                             lat = load["latency_ms"]
                             ctx.log(f"{variant}: concurrency {conc}: {load['requests_per_s']:.1f} req/s, "
@@ -319,6 +342,128 @@ def measure_served(ctx: StageContext, entries: list[records.ImageEntry], images:
             result.pop("ready_s")
         out[variant] = result
     return out
+
+
+def _stage_metrics(url: str) -> dict[str, dict[str, float]] | None:
+    """The service's ``slipway_stage_seconds`` histograms, or None where it has none."""
+    try:
+        r = httpx.get(f"{url}/metrics", timeout=10)
+    except httpx.HTTPError:
+        return None
+    return grid.parse_stage_metrics(r.text) if r.status_code == 200 else None
+
+
+def _grid_skip(image: EngineImage | None) -> str | None:
+    if image is None:
+        return "no image built for this variant (run 'slipway images')"
+    if image.unavailable:
+        return image.unavailable
+    if image.device == "gpu" and not _has_gpu():
+        return "GPU image; this machine has no GPU"
+    if image.runtime == "tfserving":
+        return "inference runs in the external model server; the image's slots do not decide it"
+    return None
+
+
+def measure_grid(ctx: StageContext, entries: list[records.ImageEntry], images: dict[str, EngineImage],
+                 settings: BenchSettings) -> records.BenchGrid:
+    """Per image: every grid point served and loaded at concurrency 1 and the target; the best point."""
+    target = max(settings.concurrency)
+    cpus = max(1, int(ctx.config.smoke.cpus))
+    measured: dict[str, records.JsonObject] = {}
+    for entry in entries:
+        variant = entry.variant
+        image = images.get(variant)
+        reason = _grid_skip(image)
+        if reason or image is None:
+            measured[variant] = {"reason": reason}
+            continue
+        model_dir = ctx.out / "models" / image.model
+        golden = sorted((model_dir / "golden").glob("*.png"))
+        if not golden:
+            measured[variant] = {"reason": f"no golden images in models/{image.model}/golden"}
+            continue
+        bodies = [p.read_bytes() for p in golden]
+        model_name = records.read(model_dir / "model.json", records.ModelManifest).name
+        points = []
+        for point in grid.points(cpus, image.runtime):
+            rec: dict[str, Any] = {"point": point, "load": []}
+            try:
+                with _start(image, ctx, variant, grid.env(point)) as running:
+                    for conc in sorted({1, target}):
+                        rec["load"].append(served.load_test(running.url, model_name, bodies, concurrency=conc,
+                                                            seconds=settings.grid_seconds))
+            except SlipwayError as exc:
+                rec["reason"] = str(exc).splitlines()[0]
+            points.append(rec)
+            rates = ", ".join(f"c={lv['concurrency']} {lv['requests_per_s']:.0f} req/s" for lv in rec["load"])
+            ctx.log(f"{variant}: grid {grid.label(point)}: {rates or rec.get('reason')}")
+        chosen = grid.choose(points, target)
+        ctx.log(f"{variant}: grid choice: {chosen['why']}")
+        measured[variant] = {"image": image.tag, "image_id": image.id, "runtime": image.runtime,
+                             "points": points, "chosen": chosen}
+    return records.BenchGrid(target=target, seconds=settings.grid_seconds, cpus=cpus, rule=grid.RULE,
+                             images=measured)
+
+
+def _grid_for(ctx: StageContext, entries: list[records.ImageEntry], images: dict[str, EngineImage],
+              settings: BenchSettings) -> records.BenchGrid:
+    """The grid ``--tune`` measured for these very images (by ID), else measured now."""
+    recorded = ctx.read("bench/grid.json", records.BenchGrid, None)
+    if recorded is not None:
+        ids = {v: images[v].id if v in images else None for v in recorded.images}
+        tuned = {v: g.get("tuned_image") for v, g in recorded.images.items()}
+        if recorded.images and all(
+                t.get("id") == ids.get(v) for v, t in tuned.items() if isinstance(t, dict)
+        ) and all(e.variant in recorded.images for e in entries):
+            return recorded.model_copy(update={"measured_by": "slipway bench --tune, on the built images"})
+    return measure_grid(ctx, entries, images, settings)
+
+
+def tune(ctx: StageContext, variants: list[str] | None = None, **options: Any) -> StageResult:
+    """``slipway bench --tune``: measure the grid on the built images and give each its best point as defaults.
+
+    Runs on a local build (``images.json``), between ``images`` and ``smoke``. Each tuned image is
+    ``FROM <built image ID>`` plus ENV (the knobs) and LABEL (the same, and the ID it was made
+    from): no file of the image changes. It takes the built image's tag and replaces it in
+    ``images.json``, so everything after (smoke, bench, publish) uses the image with its defaults.
+    """
+    settings = BenchSettings.resolve(**options)
+    entries, _ = _scope(ctx, variants)
+    services.ensure_docker(ctx.log)
+    path = ctx.out / "images.json"
+    if not path.is_file():
+        raise ConfigError(f"no {path}: --tune works on a local build; run 'slipway images' first")
+    built = ctx.read("images.json", records.ImagesIndex).root
+    wanted = {e.variant for e in entries}
+    images = {v: EngineImage.model_validate(records.dump(r)) for v, r in built.items() if v in wanted}
+    result = measure_grid(ctx, entries, images, settings)
+    for variant, g in result.images.items():
+        chosen = g.get("chosen")
+        point = chosen.get("point") if isinstance(chosen, dict) else None
+        if not isinstance(point, dict):
+            continue
+        record = built[variant]
+        base_id = record.tuned_from or record.id
+        if base_id is None or record.tag is None:
+            continue
+        new_id = grid.derive_image(base_id, record.tag, point, cpus=result.cpus, log=ctx.log)
+        g["tuned_image"] = {"id": new_id, "tuned_from": base_id, "env": grid.image_env(point)}
+        info = _inspect(record.tag)
+        built[variant] = record.model_copy(update={
+            "id": info.id, "size": info.size, "layers": info.layers, "labels": info.labels,
+            "tuned_from": base_id, "serving_defaults": grid.image_env(point)})
+        ctx.write(f"images/{variant}.json", built[variant])
+    ctx.write("images.json", records.ImagesIndex(built))
+    ctx.write("bench/grid.json", result)
+    tuned = [v for v, g in result.images.items() if g.get("tuned_image")]
+    return {"summary": f"{len(tuned)} image(s) given measured defaults: {', '.join(tuned) or '-'}"}
+
+
+def _inspect(ref: str):  # -> slipway.stages.images.Inspected
+    from slipway.stages.images import inspect_image
+
+    return inspect_image(ref)
 
 
 def measure_sizes(ctx: StageContext, entries: list[records.ImageEntry], images: dict[str, EngineImage],
@@ -384,6 +529,8 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     imports = measure_imports(ctx, models, settings, cpp)
     images = images_in_engine(ctx, entries)
     served_results = measure_served(ctx, entries, images, settings)
+    grid_results = (records.dump(_grid_for(ctx, entries, images, settings)) if settings.served and settings.grid
+                    else {"skipped": True})
     docker_ok = bool(entries) and images and services.docker_reachable()
     size_results = measure_sizes(ctx, entries, images, models, bool(docker_ok))
 
@@ -406,11 +553,13 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
                     "load_average_before": load_before, "load_average_after": machine.load_average()},
         "settings": {"threads": settings.threads, "warmup": settings.warmup, "runs": settings.runs,
                      "served_seconds": settings.seconds, "concurrency": list(settings.concurrency),
-                     "ready_runs": settings.ready_runs, "import_repeats": settings.import_repeats},
+                     "ready_runs": settings.ready_runs, "import_repeats": settings.import_repeats,
+                     "grid": settings.grid, "grid_seconds": settings.grid_seconds},
         "scope": {"models": models, "variants": [e.variant for e in entries]},
         "inprocess": in_process,
         "imports": imports,
         "served": served_results,
+        "grid": grid_results,
         "sizes": size_results,
         "seconds": round(time.monotonic() - started, 1),
     }

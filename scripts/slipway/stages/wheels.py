@@ -48,6 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
 import slipway
 from slipway import modelpkg, records
 from slipway.context import StageContext, StageResult
@@ -78,7 +81,9 @@ class Built:
 
     def record(self, *, published: bool, folder: str) -> records.RuntimeWheel:
         name = self.path.name
-        py, abi, plat = name[:-4].split("-")[-3:]
+        tags = parse_wheel_filename(name)[3]
+        # Compressed tag sets as dotted strings (py2.py3), as in the file name.
+        py, abi, plat = (".".join(sorted({getattr(t, k) for t in tags})) for k in ("interpreter", "abi", "platform"))
         size = self.path.stat().st_size
         return records.RuntimeWheel(
             name=name, kind=self.kind, size=size, size_mib=round(size / 2**20, 3),
@@ -128,10 +133,6 @@ def runtime_cache() -> Path:
 
 
 def pep440(version: str) -> str:
-    try:
-        from packaging.version import InvalidVersion, Version
-    except ImportError:  # packaging comes with pip/build; without it, trust the plan
-        return version
     try:
         return str(Version(version))
     except InvalidVersion as exc:
