@@ -2,7 +2,8 @@
 #   make release   the whole local release of the example models (local registry and index)
 #   make test      every test; starts what it needs and stops what it started, and removes
 #                  from the registry what its tests pushed there
-# Also: make lint, make services, make down, make clean.
+# Also: make lint, make services, make down, make clean, make bench-peers (Slipway's CPU images
+# against TorchServe, LitServe and BentoML; downloads them; about 14 minutes; see docs/bench/peers.md).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,13 +15,16 @@ TORCH := $(shell sed -n 's/^torch==//p' requirements-pytorch.txt)
 SESSION := .slipway-services.json
 PYTEST_ARGS ?=
 # zizmor without --offline runs its online audits too (pin verification); they need GH_TOKEN.
+# The pedantic persona: tests/test_workflows.py leaves the generic workflow rules to zizmor.
 ZIZMOR_FLAGS ?= --offline --strict-collection
 
-# Debian tools a few tests need: command:package (jq runs the release gate script as GitHub would). Installed as root on Debian; elsewhere the
-# tests that need them say what is missing.
-TEST_TOOLS := aarch64-linux-gnu-g++:g++-aarch64-linux-gnu shellcheck:shellcheck jq:jq
+# Debian tools a few tests need: command-or-file:package (jq runs the release gate script as GitHub would; the
+# de_DE locale source lets the C++ runtime's locale test make a decimal-comma locale). Installed as root on
+# Debian; elsewhere the tests that need them say what is missing.
+TEST_TOOLS := aarch64-linux-gnu-g++:g++-aarch64-linux-gnu shellcheck:shellcheck jq:jq \
+  /usr/share/i18n/locales/de_DE:locales
 
-.PHONY: all venv release test test-tools lint services down clean schema
+.PHONY: all venv release test test-tools lint services down clean schema bench-peers
 
 all: test
 
@@ -45,7 +49,7 @@ release: venv
 # Services are started for the tests and, afterwards, only those the tests started are stopped.
 test-tools:
 	@missing=""; for pair in $(TEST_TOOLS); do \
-	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	  { command -v "$${pair%%:*}" || test -e "$${pair%%:*}"; } >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages for the tests:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
@@ -61,10 +65,21 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/hadolint dockerfiles/*.Dockerfile
 	$(BIN)/actionlint .github/workflows/*.yml docs/example-caller.yml
-	$(BIN)/zizmor $(ZIZMOR_FLAGS) .github docs/example-caller.yml
+	$(BIN)/zizmor --persona pedantic $(ZIZMOR_FLAGS) .github docs/example-caller.yml
+
+# The peer benchmark: not part of make test (it installs the peers). It exports the example's
+# PyTorch model (reused when current) and takes the CPU images of the last make release from the
+# engine or the local registry. About 15 minutes. PEERS_ARGS passes options through, e.g.
+# make bench-peers PEERS_ARGS="--rounds 1 --seconds 2 --warmup 1" for a 3-minute look.
+PEERS_ARGS ?=
+bench-peers: venv
+	$(BIN)/slipway services up
+	$(BIN)/slipway export --model shapes-torch
+	$(BIN)/slipway bench --peers --report-dir docs/bench $(PEERS_ARGS)
 
 schema: venv
 	$(BIN)/slipway schema > scripts/slipway/release.schema.json
+	$(BIN)/slipway schema --records scripts/slipway/schemas
 
 clean:
 	rm -rf dist build .pytest_cache .ruff_cache

@@ -24,7 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from serving import __version__
+from serving import __version__, oip
 from serving.backends import Backend, BackendUnavailable, create_backend
 from serving.backends.base import READY
 from serving.config import Settings
@@ -541,6 +541,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         text = service.metrics.render(model=service.model_name, backend=service.backend.name, ready=ready,
                                       gauges=gauges)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # The Open Inference Protocol (KServe v2), beside the service's own API (serving/oip.py).
+    oip.install(app, service)
 
     # Outermost, so it sees every answer (and every abort) with the route Starlette matched.
     app.add_middleware(Guard, service=service)

@@ -86,4 +86,8 @@ def local_services():
 from installed import installed_slipway, slipway_dists  # noqa: E402
 from native_fixtures import native_wheels, sc_python  # noqa: E402
 
-__all__ = ["installed_slipway", "native_wheels", "sc_python", "slipway_dists"]
+# The pytorch-cpu and onnx-cpu images of the service (tests/service_images.py), built once for
+# test_serving_hostile.py and test_serving_oip.py.
+from service_images import service_images  # noqa: E402
+
+__all__ = ["installed_slipway", "native_wheels", "sc_python", "service_images", "slipway_dists"]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from readiness import wait_http
 
+from slipway import records
 from slipway.benchmark import budgets, report, served, stats
 from slipway.benchmark.inprocess import CppEnv, Settings, find_cpp_wheel, import_time, measure_model
 from slipway.cli import main
@@ -41,7 +42,7 @@ def export_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def measured(export_dir, tmp_path_factory) -> dict:
     """One real in-process run of every PyTorch runtime on the export (few iterations)."""
-    manifest = json.loads((export_dir / "model.json").read_text())
+    manifest = records.read(export_dir / "model.json", records.ModelManifest)
     wheels = tmp_path_factory.mktemp("no-wheels")
     wheel, reason = find_cpp_wheel(wheels)
     assert wheel is None
@@ -125,7 +126,7 @@ def test_an_unloadable_cpp_wheel_says_why(export_dir, tmp_path):
     (site / "__init__.py").write_text(
         "raise ImportError('libtorch_cpu.so: cannot open shared object file')\n"
     )
-    manifest = json.loads((export_dir / "model.json").read_text())
+    manifest = records.read(export_dir / "model.json", records.ModelManifest)
     out = measure_model(
         export_dir, manifest, FEW, cpp=CppEnv(site=site.parent), only=("cpp",), eager={}, log=lambda _m: None
     )
@@ -373,10 +374,10 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
 
     repo = "ghcr.io/acme/det"
     digest = {name: "sha256:" + c * 64 for name, c in (("alpha", "a"), ("gone", "b"), ("gpu", "c"))}
-    records = tmp_path / "images"
-    records.mkdir()
+    record_dir = tmp_path / "images"
+    record_dir.mkdir()
     for variant in ("alpha", "gone", "gpu"):
-        (records / f"{variant}.json").write_text(json.dumps({
+        (record_dir / f"{variant}.json").write_text(json.dumps({
             "variant": variant, "model": "m", "runtime": "onnx", "device": "gpu" if variant == "gpu" else "cpu",
             "image": f"{repo}-{variant}", "tag": f"{repo}-{variant}:1.2.3", "digest": digest[variant],
             "dry_run": False,
@@ -397,17 +398,18 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
     monkeypatch.setattr(services, "ensure_docker", lambda log=None: "running")
     ctx = SimpleNamespace(out=tmp_path, log=lambda _m: None,
                           config=SimpleNamespace(wheels=SimpleNamespace(max_size_mib=100)))
-    entries = [{"variant": v} for v in ("alpha", "gone", "local")]  # "gpu" is not in this run
+    # "gpu" is not in this run.
+    entries = [records.ImageEntry.model_construct(variant=v) for v in ("alpha", "gone", "local")]
 
     images = bench.images_in_engine(ctx, entries)
 
     pulled = f"{repo}-alpha@{digest['alpha']}"
     # An absent digest is a final answer: pulled once, never retried.
     assert pulls == [pulled, f"{repo}-gone@{digest['gone']}"]
-    assert (images["alpha"]["tag"], images["alpha"]["id"]) == (pulled, "sha256:" + "e" * 64)
-    assert images["local"] == local
-    assert "manifest unknown" in images["gone"]["unavailable"]
-    assert images["gpu"]["tag"] == f"{repo}-gpu:1.2.3" and "id" not in images["gpu"]
+    assert (images["alpha"].tag, images["alpha"].id) == (pulled, "sha256:" + "e" * 64)
+    assert records.dump(images["local"]) == local
+    assert "manifest unknown" in images["gone"].unavailable
+    assert images["gpu"].tag == f"{repo}-gpu:1.2.3" and images["gpu"].id is None
 
     measured_refs: list[str] = []
 

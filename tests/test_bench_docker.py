@@ -66,6 +66,7 @@ def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, 
         "READY_RUNS": "2",
         "IMPORT_REPEATS": "0",
         "CONCURRENCY": "1,2",
+        "GRID_SECONDS": "1",
     }.items():
         monkeypatch.setenv(f"SLIPWAY_BENCH_{key}", value)
     out = tmp_path / "dist"
@@ -84,5 +85,12 @@ def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, 
     assert results["budgets"]["ok"] and {c["status"] for c in results["budgets"]["checks"]} == {"ok"}
     table = (out / "bench" / "table.md").read_text()
     assert results["run_id"] in table and "| pytorch-cpu | torchscript |" in table
+    # The serving grid: every point served and loaded, one chosen by the rule, shown in the table.
+    grid = results["grid"]["images"]["pytorch-cpu"]
+    assert len(grid["points"]) == 4, grid
+    # Batching may be refused by a model that takes no batch (the point then says why); the rest ran.
+    assert all(p["load"] or (p["point"]["batch_max"] > 1 and p["reason"]) for p in grid["points"]), grid
+    assert grid["chosen"]["point"] in [p["point"] for p in grid["points"]]
+    assert "### Serving grid" in table and "**chosen**" in table
     tag = json.loads((out / "images.json").read_text())["pytorch-cpu"]["tag"]
     engine.remove_image(tag)

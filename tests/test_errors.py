@@ -15,6 +15,7 @@ import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from test_github_mode import TAG_SHA, cli, github_env, plan_step, project
@@ -36,9 +37,16 @@ DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 
 
 class _RefusingRegistry(BaseHTTPRequestHandler):
-    """An OCI distribution endpoint that refuses with ``status``: every request (``where = "read"``),
-    or only the manifest PUT that tags a digest (``where = "write"``; reads then answer as a registry
-    that holds the manifest and no tags would)."""
+    """An OCI distribution endpoint that refuses with ``status``:
+
+    - ``where = "read"``: every request;
+    - ``where = "write"``: only the writes (the manifest PUT that tags a digest, a blob upload);
+      reads answer as a registry that holds the manifest and no tags would;
+    - ``where = "token"``: the registry wants a bearer token (a 401 with a ``Bearer realm=`` challenge
+      naming ``/token`` on the same server) and the token endpoint refuses every one;
+    - ``where = "token-push"``: the token endpoint grants a pull token and refuses one that may
+      push; the registry answers reads to the pull token as in ``write``.
+    """
 
     status = 403
     where = "read"
@@ -64,9 +72,29 @@ class _RefusingRegistry(BaseHTTPRequestHandler):
             headers["WWW-Authenticate"] = 'Basic realm="test registry"'
         self._send(self.status, body, headers)
 
+    def _token_wanted(self) -> bool:
+        """In the token modes: answer a request without the granted token with the challenge."""
+        if not self.where.startswith("token") or self.headers.get("Authorization") == "Bearer granted":
+            return False
+        host, port = self.server.server_address[:2]
+        challenge = f'Bearer realm="http://{host}:{port}/token",service="test-registry"'
+        body = b'{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}'
+        self._send(401, body, {"Content-Type": "application/json", "WWW-Authenticate": challenge})
+        return True
+
+    def _token(self) -> None:
+        scope = parse_qs(urlsplit(self.path).query).get("scope", [""])[0]
+        if self.where == "token-push" and scope.endswith(":pull"):
+            return self._send(200, b'{"token": "granted"}', {"Content-Type": "application/json"})
+        return self._refuse()
+
     def do_GET(self):
         type(self).requests.append(f"GET {self.path}")
-        if self.where == "read":
+        if self.path.startswith("/token"):
+            return self._token()
+        if self._token_wanted():
+            return None
+        if self.where in ("read", "token"):
             return self._refuse()
         if self.path.endswith("/tags/list"):
             return self._send(200, json.dumps({"name": "x", "tags": []}).encode(), {"Content-Type": "application/json"})
@@ -79,7 +107,10 @@ class _RefusingRegistry(BaseHTTPRequestHandler):
         type(self).requests.append(f"PUT {self.path}")
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
-        self._refuse()
+        if not self._token_wanted():
+            self._refuse()
+
+    do_POST = do_PUT
 
 
 @pytest.fixture
@@ -114,7 +145,7 @@ def _github_release_job(tmp_path: Path, registry_addr: str) -> tuple[Path, Path,
     return proj, plan_file, plan, out
 
 
-@pytest.mark.parametrize("where", ["read", "write"])
+@pytest.mark.parametrize("where", ["read", "write", "token", "token-push"])
 @pytest.mark.parametrize("status", [401, 403, 400])
 def test_a_registry_refusing_publish_ends_in_exit_6_with_its_own_message(
     tmp_path, refusing_registry, status, where
@@ -130,12 +161,63 @@ def test_a_registry_refusing_publish_ends_in_exit_6_with_its_own_message(
     assert _RefusingRegistry.message in res.stderr
     assert f"{status}" in res.stderr
     assert not Path(env["GITHUB_OUTPUT"]).exists()
+    requests = _RefusingRegistry.requests
     if where == "write":
         # The read went through; the refusal came from the tagging PUT, and nothing else was tried.
-        puts = [r for r in _RefusingRegistry.requests if r.startswith("PUT")]
-        assert puts and all(p.endswith("/manifests/0.1.0") for p in puts), _RefusingRegistry.requests
+        puts = [r for r in requests if r.startswith("PUT")]
+        assert puts and all(p.endswith("/manifests/0.1.0") for p in puts), requests
     else:
-        assert not any(r.startswith("PUT") for r in _RefusingRegistry.requests)
+        assert not any(r.startswith("PUT") for r in requests)
+    if where.startswith("token"):
+        tokens = [r for r in requests if r.startswith("GET /token")]
+        assert tokens, requests
+        if where == "token-push":
+            # Preflight read with a pull token; the refusal came when tagging asked for push.
+            assert "pull%2Cpush" in tokens[-1] and any("/tags/list" in r for r in requests), requests
+            assert "asked for a token" in res.stderr
+
+
+def _tiny_wheel(folder: Path) -> Path:
+    """A valid, minimal wheel: enough metadata for an upload's form fields."""
+    import zipfile
+
+    path = folder / "tiny_refused-0.1.0-py3-none-any.whl"
+    files = {
+        "tiny_refused/__init__.py": "",
+        "tiny_refused-0.1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: tiny-refused\nVersion: 0.1.0\n",
+        "tiny_refused-0.1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = "".join(f"{name},,\n" for name in files) + "tiny_refused-0.1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in {**files, "tiny_refused-0.1.0.dist-info/RECORD": record}.items():
+            zf.writestr(name, text)
+    return path
+
+
+@pytest.mark.parametrize("where", ["write", "token"])
+@pytest.mark.parametrize("status", [401, 403, 400])
+def test_every_write_of_the_client_is_refused_with_the_registrys_status_and_words(
+    tmp_path, refusing_registry, status, where
+):
+    """The blob upload that tells a push's fate, the manifest PUT and a wheel upload: each refusal
+    is a RegistryError (exit 6) with the status and the registry's message, whether the registry
+    itself or its token endpoint said no."""
+    _RefusingRegistry.status, _RefusingRegistry.where = status, where
+    _RefusingRegistry.message = f"no writes here ({status}, {where})"
+    image = f"{refusing_registry}/repo/name"
+    calls = [
+        lambda: registry.check_push_access(image),
+        lambda: registry.tag_digest(image, DIGEST, "1.0.0"),
+    ]
+    if where == "write":  # an index has no token endpoint
+        calls.append(lambda: registry.upload_wheel(f"http://{refusing_registry}/legacy/", _tiny_wheel(tmp_path)))
+    for call in calls:
+        registry._AUTH.clear()
+        with pytest.raises(RegistryError) as err:
+            call()
+        assert err.value.status == status and err.value.exit_code == 6, err.value
+        assert _RefusingRegistry.message in str(err.value)
 
 
 def test_registry_errors_carry_their_status_and_exit_code(refusing_registry):
@@ -234,7 +316,8 @@ def test_a_damaged_plan_is_a_configuration_error_naming_the_file(release_job, tm
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_wheel_and_release_records_are_errors_not_absent(tmp_path, damage):
-    from slipway.stages import publish, wheels
+    from slipway.stages import wheels
+    from slipway.stages.publish import local
 
     folder = tmp_path / "wheels"
     folder.mkdir()
@@ -244,14 +327,15 @@ def test_damaged_wheel_and_release_records_are_errors_not_absent(tmp_path, damag
     assert str(folder / "wheels.json") in str(err.value) and err.value.exit_code == 4
     (tmp_path / "release.json").write_bytes(DAMAGE[damage])
     with pytest.raises(RecordError) as err:
-        publish._published_before(tmp_path / "release.json")
+        local.published_before(tmp_path / "release.json")
     assert str(tmp_path / "release.json") in str(err.value)
 
 
 def test_missing_optional_records_stay_absent(tmp_path):
     from slipway.github import image_records, smoke_artifacts
-    from slipway.stages import publish, wheels
+    from slipway.stages import wheels
+    from slipway.stages.publish import local
 
     assert image_records(tmp_path) == {} and smoke_artifacts(tmp_path) == {}
     assert wheels.reuse(tmp_path, "fingerprint") is None
-    assert publish._published_before(tmp_path / "release.json") is False
+    assert local.published_before(tmp_path / "release.json") is False

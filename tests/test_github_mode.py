@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_smoke_fixtures import base_image, make_project, remove_images, run_id, write_fake_export
 
-from slipway import engine, registry
+from slipway import engine, registry, sbom
 from slipway.github import read_outputs, set_outputs
 from slipway.stages.images import CPU_TORCH_INDEX
 from slipway.stages.publish import image_tags
@@ -350,7 +350,10 @@ def test_real_release_sequence_pushes_by_digest_smokes_and_tags_that_digest(tmp_
         # The SBOM the workflow's anchore step writes next to it.
         sbom_dir = publish_job / plan["output_dir"] / "sbom"
         sbom_dir.mkdir()
-        (sbom_dir / "alpha.spdx.json").write_text(json.dumps({"spdxVersion": "SPDX-2.3", "name": "alpha"}))
+        sbom_name = sbom.image_file_name(entry["image"], plan["version"])
+        (sbom_dir / sbom_name).write_text(json.dumps(
+            {"bomFormat": "CycloneDX", "specVersion": "1.6", "components": [
+                {"type": "library", "name": "numpy", "purl": "pkg:pypi/numpy@2.4.6"}]}))
 
         # _publish.yml github-release job: everything downloaded, then merge, assemble.
         release_job = new_job(
@@ -380,10 +383,12 @@ def test_real_release_sequence_pushes_by_digest_smokes_and_tags_that_digest(tmp_
         release = release_job / plan["output_dir"] / "release"
         assets = sorted(p.name for p in (release / "assets").iterdir())
         assert assets == sorted(
-            ["replay-model-0.1.0.tar.gz", "alpha.spdx.json", "smoke-table.md", "release.json", "SHA256SUMS"]
+            ["replay-model-0.1.0.tar.gz", sbom_name, "smoke-table.md", "release.json", "SHA256SUMS"]
         )
         sums = (release / "assets" / "SHA256SUMS").read_text()
-        assert "replay-model-0.1.0.tar.gz" in sums and "alpha.spdx.json" in sums
+        assert "replay-model-0.1.0.tar.gz" in sums and sbom_name in sums
+        assert {"artifact": "image:alpha", "file": sbom_name} in [
+            {k: e[k] for k in ("artifact", "file")} for e in json.loads((release / "assets" / "release.json").read_text())["sboms"]]
         record = json.loads((release / "assets" / "release.json").read_text())
         assert record["images"]["alpha"]["digest"] == digest and record["dry_run"] is False
         notes = (release / "notes.md").read_text()
@@ -455,16 +460,21 @@ def test_every_slipway_call_in_the_workflows_parses():
 
 
 def test_publish_registry_overrides_rename_every_image_as_the_plan_would():
+    from plans import bare_plan
+
+    from slipway import records
     from slipway.cli import build_parser, override_registries
 
-    plan = {
-        "project": "det",
-        "registries": {"images": "ghcr.io/acme", "packages": "https://upload.pypi.org/legacy/"},
-        "matrix": {"images": [{"variant": "onnx-cpu", "image": "ghcr.io/acme/det-onnx-cpu"}]},
-    }
+    plan = bare_plan(
+        "1.0.0", project="det", registries={"images": "ghcr.io/acme", "packages": "https://upload.pypi.org/legacy/"},
+        matrix={"images": [{"variant": "onnx-cpu", "model": "det", "framework": "pytorch", "runtime": "onnx",
+                            "device": "cpu", "dockerfile": "dockerfiles/pytorch.Dockerfile", "target": "onnx-cpu",
+                            "platforms": "linux/amd64", "image": "ghcr.io/acme/det-onnx-cpu"}]},
+    )
     args = build_parser().parse_args(
         ["publish", "--image-registry", "127.0.0.1:5000/x/", "--package-index", "http://127.0.0.1:8765/"]
     )
     override_registries(plan, args.image_registry, args.package_index)
-    assert plan["registries"] == {"images": "127.0.0.1:5000/x", "packages": "http://127.0.0.1:8765/"}
-    assert plan["matrix"]["images"][0]["image"] == "127.0.0.1:5000/x/det-onnx-cpu"
+    data = records.dump(plan)
+    assert data["registries"] == {"images": "127.0.0.1:5000/x", "packages": "http://127.0.0.1:8765/"}
+    assert data["matrix"]["images"][0]["image"] == "127.0.0.1:5000/x/det-onnx-cpu"

@@ -16,12 +16,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from plans import bare_plan
 
 from model_export import golden as golden_mod
 from model_export.compare import accuracy, precision_recall
 from model_export.errors import ExportError
 from model_export.examples import shapes
 from slipway import config as config_mod
+from slipway import records
 from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.errors import CheckError, ConfigError, PublishError
@@ -228,27 +230,29 @@ def test_accuracy_matches_classes_by_label_name_not_by_position():
 
 def _ctx(tmp_path: Path, extra: str) -> StageContext:
     cfg = load_config(release_toml(tmp_path, f'{{ hook = "{HOOK}", count = 4 }}', extra=extra))
-    return StageContext(config=cfg, plan={"version": "0.1.0", "sha": "0" * 40}, out=tmp_path / "out", root=tmp_path)
+    return StageContext(config=cfg, plan=bare_plan("0.1.0"), out=tmp_path / "out", root=tmp_path)
 
 
 def test_min_map50_gate_fails_below_and_passes_at_or_above(tmp_path):
     from slipway.stages.smoke import gate_accuracy
 
+    def result(**fields) -> records.SmokeResult:
+        return records.SmokeResult(**{"artifact": "image:pytorch-cpu", "kind": "image", "model": "det", "ok": True,
+                                      **fields})
+
     ctx = _ctx(tmp_path, "min-map50 = 0.8")
-    low = gate_accuracy(ctx, {"artifact": "image:pytorch-cpu", "model": "det", "ok": True,
-                              "accuracy": {"map50": 0.7512}})
-    assert low["ok"] is False and low["min_map50"] == 0.8
-    assert "image:pytorch-cpu" in low["error"] and "model 'det'" in low["error"]
-    assert "0.7512" in low["error"] and "min-map50 0.8" in low["error"] and "models[0].min-map50" in low["error"]
-    high = gate_accuracy(ctx, {"artifact": "image:pytorch-cpu", "model": "det", "ok": True,
-                               "accuracy": {"map50": 0.8}})
-    assert high["ok"] is True and "error" not in high
+    low = gate_accuracy(ctx, result(accuracy={"map50": 0.7512}))
+    assert low.ok is False and low.min_map50 == 0.8
+    assert "image:pytorch-cpu" in low.error and "model 'det'" in low.error
+    assert "0.7512" in low.error and "min-map50 0.8" in low.error and "models[0].min-map50" in low.error
+    high = gate_accuracy(ctx, result(accuracy={"map50": 0.8}))
+    assert high.ok is True and high.error is None
     # A mismatch already reported keeps its message; the gate adds its own.
-    both = gate_accuracy(ctx, {"artifact": "wheel:x.whl", "model": "det", "ok": False, "error": "2 differ",
-                               "accuracy": {"map50": 0.1}})
-    assert both["error"].startswith("2 differ; wheel:x.whl: mAP@0.5 0.1000")
-    ungated = gate_accuracy(_ctx(tmp_path / "u", ""), {"model": "det", "ok": True, "accuracy": {"map50": 0.0}})
-    assert ungated["ok"] is True
+    both = gate_accuracy(ctx, result(artifact="wheel:x.whl", kind="wheel", ok=False, error="2 differ",
+                                     accuracy={"map50": 0.1}))
+    assert both.error.startswith("2 differ; wheel:x.whl: mAP@0.5 0.1000")
+    ungated = gate_accuracy(_ctx(tmp_path / "u", ""), result(accuracy={"map50": 0.0}))
+    assert ungated.ok is True
 
 
 def test_min_map50_fails_the_smoke_stage_with_exit_4(tmp_path, monkeypatch):
@@ -259,8 +263,8 @@ def test_min_map50_fails_the_smoke_stage_with_exit_4(tmp_path, monkeypatch):
 
     ctx = _ctx(tmp_path, "min-map50 = 0.9")
     ctx = StageContext(config=ctx.config, out=tmp_path / "out", root=tmp_path,
-                       plan={**ctx.plan, "project": "golden-test", "matrix": {"smoke": [{"kind": "wheel",
-                                                                                          "artifact": "wheels"}]}})
+                       plan=bare_plan("0.1.0", project="golden-test", matrix={"smoke": [{
+                           "kind": "wheel", "artifact": "wheels", "variant": "", "device": "cpu", "arches": "amd64"}]}))
     model_dir = write_fake_export(ctx.out / "models" / "det", name="det")
     # The wheel will agree with the export exactly; the export itself misses the ground truth of
     # image 1 (the only 'square'): mAP@0.5 (1 + 0) / 2, precision and recall 2/3.
@@ -276,7 +280,8 @@ def test_min_map50_fails_the_smoke_stage_with_exit_4(tmp_path, monkeypatch):
         # Answer with the reference detections, shifted off the ground truth on every other image.
         from slipway.smoketest import compare_golden
 
-        return compare_golden(model_dir, lambda entry, path: (entry["detections"], 0.001), iou=0.99, score=1e-4)
+        return compare_golden(model_dir, lambda entry, path: ([records.dump(d) for d in entry.detections], 0.001),
+                              iou=0.99, score=1e-4)
 
     monkeypatch.setattr(smoke, "smoke_wheel", fake_smoke_wheel)
     with pytest.raises(CheckError) as info:
@@ -468,7 +473,7 @@ def test_export_inputs_do_not_depend_on_where_the_project_is_or_how_exporters_ar
     for where in ("a", "b"):
         coco_folder(tmp_path / where / "golden")
         cfg = load_config(release_toml(tmp_path / where, COCO))
-        ctx = StageContext(config=cfg, plan={"version": "1.0.0"}, out=tmp_path / where / "out", root=cfg.root)
+        ctx = StageContext(config=cfg, plan=bare_plan("1.0.0"), out=tmp_path / where / "out", root=cfg.root)
         model = cfg.model("det")
         inputs.append(export_inputs(ctx, model))
         # The export stage gives the model the plan's exporters; unset in release.toml, that is the default.
@@ -481,7 +486,7 @@ def test_export_inputs_do_not_depend_on_where_the_project_is_or_how_exporters_ar
 
 def test_a_stale_export_is_never_published(project):
     from slipway.stages.export import stale_parts
-    from slipway.stages.publish import check_exports
+    from slipway.stages.publish.gate import check_exports
 
     res = _cli("export", *project.args, cwd=project.folder.parent)
     assert res.returncode == 0, res.stderr
@@ -506,6 +511,7 @@ def test_a_stale_export_is_never_published(project):
         check_exports(ctx, {"image:pytorch-cpu": {"model": "det", "ok": True, "export_inputs": "0" * 64}})
     # Nor an image built from another export.
     (project.out / "images.json").write_text(json.dumps(
-        {"pytorch-cpu": {"variant": "pytorch-cpu", "model": "det", "export_inputs": "1" * 64}}))
+        {"pytorch-cpu": {"variant": "pytorch-cpu", "model": "det", "runtime": "torchscript", "device": "cpu",
+                         "image": "127.0.0.1:5000/x/det-pytorch-cpu", "export_inputs": "1" * 64}}))
     with pytest.raises(PublishError, match="image of variant 'pytorch-cpu': built from another export of model 'det'"):
         check_exports(ctx, {})

@@ -77,14 +77,14 @@ def _remove(ctx: StageContext) -> None:
 def test_staged_project_requirements(tmp_path):
     """Staged as requirements-project.txt (comments only without one); Slipway's own pins unchanged."""
     ctx = _project(tmp_path / "with", "six==1.17.0\n")
-    build = images.stage_context(ctx, ctx.plan["matrix"]["images"][0], local_torch=False)
+    build = images.stage_context(ctx, ctx.plan.matrix.images[0], local_torch=False)
     assert (build / "requirements-project.txt").read_text() == "six==1.17.0\n"
     from slipway.paths import resource
 
     assert (build / "requirements.txt").read_text() == resource("requirements.txt").read_text()
     assert not (build / "model_export" / "examples").exists()
     ctx = _project(tmp_path / "without", None)
-    build = images.stage_context(ctx, ctx.plan["matrix"]["images"][0], local_torch=False)
+    build = images.stage_context(ctx, ctx.plan.matrix.images[0], local_torch=False)
     assert all(line.startswith("#") for line in (build / "requirements-project.txt").read_text().splitlines())
 
 

@@ -51,7 +51,8 @@ def _release(installed: Installed, project: Path, *skip: str):
     args = ["release", "--local", *(a for s in skip for a in ("--skip", s))]
     # Every stage runs; the bench only briefly (its numbers are not what this test checks).
     quick_bench = {"SLIPWAY_BENCH_RUNS": "10", "SLIPWAY_BENCH_WARMUP": "3", "SLIPWAY_BENCH_SECONDS": "1",
-                   "SLIPWAY_BENCH_READY_RUNS": "1", "SLIPWAY_BENCH_IMPORT_REPEATS": "0"}
+                   "SLIPWAY_BENCH_READY_RUNS": "1", "SLIPWAY_BENCH_IMPORT_REPEATS": "0",
+                   "SLIPWAY_BENCH_GRID": "0"}
     res = installed.slipway(*args, cwd=project, timeout=3000, env=quick_bench)
     assert res.returncode == 0, f"slipway {' '.join(args)} exited {res.returncode}:\n{res.stderr[-6000:]}"
     return res

@@ -187,6 +187,7 @@ def test_dry_run_publish_lists_the_projects_names(local_services, tmp_path, publ
     publish-runtime (Slipway's own release, at Slipway's version) the runtime goes out too."""
     from test_smoke_fixtures import make_replay_wheel, run_id, write_fake_export
 
+    from slipway import records
     from slipway.config import load_config
     from slipway.context import StageContext
     from slipway.plan import Trigger, make_plan
@@ -202,10 +203,10 @@ def test_dry_run_publish_lists_the_projects_names(local_services, tmp_path, publ
         name=name, version=version, publish_runtime=str(publish_runtime).lower()))
     config = load_config(folder / "release.toml")
     plan = make_plan(config, Trigger(event="local", sha="unknown", dry_run=True))
-    assert plan["runtime"] == {"version": slipway.__version__, "publish": publish_runtime}
+    assert records.dump(plan.runtime) == {"version": slipway.__version__, "publish": publish_runtime}
     ctx = StageContext(config=config, plan=plan, out=folder / "dist", root=config.root)
     (ctx.out).mkdir()
-    (ctx.out / "plan.json").write_text(json.dumps(plan))
+    records.write(ctx.out / "plan.json", plan)
     model_dir = write_fake_export(ctx.out / "models" / "street", name="street", config=folder / "release.toml",
                                   version=version)
     (model_dir / "model.torchscript.pt").write_bytes(b"a TorchScript file, as far as packaging goes")
@@ -216,18 +217,18 @@ def test_dry_run_publish_lists_the_projects_names(local_services, tmp_path, publ
     [package] = wheels.build_packages(ctx, ctx.out / "wheels")
     smoked = smoke.run(ctx, artifact="wheels")
     artifacts = json.loads((ctx.out / "smoke" / "summary.json").read_text())["artifacts"]
-    assert artifacts[f"wheel:{package['name']}"]["ok"], (smoked, artifacts)
-    assert artifacts[f"wheel:{package['name']}"]["wheel_kind"] == "model-package"
+    assert artifacts[f"wheel:{package.name}"]["ok"], (smoked, artifacts)
+    assert artifacts[f"wheel:{package.name}"]["wheel_kind"] == "model-package"
 
     result = publish.run(ctx)
     actions = json.loads((ctx.out / "publish-plan.json").read_text())["actions"]
     uploads = sorted(a["file"] if "file" in a else a.get("what") for a in actions if a["action"] == "upload")
     released = sorted(w["file"] for w in result["release"]["wheels"])
-    expected = sorted([package["name"], *([runtime.name] if publish_runtime else [])])
+    expected = sorted([package.name, *([runtime.name] if publish_runtime else [])])
     assert released == expected, released
     assert len(uploads) == len(expected)
     if not publish_runtime:
         text = json.dumps(actions) + json.dumps(result["release"])
         assert "slipway_runtime" not in text and "slipway-runtime" not in text.replace(
-            package["requires"], "")
+            package.requires, "")
     assert "would" in result["summary"] and "dry run" in result["summary"]

@@ -513,6 +513,95 @@ def test_api_errors_threads_and_benchmark(thin_target, shapes_export, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# The manifest reader under a host locale
+
+
+@pytest.fixture(scope="module")
+def manifest_reader(tmp_path_factory) -> Path:
+    """tests/cpp/manifest_locale.cpp linked with the runtime's torch-free sources (all but detector.cpp)."""
+    return _torch_free_build(tmp_path_factory.mktemp("manifest-reader"))
+
+
+def _torch_free_build(out: Path) -> Path:
+    compiler = shutil.which("c++") or shutil.which("g++")
+    assert compiler, "no C++ compiler (c++ or g++) on PATH: the runtime's tests build C++"
+    sources = sorted(p for p in (NATIVE / "src").glob("*.cpp") if p.name != "detector.cpp")
+    binary = out / "manifest_locale"
+    cmd = [compiler, "-std=c++17", "-O1", "-I", str(NATIVE / "include"), "-I", str(NATIVE / "src"),
+           "-isystem", str(NATIVE / "third_party" / "nlohmann-json" / "include"),
+           str(ROOT / "tests" / "cpp" / "manifest_locale.cpp"), *map(str, sources), "-o", str(binary)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr[-3000:]}"
+    return binary
+
+
+def _decimal_comma_locale(binary: Path, model: Path, work: Path) -> tuple[str, dict[str, str]]:
+    """de_DE.UTF-8 as installed, else compiled with localedef into a folder named by LOCPATH."""
+    name = "de_DE.UTF-8"
+    if subprocess.run([str(binary), name, str(model)], capture_output=True).returncode == 0:
+        return name, _env()
+    localedef = shutil.which("localedef")
+    source = Path("/usr/share/i18n/locales/de_DE")
+    if not localedef or not source.is_file():
+        pytest.skip(f"no {name} locale and no locale sources to make one from ({source}: install Debian's "
+                    "'locales' package; make test-tools does)")
+    locales = work / "locales"
+    locales.mkdir()
+    # -c: write the locale even where the source draws warnings (exit 1); the folder is what counts.
+    res = subprocess.run([localedef, "-c", "-i", "de_DE", "-f", "UTF-8", str(locales / name)],
+                         capture_output=True, text=True, timeout=300)
+    assert (locales / name / "LC_NUMERIC").is_file(), f"localedef failed: {res.stdout}{res.stderr}"
+    return name, {**_env(), "LOCPATH": str(locales)}
+
+
+def test_manifest_numbers_ignore_the_host_locale(manifest_reader, tmp_path):
+    """A program that set a decimal-comma locale (de_DE) still reads 0.5 from model.json as 0.5:
+    the JSON reader must not go through the C library's locale-dependent strtod."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.torchscript.pt").write_bytes(b"")  # the reader checks only that it exists
+    (model / "model.json").write_text(json.dumps({
+        "name": "locale", "version": "1", "framework": "pytorch", "labels": ["a", "b"],
+        "input": {"height": 64, "width": 48, "channels": 3, "resize": "stretch",
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "output": {"format": "candidates", "score_threshold": 0.5, "nms_iou": 0.45, "max_detections": 7},
+    }))
+    binary = manifest_reader
+    name, env = _decimal_comma_locale(binary, model, tmp_path)
+    runs = {}
+    for locale in ("C", name):
+        res = subprocess.run([str(binary), locale, str(model)], capture_output=True, text=True, env=env, timeout=60)
+        assert res.returncode == 0, f"{locale}: exit {res.returncode}: {res.stderr}"
+        runs[locale] = json.loads(res.stdout)
+    german = runs[name]
+    # The locale really is in effect: the C library itself now stops at the '.'.
+    assert german["decimal_point"] == "," and german["strtod_0_5"] == 0.0, german
+    for got in runs.values():
+        assert got["error"] is None, got
+        assert got["score_threshold"] == 0.5 and got["nms_iou"] == 0.45 and got["max_detections"] == 7, got
+        assert got["mean"] == pytest.approx([0.485, 0.456, 0.406]) and got["std"] == pytest.approx([0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{"name": "x",\n "input": {', "invalid JSON at line 2, column 12: syntax error while parsing object key"),
+    ('{"labels": [1, 2,, 3]}', "invalid JSON at line 1, column 18: syntax error while parsing value"),
+    ('{"name": "caf\xe9"}', "invalid JSON at line 1, column 15: syntax error while parsing value - invalid string: "
+                            "ill-formed UTF-8 byte"),
+    ('{"input": {"height": 8, "width": 8}, "labels": []} trailing', "invalid JSON at line 1, column 54: syntax error "
+                                                                  "while parsing value - invalid literal"),
+    ('{"input": {"height": 8, "width": 8, "mean": [0, 0], "std": [1, 1, 1]}}', "input.mean must hold 3 numbers"),
+    ('{"input": {"height": "8"}}', "input.height must be a number, not a string"),
+    ('{"input": {"height": 8, "height": 0.5}}', "input.height must be a positive integer"),  # the last one wins
+])
+def test_manifest_errors_name_the_file_and_the_place(manifest_reader, tmp_path, text, expected):
+    (tmp_path / "model.torchscript.pt").write_bytes(b"")
+    (tmp_path / "model.json").write_bytes(text.encode("latin-1"))
+    res = subprocess.run([str(manifest_reader), "C", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (json.loads(res.stdout)["error"] or "").startswith(f"{tmp_path / 'model.json'}: {expected}"), res.stdout
+
+
+# --------------------------------------------------------------------------------------------
 # C++ consumers
 
 
@@ -578,7 +667,8 @@ def test_wheel_sizes_contents_and_metadata(native_wheels):
                       if n.startswith("slipway_runtime.libs/") and not n.endswith("/"))
     assert vendored == ["libc10.so", "libgomp.so.1", "libtorch_cpu.so"]
     for required in ("slipway_runtime/include/slipway/detector.hpp", "slipway_runtime/lib/libslipway_runtime.so",
-                     "slipway_runtime/lib/cmake/SlipwayRuntime/SlipwayRuntimeConfig.cmake"):
+                     "slipway_runtime/lib/cmake/SlipwayRuntime/SlipwayRuntimeConfig.cmake",
+                     "slipway_runtime/share/licenses/slipway-runtime/nlohmann-json.txt"):
         assert required in names
     with zipfile.ZipFile(thin) as zf:
         assert not [n for n in zf.namelist() if ".libs/" in n]

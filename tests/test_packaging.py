@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from installed import ROOT, clean_env
 
+from slipway import records
+
 pytestmark = pytest.mark.slow
 
 # Repository folder -> where the wheel puts it (pyproject.toml, [tool.hatch.build.targets.wheel]).
@@ -62,8 +64,12 @@ def test_wheel_carries_everything_a_release_needs(slipway_dists):
     for needed in ("dockerfiles/pytorch.Dockerfile", "dockerfiles/tensorflow.Dockerfile",
                    "native/pyproject.toml", "native/thin/pyproject.toml", "native/CMakeLists.txt",
                    "native/tools/repair_wheel.py", "native/tools/check_wheel.py",
+                   "native/third_party/nlohmann-json/include/nlohmann/json.hpp",
+                   "native/third_party/nlohmann-json/LICENSE.MIT",
                    "native/include/slipway/detector.hpp", "native/cmake/SlipwayRuntimeConfig.cmake.in"):
             assert f"slipway/_resources/{needed}" in names, needed
+    # The JSON Schemas of the records, beside the module that reads them.
+    assert {f"slipway/schemas/{name}" for name in records.json_schemas()} <= names
     # The example models, build trees and caches stay out.
     assert not [n for n in names if n.startswith("model_export/examples")]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".so", ".whl"))]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
+from slipway import records
 from slipway.cli import main
 from slipway.config import load_config
 from slipway.errors import ConfigError
-from slipway.plan import Trigger, make_plan, trigger_from_github
+from slipway.plan import Trigger, trigger_from_github
+from slipway.plan import make_plan as _make_plan
 from slipway.version import parse_version, version_from_tag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +27,13 @@ def config():
     return load_config(ROOT / "release.toml")
 
 
+def make_plan(*args, **kwargs) -> dict:
+    """The plan as the JSON that 'slipway plan' writes (checked against its model on the way)."""
+    plan = _make_plan(*args, **kwargs)
+    assert isinstance(plan, records.Plan)
+    return records.dump(plan)
+
+
 def _golden(name: str, plan: dict) -> None:
     path = GOLDEN / name
     text = json.dumps(plan, indent=2) + "\n"
@@ -32,6 +42,8 @@ def _golden(name: str, plan: dict) -> None:
     assert json.loads(path.read_text()) == plan, (
         f"plan differs from {path}; SLIPWAY_UPDATE_GOLDEN=1 rewrites it"
     )
+    # Byte for byte as 'slipway plan' writes it, and what it writes reads back as the same plan.
+    assert records.dumps(records.read(path, records.Plan)) == path.read_text() == text
 
 
 def test_tag_plan_golden(config):
@@ -104,6 +116,20 @@ def test_prerelease_versions():
     assert parse_version("1.2.3-rc.1").prerelease and str(parse_version("1.2.3-rc.1")) == "1.2.3rc1"
     assert not parse_version("1.2.3").prerelease
     assert parse_version("1.2.3").major_minor == "1.2"
+
+
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [("1.2.3", "1.2.3"), ("1.2.3-rc.1", "1.2.3rc1"), ("1.2.3alpha2", "1.2.3a2"), ("1.2.3-dev.4", "1.2.3.dev4"),
+     ("01.2.3", None), ("v1.2.3", None), ("1.2", None), ("1.2.3.4", None), ("1.2.3.post1", None),
+     ("1.2.3+cpu", None), ("1!1.2.3", None), ("1.2.3rc1.dev2", None), ("1.2.3-foo", None)],
+)
+def test_release_versions_are_pep_440_major_minor_patch(text, normalised):
+    if normalised is None:
+        with pytest.raises(ValueError, match=re.escape(f"'{text}' is not a release version")):
+            parse_version(text)
+    else:
+        assert str(parse_version(text)) == normalised
 
 
 def test_cli_plan_tag_prints_json(capsys, tmp_path):

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from plans import bare_plan
+from test_errors import _RefusingRegistry
 from test_smoke_fixtures import (
     TestIndex,
     TestRegistry,
@@ -37,11 +39,13 @@ from test_smoke_fixtures import (
     write_fake_export,
 )
 
-from slipway import registry, sbom, services
+from slipway import records, registry, sbom, services
 from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.errors import PublishError
 from slipway.stages import publish
+from slipway.stages.publish import assets as release_assets
+from slipway.stages.publish import gate, jobs
 
 REPLAY_MODEL = """[[models]]
 name = "replay-model"
@@ -151,6 +155,24 @@ def test_transient_failures_are_told_apart(text, transient):
     assert registry.is_transient_text(text) is transient
 
 
+def test_publish_reaches_registries_through_the_client_and_the_engine_through_one_module():
+    """Every registry and index call of publish goes through slipway.registry (no HTTP library, no
+    private part of the client); every engine call through engine_calls."""
+    import ast
+
+    folder = Path(publish.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"httpx", "requests", "urllib.request", "http.client"}, path.name
+        attrs = {(n.value.id, n.attr) for n in ast.walk(tree)
+                 if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+        assert not [a for m, a in attrs if m == "registry" and a.startswith("_")], path.name
+        if path.name != "engine_calls.py":
+            assert ("services", "docker") not in attrs, path.name
+
+
 def test_simple_index_url_of_an_upload_url():
     assert registry.simple_url("http://127.0.0.1:8765/") == "http://127.0.0.1:8765/simple/"
     assert registry.simple_url("https://upload.pypi.org/legacy/") == "https://pypi.org/simple/"
@@ -221,18 +243,17 @@ def _context(tmp_path: Path, plan: dict, summary: dict | None) -> StageContext:
     out = tmp_path / "out"
     (out / "smoke").mkdir(parents=True)
     if summary is not None:
+        # A summary as 'slipway smoke' writes it: what the test does not set is empty.
+        summary = {"failed": [], "version": "1.0.0", "sha": "0" * 40, "table": [], **summary}
         (out / "smoke" / "summary.json").write_text(json.dumps(summary))
     return StageContext(config=config, plan=plan, out=out, root=config.root)
 
 
-def _plan(artifacts: list[str]) -> dict:
-    return {
-        "version": "1.0.0",
-        "short_sha": "abcdef0",
-        "matrix": {
-            "smoke": [{"artifact": a, "kind": "image", "variant": a.split(":")[1]} for a in artifacts]
-        },
-    }
+def _plan(artifacts: list[str]) -> records.Plan:
+    return bare_plan("1.0.0", sha="abcdef0" + "0" * 33, matrix={
+        "smoke": [{"artifact": a, "kind": "image", "variant": a.split(":")[1], "device": "cpu", "arches": "amd64"}
+                  for a in artifacts]
+    })
 
 
 def test_gate_refuses_naming_every_failed_and_untested_artifact(tmp_path):
@@ -245,25 +266,25 @@ def test_gate_refuses_naming_every_failed_and_untested_artifact(tmp_path):
     }
     ctx = _context(tmp_path, _plan(["image:alpha", "image:beta", "image:gamma"]), summary)
     with pytest.raises(PublishError) as err:
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
     text = str(err.value)
     assert "image:beta (2 of 4 golden image(s) differ" in text
     assert "not smoke-tested: image:gamma" in text
     assert "nothing was published" in text
     assert "image:alpha" not in text
     # Narrowed to the green variant, the gate opens.
-    assert publish.check_smoke(ctx, ["alpha"])["artifacts"]["image:alpha"]["ok"]
+    assert gate.check_smoke(ctx, ["alpha"])["artifacts"]["image:alpha"]["ok"]
 
 
 def test_gate_refuses_without_smoke_results_and_for_changed_wheels(tmp_path):
     ctx = _context(tmp_path, _plan(["image:alpha"]), None)
     with pytest.raises(PublishError, match="run 'slipway smoke' first"):
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
     wheel = make_wheel(
         ctx.out / "wheels", dist="unit-pkg", version="1.0", files={"unit_pkg/__init__.py": ""}, readme="# x"
     )
     summary = {
-        "ok": True,
+        "ok": True, "failed": [], "version": "1.0.0", "sha": "0" * 40, "table": [],
         "artifacts": {
             "image:alpha": {"ok": True},
             "wheels": {"ok": True},
@@ -274,17 +295,17 @@ def test_gate_refuses_without_smoke_results_and_for_changed_wheels(tmp_path):
     with pytest.raises(
         PublishError, match=re.escape(f"wheel:{wheel.name} (changed since it was smoke-tested)")
     ):
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
 
 
 def test_model_archive_is_byte_for_byte_reproducible(tmp_path):
     model = write_fake_export(tmp_path / "m", name="m")
     first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
-    publish._deterministic_tar_gz(model, first, "m-1.0.0")
+    release_assets.deterministic_tar_gz(model, first, "m-1.0.0")
     for path in model.rglob("*"):
         path.touch()  # new mtimes must not change the archive
     (model / ".fingerprint").write_text("hidden files stay out")
-    publish._deterministic_tar_gz(model, second, "m-1.0.0")
+    release_assets.deterministic_tar_gz(model, second, "m-1.0.0")
     assert first.read_bytes() == second.read_bytes()
     with tarfile.open(first) as tar:
         names = tar.getnames()
@@ -293,71 +314,12 @@ def test_model_archive_is_byte_for_byte_reproducible(tmp_path):
 
 
 def _official_schema_problems(bom: dict) -> str | None:
-    """Problems found by CycloneDX's own JSON schema (cyclonedx-python-lib), or None; None also when
-    that library is not installed (test_sbom_passes_the_official_cyclonedx_schema then says so)."""
-    try:
-        from cyclonedx.schema import SchemaVersion
-        from cyclonedx.validation.json import JsonStrictValidator
-    except ImportError:
-        return None
-    error = JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(bom))
+    """Problems found by CycloneDX's own JSON schema (cyclonedx-python-lib), or None. The SBOM unit
+    tests are in test_sbom.py."""
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    error = JsonStrictValidator(sbom.SCHEMA).validate_str(json.dumps(bom))
     return str(error) if error else None
-
-
-def _wheel_with_vendored_lib(tmp_path: Path) -> Path:
-    return make_wheel(
-        tmp_path,
-        dist="slipway-runtime",
-        version="0.1.0",
-        readme="# runtime",
-        files={
-            "slipway_runtime/__init__.py": "",
-            "slipway_runtime/_build_info.py": 'KIND = "self-contained"\nTORCH_VERSION = "2.13.0"\n',
-            "slipway_runtime/_core.cpython-311-x86_64-linux-gnu.so": "binary",
-            "slipway_runtime.libs/libtorch_cpu-1a2b3c4d.so": "vendored libtorch",
-            "slipway_runtime.libs/libgomp-a34b3233.so.1.0.0": "vendored gomp",
-        },
-    )
-
-
-def test_wheel_sbom_lists_metadata_requirements_and_vendored_libraries(tmp_path):
-    wheel = _wheel_with_vendored_lib(tmp_path)
-    bom = sbom.wheel_sbom(wheel)
-    assert sbom.validate(bom) == []
-    root = bom["metadata"]["component"]
-    assert root["name"] == "slipway-runtime" and root["version"] == "0.1.0"
-    assert root["hashes"] == [{"alg": "SHA-256", "content": hashlib.sha256(wheel.read_bytes()).hexdigest()}]
-    assert root["purl"].startswith("pkg:pypi/slipway-runtime@0.1.0?file_name=")
-    by_name = {c["name"]: c for c in bom["components"]}
-    assert {"libtorch_cpu", "libgomp", "numpy"} <= set(by_name)
-    assert by_name["libgomp"]["version"] == "1.0.0"
-    assert by_name["libtorch_cpu"]["version"] == "2.13.0"  # from the runtime's _build_info.py
-    gomp_sha = hashlib.sha256(b"vendored gomp").hexdigest()
-    assert by_name["libgomp"]["hashes"] == [{"alg": "SHA-256", "content": gomp_sha}]
-    assert by_name["numpy"]["scope"] == "required"
-    # Deterministic: the same wheel gives the same document.
-    assert sbom.wheel_sbom(wheel) == bom
-
-
-def test_sbom_passes_the_official_cyclonedx_schema(tmp_path):
-    pytest.importorskip("cyclonedx.validation.json", reason="needs cyclonedx-python-lib[json-validation]")
-    pytest.importorskip("jsonschema", reason="needs cyclonedx-python-lib[json-validation]")
-    bom = sbom.wheel_sbom(_wheel_with_vendored_lib(tmp_path))
-    assert _official_schema_problems(bom) is None
-    bom["components"][0]["type"] = "gadget"
-    assert _official_schema_problems(bom) is not None
-
-
-def test_sbom_validation_reports_what_is_wrong(tmp_path):
-    bom = sbom.wheel_sbom(_wheel_with_vendored_lib(tmp_path))
-    bom["specVersion"] = "1.2"
-    bom["components"][0]["type"] = "gadget"
-    bom["components"][1]["bom-ref"] = bom["components"][0]["bom-ref"]
-    bom["dependencies"].append({"ref": "nowhere", "dependsOn": []})
-    problems = "\n".join(sbom.validate(bom))
-    assert (
-        "specVersion" in problems and "gadget" in problems and "unique" in problems and "nowhere" in problems
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,6 +507,32 @@ def test_publish_interrupted_by_registry_crash_completes_on_rerun(replay_release
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("status", [401, 403, 400])
+def test_a_registry_refusing_the_engines_push_ends_in_exit_6_with_its_own_message(replay_release, tmp_path, status):
+    """The registry reads fine and refuses every write: docker push fails, publish asks the registry
+    (a blob upload, as a push begins) and ends with its status and words, not docker's wording."""
+    rel = replay_release
+    _RefusingRegistry.status, _RefusingRegistry.where, _RefusingRegistry.requests = status, "write", []
+    _RefusingRegistry.message = f"this registry takes no pushes ({status})"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingRegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        prefix = f"127.0.0.1:{server.server_address[1]}/{rel.uid}"
+        out = _release_copy(rel, tmp_path, version="7.0.0", image_registry=prefix, index="http://127.0.0.1:8765/")
+        res = _publish(rel, out, env=FAST_RETRIES)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode == 6, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert _RefusingRegistry.message in res.stderr and f"answered {status}" in res.stderr, res.stderr
+    assert "retrying" not in res.stderr  # a refusal is an answer, not an accident
+    # The registry's own answer to publish's question (a blob upload), after docker's push failed.
+    assert f"docker push {prefix}/{rel.uid}-alpha:7.0.0 failed: 127.0.0.1" in res.stderr, res.stderr
+    assert not (out / "release.json").exists()
+
+
+@pytest.mark.docker
 def test_publish_refuses_same_version_with_other_image(replay_release, tmp_path):
     rel = replay_release
     prefix = f"127.0.0.1:5000/{rel.uid}"
@@ -689,12 +677,12 @@ def test_local_publish_writes_assets_sboms_and_keeps_latest_on_the_newest(replay
         assert set(registry.tags(f"{prefix}/{rel.uid}-alpha")) >= {"4.1.0", "4.1", "4.0.3", "4.0", "latest"}
 
         # The same version again, from an identical release: nothing to do, assets unchanged.
-        before = {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in publish.RECORDS}
+        before = {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in jobs.RECORDS}
         time.sleep(1)
         res = _publish(rel, out, "--local")
         assert res.returncode == 0, res.stderr
         assert "pushing" not in res.stderr
-        assert {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in publish.RECORDS} == before
+        assert {p.name: p.read_bytes() for p in assets.iterdir() if p.name not in jobs.RECORDS} == before
     finally:
         shutil.rmtree(dest, ignore_errors=True)
 

@@ -1,7 +1,6 @@
 """Real pytorch-cpu and onnx-cpu images under hostile load, at the memory limit of a smoke test.
 
-The pytorch-cpu and onnx-cpu images are built by the release stages from the shapes example
-(export, then images; the layers below the service code come from the engine's cache). Each runs
+The pytorch-cpu and onnx-cpu images are built once per session (tests/service_images.py). Each runs
 with ``--memory 2g --cpus 2`` and gets, in turn:
 - 50 concurrent 6000x6000 PNGs while 100 half-sent requests hold connections open;
 - 50 concurrent 12 MP JPEGs.
@@ -19,51 +18,16 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 
 import httpx
 import numpy as np
 import pytest
-from image_cleanup import owns
 from PIL import Image
-from release_configs import small_release
-
-from slipway.cli import main
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 LIMIT = 2 * 1024**3
 MODEL = "shapes-torch"
-
-
-ONNX_VARIANT = """
-[[variants]]
-name = "onnx-cpu"
-model = "shapes-torch"
-runtime = "onnx"
-dockerfile = "dockerfiles/pytorch.Dockerfile"
-target = "onnx-cpu"
-"""
-
-
-@pytest.fixture(scope="module")
-def images(local_services, tmp_path_factory):
-    """pytorch-cpu and onnx-cpu images of this checkout's service; removed afterwards."""
-    from slipway import engine
-
-    tmp = tmp_path_factory.mktemp("hostile")
-    project = owns(f"hostile-{uuid.uuid4().hex[:8]}")
-    config = small_release(tmp / "release.toml", project, "127.0.0.1:5000/slipway-hostile", extra=ONNX_VARIANT)
-    config.write_text(config.read_text().replace('exporters = ["torchscript"]', 'exporters = ["torchscript", "onnx"]'))
-    out = tmp / "dist"
-    args = ["release", "--config", str(config), "--local", "--out", str(out),
-            "--skip", "wheels", "--skip", "smoke", "--skip", "bench", "--skip", "publish"]
-    assert main(args) == 0
-    built = {variant: record["tag"] for variant, record in json.loads((out / "images.json").read_text()).items()}
-    assert set(built) == {"pytorch-cpu", "onnx-cpu"}
-    yield built
-    for tag in built.values():
-        engine.remove_image(tag)
 
 
 def _png(size: int) -> bytes:
@@ -174,8 +138,8 @@ def _cgroup(name: str, v2: str, v1: str) -> str:
 
 
 @pytest.mark.parametrize("variant", ["pytorch-cpu", "onnx-cpu"])
-def test_service_holds_under_hostile_load(images, variant, capsys):
-    image = images[variant]
+def test_service_holds_under_hostile_load(service_images, variant, capsys):
+    image = service_images[variant]
     from slipway import engine
     from slipway.smoketest import run_container
 
@@ -224,10 +188,10 @@ def test_service_holds_under_hostile_load(images, variant, capsys):
     assert 'status="500"' not in metrics
 
 
-def test_model_folder_is_read_only_for_the_service(images):
+def test_model_folder_is_read_only_for_the_service(service_images):
     from slipway import engine
 
-    image = images["pytorch-cpu"]
+    image = service_images["pytorch-cpu"]
     probe = (
         "import json, os, pathlib; m = pathlib.Path('/model'); files = [p for p in m.rglob('*')];"
         "print(json.dumps({'uid': os.getuid(), 'owners': sorted({p.stat().st_uid for p in [m, *files]}),"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from plans import bare_plan
 from test_smoke_fixtures import make_project
 
+from slipway import records
 from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.paths import resource
@@ -37,8 +39,10 @@ def test_the_staged_build_context_holds_no_test_double(tmp_path):
     out = tmp_path / "out"
     (out / "models" / "tiny").mkdir(parents=True)
     (out / "models" / "tiny" / "model.json").write_text(json.dumps({"name": "tiny"}))
-    ctx = StageContext(config=config, plan={"version": "0.0.1"}, out=out, root=config.root)
-    entry = {"variant": "alpha", "model": "tiny", "runtime": "onnx", "device": "cpu"}
+    ctx = StageContext(config=config, plan=bare_plan("0.0.1"), out=out, root=config.root)
+    entry = records.ImageEntry(variant="alpha", model="tiny", framework="pytorch", runtime="onnx", device="cpu",
+                               dockerfile="dockerfiles/pytorch.Dockerfile", target="onnx-cpu",
+                               platforms="linux/amd64", image="127.0.0.1:5000/ctx/ctx-alpha")
     build = images.stage_context(ctx, entry, local_torch=False)
     shipped = {p.relative_to(build).as_posix() for p in build.rglob("*") if p.is_file()}
     assert "serving/app.py" in shipped and "serving/__main__.py" in shipped

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from plans import bare_plan
 from test_smoke_fixtures import (
     ROOT,
     TF_MODEL,
@@ -34,13 +35,14 @@ from test_smoke_fixtures import (
     write_fake_export,
 )
 
-from slipway import registry, sbom
+from slipway import records, registry, sbom
 from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.errors import CheckError, PublishError
 from slipway.github import primary_smoke, smoke_artifacts
 from slipway.smoketest import interpreter_for, smoke_wheel, tfserving_mode, wheel_kind, wheel_tags
-from slipway.stages import publish, smoke
+from slipway.stages import smoke
+from slipway.stages.publish import gate
 
 TORCH_VARIANT = {
     "model": "shapes-torch",
@@ -56,8 +58,8 @@ TORCH_VARIANT = {
 
 def test_wheel_tags_expand_compressed_sets():
     assert wheel_tags("slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_x86_64.manylinux2014_x86_64.whl") == [
-        ("cp311", "cp311", "manylinux_2_28_x86_64"),
         ("cp311", "cp311", "manylinux2014_x86_64"),
+        ("cp311", "cp311", "manylinux_2_28_x86_64"),
     ]
     assert wheel_tags("pkg-1.0-1build-py2.py3-none-any.whl") == [
         ("py2", "none", "any"),
@@ -134,7 +136,7 @@ def test_cross_runtime_table_reuses_the_export_verification(tmp_path):
             "tolerance": {"iou": 0.99, "score": 1e-4},
             "ready_seconds": 1.5,
             "latency_ms": {"p50": 3.0},
-            "gpu": {"requested": True, "exercised": False},
+            "gpu": {"requested": True, "available": False, "exercised": False},
         },
         "image:b": {
             "ok": False,
@@ -157,8 +159,8 @@ def test_cross_runtime_table_reuses_the_export_verification(tmp_path):
             "images": 3,
         },
     }
-    rows = smoke.table_rows(tmp_path, artifacts)
-    assert [r["artifact"] for r in rows] == [
+    rows = smoke.table_rows(tmp_path, {k: records.SmokeSummaryEntry.model_validate(v) for k, v in artifacts.items()})
+    assert [r.artifact for r in rows] == [
         "eager (PyTorch)",
         "TorchScript",
         "C++ wheel w.whl",
@@ -178,11 +180,8 @@ def test_each_platform_keeps_its_own_result_and_the_gate_reads_both(tmp_path, mo
     config = load_config(make_project(tmp_path / "proj", name="unit", models=TORCH_MODEL,
                                       variants=[{"name": "a", **TORCH_VARIANT}], registry="127.0.0.1:5000/unit"))
     digest = "sha256:" + "d" * 64
-    plan = {
-        "project": "unit", "version": "1.0.0", "sha": "0" * 40, "short_sha": "0000000", "dry_run": False,
-        "matrix": {"images": [], "smoke": [
-            {"artifact": "image:a", "kind": "image", "variant": "a", "device": "cpu", "arches": "amd64,arm64"}]},
-    }
+    plan = bare_plan("1.0.0", project="unit", dry_run=False, matrix={"smoke": [
+        {"artifact": "image:a", "kind": "image", "variant": "a", "device": "cpu", "arches": "amd64,arm64"}]})
     ctx = StageContext(config=config, plan=plan, out=tmp_path / "out", root=config.root)
     # The writer: one job per architecture, no image built, so each writes a failed result.
     for arch in ("arm64", "amd64"):
@@ -207,23 +206,23 @@ def test_each_platform_keeps_its_own_result_and_the_gate_reads_both(tmp_path, mo
     write("amd64", True)
     write("arm64", False)
     summary = smoke.summarize(ctx)
-    assert set(summary["artifacts"]) == {"image:a", "image:a@arm64"} and summary["failed"] == ["image:a@arm64"]
-    assert [r["artifact"] for r in summary["table"]] == ["image a", "image a (arm64)"]
+    assert set(summary.artifacts) == {"image:a", "image:a@arm64"} and summary.failed == ["image:a@arm64"]
+    assert [r.artifact for r in summary.table] == ["image a", "image a (arm64)"]
     assert "| image a (arm64) |" in (ctx.out / "smoke" / "table.md").read_text()
     with pytest.raises(PublishError, match=re.escape("image:a on arm64 (2 of 4 golden image(s) differ)")):
-        publish.check_smoke(ctx, None)
+        gate.check_smoke(ctx, None)
     artifacts = smoke_artifacts(ctx.out)
     with pytest.raises(PublishError, match="smoke test failed: image:a on arm64"):
-        publish._image_gate(ctx, "a", {"digest": digest}, artifacts)
+        gate.image_gate(ctx, "a", {"digest": digest}, artifacts)
     # arm64 not tested at all: the gate names the platform.
     write("arm64", None)
     (ctx.out / "smoke" / "summary.json").unlink()
     with pytest.raises(PublishError, match="image:a was not smoke-tested on arm64"):
-        publish._image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
+        gate.image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
     # Both passed: both gates open, and the release records amd64's numbers.
     write("arm64", True)
-    assert publish.check_smoke(ctx, None)["ok"]
-    publish._image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
+    assert gate.check_smoke(ctx, None)["ok"]
+    gate.image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
     assert primary_smoke(smoke_artifacts(ctx.out), "image:a")["arch"] == "amd64"
 
 
@@ -248,6 +247,14 @@ def test_wheel_with_wrong_answers_fails_and_a_right_one_passes(tmp_path):
     assert res["ok"] is False and res["min_iou"] < 0.99
     assert Path(res["log"]).exists()  # kept for the failure; the virtualenv is not
     assert not (tmp_path / "w2" / "venv").exists()
+
+    # The wheel-check harness (native/tools/check_wheel.py, as in the wheels stage) also feeds the
+    # images as raw RGB bytes: a runtime that answers those differently fails though the arrays match.
+    deaf = make_replay_wheel(tmp_path / "deaf", dist="smoke-deaf-runtime", model_dir=model, bytes_input=False)
+    res = smoke_wheel(deaf, model, work=tmp_path / "w3", iou=0.99, score=1e-4)
+    assert res["ok"] is False and res["min_iou"] == 1.0, res
+    assert res["error"] == "RGB bytes input: detections differ from the numpy input's"
+    assert "check_wheel.py" in Path(res["log"]).read_text()
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,7 +455,7 @@ def test_image_sbom_lists_the_python_and_debian_packages_inside(model_images):
     versions = {c["name"].lower(): c.get("version") for c in bom["components"]}
     assert versions["torch"].startswith("2.") and "fastapi" in versions and "numpy" in versions
     assert "libc6" in versions and "python3.11" in versions
-    deps = {d["ref"]: d["dependsOn"] for d in bom["dependencies"]}
+    deps = {d["ref"]: d.get("dependsOn", []) for d in bom["dependencies"]}
     fastapi = next(c["bom-ref"] for c in bom["components"] if c["name"].lower() == "fastapi")
     assert any(ref.startswith("pkg:pypi/starlette@") for ref in deps[fastapi])
     libc = next(c["bom-ref"] for c in bom["components"] if c["name"] == "libc6")
@@ -471,16 +478,16 @@ def test_a_runtime_wheel_never_published_may_be_untested_here_a_published_one_ma
     for folder in ("runtime", "wheels"):
         (out / folder).mkdir()
     (out / "runtime" / "slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl").write_bytes(b"")
-    plan = {"version": "1.0.0", "packages": [],
-            "matrix": {"smoke": [{"artifact": "wheels", "kind": "wheel", "variant": "", "device": "cpu"}]}}
+    plan = bare_plan("1.0.0", matrix={"smoke": [
+        {"artifact": "wheels", "kind": "wheel", "variant": "", "device": "cpu", "arches": "amd64"}]})
     ctx = StageContext(config=load_config(ROOT / "release.toml"), plan=plan, out=out, root=ROOT)
     results = smoke.smoke_wheels(ctx)
     only = results["wheel:slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl"]
-    assert only["ok"] is True and only["untested"] is True and only["published"] is False
-    assert "riscv64" in only["error"] and results["wheels"]["ok"] is True
+    assert only.ok is True and only.untested is True and only.published is False
+    assert "riscv64" in only.error and results["wheels"].ok is True
     # The same wheel to be published (wheels/, as Slipway's own release does): a failure.
     (out / "runtime" / "slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl").rename(
         out / "wheels" / "slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl")
     results = smoke.smoke_wheels(ctx)
-    assert results["wheel:slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl"]["ok"] is False
-    assert results["wheels"]["ok"] is False
+    assert results["wheel:slipway_runtime-0.1.0-cp311-cp311-manylinux_2_28_riscv64.whl"].ok is False
+    assert results["wheels"].ok is False

@@ -37,6 +37,8 @@ from PIL import Image
 from readiness import process_gone, wait_until
 from registry_cleanup import pushes_to
 
+from slipway import records
+
 ROOT = Path(__file__).resolve().parent.parent
 LINKED = (
     "serving",
@@ -171,19 +173,24 @@ def write_fake_export(folder: Path, *, name: str, images: int = 3, seed: int = 7
                 "file": f"{i:03d}.png",
                 "width": 64,
                 "height": 48 + 8 * i,
-                "ground_truth": [{"box": d["box"], "class_id": d["class_id"]} for d in dets],
+                "source": f"fake#{i}",
+                "ground_truth": [{"box": d["box"], "class_id": d["class_id"], "label": d["label"]} for d in dets],
                 "detections": dets,
             }
         )
-    (golden / "reference.json").write_text(json.dumps({"images": entries}, indent=1))
+    records.write(golden / "reference.json", records.GoldenReference.model_validate({"images": entries}))
     manifest = {
         "name": name,
         "version": "0.0.1",
         "framework": "pytorch",
         "labels": ["circle", "square"],
-        "input": {"height": 32, "width": 32, "channels": 3},
+        "input": {"height": 32, "width": 32, "channels": 3, "dtype": "uint8", "resize": "stretch",
+                  "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "output": {"format": "candidates", "score_threshold": 0.3, "nms_iou": 0.5, "max_detections": 50},
         "files": {},
-        "golden": {"dir": "golden", "reference": "golden/reference.json"},
+        "exporters": {},
+        "golden": {"dir": "golden", "reference": "golden/reference.json", "count": images,
+                   "source": {"kind": "hook", "hook": "fake", "count": images, "seed": seed}},
         "verification": {
             "ok": True,
             "runs": [
@@ -193,18 +200,21 @@ def write_fake_export(folder: Path, *, name: str, images: int = 3, seed: int = 7
     }
     if config is not None:
         manifest["inputs"] = current_inputs(config, name, version)
-    (folder / "model.json").write_text(json.dumps(manifest, indent=1))
+    # Through the record's model: a fake export is still a valid one.
+    records.write(folder / "model.json", records.ModelManifest.model_validate(manifest))
     return folder
 
 
 def current_inputs(config: Path, model: str, version: str) -> dict[str, str]:
     """What ``slipway export`` records as the inputs of ``model`` of ``config`` now."""
+    from plans import bare_plan
+
     from slipway.config import load_config
     from slipway.context import StageContext
     from slipway.stages.export import export_inputs
 
     cfg = load_config(config)
-    ctx = StageContext(config=cfg, plan={"version": version}, out=config.parent, root=cfg.root)
+    ctx = StageContext(config=cfg, plan=bare_plan(version), out=config.parent, root=cfg.root)
     return export_inputs(ctx, cfg.model(model))
 
 
@@ -295,17 +305,14 @@ def image_entry(
     variant: str, tag: str, *, model: str, runtime: str = "torchscript", device: str = "cpu"
 ) -> dict:
     """An images.json entry for a locally built image, as 'slipway images' writes it."""
+    from slipway import records
     from slipway.stages.images import inspect_image
 
-    return {
-        "variant": variant,
-        "model": model,
-        "runtime": runtime,
-        "device": device,
-        "image": tag.rsplit(":", 1)[0],
-        "tag": tag,
-        **inspect_image(tag),
-    }
+    info = inspect_image(tag)
+    return records.dump(records.ImageRecord(
+        variant=variant, model=model, runtime=runtime, device=device, image=tag.rsplit(":", 1)[0], tag=tag,
+        id=info.id, size=info.size, layers=info.layers, labels=info.labels,
+    ))
 
 
 def _record_line(path: str, data: bytes) -> str:
@@ -318,7 +325,7 @@ def make_wheel(
     *,
     dist: str,
     version: str,
-    files: dict[str, str],
+    files: dict[str, str | bytes],
     readme: str,
     requires: tuple[str, ...] = ("numpy",),
 ) -> Path:
@@ -339,7 +346,8 @@ def make_wheel(
             "Wheel-Version: 1.0\nGenerator: slipway-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         ),
     }
-    record = [_record_line(p, c.encode()) for p, c in contents.items()] + [f"{info}/RECORD,,"]
+    record = [_record_line(p, c.encode() if isinstance(c, str) else c) for p, c in contents.items()]
+    record.append(f"{info}/RECORD,,")
     path = folder / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for p, c in sorted(contents.items()):
@@ -352,12 +360,13 @@ def make_wheel(
     return path
 
 
-def make_replay_wheel(
-    folder: Path, *, dist: str, model_dir: Path, version: str = "0.0.1", readme: str = ""
-) -> Path:
-    """A wheel providing ``slipway_runtime.Detector`` that replays ``model_dir``'s references.
+def replay_runtime_source(model_dir: Path, *, version: str = "0.0.1", kind: str = "self-contained",
+                          bytes_input: bool = True) -> str:
+    """``slipway_runtime/__init__.py`` of a runtime double that replays ``model_dir``'s references.
 
     Images are recognised by the sha256 of their pixels, decoded here exactly as the smoke test does.
+    With ``bytes_input`` false, raw RGB bytes (``predict(data, size=...)``) find no detections. A
+    ``self-contained`` double refuses ``import torch`` with the real runtime's advice, as its guard does.
     """
     table = {}
     reference = json.loads((model_dir / "golden" / "reference.json").read_text())["images"]
@@ -365,15 +374,34 @@ def make_replay_wheel(
         with Image.open(model_dir / "golden" / entry["file"]) as im:
             pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
         table[hashlib.sha256(pixels.tobytes()).hexdigest()] = entry["detections"]
-    code = (
+    return (
         '"""Test double of the C++ runtime: replays reference detections."""\n'
-        "import hashlib\n\n__version__ = " + repr(version) + "\n_TABLE = " + json.dumps(table) + "\n\n\n"
+        "import hashlib\nimport sys\nfrom importlib.abc import MetaPathFinder\n\n"
+        "__version__ = " + repr(version) + "\nKIND = " + repr(kind) + "\nTORCH_VERSION = '0'\n"
+        "_TABLE = " + json.dumps(table) + "\n\n\n"
+        "class _TorchBlocker(MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('refused: use slipway-runtime-torch beside torch')\n\n\n"
+        "if KIND == 'self-contained':\n"
+        "    sys.meta_path.insert(0, _TorchBlocker())\n\n\n"
         "class Detector:\n"
         "    def __init__(self, model_dir, threads=1):\n"
         "        self.model_dir = model_dir\n\n"
-        "    def predict(self, image):\n"
-        "        return _TABLE[hashlib.sha256(image.tobytes()).hexdigest()]\n"
+        "    def predict(self, image, size=None):\n"
+        "        if isinstance(image, bytes) and not " + repr(bytes_input) + ":\n"
+        "            return []\n"
+        "        pixels = image if isinstance(image, bytes) else image.tobytes()\n"
+        "        return _TABLE[hashlib.sha256(pixels).hexdigest()]\n"
     )
+
+
+def make_replay_wheel(
+    folder: Path, *, dist: str, model_dir: Path, version: str = "0.0.1", readme: str = "", bytes_input: bool = True
+) -> Path:
+    """A wheel providing ``slipway_runtime.Detector`` that replays ``model_dir``'s references
+    (``replay_runtime_source``)."""
+    code = replay_runtime_source(model_dir, version=version, bytes_input=bytes_input)
     return make_wheel(
         folder,
         dist=dist,

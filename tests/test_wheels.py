@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from plans import bare_plan
 
 from slipway.config import load_config
 from slipway.context import StageContext
@@ -88,6 +89,11 @@ def test_size_problems_name_wheel_size_and_limit(tmp_path):
     assert big.name in problems[0] and "3.50 MiB" in problems[0] and "wheels.max_size_mib = 3 MiB" in problems[0]
 
 
+def _target(arch: str, platform: str = "") -> dict[str, str]:
+    return {"arch": arch, "platform": platform or f"manylinux_2_28_{arch}", "runner": "ubuntu-24.04",
+            "build": "cp311-*", "model": "shapes-torch"}
+
+
 def _ctx(tmp_path: Path, **wheel_settings) -> StageContext:
     config = load_config(ROOT / "release.toml")
     config = config.model_copy(update={"wheels": config.wheels.model_copy(update=wheel_settings)})
@@ -97,9 +103,8 @@ def _ctx(tmp_path: Path, **wheel_settings) -> StageContext:
     for name in ("model.json", "model.torchscript.pt", "golden/reference.json"):
         (model / name).write_text("{}")
     # The plan's wheel targets, as 'slipway plan' writes them for this release.toml.
-    targets = [{"arch": "x86_64" if p.endswith("x86_64") else "aarch64", "platform": p, "model": "shapes-torch"}
-               for p in config.wheels.platforms]
-    plan = {"version": "1.0.0", "matrix": {"wheels": targets}}
+    targets = [_target("x86_64" if p.endswith("x86_64") else "aarch64", platform=p) for p in config.wheels.platforms]
+    plan = bare_plan("1.0.0", matrix={"wheels": targets})
     return StageContext(config=config, plan=plan, out=out, root=ROOT)
 
 
@@ -230,6 +235,73 @@ def test_check_wheel_matcher_agrees_with_compare_detections():
             assert mine["max_score_diff"] == pytest.approx(expected.max_score_diff)
 
 
+def test_one_harness_checks_wheels_in_both_stages_and_needs_nothing_of_slipway():
+    """The wheels stage (and cibuildwheel) and the smoke stage run the same file, inside the wheel's
+    environment: it may import only the standard library, numpy, Pillow and the runtime."""
+    import ast
+
+    from slipway import paths, smoketest
+
+    harness = smoketest.wheel_harness()
+    assert harness == paths.resource("native") / "tools" / "check_wheel.py" == Path(check_wheel.__file__)
+    assert not hasattr(smoketest, "_WHEEL_RUNNER")
+    imported = set()
+    for node in ast.walk(ast.parse(harness.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "PIL", "slipway_runtime", "torch"}
+
+
+@pytest.mark.parametrize("inputs", ["pillow", "npy"])
+def test_harness_answers_and_catches_an_input_that_answers_differently(tmp_path, inputs):
+    """check_wheel.py run as the stages run it, on a replay double of the thin runtime (this
+    interpreter has torch): golden images from Pillow or pre-decoded .npy (the smoke stage's way)."""
+    import numpy as np
+    from PIL import Image
+    from test_smoke_fixtures import replay_runtime_source, write_fake_export
+
+    from slipway.smoketest import wheel_harness
+
+    model = write_fake_export(tmp_path / "model", name="m")
+    reference = json.loads((model / "golden" / "reference.json").read_text())["images"]
+    extra = []
+    if inputs == "npy":
+        (tmp_path / "npy").mkdir()
+        for entry in reference:
+            with Image.open(model / "golden" / entry["file"]) as im:
+                np.save(tmp_path / "npy" / f"{Path(entry['file']).stem}.npy", np.asarray(im.convert("RGB")))
+        extra = ["--inputs", str(tmp_path / "npy")]
+
+    def check(name: str, **kw) -> tuple[subprocess.CompletedProcess, dict, Path]:
+        site = tmp_path / name / "site"
+        (site / "slipway_runtime").mkdir(parents=True)
+        (site / "slipway_runtime" / "__init__.py").write_text(replay_runtime_source(model, kind="thin", **kw))
+        answers, summary = tmp_path / name / "answers.json", tmp_path / name / "summary.json"
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONHOME"}, "PYTHONPATH": str(site)}
+        res = subprocess.run([sys.executable, str(wheel_harness()), "--kind", "thin", "--model", str(model),
+                              "--answers", str(answers), "--json-out", str(summary), *extra],
+                             capture_output=True, text=True, env=env, cwd=tmp_path / name, timeout=300)
+        return res, json.loads(summary.read_text()), answers
+
+    res, summary, answers = check("good")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert summary["ok"] and summary["images"] == len(reference) and summary["min_iou"] == 1.0
+    got = json.loads(answers.read_text())
+    assert set(got["images"]) == {Path(e["file"]).stem for e in reference}
+    assert got["inputs"] == ["numpy array", "RGB bytes", "PIL image"]  # Pillow is here either way
+    assert got["torch_installed"] is True and got["module"].endswith("slipway_runtime/__init__.py")
+    first = reference[0]
+    assert [d["box"] for d in got["images"][Path(first["file"]).stem]["detections"]] == [
+        d["box"] for d in first["detections"]]
+
+    res, summary, answers = check("deaf", bytes_input=False)
+    assert res.returncode == 1 and check_wheel.FAILURE_MARK in res.stdout
+    assert not summary["ok"] and summary["min_iou"] == 1.0 and answers.is_file()
+    assert {p["input"] for f in summary["failures"] for p in f["problems"]} == {"RGB bytes"}
+
+
 def test_prune_interval_arithmetic_and_backward_names():
     merged = prune_libtorch._merge([(10, 20), (15, 30), (40, 50), (0, 5)])
     assert merged == [(0, 5), (10, 30), (40, 50)]
@@ -304,6 +376,29 @@ def test_a_cuda_library_in_the_self_contained_wheel_is_named():
     assert repair_wheel.cuda_libraries(names[:2] + names[4:]) == []
 
 
+@pytest.mark.parametrize(
+    ("requires", "kind"),
+    [
+        (("numpy", "torch==2.13.0"), "thin"),
+        (("numpy", "Torch>=2; python_version >= '3.10'"), "thin"),
+        # torch_tensorrt, torchvision, torch-foo are other projects than torch (PEP 503 names).
+        (("numpy", "torch_tensorrt>=2.0", "torchvision", "torch-foo"), "self-contained"),
+        (("numpy", 'torch; extra == "compare"'), "self-contained"),
+        (("slipway-runtime~=0.1.0",), "model-package"),
+        (("Slipway_Runtime~=0.1.0", "torch"), "model-package"),
+        (("slipway-runtime-torch==0.1.0",), "self-contained"),
+    ],
+)
+def test_wheel_kind_reads_requirements_as_pep_508(tmp_path, requires, kind):
+    from test_smoke_fixtures import make_wheel
+
+    from slipway.smoketest import wheel_kind
+
+    wheel = make_wheel(tmp_path, dist="some-wheel", version="0.1.0", files={"some_wheel/__init__.py": ""},
+                       readme="# w", requires=requires)
+    assert wheel_kind(wheel) == kind
+
+
 def test_a_projects_runtime_is_not_published_and_its_model_package_is(tmp_path, fake_build):
     """publish-runtime false: the runtime goes to runtime/ (at Slipway's version, from the shared cache),
     the project's model package to wheels/; a second project reuses the cached runtime build."""
@@ -321,8 +416,8 @@ def test_a_projects_runtime_is_not_published_and_its_model_package_is(tmp_path, 
     try:
         for project in ("street-scenes", "harbour-cams"):
             ctx = _ctx(tmp_path / project, publish_runtime=False)
-            ctx.plan["packages"] = [{"model": "shapes-torch", "package": f"{project}-detector",
-                                     "import": f"{project.replace('-', '_')}_detector"}]
+            ctx.plan.packages = [{"model": "shapes-torch", "package": f"{project}-detector",
+                                  "import": f"{project.replace('-', '_')}_detector"}]
             result = wheels.run(ctx)
             assert sorted(p.name for p in (ctx.out / "runtime").glob("*.whl")) == [
                 "slipway_runtime-1.0.0-cp311-cp311-manylinux_2_34_x86_64.whl",
@@ -346,9 +441,8 @@ def test_a_projects_runtime_is_not_published_and_its_model_package_is(tmp_path, 
 def _github_job_ctx(tmp_path: Path, monkeypatch, host: str, **wheel_settings) -> tuple[StageContext, Path]:
     """A wheels job on GitHub: the plan's two targets and one model package; GITHUB_OUTPUT set."""
     ctx = _ctx(tmp_path, **wheel_settings)
-    ctx.plan["matrix"] = {"wheels": [{"arch": "x86_64", "model": "shapes-torch"},
-                                     {"arch": "aarch64", "model": "shapes-torch"}]}
-    ctx.plan["packages"] = [{"model": "shapes-torch", "package": "acme-detector", "import": "acme_detector"}]
+    ctx.plan.matrix.wheels = [_target("x86_64"), _target("aarch64")]
+    ctx.plan.packages = [{"model": "shapes-torch", "package": "acme-detector", "import": "acme_detector"}]
     monkeypatch.setattr(wheels, "host_arch", lambda: host)
     output = tmp_path / "github-output"
     output.write_text("")

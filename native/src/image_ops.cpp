@@ -8,7 +8,7 @@
 #include <sstream>
 #include <sys/stat.h>
 
-#include "json.hpp"
+#include <nlohmann/json.hpp>
 
 namespace slipway::detail {
 
@@ -222,30 +222,68 @@ std::string parent_of(const std::string& p) {
   return p.substr(0, slash);
 }
 
+using Json = nlohmann::json;
+
+const char* type_name(const Json& v) {
+  switch (v.type()) {
+    case Json::value_t::null: return "null";
+    case Json::value_t::boolean: return "a boolean";
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned:
+    case Json::value_t::number_float: return "a number";
+    case Json::value_t::string: return "a string";
+    case Json::value_t::array: return "an array";
+    case Json::value_t::object: return "an object";
+    default: return "not JSON";
+  }
+}
+
+// model.json as nlohmann/json parsed it. Its lexer reads numbers with the locale's decimal point
+// swapped in, so "0.5" is 0.5 whatever LC_NUMERIC the host program set (strtod alone would stop
+// at the '.' under de_DE and read 0).
+Json parse_manifest(const std::string& text, const std::string& file) {
+  try {
+    // Duplicate keys: the last one wins, as in Python's json module. No comments, strict UTF-8.
+    return Json::parse(text);
+  } catch (const Json::parse_error& e) {
+    // what(): "[json.exception.parse_error.101] parse error at line 1, column 26: <the problem>".
+    const std::string what = e.what();
+    const size_t at = what.find("parse error");
+    const std::string rest = at == std::string::npos ? ": " + what : what.substr(at + std::strlen("parse error"));
+    throw Error(file + ": invalid JSON" + rest);
+  }
+}
+
 class Manifest {
  public:
-  Manifest(const json::Value& root, std::string file) : root_(root), file_(std::move(file)) {}
+  Manifest(const Json& root, std::string file) : root_(root), file_(std::move(file)) {}
 
-  const json::Value& get(const std::string& dotted, json::Value::Type type) const {
-    const json::Value* v = lookup(dotted);
+  const Json& get(const std::string& dotted, bool (Json::*is)() const noexcept, const char* what) const {
+    const Json* v = lookup(dotted);
     if (!v) fail(dotted, "is missing");
-    if (!v->is(type)) fail(dotted, std::string("must be ") + json::type_name(type) + ", not " + json::type_name(v->type()));
+    if (!(v->*is)()) fail(dotted, std::string("must be ") + what + ", not " + type_name(*v));
     return *v;
   }
 
-  const json::Value* lookup(const std::string& dotted) const {
-    const json::Value* v = &root_;
+  // nullptr when a key on the way is missing or names something that is not an object.
+  const Json* lookup(const std::string& dotted) const {
+    const Json* v = &root_;
     size_t start = 0;
-    while (v) {
+    for (;;) {
       size_t dot = dotted.find('.', start);
-      v = v->find(dotted.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
-      if (dot == std::string::npos) break;
+      std::string key = dotted.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      if (!v->is_object()) return nullptr;
+      auto it = v->find(key);
+      if (it == v->end()) return nullptr;
+      v = &*it;
+      if (dot == std::string::npos) return v;
       start = dot + 1;
     }
-    return v;
   }
 
-  double number(const std::string& key) const { return get(key, json::Value::Type::Number).as_number(); }
+  double number(const std::string& key) const {
+    return get(key, &Json::is_number, "a number").get<double>();
+  }
 
   int positive_int(const std::string& key) const {
     double d = number(key);
@@ -254,19 +292,19 @@ class Manifest {
   }
 
   std::string string_or(const std::string& key, const std::string& fallback) const {
-    const json::Value* v = lookup(key);
-    if (!v || v->is(json::Value::Type::Null)) return fallback;
-    if (!v->is(json::Value::Type::String)) fail(key, "must be a string");
-    return v->as_string();
+    const Json* v = lookup(key);
+    if (!v || v->is_null()) return fallback;
+    if (!v->is_string()) fail(key, "must be a string");
+    return v->get<std::string>();
   }
 
   std::array<float, 3> triple(const std::string& key) const {
-    const auto& items = get(key, json::Value::Type::Array).as_array();
+    const Json& items = get(key, &Json::is_array, "an array");
     if (items.size() != 3) fail(key, "must hold 3 numbers, one per RGB channel");
     std::array<float, 3> out{};
     for (size_t i = 0; i < 3; ++i) {
-      if (!items[i].is(json::Value::Type::Number)) fail(key, "must hold numbers");
-      out[i] = static_cast<float>(items[i].as_number());
+      if (!items[i].is_number()) fail(key, "must hold numbers");
+      out[i] = static_cast<float>(items[i].get<double>());
     }
     return out;
   }
@@ -276,7 +314,7 @@ class Manifest {
   }
 
  private:
-  const json::Value& root_;
+  const Json& root_;
   std::string file_;
 };
 
@@ -298,12 +336,7 @@ ModelInfo read_model_info(const std::string& model_path) {
   if (!in) throw Error("no model.json in " + dir + ": the runtime needs the export's manifest beside the TorchScript file");
   std::stringstream buf;
   buf << in.rdbuf();
-  json::Value root;
-  try {
-    root = json::parse(buf.str());
-  } catch (const std::runtime_error& e) {
-    throw Error(manifest_file + ": " + e.what());
-  }
+  const Json root = parse_manifest(buf.str(), manifest_file);
   Manifest m(root, manifest_file);
 
   ModelInfo info;
@@ -318,8 +351,8 @@ ModelInfo read_model_info(const std::string& model_path) {
   }
   const std::string resize = m.string_or("input.resize", "stretch");
   if (resize != "stretch") m.fail("input.resize", "is '" + resize + "': only 'stretch' is supported");
-  const json::Value* channels = m.lookup("input.channels");
-  if (channels && !(channels->is(json::Value::Type::Number) && channels->as_number() == 3)) {
+  const Json* channels = m.lookup("input.channels");
+  if (channels && !(channels->is_number() && channels->get<double>() == 3)) {
     m.fail("input.channels", "must be 3: the runtime takes RGB images");
   }
   info.input_height = m.positive_int("input.height");
@@ -329,9 +362,9 @@ ModelInfo read_model_info(const std::string& model_path) {
   for (float s : info.std) {
     if (!(s > 0.0f)) m.fail("input.std", "must be positive");
   }
-  for (const auto& label : m.get("labels", json::Value::Type::Array).as_array()) {
-    if (!label.is(json::Value::Type::String)) m.fail("labels", "must be a list of strings");
-    info.labels.push_back(label.as_string());
+  for (const Json& label : m.get("labels", &Json::is_array, "an array")) {
+    if (!label.is_string()) m.fail("labels", "must be a list of strings");
+    info.labels.push_back(label.get<std::string>());
   }
   info.score_threshold = m.number("output.score_threshold");
   info.nms_iou = m.number("output.nms_iou");

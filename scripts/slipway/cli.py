@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slipway import __version__
+from slipway import __version__, records
 from slipway.config import DEFAULT_CONFIG, ReleaseConfig, load_config
-from slipway.context import StageContext
+from slipway.context import StageContext, StageResult
 from slipway.errors import ConfigError, SlipwayError
 from slipway.plan import EVENTS, Trigger, git_sha, load_plan, make_plan, trigger_from_github
 from slipway.settings import get_settings
@@ -68,6 +68,51 @@ def _add_trigger(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--github-event", metavar="FILE", help="a stored GitHub event payload (JSON) to plan from")
     p.add_argument("--github-event-name", default="push", help="event name for --github-event (default push)")
+
+
+def _add_peer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tune", action="store_true",
+                   help="between images and smoke: measure the serving grid on the built images and give each "
+                   "its best slots x threads (and batching) as defaults, a layer of ENV and LABEL on the built "
+                   "image (slipway release does this when SLIPWAY_TUNE=1)")
+    g = p.add_argument_group("peer benchmark (--peers; downloads TorchServe, LitServe and BentoML)")
+    g.add_argument("--peers", action="store_true",
+                   help="instead of the release's bench: Slipway's CPU images against TorchServe, LitServe and "
+                   "BentoML on the same model and CPUs; writes peers.md, peers.svg and peers.json")
+    g.add_argument("--peer", action="append", help="only this peer: torchserve, litserve, bentoml (repeatable)")
+    g.add_argument("--cpus", default=_env("PEERS_CPUS"),
+                   help="CPUs every server is pinned to, as taskset takes them [SLIPWAY_PEERS_CPUS; default: "
+                   "the first two this process may use]")
+    g.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
+    g.add_argument("--seconds", type=float, default=None, help="timed seconds per concurrency level (default 10)")
+    g.add_argument("--warmup", type=float, default=None, help="warm-up seconds per level (default 2)")
+    g.add_argument("--only", action="append", help="only this configuration key, e.g. torchserve-default")
+    g.add_argument("--image", action="append", metavar="VARIANT=REF", help="the Slipway image to use for a variant")
+    g.add_argument("--report-dir", help="where peers.md, peers.svg and peers.json go (default <out>/bench/peers)")
+
+
+def tune_enabled() -> bool:
+    """SLIPWAY_TUNE=1: ``slipway release`` tunes the images' serving defaults before smoke."""
+    return get_settings().tune
+
+
+def cmd_peers(args: argparse.Namespace, ctx: StageContext) -> int:
+    from slipway.benchmark.peers.run import PeerSettings, from_context
+    from slipway.benchmark.peers.spec import PEERS, SLIPWAY_VARIANTS
+
+    images = {}
+    for item in args.image or []:
+        variant, sep, ref = item.partition("=")
+        if not sep or not variant or not ref:
+            raise ConfigError(f"--image {item!r}: expected VARIANT=IMAGE, e.g. pytorch-cpu=slipway-examples:0.1.0")
+        images[variant] = ref
+    settings = PeerSettings(peers=tuple(args.peer or PEERS), variants=tuple(args.variant or SLIPWAY_VARIANTS),
+                            cpus=args.cpus or "", only=tuple(args.only or ()))
+    for name in ("rounds", "seconds", "warmup"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
+    from_context(ctx, settings, Path(args.report_dir) if args.report_dir else None, images)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help="with --prepare: build on the variant's base image as named, with PyTorch's CPU index "
                 "for CPU variants (default: on GitHub Actions only); --no-official-base builds the local base",
             )
+        if stage == "bench":
+            _add_peer_options(p)
         if stage == "smoke":
             p.add_argument(
                 "--artifact",
@@ -189,8 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sp.set_defaults(func=cmd_services)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of release.toml")
-    p.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the current schema")
+    p = sub.add_parser("schema", help="print the JSON Schema of release.toml (or write those of the records)")
+    p.add_argument("--check", metavar="FILE", nargs="?", const="",
+                   help="exit 1 if FILE differs from the current schema; with --records (no FILE): if DIR does")
+    p.add_argument("--records", metavar="DIR", help="write the JSON Schema of the plan and of every record in "
+                   "dist/<version>/ into DIR, one file each (slipway/schemas/ holds them)")
     p.set_defaults(func=cmd_schema)
     return parser
 
@@ -252,24 +302,22 @@ def _has_gpu() -> bool:
 def cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     plan = make_plan(config, _trigger(args, config.root), config_path=args.config)
-    for note in plan.get("notes", []):
+    for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
-    text = json.dumps(plan, indent=2)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-        print(f"plan for {plan['project']} {plan['version']} written to {args.output}", file=sys.stderr)
+        records.write(Path(args.output), plan)
+        print(f"plan for {plan.project} {plan.version} written to {args.output}", file=sys.stderr)
     else:
-        print(text)
+        sys.stdout.write(records.dumps(plan))
     github_output = os.environ.get("GITHUB_OUTPUT")
     if args.github and github_output:
         with open(github_output, "a") as fh:
-            fh.write(f"plan={json.dumps(plan, separators=(',', ':'))}\n")
-            fh.write(f"version={plan['version']}\n")
+            fh.write(f"plan={records.dumps(plan, indent=None)}\n")
+            fh.write(f"version={plan.version}\n")
     return 0
 
 
-def _context(args: argparse.Namespace, config: ReleaseConfig, plan: dict[str, Any] | None = None) -> StageContext:
+def _context(args: argparse.Namespace, config: ReleaseConfig, plan: records.Plan | None = None) -> StageContext:
     if plan is None:
         if args.plan:
             plan = load_plan(Path(args.plan))
@@ -283,14 +331,14 @@ def _context(args: argparse.Namespace, config: ReleaseConfig, plan: dict[str, An
                     config, Trigger(event="local", sha=git_sha(config.root), gpu=_has_gpu()), config_path=args.config
                 )
     # Relative to where slipway runs (the workspace), like every other path on its command line.
-    out = Path(args.out) if args.out else Path.cwd() / plan["output_dir"]
+    out = Path(args.out) if args.out else Path.cwd() / plan.output_dir
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "plan.json").exists() or args.plan:
-        (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        records.write(out / "plan.json", plan)
     return StageContext(config=config, plan=plan, out=out, root=config.root, verbose=getattr(args, "verbose", False))
 
 
-def run_stage(stage: str, ctx: StageContext, **options: Any) -> dict[str, Any]:
+def run_stage(stage: str, ctx: StageContext, **options: Any) -> StageResult:
     """Run one stage and record its status and duration in stages.json."""
     module = importlib.import_module(f"slipway.stages.{stage}")
     ctx.log(f"== {stage}")
@@ -298,7 +346,7 @@ def run_stage(stage: str, ctx: StageContext, **options: Any) -> dict[str, Any]:
     status, summary = "ok", ""
     try:
         result = module.run(ctx, **options) or {}
-        summary = result.get("summary", "")
+        summary = str(result.get("summary", ""))
         return result
     except SlipwayError as exc:
         status, summary = "failed", str(exc).splitlines()[0]
@@ -307,12 +355,10 @@ def run_stage(stage: str, ctx: StageContext, **options: Any) -> dict[str, Any]:
         status, summary = "interrupted", ""
         raise
     finally:
-        record = {}
-        path = ctx.out / "stages.json"
-        if path.exists():
-            record = json.loads(path.read_text())
-        record[stage] = {"status": status, "seconds": round(time.monotonic() - started, 1), "summary": summary}
-        ctx.write_json("stages.json", record)
+        record = ctx.read("stages.json", records.StagesRecord, records.StagesRecord({}))
+        record.root[stage] = records.StageStatus(status=status, seconds=round(time.monotonic() - started, 1),
+                                                 summary=summary)
+        ctx.write("stages.json", record)
         ctx.log(f"== {stage}: {status} in {time.monotonic() - started:.1f}s {summary}")
 
 
@@ -327,6 +373,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if getattr(args, "variant", None):
         options["variants"] = args.variant
     stage = args.stage
+    if stage == "bench" and args.peers:
+        return cmd_peers(args, ctx)
+    if stage == "bench" and args.tune:
+        from slipway.stages.bench import tune
+
+        ctx.log(tune(ctx, variants=args.variant)["summary"])
+        return 0
     if stage == "images":
         if args.digest and not args.record:
             raise ConfigError("--digest goes with --record")
@@ -354,25 +407,24 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def override_registries(plan: dict[str, Any], image_registry: str | None, package_index: str | None) -> None:
+def override_registries(plan: records.Plan, image_registry: str | None, package_index: str | None) -> None:
     """Point the plan at other registries, naming each image as 'slipway plan' would."""
     if image_registry:
         registry = image_registry.rstrip("/")
-        plan["registries"]["images"] = registry
-        for entry in plan["matrix"]["images"]:
-            entry["image"] = f"{registry}/{plan['project']}-{entry['variant']}"
+        plan.registries.images = registry
+        for entry in plan.matrix.images:
+            entry.image = f"{registry}/{plan.project}-{entry.variant}"
     if package_index:
-        plan["registries"]["packages"] = package_index
+        plan.registries.packages = package_index
 
 
 def summary_table(ctx: StageContext) -> str:
-    path = ctx.out / "stages.json"
-    stages = json.loads(path.read_text()) if path.exists() else {}
+    stages = ctx.read("stages.json", records.StagesRecord, records.StagesRecord({})).root
     rows = [("stage", "status", "seconds", "result")]
     for name in ("plan", *STAGES):
         if name in stages:
             s = stages[name]
-            rows.append((name, s["status"], f"{s['seconds']:.1f}", s.get("summary", "")))
+            rows.append((name, s.status, f"{s.seconds:.1f}", s.summary))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = []
     for i, r in enumerate(rows):
@@ -390,12 +442,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     plan = make_plan(config, _trigger(args, config.root), config_path=args.config)
     ctx = _context(args, config, plan)
     (ctx.out / "stages.json").unlink(missing_ok=True)
-    ctx.write_json("stages.json", {"plan": {"status": "ok", "seconds": round(time.monotonic() - started, 1),
-                                            "summary": f"{plan['project']} {plan['version']}"}})
-    ctx.log(f"release {plan['project']} {plan['version']} ({plan['event']}, dry run: {plan['dry_run']}) into {ctx.out}")
-    for skipped in plan.get("skipped", []):
-        ctx.log(f"skipping variant {skipped['variant']}: {skipped['reason']}")
-    for note in plan.get("notes", []):
+    ctx.write("stages.json", records.StagesRecord({"plan": records.StageStatus(
+        status="ok", seconds=round(time.monotonic() - started, 1), summary=f"{plan.project} {plan.version}")}))
+    ctx.log(f"release {plan.project} {plan.version} ({plan.event}, dry run: {plan.dry_run}) into {ctx.out}")
+    for skipped in plan.skipped:
+        ctx.log(f"skipping variant {skipped.variant}: {skipped.reason}")
+    for note in plan.notes:
         ctx.log(f"note: {note}")
     if args.local:
         from slipway import services
@@ -403,7 +455,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         services.up()
     try:
         # The plan says which stages this release has (a TensorFlow-only project builds no wheels).
-        planned = plan.get("stages", list(STAGES))
+        planned = plan.stages
         for stage in STAGES:
             if stage in args.skip:
                 continue
@@ -416,9 +468,13 @@ def cmd_release(args: argparse.Namespace) -> int:
             if stage == "publish" and args.local:
                 options["local"] = True
             run_stage(stage, ctx, **options)
+            if stage == "images" and tune_enabled():
+                from slipway.stages.bench import tune
+
+                ctx.log(f"== tune: {tune(ctx)['summary']}")
     finally:
         print("\n" + summary_table(ctx), file=sys.stderr)
-    print(f"\nrelease {plan['version']} done in {time.monotonic() - started:.0f}s; see {ctx.out}", file=sys.stderr)
+    print(f"\nrelease {plan.version} done in {time.monotonic() - started:.0f}s; see {ctx.out}", file=sys.stderr)
     return 0
 
 
@@ -462,6 +518,8 @@ def cmd_services(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from slipway.config import json_schema
 
+    if args.records:
+        return _record_schemas(Path(args.records), check=args.check is not None)
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.check:
         current = Path(args.check).read_text() if Path(args.check).exists() else ""
@@ -470,6 +528,28 @@ def cmd_schema(args: argparse.Namespace) -> int:
             return 1
         return 0
     sys.stdout.write(text)
+    return 0
+
+
+def _record_schemas(folder: Path, *, check: bool) -> int:
+    """Write (or, with ``check``, compare) one JSON Schema file per record model."""
+    schemas = records.json_schemas()
+    if check:
+        stale = sorted(name for name, text in schemas.items()
+                       if not (folder / name).is_file() or (folder / name).read_text() != text)
+        extra = sorted(p.name for p in folder.glob("*.schema.json") if p.name not in schemas)
+        for name in stale:
+            print(f"{folder / name} is stale: run 'slipway schema --records {folder}'", file=sys.stderr)
+        for name in extra:
+            print(f"{folder / name} describes no record: remove it", file=sys.stderr)
+        return 1 if stale or extra else 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in schemas.items():
+        (folder / name).write_text(text)
+    for path in folder.glob("*.schema.json"):
+        if path.name not in schemas:
+            path.unlink()
+    print(f"{len(schemas)} record schema(s) written to {folder}", file=sys.stderr)
     return 0
 
 

@@ -6,22 +6,20 @@ run), a pushed digest, or an image built here; the stages that use images start 
 
 from __future__ import annotations
 
-from typing import Any
-
-from slipway import engine, registry
+from slipway import engine, records, registry
 from slipway.context import StageContext
 from slipway.errors import CheckError, SlipwayError
 
 
-def materialize(ctx: StageContext, record: dict[str, Any]) -> dict[str, Any]:
+def materialize(ctx: StageContext, record: records.ImageRecord) -> records.ImageRecord:
     """Make the recorded image present in the engine; return the record with ``tag`` and ``id``.
 
     Order: a saved tar (a dry run's Buildx build; what was saved is what is tested), the pushed
     digest (never a tag, which could move), then an image built here (its ID).
     """
-    variant = record["variant"]
-    if record.get("archive"):
-        tar = ctx.out / "images" / record["archive"]
+    variant = record.variant
+    if record.archive:
+        tar = ctx.out / "images" / record.archive
         if not tar.exists():
             raise CheckError(f"the record of {variant} names {tar}, which is not there")
         ctx.log(f"{variant}: docker load -i {tar.name}")
@@ -32,9 +30,9 @@ def materialize(ctx: StageContext, record: dict[str, Any]) -> dict[str, Any]:
         if not loaded:
             raise CheckError(f"docker load of {tar} named no image")
         ref = loaded[-1]
-        return {**record, "tag": ref, "id": engine.image_id(ref)}
-    if record.get("digest"):
-        ref = f"{record['image']}@{record['digest']}"
+        return record.model_copy(update={"tag": ref, "id": engine.image_id(ref)})
+    if record.digest:
+        ref = f"{record.image}@{record.digest}"
         ctx.log(f"{variant}: docker pull {ref}")
 
         try:
@@ -45,7 +43,7 @@ def materialize(ctx: StageContext, record: dict[str, Any]) -> dict[str, Any]:
             raise CheckError(f"docker pull {ref} failed after retries: {exc}") from exc
         except SlipwayError as exc:
             raise CheckError(f"docker pull {ref} failed: {exc}") from exc
-        return {**record, "tag": ref, "id": image_id}
-    if record.get("id"):
+        return record.model_copy(update={"tag": ref, "id": image_id})
+    if record.id:
         return record
     raise CheckError(f"the record of {variant} names no image ID, digest or saved image")

@@ -16,8 +16,8 @@ _REQUIRED: Any = object()
 
 
 def read_record(path: Path, missing: Any = _REQUIRED, *, kind: type = dict) -> Any:
-    """The JSON record at ``path`` (a file in ``dist/<version>/``: plan, images, smoke results, wheels,
-    model.json, release.json...).
+    """The JSON record at ``path`` as untyped data: for the publish stage until it reads its records
+    through ``slipway.records`` like every other stage.
 
     A file that is not there is ``missing`` when one is given (an optional record is then "absent"),
     else a ``RecordError``. A file that is there but cannot be read, is not valid JSON, or is not a

@@ -1,10 +1,7 @@
-"""GitHub Actions glue: step outputs, the job summary, and the views that jobs rebuild.
+"""GitHub Actions glue: step outputs and the job summary.
 
-On GitHub every stage job runs on its own runner and sees only the artifacts it downloads, so a
-file that several jobs would write (``images.json``, ``smoke/summary.json``) is never trusted to
-be complete: readers rebuild it here from the per-artifact files (``images/<variant>.json``,
-``smoke/<artifact>.json``). Locally the same functions read what one machine wrote, so a local
-release and a GitHub one take the same decisions from the same files.
+The readers of the output folder that rebuild the views several jobs share are in
+``slipway.outputs``; they serve a local release as much as a GitHub one.
 """
 
 from __future__ import annotations
@@ -15,8 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
-from slipway.errors import RecordError
-from slipway.fsutil import read_record
+from slipway import outputs, records
+from slipway.outputs import PRIMARY_ARCH
 
 
 def on_github() -> bool:
@@ -73,41 +70,22 @@ def add_summary(markdown: str) -> None:
             fh.write(markdown.rstrip("\n") + "\n\n")
 
 
-def _read(path: Path, missing: Any = None) -> Any:
-    """A record of the output folder; ``missing`` when the file is not there, a ``RecordError``
-    naming the file when it is there but damaged (``slipway.fsutil.read_record``)."""
-    return read_record(path, missing)
+# The output folder's readers live in slipway.outputs, typed. The publish stage still takes
+# them as JSON data: these views give it that, read and checked through the same models.
 
 
 def image_records(out: Path) -> dict[str, dict[str, Any]]:
-    """variant -> image record: ``images.json`` (a local build) overlaid by ``images/<variant>.json``."""
-    records = _read(out / "images.json", {})
-    for path in sorted((out / "images").glob("*.json")):
-        record = _read(path)
-        if not isinstance(record.get("variant"), str) or not record["variant"]:
-            raise RecordError(path, "names no variant")
-        records[record["variant"]] = record
-    return records
+    """``slipway.outputs.image_records`` as JSON data (for the publish stage)."""
+    return {variant: records.dump(record) for variant, record in outputs.image_records(out).items()}
 
 
-# The platform every plan builds; its smoke result keeps the plain name and key.
-PRIMARY_ARCH = "amd64"
-
-
-def smoke_key(artifact: str, arch: str | None) -> str:
-    """The key of one platform's smoke result: ``image:<variant>`` for amd64 (or a result that
-    names no platform), ``image:<variant>@<arch>`` for any other, so that the arm64 job's result
-    sits beside the amd64 job's instead of replacing it."""
-    return artifact if not arch or arch == PRIMARY_ARCH else f"{artifact}@{arch}"
-
-
-def smoke_file_stem(stem: str, arch: str | None) -> str:
-    """``image-<variant>`` for amd64, ``image-<variant>.<arch>`` for any other platform."""
-    return stem if not arch or arch == PRIMARY_ARCH else f"{stem}.{arch}"
+def smoke_artifacts(out: Path) -> dict[str, dict[str, Any]]:
+    """``slipway.outputs.smoke_artifacts`` as JSON data (for the publish stage)."""
+    return {key: records.dump(result) for key, result in outputs.smoke_artifacts(out).items()}
 
 
 def smoke_platforms(artifacts: dict[str, dict[str, Any]], artifact: str) -> dict[str, dict[str, Any]]:
-    """arch -> result of every platform on which ``artifact`` was smoke-tested."""
+    """arch -> result of every platform on which ``artifact`` was smoke-tested (JSON data)."""
     found = {}
     for key, result in artifacts.items():
         if key == artifact or key.startswith(artifact + "@"):
@@ -116,32 +94,6 @@ def smoke_platforms(artifacts: dict[str, dict[str, Any]], artifact: str) -> dict
 
 
 def primary_smoke(artifacts: dict[str, dict[str, Any]], artifact: str) -> dict[str, Any]:
-    """The amd64 result of ``artifact``; on a machine of another architecture, its own."""
+    """The amd64 result of ``artifact`` (JSON data); on a machine of another architecture, its own."""
     platforms = smoke_platforms(artifacts, artifact)
     return platforms.get(PRIMARY_ARCH) or next(iter(platforms.values()), {})
-
-
-def smoke_result_files(out: Path) -> dict[str, dict[str, Any]]:
-    """key -> result, from the per-artifact files ``smoke/*.json`` (all but the summary); one key per
-    artifact and platform (``smoke_key``)."""
-    results: dict[str, dict[str, Any]] = {}
-    for path in sorted((out / "smoke").glob("*.json")):
-        if path.name == "summary.json":
-            continue
-        result = _read(path)
-        if not isinstance(result.get("artifact"), str) or not result["artifact"]:
-            raise RecordError(path, "names no artifact")
-        results[smoke_key(result["artifact"], result.get("arch"))] = result
-    return results
-
-
-def smoke_artifacts(out: Path) -> dict[str, dict[str, Any]]:
-    """key (``smoke_key``) -> result: ``smoke/summary.json`` overlaid by the per-artifact files.
-
-    A summary downloaded from several smoke jobs is whichever job's came last; the per-artifact
-    files are each job's own and never collide (one per artifact and platform).
-    """
-    summary = _read(out / "smoke" / "summary.json", {})
-    artifacts = dict(summary.get("artifacts") or {})
-    artifacts.update(smoke_result_files(out))
-    return artifacts

@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name
+from pydantic import ValidationError
+
 import slipway
+from slipway import records
 from slipway.config import ReleaseConfig, file_problems, image_repository_problem, index_url_problem
 from slipway.errors import MISSING, ConfigError, ConfigProblem
 from slipway.version import Version, parse_version, version_from_tag
@@ -188,7 +193,7 @@ SLIPWAY_NAMES = ("slipway", "slipway-runtime", "slipway-runtime-torch")
 
 def normalize_name(name: str) -> str:
     """A distribution name as indexes compare it (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
 def import_name(distribution: str) -> str:
@@ -227,7 +232,7 @@ def _names_problems(config: ReleaseConfig, version: Version, *, publishing: bool
     return problems
 
 
-def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "release.toml") -> dict[str, Any]:
+def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "release.toml") -> records.Plan:
     if trigger.event not in EVENTS:
         raise ConfigError([ConfigProblem("--event", "event", trigger.event, f"expected one of {', '.join(EVENTS)}")])
     version = _resolve_version(config, trigger)
@@ -247,7 +252,7 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
     skipped = []
     if trigger.event == "local" and not trigger.gpu and not trigger.variants:
         skipped = [
-            {"variant": v.name, "reason": f"no GPU on this machine; build it with --variants {v.name}"}
+            records.SkippedVariant(variant=v.name, reason=f"no GPU on this machine; build it with --variants {v.name}")
             for v in selected
             if v.device == "gpu"
         ]
@@ -301,71 +306,72 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
     if missing:
         raise ConfigError(missing)
     export = [
-        {"model": m.name, "framework": m.framework, "exporters": ",".join(config.exporters_for(m))}
+        records.ExportEntry(model=m.name, framework=m.framework, exporters=",".join(config.exporters_for(m)))
         for m in config.models
         if m.name in needed_models
     ]
 
-    wheels = []
+    wheels: list[records.WheelTarget] = []
     if want_wheels:
         build = " ".join(f"cp{py.replace('.', '')}-*" for py in config.wheels.python)
         for platform in config.wheels.platforms:
             arch = platform.rsplit("_", 1)[-1] if not platform.endswith("x86_64") else "x86_64"
             wheels.append(
-                {
-                    "arch": arch,
-                    "platform": platform,
-                    "runner": WHEEL_RUNNERS.get(arch, "ubuntu-24.04"),
-                    "build": build,
+                records.WheelTarget(
+                    arch=arch,
+                    platform=platform,
+                    runner=WHEEL_RUNNERS.get(arch, "ubuntu-24.04"),
+                    build=build,
                     # The export whose golden outputs the wheel test checks.
-                    "model": wheels_model.name,
-                }
+                    model=wheels_model.name,
+                )
             )
 
     # The project's model packages (built by 'slipway wheels' with the runtime it depends on).
     packages = [
-        {"model": m.name, "package": config.model_package(m), "import": import_name(config.model_package(m))}
+        records.PlanPackage(model=m.name, package=config.model_package(m),
+                            import_name=import_name(config.model_package(m)))
         for m in config.packaged_models()
-        if want_wheels and any(e["model"] == m.name for e in export)
+        if want_wheels and any(e.model == m.name for e in export)
     ]
 
     images = [
-        {
-            "variant": v.name,
-            "model": v.model,
-            "framework": config.model(v.model).framework,
-            "runtime": v.runtime,
-            "device": v.device,
-            "dockerfile": v.dockerfile.as_posix(),
-            "target": v.target,
-            "platforms": ",".join(v.platforms),
-            "image": f"{images_registry}/{config.project.name}-{v.name}",
-        }
+        records.ImageEntry(
+            variant=v.name,
+            model=v.model,
+            framework=config.model(v.model).framework,
+            runtime=v.runtime,
+            device=v.device,
+            dockerfile=v.dockerfile.as_posix(),
+            target=v.target,
+            platforms=",".join(v.platforms),
+            image=f"{images_registry}/{config.project.name}-{v.name}",
+        )
         for v in selected
     ]
     # One build per variant and platform, each on a runner of its own architecture (no
     # emulation); a real release merges a variant's platforms into one index afterwards. A dry
     # run builds linux/amd64 only (it saves the image as a tar, which holds one platform).
     image_builds = [
-        {**v, "platform": platform, "arch": platform.rsplit("/", 1)[-1]}
+        records.ImageBuild(**v.model_dump(), platform=platform, arch=platform.rsplit("/", 1)[-1])
         for v in images
-        for platform in v["platforms"].split(",")
+        for platform in v.platforms.split(",")
         if not dry_run or platform == "linux/amd64"
     ]
     # Every platform built is smoke-tested on a runner of its own architecture: on GitHub,
     # _smoke.yml runs one job per entry and arch in ``arches``; a local release tests its own.
-    smoke: list[dict[str, Any]] = [
-        {"artifact": f"image:{v['variant']}", "kind": "image", "variant": v["variant"], "device": v["device"],
-         "arches": ",".join(b["arch"] for b in image_builds if b["variant"] == v["variant"])}
+    smoke = [
+        records.SmokeEntry(artifact=f"image:{v.variant}", kind="image", variant=v.variant, device=v.device,
+                           arches=",".join(b.arch for b in image_builds if b.variant == v.variant))
         for v in images
     ]
     if wheels:
-        smoke.append({"artifact": "wheels", "kind": "wheel", "variant": "", "device": "cpu", "arches": "amd64"})
-    publish = [{"kind": "models"}]
+        smoke.append(records.SmokeEntry(artifact="wheels", kind="wheel", variant="", device="cpu", arches="amd64"))
+    publish = [records.PublishEntry(kind="models")]
     if images:
-        publish.insert(0, {"kind": "images"})
+        publish.insert(0, records.PublishEntry(kind="images"))
     if wheels:
-        publish.insert(1 if images else 0, {"kind": "wheels"})
+        publish.insert(1 if images else 0, records.PublishEntry(kind="wheels"))
 
     sha = trigger.sha or UNKNOWN_REVISION
     notes = []
@@ -375,32 +381,34 @@ def make_plan(config: ReleaseConfig, trigger: Trigger, *, config_path: str = "re
             f"revision unknown: {config.root} is not a git checkout, so images get no sha- tag and their "
             "revision label says 'unknown'"
         )
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "project": config.project.name,
-        "version": str(version),
-        "prerelease": version.prerelease,
-        "dry_run": dry_run,
-        "event": trigger.event,
-        "ref": trigger.ref,
-        "sha": sha,
-        "short_sha": sha[:7] if sha != UNKNOWN_REVISION else UNKNOWN_REVISION,
-        "output_dir": f"dist/{version}",
-        "config": config_path,
-        "registries": {"images": images_registry, "packages": package_index},
+    return records.Plan(
+        schema_version=SCHEMA_VERSION,
+        project=config.project.name,
+        version=str(version),
+        prerelease=version.prerelease,
+        dry_run=dry_run,
+        event=trigger.event,
+        ref=trigger.ref,
+        sha=sha,
+        short_sha=sha[:7] if sha != UNKNOWN_REVISION else UNKNOWN_REVISION,
+        output_dir=f"dist/{version}",
+        config=config_path,
+        registries=records.PlanRegistries(images=images_registry, packages=package_index),
         # Slipway's C++ runtime: always Slipway's version; published only by Slipway's own release.
-        "runtime": {"version": str(parse_version(slipway.__version__)), "publish": config.wheels.publish_runtime},
-        "packages": packages,
-        "matrix": {"export": export, "wheels": wheels, "images": images, "image_builds": image_builds,
-                   "smoke": smoke, "publish": publish},
-        "stages": planned_stages(export, wheels, images, smoke, dry_run),
-        "skipped": skipped,
-        "notes": notes,
-    }
+        runtime=records.PlanRuntime(version=str(parse_version(slipway.__version__)),
+                                    publish=config.wheels.publish_runtime),
+        packages=packages,
+        matrix=records.PlanMatrix(export=export, wheels=wheels, images=images, image_builds=image_builds,
+                                  smoke=smoke, publish=publish),
+        stages=planned_stages(export, wheels, images, smoke, dry_run),
+        skipped=skipped,
+        notes=notes,
+    )
 
 
 def planned_stages(
-    export: list[Any], wheels: list[Any], images: list[Any], smoke: list[Any], dry_run: bool
+    export: Sequence[object], wheels: Sequence[object], images: Sequence[object], smoke: Sequence[object],
+    dry_run: bool,
 ) -> list[str]:
     """The stages this plan runs, named as the jobs of release.yml: the workflow's final gate
     fails the run unless each of them succeeded (a skipped planned stage is a failure)."""
@@ -412,15 +420,25 @@ def planned_stages(
     return [name for name, planned in stages.items() if planned]
 
 
-def load_plan(path: Path) -> dict[str, Any]:
+def load_plan(path: Path) -> records.Plan:
+    """The plan a stage runs by (``--plan``). It is the stage's input, as release.toml is: a plan that
+    is missing, not JSON or not a plan is a configuration error naming the file and the field."""
     try:
-        plan = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError([ConfigProblem(str(path), "", MISSING, "plan file not found; run 'slipway plan' first")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(str(path), "", MISSING, f"cannot be read: {exc}")]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError([ConfigProblem(str(path), "", MISSING, f"not valid JSON: {exc}")]) from None
-    if plan.get("schema_version") != SCHEMA_VERSION:
-        raise ConfigError(
-            [ConfigProblem(str(path), "schema_version", plan.get("schema_version", MISSING), f"expected {SCHEMA_VERSION}")]
-        )
-    return plan
+    version = data.get("schema_version", MISSING) if isinstance(data, dict) else MISSING
+    if version != SCHEMA_VERSION:
+        raise ConfigError([ConfigProblem(str(path), "schema_version", version, f"expected {SCHEMA_VERSION}")])
+    try:
+        return records.Plan.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([
+            ConfigProblem(str(path), records.location(err["loc"]), err.get("input", MISSING)
+                          if err["type"] != "missing" else MISSING, err["msg"])
+            for err in exc.errors()
+        ]) from None

@@ -1,26 +1,44 @@
-"""Talking to an OCI registry and a package index over HTTP: what is already there, by digest.
+"""The one client for every HTTP call Slipway makes to an OCI registry or a package index.
 
-The calls here read; pushing and uploading are done by ``docker push`` and ``twine``, and the
-manifest PUT that tags a pushed digest on GitHub, in ``slipway.stages.publish``. Failures that another attempt may cure (connection refused or
-reset, timeouts, 5xx answers) raise ``Transient`` (``slipway.errors.TransientError``) so callers can retry them with
-``retry``; anything else (404 aside, which means "absent") is final: ``RegistryError`` with the
-HTTP status and the registry's own message. Both are ``PublishError``s (exit 6).
+Reads (what a repository or an index already holds, by digest) and writes (the manifest PUT that
+adds a tag to a pushed digest, the upload of a wheel) go through here, with one way to
+authenticate (a ``WWW-Authenticate`` challenge answered with basic credentials or a bearer token
+of pull or pull+push scope) and one way to fail:
+
+- ``TransientError`` (exported here as ``Transient``): another attempt may cure it (connection
+  refused or reset, a timeout, a 5xx answer); ``retry`` retries only these.
+- ``RegistryError``: a final answer that is neither success nor "absent" (401, 403, 400, 409...),
+  carrying the HTTP ``status`` and the registry's own message.
+
+Both are ``PublishError``s (exit 6). A 404 means "absent" and is answered as such (None, [], {}).
+Outcomes are decided on status codes and error classes, never on message text. Image content is
+pushed by the Docker engine; when a push fails, ``check_push_access`` asks the registry itself
+whether the failure is one another attempt may cure.
+
+Credentials: ``SLIPWAY_REGISTRY_USERNAME``/``SLIPWAY_REGISTRY_PASSWORD``, ``GITHUB_TOKEN`` for
+ghcr.io, else what ``docker login`` stored in plain form; for an index ``TWINE_USERNAME``/
+``TWINE_PASSWORD`` (any pair for a loopback index, which takes any).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
+import json
 import os
 import random
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+from packaging.utils import canonicalize_name
 
-from slipway.errors import RegistryError, TransientError
+from slipway.errors import PublishError, RegistryError, TransientError
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -37,8 +55,9 @@ INDEX_TYPES = (
 
 T = TypeVar("T")
 
-# What the output of docker or twine says when the other end went away or choked; only these
-# are retried. "denied", "unauthorized", "409 Conflict" and the like are answers, not accidents.
+# What the output of docker says when the other end went away or choked. Kept only for the image
+# pull of the images stage until the engine client reports typed errors; nothing in publishing
+# decides on it.
 TRANSIENT_PATTERNS = re.compile(
     r"connection refused|connection reset|reset by peer|broken pipe|\bEOF\b|i/o timeout|timed? ?out|"
     r"temporary failure|no route to host|server closed|RemoteDisconnected|ConnectionError|"
@@ -113,6 +132,16 @@ def retry(
     raise AssertionError("unreachable")
 
 
+def _transport(exc: httpx.TransportError, where: str) -> TransientError:
+    return Transient(f"{type(exc).__name__} from {where}: {exc}")
+
+
+def _final_or_transient(r: httpx.Response, where: str) -> None:
+    """Raise ``Transient`` for a 5xx answer (another attempt may cure it)."""
+    if r.status_code >= 500:
+        raise Transient(f"{where} answered {r.status_code}: {answer(r)}")
+
+
 # --------------------------------------------------------------------------------------------
 # Container registries (the distribution API v2)
 
@@ -138,61 +167,115 @@ def is_loopback(image: str) -> bool:
     return is_loopback_host(split_ref(image)[0])
 
 
-def _credentials(host: str) -> tuple[str, str] | None:
-    """Registry credentials from the environment; on GitHub, the job's token for ghcr.io."""
+def _docker_config_auth(host: str) -> tuple[str, str] | None:
+    """Credentials that ``docker login`` (docker/login-action on GitHub) stored in plain form."""
+    folder = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    try:
+        auths = json.loads((folder / "config.json").read_text()).get("auths") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    for key in (host, f"https://{host}", f"http://{host}"):
+        entry = auths.get(key)
+        encoded = entry.get("auth") if isinstance(entry, dict) else None
+        if encoded:
+            try:
+                user, _, password = base64.b64decode(encoded).decode().partition(":")
+            except ValueError:
+                continue
+            return user, password
+    return None
+
+
+def credentials(host: str) -> tuple[str, str] | None:
+    """Registry credentials: the environment, on GitHub the job's token for ghcr.io, else docker's login."""
     user = os.environ.get("SLIPWAY_REGISTRY_USERNAME")
     password = os.environ.get("SLIPWAY_REGISTRY_PASSWORD")
     if user and password:
         return user, password
     if host == "ghcr.io" and os.environ.get("GITHUB_TOKEN"):
         return os.environ.get("GITHUB_ACTOR", "github-actions"), os.environ["GITHUB_TOKEN"]
-    return None
+    return _docker_config_auth(host)
 
 
-_TOKENS: dict[tuple[str, str], str] = {}
+# What answered a challenge, per (host, repository, push scope): reused until the registry asks again.
+_AUTH: dict[tuple[str, str, bool], dict[str, str]] = {}
 
 
-def _bearer_token(challenge: str, host: str, repo: str) -> str | None:
-    """Answer a ``WWW-Authenticate: Bearer realm=...,service=...`` challenge with a pull token."""
+def _authorize(refused: httpx.Response, host: str, repo: str, push: bool) -> dict[str, str]:
+    """Answer a 401's ``WWW-Authenticate`` challenge: basic credentials, or a bearer token for
+    ``repo`` with pull (``push``: pull and push) scope from the challenge's realm."""
+    challenge = refused.headers.get("WWW-Authenticate", "")
+    said = answer(refused)
+    creds = credentials(host)
+    scheme = challenge.split(" ", 1)[0].lower()
+    if scheme == "basic":
+        if not creds:
+            raise RegistryError(
+                f"{host} answered 401: {said}; it wants credentials: log in (docker login) or set "
+                "SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD",
+                status=refused.status_code,
+            )
+        return {"Authorization": "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()}
     params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-    realm = params.get("realm")
-    if not realm:
-        return None
-    query = {"scope": params.get("scope") or f"repository:{repo}:pull"}
+    if scheme != "bearer" or not params.get("realm"):
+        raise RegistryError(
+            f"{host} answered 401: {said}; it named no way to authenticate ({challenge!r})",
+            status=refused.status_code,
+        )
+    realm = params["realm"]
+    scope = f"repository:{repo}:pull,push" if push else (params.get("scope") or f"repository:{repo}:pull")
+    query = {"scope": scope}
     if params.get("service"):
         query["service"] = params["service"]
-    creds = _credentials(host)
     try:
         r = httpx.get(realm, params=query, auth=creds, timeout=15)
     except httpx.TransportError as exc:
-        raise Transient(f"{type(exc).__name__} from {realm}: {exc}") from exc
-    if r.status_code >= 500:
-        raise Transient(f"{realm} answered {r.status_code}")
+        raise _transport(exc, realm) from exc
+    _final_or_transient(r, realm)
     if r.status_code != 200:
-        return None
-    body = r.json()
-    return body.get("token") or body.get("access_token")
+        raise RegistryError(
+            f"{host} asked for a token and {realm} refused one for {scope}: {r.status_code} {answer(r)}",
+            status=r.status_code,
+        )
+    try:
+        body = r.json()
+        token = body.get("token") or body.get("access_token")
+    except (ValueError, AttributeError):
+        token = None
+    if not token:
+        raise RegistryError(f"{realm} answered no token for {scope}: {r.text.strip()[:200]!r}", status=r.status_code)
+    return {"Authorization": f"Bearer {token}"}
 
 
-def _registry_get(image: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+def _request(
+    method: str,
+    image: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    content: bytes | None = None,
+    push: bool = False,
+    timeout: float = 60,
+) -> httpx.Response:
+    """One call to ``/v2/<repository>/<path>``, authenticated on demand; 5xx and transport
+    failures are ``Transient``, every other answer is the caller's to judge."""
     host, repo = split_ref(image)
     url = f"{_scheme(host)}://{host}/v2/{repo}/{path}"
+    key = (host, repo, push)
     headers = dict(headers or {})
-    token = _TOKENS.get((host, repo))
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
     try:
-        r = httpx.get(url, headers=headers, timeout=15)
-        if r.status_code == 401 and "bearer" in r.headers.get("WWW-Authenticate", "").lower():
-            token = _bearer_token(r.headers["WWW-Authenticate"], host, repo)
-            if token:
-                _TOKENS[(host, repo)] = token
-                r = httpx.get(url, headers={**headers, "Authorization": f"Bearer {token}"}, timeout=15)
+        r = httpx.request(method, url, headers={**headers, **_AUTH.get(key, {})}, content=content, timeout=timeout)
+        if r.status_code == 401:
+            _AUTH[key] = _authorize(r, host, repo, push)
+            r = httpx.request(method, url, headers={**headers, **_AUTH[key]}, content=content, timeout=timeout)
     except httpx.TransportError as exc:
-        raise Transient(f"{type(exc).__name__} from {host}: {exc}") from exc
-    if r.status_code >= 500:
-        raise Transient(f"{host} answered {r.status_code}")
+        raise _transport(exc, host) from exc
+    _final_or_transient(r, host)
     return r
+
+
+def _refused(r: httpx.Response, what: str) -> RegistryError:
+    return RegistryError(f"{what}: the registry answered {r.status_code}: {answer(r)}", status=r.status_code)
 
 
 def manifest(image: str, tag: str) -> dict[str, Any] | None:
@@ -201,13 +284,11 @@ def manifest(image: str, tag: str) -> dict[str, Any] | None:
     ``{"digest": manifest digest, "config": config digest (the local image ID for a docker
     build), "media_type": ..., "index": True for a multi-platform index, "body": ...}``
     """
-    r = _registry_get(image, f"manifests/{tag}", {"Accept": MANIFEST_TYPES})
+    r = _request("GET", image, f"manifests/{tag}", headers={"Accept": MANIFEST_TYPES}, timeout=15)
     if r.status_code == 404:
         return None
     if r.status_code != 200:
-        raise RegistryError(
-            f"{image}:{tag}: the registry answered {r.status_code}: {answer(r)}", status=r.status_code
-        )
+        raise _refused(r, f"{image}:{tag}")
     body = r.json()
     media_type = body.get("mediaType") or r.headers.get("Content-Type", "")
     return {
@@ -220,12 +301,50 @@ def manifest(image: str, tag: str) -> dict[str, Any] | None:
 
 
 def tags(image: str) -> list[str]:
-    r = _registry_get(image, "tags/list")
+    r = _request("GET", image, "tags/list", timeout=15)
     if r.status_code == 404:
         return []
     if r.status_code != 200:
-        raise RegistryError(f"{image}: listing tags answered {r.status_code}: {answer(r)}", status=r.status_code)
+        raise _refused(r, f"{image}: listing tags")
     return sorted(r.json().get("tags") or [])
+
+
+def tag_digest(image: str, digest: str, tag: str) -> None:
+    """Point ``image:tag`` at the manifest ``digest`` of the same repository.
+
+    The manifest's own bytes are PUT under the tag, so the tag names exactly the digest that was
+    smoke-tested (an index keeps its platforms and attestations), and nothing is pulled or rebuilt.
+    """
+    r = _request("GET", image, f"manifests/{digest}", headers={"Accept": MANIFEST_TYPES}, push=True)
+    if r.status_code != 200:
+        raise _refused(r, f"{image}@{digest}")
+    if hashlib.sha256(r.content).hexdigest() != digest.removeprefix("sha256:"):
+        raise PublishError(f"{image}@{digest}: the registry answered a manifest of another digest")
+    try:
+        media_type = r.headers.get("Content-Type") or json.loads(r.content).get("mediaType", "")
+    except (ValueError, AttributeError) as exc:
+        raise PublishError(f"{image}@{digest}: the registry answered a manifest that is not JSON") from exc
+    put = _request(
+        "PUT", image, f"manifests/{tag}", headers={"Content-Type": media_type}, content=r.content, push=True
+    )
+    if put.status_code not in (200, 201):
+        raise _refused(put, f"tagging {image}:{tag}")
+
+
+def check_push_access(image: str) -> None:
+    """Ask the registry whether it takes a push to ``image`` now, the way a push begins: a blob
+    upload is opened (and cancelled at once). ``Transient`` when the registry is down or failing
+    (5xx, connection refused), ``RegistryError`` with its own words when it refuses (401, 403...);
+    returns when it would take the push."""
+    r = _request("POST", image, "blobs/uploads/", push=True, timeout=15)
+    if r.status_code != 202:
+        raise _refused(r, f"{image}: opening an upload")
+    location = r.headers.get("Location")
+    if location:
+        host, repo = split_ref(image)
+        url = urljoin(f"{_scheme(host)}://{host}/v2/{repo}/blobs/uploads/", location)
+        with contextlib.suppress(httpx.TransportError):  # an upload left open expires on its own
+            httpx.delete(url, headers=_AUTH.get((host, repo, True), {}), timeout=15)
 
 
 def same_image(existing: dict[str, Any] | None, image_id: str) -> bool:
@@ -240,11 +359,11 @@ def same_image(existing: dict[str, Any] | None, image_id: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Package indexes (PEP 503 simple API)
+# Package indexes (PEP 503 simple API, the legacy upload API)
 
 
 def normalize_project(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
 def simple_url(upload_url: str, override: str | None = None) -> str:
@@ -271,14 +390,14 @@ _LINK = re.compile(r'<a\s[^>]*href="([^"]+)"[^>]*>([^<]+)</a>', re.IGNORECASE)
 def index_files(simple: str, project: str) -> dict[str, tuple[str, str | None]]:
     """Files the index lists for ``project``: file name -> (absolute URL, sha256 or None when not listed)."""
     url = f"{simple.rstrip('/')}/{normalize_project(project)}/"
+    where = urlsplit(url).netloc
     try:
         r = httpx.get(url, timeout=15, follow_redirects=True)
     except httpx.TransportError as exc:
-        raise Transient(f"{type(exc).__name__} from {urlsplit(url).netloc}: {exc}") from exc
+        raise _transport(exc, where) from exc
     if r.status_code == 404:
         return {}
-    if r.status_code >= 500:
-        raise Transient(f"{urlsplit(url).netloc} answered {r.status_code}")
+    _final_or_transient(r, where)
     if r.status_code != 200:
         raise RegistryError(f"{url} answered {r.status_code}: {answer(r)}", status=r.status_code)
     files: dict[str, tuple[str, str | None]] = {}
@@ -292,14 +411,72 @@ def index_files(simple: str, project: str) -> dict[str, tuple[str, str | None]]:
 def download_sha256(url: str) -> str:
     """The sha256 of a file on an index, for indexes that list no hashes."""
     h = hashlib.sha256()
+    where = urlsplit(url).netloc
     try:
         with httpx.stream("GET", url, timeout=60, follow_redirects=True) as r:
             if r.status_code >= 500:
-                raise Transient(f"{urlsplit(url).netloc} answered {r.status_code}")
+                raise Transient(f"{where} answered {r.status_code}")
             if r.status_code != 200:
                 raise RegistryError(f"{url} answered {r.status_code}", status=r.status_code)
             for chunk in r.iter_bytes():
                 h.update(chunk)
     except httpx.TransportError as exc:
-        raise Transient(f"{type(exc).__name__} from {urlsplit(url).netloc}: {exc}") from exc
+        raise _transport(exc, where) from exc
     return h.hexdigest()
+
+
+def index_file(simple: str, project: str, filename: str) -> tuple[bool, str | None]:
+    """(present, sha256) of the index's file ``filename``; the file is fetched when no hash is listed."""
+    files = index_files(simple, project)
+    if filename not in files:
+        return False, None
+    href, digest = files[filename]
+    return True, digest or download_sha256(href)
+
+
+def index_credentials(upload_url: str) -> tuple[str, str] | None:
+    """``TWINE_USERNAME``/``TWINE_PASSWORD``; a loopback index (pypiserver) takes any pair."""
+    user, password = os.environ.get("TWINE_USERNAME"), os.environ.get("TWINE_PASSWORD")
+    if user and password:
+        return user, password
+    if is_loopback_host(urlsplit(upload_url).netloc):
+        return "slipway", "local"
+    return None
+
+
+def upload_wheel(upload_url: str, path: Path) -> None:
+    """Upload one distribution with the index's legacy upload API (what twine speaks); the
+    form fields are the file's own metadata, read by twine's ``PackageFile``."""
+    from twine.exceptions import TwineException
+    from twine.package import PackageFile
+
+    try:
+        package = PackageFile.from_filename(str(path), None)
+        metadata = package.metadata_dictionary()
+    except (TwineException, OSError, ValueError) as exc:
+        raise PublishError(f"{path}: cannot read its metadata for the upload: {exc}") from exc
+    fields: list[tuple[str, str]] = [(":action", "file_upload"), ("protocol_version", "1")]
+    for key, value in metadata.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        fields += [(key, str(v)) for v in values if v is not None]
+    data: dict[str, list[str]] = {}
+    for key, value in fields:
+        data.setdefault(key, []).append(value)
+    where = urlsplit(upload_url).netloc
+    try:
+        with open(path, "rb") as fh:
+            r = httpx.post(
+                upload_url,
+                data=data,
+                files={"content": (path.name, fh, "application/octet-stream")},
+                auth=index_credentials(upload_url),
+                timeout=3600,
+            )
+    except httpx.TransportError as exc:
+        raise _transport(exc, where) from exc
+    _final_or_transient(r, where)
+    if r.status_code not in (200, 201):
+        raise RegistryError(
+            f"uploading {path.name} to {upload_url}: the index answered {r.status_code}: {answer(r)}",
+            status=r.status_code,
+        )

@@ -209,7 +209,7 @@ def bad_request_cases(model: str, *, max_image_pixels: int = 40_000_000) -> list
         ),
         Case("unknown_model_info", "GET", "/v1/models/no-such-model", 404, ("model_not_found",)),
         Case("predict_with_get", "GET", predict, 405, ("method_not_allowed",)),
-        Case("unknown_endpoint", "GET", "/v2/nothing-here", 404, ("not_found",)),
+        Case("unknown_endpoint", "GET", "/v1/nothing-here", 404, ("not_found",)),
         Case(
             "multipart_without_image_field",
             "POST",

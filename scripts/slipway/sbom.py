@@ -1,52 +1,58 @@
-"""CycloneDX 1.5 SBOMs (JSON) of what a release really ships: per image and per wheel.
+"""CycloneDX SBOMs (JSON) of what a release really ships: per image and per wheel.
 
-Generated here rather than by a tool, because what matters is what is *inside* the artifact:
+Built and validated with cyclonedx-python-lib; what goes in is read from the artifact itself:
 
 - an image: one throw-away container of the image itself (``--network none``, the image's own
-  Python) lists the installed Python distributions with ``importlib.metadata`` (what
-  ``pip list --format json`` shows, plus licences and requirements) and the Debian packages from
-  dpkg's database (what ``dpkg-query -W`` shows, plus ``Depends``). cyclonedx-bom (on PyPI) can
-  describe a Python environment, but not Debian packages, and it would have to be installed into
-  every image; syft would do both but is a downloaded binary, and the images must not change.
+  Python) lists the installed Python distributions with ``importlib.metadata`` (plus licences,
+  requirements and the shared libraries auditwheel vendored into ``<package>.libs/``) and the
+  Debian packages from dpkg's database. cyclonedx-bom can describe a Python environment but not
+  Debian packages, and it would have to be installed into every image; syft does both but cannot
+  tell a pruned libtorch from PyTorch's. GitHub's publish job runs this module on the pushed
+  digest (``python -m slipway.sbom``): the same document as a local release, byte for byte.
 - a wheel: its ``METADATA`` (name, version, licence, ``Requires-Dist``) and every shared library
-  in it, in particular those ``auditwheel`` vendored into ``<package>.libs/``, each with its sha256.
+  in it, each with its sha256.
 
-The output is deterministic (sorted, a serial number derived from the content's identity, the
-commit time rather than the wall clock), so publishing twice produces the same files and the same
-checksums. ``validate`` checks the structure a CycloneDX consumer relies on.
+libtorch as Slipway ships it is not the upstream library: auditwheel renames and strips the
+libraries it vendors, and ``native/tools/prune_libtorch.py`` overwrites the code of libtorch_cpu
+that an inference-only runtime never runs with trap instructions. Each such library carries a
+CycloneDX pedigree: its ancestor is the file in PyPI's torch it was copied from, and the notes say
+what was changed (pruning is read from the library's own bytes, so the SBOM says what is there).
+
+The output is deterministic (a serial number derived from the content's identity, the commit time
+rather than the wall clock, every bom-ref set here), so publishing twice produces the same files.
 """
 
 from __future__ import annotations
 
 import email.parser
 import hashlib
+import inspect
 import json
 import re
 import uuid
 import zipfile
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+
+from cyclonedx.contrib.license.factories import LicenseFactory
+from cyclonedx.model import HashAlgorithm, HashType, Property
+from cyclonedx.model.bom import Bom
+from cyclonedx.model.component import Component, ComponentScope, ComponentType, Pedigree
+from cyclonedx.model.license import DisjunctiveLicense, LicenseExpression
+from cyclonedx.output.json import BY_SCHEMA_VERSION as JSON_OUTPUT
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+from packageurl import PackageURL
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from slipway import __version__, engine
 from slipway.errors import BuildError, SlipwayError
 
-SPEC_VERSION = "1.5"
-COMPONENT_TYPES = {
-    "application",
-    "framework",
-    "library",
-    "container",
-    "platform",
-    "operating-system",
-    "device",
-    "device-driver",
-    "firmware",
-    "file",
-    "machine-learning-model",
-    "data",
-    "cryptographic-asset",
-}
+SCHEMA = SchemaVersion.V1_6
+SPEC_VERSION = SCHEMA.to_version()
 # Shared libraries that come from libtorch (as auditwheel names them, without its hash suffix).
 LIBTORCH_LIBRARIES = {
     "libtorch",
@@ -56,21 +62,73 @@ LIBTORCH_LIBRARIES = {
     "libc10_cuda",
     "libtorch_global_deps",
 }
-_HASH_LENGTHS = {"SHA-1": 40, "SHA-256": 64, "SHA-384": 96, "SHA-512": 128}
+# Runs of at least this many trap bytes in a library's code are blanked functions, not padding
+# (compilers pad functions to 16 or 64 bytes at most).
+TRAP_RUN = 64
+
+
+def _trap_filled_bytes(data: bytes) -> int:
+    """Bytes of a 64-bit ELF library's executable sections that lie in runs of trap instructions
+    (int3 on x86-64, the all-zero ``udf`` word on aarch64) of TRAP_RUN bytes or more."""
+    if data[:4] != b"\x7fELF" or data[4:6] != b"\x02\x01":  # ELFCLASS64, little-endian
+        return 0
+    fill = {62: b"\xcc", 183: b"\x00"}.get(int.from_bytes(data[18:20], "little"))
+    if fill is None:
+        return 0
+
+    def field(at: int, size: int) -> int:
+        return int.from_bytes(data[at : at + size], "little")
+
+    shoff, shentsize, shnum = field(0x28, 8), field(0x3A, 2), field(0x3C, 2)
+    needle, other, total = fill * TRAP_RUN, re.compile(b"[^" + re.escape(fill) + b"]"), 0
+    for i in range(shnum):
+        header = shoff + i * shentsize
+        # sh_flags & SHF_EXECINSTR, and not SHT_NOBITS (no bytes in the file)
+        if not field(header + 8, 8) & 0x4 or field(header + 4, 4) == 8:
+            continue
+        pos, end = field(header + 0x18, 8), field(header + 0x18, 8) + field(header + 0x20, 8)
+        while (start := data.find(needle, pos, end)) >= 0:
+            stop = other.search(data, start + TRAP_RUN, end)
+            pos = stop.start() if stop else end
+            total += pos - start
+    return total
+
 
 # Runs inside the image with its own Python: stdlib only, so it works in every variant.
-_INVENTORY = r"""
-import json, os, platform, sys
-from importlib import metadata
+_INVENTORY = (
+    "import hashlib, json, os, platform, re, sys\n"
+    "from importlib import metadata\n\n"
+    f"LIBTORCH = {sorted(LIBTORCH_LIBRARIES)!r}\n"
+    f"TRAP_RUN = {TRAP_RUN!r}\n\n"
+    + inspect.getsource(_trap_filled_bytes)
+    + r"""
+
+def vendored(d):
+    # Shared libraries auditwheel put into <package>.libs/, and the libtorch a runtime was built on.
+    libs, torch_version = [], None
+    for f in d.files or []:
+        path = str(f)
+        if path.endswith("/_build_info.py") and path.count("/") == 1:
+            found = re.search(r'TORCH_VERSION\s*=\s*"([^"@]+)"', open(f.locate(), encoding="utf-8", errors="replace").read())
+            torch_version = found.group(1) if found else None
+        if ".libs/" in path and ".so" in path.rsplit("/", 1)[-1]:
+            data = open(f.locate(), "rb").read()
+            base = path.rsplit("/", 1)[-1].split(".so")[0]
+            base = re.sub(r"-[0-9a-f]{8}$", "", base)
+            libs.append({"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                         "trap_bytes": _trap_filled_bytes(data) if base in LIBTORCH else 0})
+    return libs, torch_version
 
 def dist_info(d):
     m = d.metadata
+    libs, torch_version = vendored(d)
     return {
         "name": m["Name"], "version": d.version, "summary": m.get("Summary") or "",
         "license_expression": m.get("License-Expression") or "", "license": (m.get("License") or "")[:300],
         "classifiers": [c for c in (m.get_all("Classifier") or []) if c.startswith("License ::")],
         "requires": m.get_all("Requires-Dist") or [],
         "location": str(getattr(d, "_path", "")),
+        "vendored": libs, "torch_version": torch_version,
     }
 
 seen, dists = set(), []
@@ -110,55 +168,73 @@ print(json.dumps({"python": platform.python_version(), "executable": sys.executa
                   "implementation": platform.python_implementation(), "machine": platform.machine(),
                   "os": osr, "python_dists": dists, "debs": debs}))
 """
+)
 
 
-def _purl_version(version: str) -> str:
-    return quote(version, safe=".-_~")
+# --------------------------------------------------------------------------------------------
+# Building blocks
 
 
 def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
-def pypi_purl(name: str, version: str | None = None) -> str:
-    purl = f"pkg:pypi/{normalize(name)}"
-    return f"{purl}@{_purl_version(version)}" if version else purl
+def pypi_purl(name: str, version: str | None = None, **qualifiers: str) -> PackageURL:
+    return PackageURL(type="pypi", name=normalize(name), version=version, qualifiers=qualifiers or None)
 
 
-def deb_purl(name: str, version: str, arch: str, distro: str) -> str:
-    qualifiers = [f"arch={quote(arch)}"] if arch else []
-    if distro:
-        qualifiers.append(f"distro={quote(distro)}")
-    return f"pkg:deb/debian/{quote(name)}@{_purl_version(version)}" + (
-        "?" + "&".join(qualifiers) if qualifiers else ""
+def deb_purl(name: str, version: str, arch: str, distro: str) -> PackageURL:
+    qualifiers = {k: v for k, v in (("arch", arch), ("distro", distro)) if v}
+    return PackageURL(
+        type="deb", namespace="debian", name=name, version=version, qualifiers=qualifiers or None
     )
 
 
-def _licenses(expression: str, text: str, classifiers: list[str]) -> list[dict[str, Any]]:
-    # An SPDX "id" must be on CycloneDX's list, which slipway cannot check offline; a name or an
-    # expression is always valid, so licences are recorded as written.
+def _props(**values: str) -> list[Property]:
+    return [Property(name=f"slipway:{k.replace('_', '-')}", value=v) for k, v in values.items() if v]
+
+
+def _sha256(hexdigest: str) -> list[HashType]:
+    return [HashType(alg=HashAlgorithm.SHA_256, content=hexdigest)]
+
+
+_LICENSES = LicenseFactory()
+
+
+def _licenses(
+    expression: str, text: str, classifiers: list[str]
+) -> list[LicenseExpression | DisjunctiveLicense]:
+    """A declared SPDX expression as such; otherwise the licence text (when it is a name) and the
+    classifiers' names, SPDX ids where the library knows them."""
     if expression:
-        return [{"expression": expression}]
+        return [_LICENSES.make_from_string(expression)]
     names = [c.rsplit("::", 1)[-1].strip() for c in classifiers]
-    if text and "\n" not in text.strip() and len(text) <= 100 and text.strip().upper() not in ("UNKNOWN", ""):
+    if text and "\n" not in text.strip() and len(text) <= 100 and text.strip().upper() != "UNKNOWN":
         names.insert(0, text.strip())
-    unique = list(dict.fromkeys(n for n in names if n))
-    return [{"license": {"name": n}} for n in unique]
+    out: list[LicenseExpression | DisjunctiveLicense] = []
+    for name in dict.fromkeys(n for n in names if n):
+        lic = _LICENSES.make_from_string(name)
+        # An expression must stand alone: beside other names, it is recorded as a name.
+        out.append(lic if isinstance(lic, DisjunctiveLicense) else _LICENSES.make_with_name(name))
+    return out
 
 
-_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+def _requirement(text: str) -> Requirement | None:
+    try:
+        return Requirement(text)
+    except InvalidRequirement:
+        return None
+
+
+def _optional(req: Requirement) -> bool:
+    """Behind an ``extra == ...`` marker: installed only with that extra."""
+    return req.marker is not None and "extra" in str(req.marker)
 
 
 def _requirement_names(requires: list[str]) -> list[str]:
     """Names of unconditional requirements (those behind an ``extra ==`` marker are optional)."""
-    names = []
-    for req in requires:
-        if "extra" in req.partition(";")[2]:
-            continue
-        m = _REQ_NAME.match(req)
-        if m:
-            names.append(normalize(m.group(1)))
-    return names
+    reqs = [_requirement(r) for r in requires]
+    return [normalize(r.name) for r in reqs if r is not None and not _optional(r)]
 
 
 def _deb_dependency_names(depends: str) -> list[list[str]]:
@@ -169,35 +245,97 @@ def _deb_dependency_names(depends: str) -> list[list[str]]:
     return groups
 
 
-def _bom(
-    root: dict[str, Any],
-    components: list[dict[str, Any]],
-    dependencies: list[dict[str, Any]],
-    identity: str,
-    timestamp: str | None,
-) -> dict[str, Any]:
-    metadata: dict[str, Any] = {
-        "tools": {"components": [{"type": "application", "name": "slipway", "version": __version__}]},
-        "component": root,
-    }
-    if timestamp:
-        metadata = {"timestamp": timestamp, **metadata}
-    return {
-        "bomFormat": "CycloneDX",
-        "specVersion": SPEC_VERSION,
-        "serialNumber": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'slipway-sbom:' + identity)}",
-        "version": 1,
-        "metadata": metadata,
-        "components": sorted(components, key=lambda c: c["bom-ref"]),
-        "dependencies": sorted(dependencies, key=lambda d: d["ref"]),
-    }
+_SONAME = re.compile(r"^(?P<base>lib[^/]*?)(?:-[0-9a-f]{8})?\.so(?P<ver>(?:\.\d+)*)$")
 
 
-def _timestamp(created: str | None) -> str | None:
-    # CycloneDX wants date-time; the image's creation label is the commit time (reproducible).
-    if created and re.match(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}", created):
-        return created
-    return None
+def _lib_name(path: str) -> tuple[str, str | None]:
+    """``pkg.libs/libgomp-a34b3233.so.1.0.0`` -> (``libgomp``, ``1.0.0``): auditwheel's hash dropped."""
+    file_name = path.rsplit("/", 1)[-1]
+    m = _SONAME.match(file_name)
+    if not m:
+        return file_name, None
+    return m.group("base"), m.group("ver").lstrip(".") or None
+
+
+def _libtorch_pedigree(
+    ref: str, lib_name: str, file_name: str, torch_version: str, trap_bytes: int
+) -> Pedigree:
+    """libtorch as shipped: copied from PyPI's torch, repaired by auditwheel, maybe pruned."""
+    upstream = f"torch/lib/{lib_name}.so"
+    notes = [
+        f"{upstream} of torch {torch_version} (PyPI), vendored by auditwheel repair as {file_name}: "
+        "renamed, SONAME and RUNPATH rewritten, symbols stripped."
+    ]
+    if trap_bytes:
+        notes.append(
+            f"Pruned by Slipway (native/tools/prune_libtorch.py): about {trap_bytes / 2**20:.1f} MiB of code that an "
+            "inference-only TorchScript runtime never runs is overwritten with trap instructions; every "
+            "symbol, address and relocation is kept, and a blanked function that ran would stop the process."
+        )
+    ancestor = Component(
+        type=ComponentType.LIBRARY,
+        bom_ref=f"{ref}#upstream",
+        name=lib_name,
+        version=torch_version,
+        purl=PackageURL(type="pypi", name="torch", version=torch_version, subpath=upstream),
+    )
+    return Pedigree(ancestors=[ancestor], notes=" ".join(notes))
+
+
+def _library(
+    ref: str, path: str, sha256: str, size: int, *, origin: str, torch_version: str | None, trap_bytes: int
+) -> Component:
+    """A shared library inside a wheel or an installed distribution."""
+    file_name = path.rsplit("/", 1)[-1]
+    lib_name, version = _lib_name(path)
+    pedigree = None
+    extra: dict[str, str] = {}
+    if torch_version and lib_name in LIBTORCH_LIBRARIES and ".libs/" in path:
+        version = torch_version
+        pedigree = _libtorch_pedigree(ref, lib_name, file_name, torch_version, trap_bytes)
+        extra = {"part_of": f"libtorch {torch_version}", "pruned": "true" if trap_bytes else ""}
+    return Component(
+        type=ComponentType.LIBRARY,
+        bom_ref=ref,
+        name=lib_name,
+        version=version,
+        hashes=_sha256(sha256),
+        pedigree=pedigree,
+        properties=_props(path=path, size=str(size), origin=origin, **extra),
+    )
+
+
+def _bom(root: Component, identity: str, timestamp: str | None) -> Bom:
+    bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, "slipway-sbom:" + identity))
+    bom.metadata.timestamp = _timestamp(timestamp)
+    bom.metadata.component = root
+    bom.metadata.tools.components.add(
+        Component(type=ComponentType.APPLICATION, bom_ref="tool:slipway", name="slipway", version=__version__)
+    )
+    return bom
+
+
+def _timestamp(created: str | None) -> datetime | None:
+    # The image's creation label or the commit time (reproducible), never the wall clock.
+    if not created:
+        return None
+    try:
+        return datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def document(bom: Bom) -> dict[str, Any]:
+    """The CycloneDX JSON document of ``bom`` (what :func:`write` stores); the library checks on
+    the way that every dependency names a component of the BOM."""
+    doc = json.loads(JSON_OUTPUT[SCHEMA](bom).output_as_string())
+    # What the document is comes first, for a reader of the file.
+    first = ("$schema", "bomFormat", "specVersion", "serialNumber", "version", "metadata")
+    return {**{k: doc[k] for k in first if k in doc}, **doc}
+
+
+def _depend(bom: Bom, component: Component, on: Iterable[Component]) -> None:
+    bom.register_dependency(component, sorted(on, key=lambda c: str(c.bom_ref)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +354,7 @@ def image_inventory(image: str, timeout: float = 300) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def image_sbom(
+def image_bom(
     image: str,
     *,
     image_id: str,
@@ -224,122 +362,117 @@ def image_sbom(
     version: str,
     labels: dict[str, str] | None = None,
     inventory: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Bom:
     """The SBOM of the local image ``image`` (tag or ID), published as ``name:version``."""
     inv = inventory if inventory is not None else image_inventory(image)
     labels = labels or {}
     os_release = inv.get("os") or {}
     distro = f"{os_release.get('ID', 'debian')}-{os_release.get('VERSION_ID', '')}".rstrip("-")
-    root_ref = f"image:{name}@{image_id}"
-    root = {
-        "type": "container",
-        "bom-ref": root_ref,
-        "name": name,
-        "version": version,
-        "hashes": [{"alg": "SHA-256", "content": image_id.removeprefix("sha256:")}],
-        "properties": sorted(
-            [{"name": "slipway:image-id", "value": image_id}]
-            + [{"name": f"label:{k}", "value": v} for k, v in labels.items() if v],
-            key=lambda p: p["name"],
-        ),
-    }
-    components: list[dict[str, Any]] = []
-    refs: dict[str, str] = {}
-    depends: dict[str, list[str]] = {}
-    if os_release:
-        ref = f"os:{os_release.get('ID', 'linux')}@{os_release.get('VERSION_ID', '')}"
-        components.append(
-            {
-                "type": "operating-system",
-                "bom-ref": ref,
-                "name": os_release.get("ID", "linux"),
-                "version": os_release.get("VERSION_ID", ""),
-                "description": os_release.get("PRETTY_NAME", ""),
-            }
-        )
-        depends[ref] = []
-    py_ref = f"python:{inv['implementation'].lower()}@{inv['python']}"
-    components.append(
-        {
-            "type": "application",
-            "bom-ref": py_ref,
-            "name": inv["implementation"].lower(),
-            "version": inv["python"],
-            "properties": [{"name": "slipway:executable", "value": inv["executable"]}],
-        }
+    root = Component(
+        type=ComponentType.CONTAINER,
+        bom_ref=f"image:{name}@{image_id}",
+        name=name,
+        version=version,
+        hashes=_sha256(image_id.removeprefix("sha256:")),
+        properties=[Property(name="slipway:image-id", value=image_id)]
+        + [Property(name=f"label:{k}", value=v) for k, v in labels.items() if v],
     )
-    depends[py_ref] = []
+    bom = _bom(root, identity=str(root.bom_ref), timestamp=labels.get("org.opencontainers.image.created"))
+    depends: dict[str, list[Component]] = {}
+    if os_release:
+        os_id, os_version = os_release.get("ID", "linux"), os_release.get("VERSION_ID", "")
+        bom.components.add(
+            Component(
+                type=ComponentType.OPERATING_SYSTEM,
+                bom_ref=f"os:{os_id}@{os_version}",
+                name=os_id,
+                version=os_version,
+                description=os_release.get("PRETTY_NAME") or None,
+            )
+        )
+    python = inv["implementation"].lower()
+    bom.components.add(
+        Component(
+            type=ComponentType.APPLICATION,
+            bom_ref=f"python:{python}@{inv['python']}",
+            name=python,
+            version=inv["python"],
+            properties=_props(executable=inv["executable"]),
+        )
+    )
+    pypi: dict[str, Component] = {}
     for d in inv.get("python_dists", []):
         purl = pypi_purl(d["name"], d["version"])
-        comp: dict[str, Any] = {
-            "type": "library",
-            "bom-ref": purl,
-            "name": d["name"],
-            "version": d["version"],
-            "purl": purl,
-        }
-        if d.get("summary"):
-            comp["description"] = d["summary"]
-        licenses = _licenses(d.get("license_expression", ""), d.get("license", ""), d.get("classifiers", []))
-        if licenses:
-            comp["licenses"] = licenses
-        if d.get("location"):
-            comp["properties"] = [{"name": "slipway:location", "value": d["location"]}]
-        components.append(comp)
-        refs[f"pypi:{normalize(d['name'])}"] = purl
-    for d in inv.get("python_dists", []):
-        purl = refs[f"pypi:{normalize(d['name'])}"]
-        depends[purl] = sorted(
-            {
-                refs[f"pypi:{n}"]
-                for n in _requirement_names(d.get("requires", []))
-                if f"pypi:{n}" in refs and refs[f"pypi:{n}"] != purl
-            }
+        comp = Component(
+            type=ComponentType.LIBRARY,
+            bom_ref=purl.to_string(),
+            name=d["name"],
+            version=d["version"],
+            purl=purl,
+            description=d.get("summary") or None,
+            licenses=_licenses(
+                d.get("license_expression", ""), d.get("license", ""), d.get("classifiers", [])
+            ),
+            properties=_props(location=d.get("location", "")),
         )
+        bom.components.add(comp)
+        pypi[normalize(d["name"])] = comp
+        libs = [
+            _library(
+                f"{purl.to_string()}#{lib['path']}",
+                lib["path"],
+                lib["sha256"],
+                lib["size"],
+                origin="vendored by auditwheel",
+                torch_version=d.get("torch_version"),
+                trap_bytes=lib.get("trap_bytes", 0),
+            )
+            for lib in d.get("vendored", [])
+        ]
+        for lib in libs:
+            bom.components.add(lib)
+        depends[str(comp.bom_ref)] = libs
+    for d in inv.get("python_dists", []):
+        comp = pypi[normalize(d["name"])]
+        depends[str(comp.bom_ref)] += [
+            pypi[n] for n in _requirement_names(d.get("requires", [])) if n in pypi and pypi[n] is not comp
+        ]
+    debs: dict[str, Component] = {}
     for p in inv.get("debs", []):
         purl = deb_purl(p["Package"], p["Version"], p["Architecture"], distro)
-        comp = {
-            "type": "library" if p["Package"].startswith("lib") else "application",
-            "bom-ref": purl,
-            "name": p["Package"],
-            "version": p["Version"],
-            "purl": purl,
-        }
-        if p.get("Source"):
-            comp["properties"] = [{"name": "slipway:deb-source", "value": p["Source"]}]
-        components.append(comp)
-        refs[f"deb:{p['Package']}"] = purl
+        debs[p["Package"]] = Component(
+            type=ComponentType.LIBRARY if p["Package"].startswith("lib") else ComponentType.APPLICATION,
+            bom_ref=purl.to_string(),
+            name=p["Package"],
+            version=p["Version"],
+            purl=purl,
+            properties=_props(deb_source=p.get("Source", "")),
+        )
+        bom.components.add(debs[p["Package"]])
     for p in inv.get("debs", []):
-        purl = refs[f"deb:{p['Package']}"]
-        deps = set()
+        comp, deps = debs[p["Package"]], set()
         for group in _deb_dependency_names(", ".join(filter(None, [p.get("Pre-Depends"), p.get("Depends")]))):
-            found = next((refs[f"deb:{n}"] for n in group if f"deb:{n}" in refs), None)
-            if found and found != purl:
+            found = next((debs[n] for n in group if n in debs), None)
+            if found is not None and found is not comp:
                 deps.add(found)
-        depends[purl] = sorted(deps)
-    dependencies = [{"ref": root_ref, "dependsOn": sorted(c["bom-ref"] for c in components)}]
-    dependencies += [{"ref": ref, "dependsOn": deps} for ref, deps in depends.items()]
-    return _bom(
-        root,
-        components,
-        dependencies,
-        identity=root_ref,
-        timestamp=_timestamp(labels.get("org.opencontainers.image.created")),
-    )
+        depends[str(comp.bom_ref)] = list(deps)
+    by_ref = {str(c.bom_ref): c for c in bom.components}
+    _depend(bom, root, bom.components)
+    for ref, deps in depends.items():
+        _depend(bom, by_ref[ref], deps)
+    return bom
+
+
+def image_sbom(image: str, **kwargs: Any) -> dict[str, Any]:
+    """:func:`image_bom` as a CycloneDX JSON document."""
+    return document(image_bom(image, **kwargs))
 
 
 # --------------------------------------------------------------------------------------------
 # Wheels
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-_SONAME = re.compile(r"^(?P<base>lib[^/]*?)(?:-[0-9a-f]{8})?\.so(?P<ver>(?:\.\d+)*)$")
-
-
-def wheel_sbom(wheel: Path, *, created: str | None = None) -> dict[str, Any]:
+def wheel_bom(wheel: Path, *, created: str | None = None) -> Bom:
     """The SBOM of a wheel: its metadata, its declared requirements and the native libraries inside it."""
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
@@ -355,81 +488,69 @@ def wheel_sbom(wheel: Path, *, created: str | None = None) -> dict[str, Any]:
                 torch_version = found.group(1) if found else None
         libs = []
         for n in sorted(names):
-            base = n.rsplit("/", 1)[-1]
-            if ".so" in base and not n.endswith("/"):
-                libs.append((n, _sha256_bytes(zf.read(n)), zf.getinfo(n).file_size))
+            if ".so" in n.rsplit("/", 1)[-1] and not n.endswith("/"):
+                data = zf.read(n)
+                trap = _trap_filled_bytes(data) if _lib_name(n)[0] in LIBTORCH_LIBRARIES else 0
+                libs.append((n, hashlib.sha256(data).hexdigest(), len(data), trap))
     name, version = meta["Name"], meta["Version"]
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    root_purl = f"{pypi_purl(name, version)}?file_name={quote(wheel.name)}"
-    root = {
-        "type": "library",
-        "bom-ref": root_purl,
-        "name": name,
-        "version": version,
-        "purl": root_purl,
-        "hashes": [{"alg": "SHA-256", "content": digest}],
-    }
-    licenses = _licenses(
-        meta.get("License-Expression") or "",
-        meta.get("License") or "",
-        [c for c in (meta.get_all("Classifier") or []) if c.startswith("License ::")],
+    purl = pypi_purl(name, version, file_name=wheel.name)
+    root = Component(
+        type=ComponentType.LIBRARY,
+        bom_ref=purl.to_string(),
+        name=name,
+        version=version,
+        purl=purl,
+        hashes=_sha256(digest),
+        licenses=_licenses(
+            meta.get("License-Expression") or "",
+            meta.get("License") or "",
+            [c for c in (meta.get_all("Classifier") or []) if c.startswith("License ::")],
+        ),
+        description=meta.get("Summary") or None,
     )
-    if licenses:
-        root["licenses"] = licenses
-    if meta.get("Summary"):
-        root["description"] = meta["Summary"]
-    components: list[dict[str, Any]] = []
-    for path, sha, size in libs:
-        base = path.rsplit("/", 1)[-1]
-        m = _SONAME.match(base)
-        lib_name = m.group("base") if m else base
+    bom = _bom(root, identity=f"{wheel.name}#{digest}", timestamp=created)
+    for path, sha, size, trap in libs:
         vendored = ".libs/" in path
-        comp = {
-            "type": "library",
-            "bom-ref": f"file:{path}",
-            "name": lib_name,
-            "hashes": [{"alg": "SHA-256", "content": sha}],
-            "properties": [
-                {"name": "slipway:path-in-wheel", "value": path},
-                {"name": "slipway:size", "value": str(size)},
-                {
-                    "name": "slipway:origin",
-                    "value": "vendored by auditwheel" if vendored else "built with the wheel",
-                },
-            ],
-        }
-        if torch_version and lib_name in LIBTORCH_LIBRARIES:
-            comp["version"] = torch_version
-            comp["properties"].append({"name": "slipway:part-of", "value": f"libtorch {torch_version}"})
-        elif m and m.group("ver"):
-            comp["version"] = m.group("ver").lstrip(".")
-        components.append(comp)
-    for req in meta.get_all("Requires-Dist") or []:
-        m = _REQ_NAME.match(req)
-        if not m:
-            continue
-        purl = pypi_purl(m.group(1))
-        optional = "extra" in req.partition(";")[2]
-        if any(c["bom-ref"] == purl for c in components):
-            continue
-        components.append(
-            {
-                "type": "library",
-                "bom-ref": purl,
-                "name": normalize(m.group(1)),
-                "purl": purl,
-                "scope": "optional" if optional else "required",
-                "properties": [{"name": "slipway:requirement", "value": req}],
-            }
+        bom.components.add(
+            _library(
+                f"file:{path}",
+                path,
+                sha,
+                size,
+                origin="vendored by auditwheel" if vendored else "built with the wheel",
+                torch_version=torch_version,
+                trap_bytes=trap,
+            )
         )
-    dependencies = [{"ref": root_purl, "dependsOn": sorted(c["bom-ref"] for c in components)}]
-    dependencies += [{"ref": c["bom-ref"], "dependsOn": []} for c in components]
-    return _bom(
-        root, components, dependencies, identity=f"{wheel.name}#{digest}", timestamp=_timestamp(created)
-    )
+    for text in meta.get_all("Requires-Dist") or []:
+        req = _requirement(text)
+        if req is None:
+            raise BuildError(f"{wheel.name}: METADATA Requires-Dist {text!r} is not a valid requirement")
+        purl = pypi_purl(req.name)
+        if any(c.bom_ref.value == purl.to_string() for c in bom.components):
+            continue
+        bom.components.add(
+            Component(
+                type=ComponentType.LIBRARY,
+                bom_ref=purl.to_string(),
+                name=normalize(req.name),
+                purl=purl,
+                scope=ComponentScope.OPTIONAL if _optional(req) else ComponentScope.REQUIRED,
+                properties=_props(requirement=text),
+            )
+        )
+    _depend(bom, root, bom.components)
+    return bom
+
+
+def wheel_sbom(wheel: Path, *, created: str | None = None) -> dict[str, Any]:
+    """:func:`wheel_bom` as a CycloneDX JSON document."""
+    return document(wheel_bom(wheel, created=created))
 
 
 # --------------------------------------------------------------------------------------------
+# Documents
 
 
 def write(bom: dict[str, Any], path: Path) -> Path:
@@ -438,68 +559,38 @@ def write(bom: dict[str, Any], path: Path) -> Path:
         raise BuildError(f"SBOM {path.name} is not valid CycloneDX:\n  " + "\n  ".join(problems[:20]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(bom, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(bom, indent=2) + "\n")
     tmp.replace(path)
     return path
 
 
 def validate(bom: dict[str, Any]) -> list[str]:
-    """Structural problems of a CycloneDX 1.5/1.6 JSON BOM (empty when it is well formed)."""
-    problems: list[str] = []
-    if bom.get("bomFormat") != "CycloneDX":
-        problems.append("bomFormat must be 'CycloneDX'")
-    if bom.get("specVersion") not in ("1.5", "1.6"):
-        problems.append(f"specVersion {bom.get('specVersion')!r}: expected 1.5 or 1.6")
-    if not re.match(
-        r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-        str(bom.get("serialNumber", "")),
-    ):
-        problems.append("serialNumber must be urn:uuid:<RFC 4122 UUID>")
-    if not isinstance(bom.get("version"), int) or bom["version"] < 1:
-        problems.append("version must be an integer >= 1")
-    root = (bom.get("metadata") or {}).get("component")
+    """What is wrong with a CycloneDX 1.5-1.7 JSON document (empty when nothing): CycloneDX's own
+    JSON schema, then what a schema cannot say (bom-refs unique, dependencies naming components)."""
+    problems = []
+    try:
+        schema = SchemaVersion.from_version(str(bom.get("specVersion")))
+    except ValueError:
+        schema = SchemaVersion.V1_0
+    if schema < SchemaVersion.V1_5:
+        problems.append(
+            f"specVersion {bom.get('specVersion')!r}: expected 1.5, 1.6 or 1.7 (checked as {SPEC_VERSION})"
+        )
+        schema = SCHEMA
+    errors = JsonStrictValidator(schema).validate_str(json.dumps(bom), all_errors=True) or []
+    problems += sorted(_schema_problem(e.data) for e in errors)
     refs: list[str] = []
 
-    def check_component(c: Any, where: str) -> None:
-        if not isinstance(c, dict):
-            problems.append(f"{where}: not an object")
-            return
-        if c.get("type") not in COMPONENT_TYPES:
-            problems.append(f"{where}: type {c.get('type')!r} is not a CycloneDX component type")
-        if not c.get("name"):
-            problems.append(f"{where}: name is missing")
-        if "bom-ref" in c:
-            refs.append(c["bom-ref"])
-        if "purl" in c and not str(c["purl"]).startswith("pkg:"):
-            problems.append(f"{where}: purl {c['purl']!r} does not start with 'pkg:'")
-        for h in c.get("hashes", []):
-            length = _HASH_LENGTHS.get(h.get("alg"))
-            if length is None or not re.fullmatch(rf"[0-9a-f]{{{length}}}", str(h.get("content", ""))):
-                problems.append(f"{where}: hash {h} is not a valid {h.get('alg')} hex digest")
-        for lic in c.get("licenses", []):
-            if not (
-                ("expression" in lic and len(lic) == 1)
-                or (
-                    "license" in lic
-                    and len(lic) == 1
-                    and ("id" in lic["license"] or "name" in lic["license"])
-                )
-            ):
-                problems.append(
-                    f"{where}: licence entry {lic} is neither {{license: {{id|name}}}} nor {{expression}}"
-                )
-        for p in c.get("properties", []):
-            if not isinstance(p.get("name"), str) or not isinstance(p.get("value"), str):
-                problems.append(f"{where}: property {p} needs string name and value")
-        if "scope" in c and c["scope"] not in ("required", "optional", "excluded"):
-            problems.append(f"{where}: scope {c['scope']!r}")
+    def collect(component: dict[str, Any]) -> None:
+        if "bom-ref" in component:
+            refs.append(component["bom-ref"])
+        for nested in component.get("components", []):
+            collect(nested)
+        for ancestor in (component.get("pedigree") or {}).get("ancestors", []):
+            collect(ancestor)
 
-    if root is None:
-        problems.append("metadata.component (what this BOM describes) is missing")
-    else:
-        check_component(root, "metadata.component")
-    for i, c in enumerate(bom.get("components", [])):
-        check_component(c, f"components[{i}] ({c.get('name') if isinstance(c, dict) else '?'})")
+    for component in [(bom.get("metadata") or {}).get("component") or {}, *bom.get("components", [])]:
+        collect(component)
     duplicates = sorted({r for r in refs if refs.count(r) > 1})
     if duplicates:
         problems.append(f"bom-ref values must be unique: {duplicates[:5]}")
@@ -513,6 +604,11 @@ def validate(bom: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _schema_problem(error: Any) -> str:
+    where = "/".join(str(p) for p in getattr(error, "absolute_path", [])) or "(document)"
+    return f"{where}: {getattr(error, 'message', error)}"
+
+
 def summary(bom: dict[str, Any]) -> dict[str, int]:
     """How many components of each purl type (pypi, deb, ...) or component type a BOM lists."""
     counts: dict[str, int] = {}
@@ -520,3 +616,54 @@ def summary(bom: dict[str, Any]) -> dict[str, int]:
         kind = c["purl"].split("/", 1)[0].removeprefix("pkg:") if c.get("purl") else c["type"]
         counts[kind] = counts.get(kind, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def image_file_name(image: str, version: str) -> str:
+    """The file name of an image's SBOM under ``sbom/`` (the same locally and on GitHub)."""
+    return f"{image.rsplit('/', 1)[-1]}-{version}.cdx.json"
+
+
+# --------------------------------------------------------------------------------------------
+# A pushed image (GitHub's publish job): python -m slipway.sbom IMAGE@DIGEST --version V --output FILE
+
+
+def pushed_image_sbom(reference: str, *, version: str, output: Path, pull: bool = True) -> Path:
+    """The SBOM of a pushed image (``repository@digest``): the document a local release writes for
+    the same image (same ID, labels, name and version, read the same way from inside it)."""
+    if pull:
+        engine.pull(reference, timeout=1800)
+    info = engine.image_inspect(reference)
+    name = reference.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return write(
+        image_sbom(reference, image_id=info["Id"], name=name, version=version, labels=labels), output
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from slipway.errors import SlipwayError
+
+    parser = argparse.ArgumentParser(prog="python -m slipway.sbom", description=pushed_image_sbom.__doc__)
+    parser.add_argument(
+        "image", help="the pushed image by digest, e.g. ghcr.io/acme/detector-onnx-cpu@sha256:..."
+    )
+    parser.add_argument("--version", required=True, help="the release version, e.g. 1.2.3")
+    parser.add_argument(
+        "--output", type=Path, required=True, help=f"the file to write, e.g. {image_file_name('x', '1.2.3')}"
+    )
+    parser.add_argument("--no-pull", action="store_true", help="use the image already in the engine")
+    args = parser.parse_args(argv)
+    try:
+        path = pushed_image_sbom(args.image, version=args.version, output=args.output, pull=not args.no_pull)
+    except SlipwayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"{path}: {summary(json.loads(path.read_text()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

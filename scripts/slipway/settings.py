@@ -100,6 +100,16 @@ class Settings(BaseSettings):
     bench_concurrency: Annotated[tuple[int, ...] | None, NoDecode] = _field(
         None, "Client counts of the served load test, comma-separated (default `1,8`).", "bench")
     bench_served: bool | None = _field(None, "`0`: skip the served benchmark (containers).", "bench")
+    bench_grid: bool | None = _field(None, "`0`: skip the serving grid (slots x threads, batching) of each image.",
+                                     "bench")
+    bench_grid_seconds: float | None = _field(None, "Seconds per concurrency level of a grid point (default 3).",
+                                              "bench", gt=0)
+    tune: bool = _field(False, "`1`: `slipway release` runs `slipway bench --tune` between images and smoke "
+                        "(each image gets its best grid point as defaults).", "bench")
+    peers_cpus: str | None = _field(None, "`slipway bench --peers --cpus`: the CPUs every server is pinned to "
+                                    "(as taskset takes them; default the first two this process may use).", "bench")
+    peers_cache: Path | None = _field(None, "Where the peer benchmark keeps the peers' virtualenvs (default "
+                                      "`$XDG_CACHE_HOME/slipway/peers`).", "bench")
 
     # Publishing.
     registry_username: str | None = _field(None, "User name for the image registry (else docker's login).",

@@ -7,7 +7,7 @@ Shared by ``slipway smoke`` and ``slipway bench``. Three kinds of artifact:
 - the external model server a ``tfserving`` image talks to: ``tfserving_server`` starts the real
   ``tensorflow/serving`` image (GitHub) or the REST stand-in ``slipway.tfserving_standin`` (here);
 - a C++ runtime wheel: ``smoke_wheel`` installs it into a fresh virtualenv without torch and runs
-  ``slipway_runtime.Detector(model_dir).predict(image)`` on the golden images.
+  the wheels stage's own harness (native/tools/check_wheel.py) on the golden images in it.
 
 Whatever was started is stopped and removed afterwards, also when a check fails; logs are kept
 when something failed.
@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -30,16 +29,17 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from slipway import engine
+from slipway import engine, records
 from slipway.errors import CheckError, SlipwayError
-from slipway.fsutil import read_record
 from slipway.settings import get_settings
 
 STUB_DESCRIPTION = (
@@ -205,11 +205,10 @@ def tfserving_server(
     version 1); ``mode="stub"`` runs ``python -m slipway.tfserving_standin`` on the host, which is a
     stand-in, not TF Serving, and says so in every result.
     """
-    manifest = read_record(model_dir / "model.json")
-    name = manifest["name"]
-    saved_model = model_dir / ((manifest.get("files") or {}).get("saved_model") or {}).get(
-        "path", "saved_model"
-    )
+    manifest = records.read(model_dir / "model.json", records.ModelManifest)
+    name = manifest.name
+    saved_model = model_dir / (manifest.files["saved_model"].path if "saved_model" in manifest.files
+                               else "saved_model")
     if not (saved_model / "saved_model.pb").is_file():
         raise CheckError(
             f"{saved_model}: no SavedModel to serve (export the model with the saved_model exporter)"
@@ -328,7 +327,7 @@ def predict(
 
 def compare_golden(
     model_dir: Path,
-    detect: Callable[[dict[str, Any], Path], tuple[list[dict[str, Any]], float]],
+    detect: Callable[[records.GoldenImage, Path], tuple[list[dict[str, Any]], float]],
     *,
     iou: float,
     score: float,
@@ -339,22 +338,22 @@ def compare_golden(
     score threshold)."""
     from model_export.compare import accuracy, compare_detections
 
-    manifest = read_record(model_dir / "model.json")
-    reference = read_record(model_dir / "golden" / "reference.json")["images"]
+    manifest = records.read(model_dir / "model.json", records.ModelManifest)
+    reference = records.read(model_dir / "golden" / "reference.json", records.GoldenReference).images
     results, latencies, got_all = [], [], []
     for entry in reference:
-        got, seconds = detect(entry, model_dir / "golden" / entry["file"])
+        got, seconds = detect(entry, model_dir / "golden" / entry.file)
         latencies.append(seconds * 1000)
         got_all.append(got)
-        cmp = compare_detections(entry["detections"], got, iou=iou, score=score)
-        results.append({"file": entry["file"], **cmp.to_json(), "differences": cmp.table()})
+        cmp = compare_detections([records.dump(d) for d in entry.detections], got, iou=iou, score=score)
+        results.append({"file": entry.file, **cmp.to_json(), "differences": cmp.table()})
     # Against the project's own ground truth, over the model's own labels; precision and recall at
     # the score threshold the release serves with.
-    acc = accuracy([e["ground_truth"] for e in reference], got_all, manifest["labels"],
-                   float((manifest.get("output") or {}).get("score_threshold", 0.0)))
+    acc = accuracy([[records.dump(t) for t in e.ground_truth] for e in reference], got_all, manifest.labels,
+                   float(manifest.output.score_threshold))
     return {
         "ok": bool(results) and all(r["ok"] for r in results),
-        "model": manifest["name"],
+        "model": manifest.name,
         "images": len(results),
         "min_iou": min((r["min_iou"] for r in results), default=1.0),
         "max_score_diff": max((r["max_score_diff"] for r in results), default=0.0),
@@ -367,9 +366,10 @@ def compare_golden(
     }
 
 
-def export_digest(manifest: dict[str, Any]) -> str | None:
-    """One hash of the inputs an export records in ``model.json`` (None for an export without)."""
-    inputs = manifest.get("inputs")
+def export_digest(manifest: records.ModelManifest | Mapping[str, object]) -> str | None:
+    """One hash of the inputs an export records in ``model.json`` (None for an export without).
+    (``manifest`` as JSON data: for the publish stage, until it reads model.json through its model.)"""
+    inputs = manifest.inputs if isinstance(manifest, records.ModelManifest) else manifest.get("inputs")
     if not isinstance(inputs, dict):
         return None
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
@@ -377,9 +377,9 @@ def export_digest(manifest: dict[str, Any]) -> str | None:
 
 def check_golden(url: str, model_dir: Path, *, iou: float, score: float) -> dict[str, Any]:
     """Send every golden image to a served model; compare with the reference and the ground truth."""
-    name = read_record(model_dir / "model.json")["name"]
+    name = records.read(model_dir / "model.json", records.ModelManifest).name
 
-    def detect(entry: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], float]:
+    def detect(entry: records.GoldenImage, path: Path) -> tuple[list[dict[str, Any]], float]:
         answer, seconds = predict(url, name, png_bytes(path))
         return answer.get("detections", []), seconds
 
@@ -397,57 +397,24 @@ def _pct(values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------------------------
 # Wheels
 
-# Runs inside the wheel's virtualenv, where only the wheel, its dependencies and numpy exist.
-_WHEEL_RUNNER = r"""
-import importlib.util, json, sys, time
-from pathlib import Path
-import numpy as np
-model_dir, inputs, out = sys.argv[1:4]
-# Asked before the runtime is imported: the self-contained runtime refuses even a look for torch.
-torch_installed = importlib.util.find_spec("torch") is not None
-import slipway_runtime
-if model_dir.startswith("package:"):
-    # A model package: its own load() finds its own model files.
-    import importlib
-    det = importlib.import_module(model_dir.removeprefix("package:")).load()
-else:
-    det = slipway_runtime.Detector(model_dir)
+def wheel_harness() -> Path:
+    """The wheel-check harness (native/tools/check_wheel.py, shipped in Slipway's resources): it runs
+    inside the wheel's environment, where only the wheel, its dependencies and numpy exist, and the
+    wheels stage and cibuildwheel run the same file."""
+    from slipway.paths import resource
 
-def field(d, key):
-    return d[key] if isinstance(d, dict) else getattr(d, key)
-
-def as_dict(d):
-    label = d.get("label") if isinstance(d, dict) else getattr(d, "label", None)
-    return {"box": [float(v) for v in field(d, "box")], "score": float(field(d, "score")),
-            "class_id": int(field(d, "class_id")), "label": label}
-
-images = {}
-files = sorted(Path(inputs).glob("*.npy"))
-for i, f in enumerate(files):
-    image = np.load(f)
-    if i == 0:
-        det.predict(image)  # warm-up: first-call allocations are not the runtime's speed
-    t = time.perf_counter()
-    got = det.predict(image)
-    ms = (time.perf_counter() - t) * 1000
-    images[f.stem] = {"detections": [as_dict(d) for d in got], "ms": ms}
-Path(out).write_text(json.dumps({
-    "images": images,
-    "module": slipway_runtime.__file__,
-    "version": getattr(slipway_runtime, "__version__", None),
-    "torch_imported": "torch" in sys.modules,
-    "torch_installed": torch_installed,
-}))
-"""
+    return resource("native") / "tools" / "check_wheel.py"
 
 
 def wheel_tags(filename: str) -> list[tuple[str, str, str]]:
     """(interpreter, abi, platform) triples of a wheel file name, compressed tag sets expanded (PEP 425)."""
-    parts = filename.removesuffix(".whl").split("-")
-    if len(parts) not in (5, 6):
-        raise CheckError(f"{filename}: not a wheel file name (name-version[-build]-python-abi-platform.whl)")
-    pythons, abis, platforms = (p.split(".") for p in parts[-3:])
-    return [(py, abi, plat) for py in pythons for abi in abis for plat in platforms]
+    try:
+        tags = parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename as exc:
+        raise CheckError(
+            f"{filename}: not a wheel file name (name-version[-build]-python-abi-platform.whl): {exc}"
+        ) from None
+    return sorted((t.interpreter, t.abi, t.platform) for t in tags)
 
 
 def _python_version(python: str) -> tuple[int, int] | None:
@@ -516,18 +483,17 @@ def wheel_requirements(wheel: Path) -> list[str]:
 def wheel_kind(wheel: Path) -> str:
     """``thin`` when the wheel needs the torch package, ``self-contained`` when it must run without it,
     ``model-package`` for a project's model package (it needs Slipway's runtime)."""
-    for req in wheel_requirements(wheel):
-        if re.match(r"^slipway[-_.]runtime\b(?![-_.]torch)", req.strip(), re.IGNORECASE):
-            return "model-package"
-    for req in wheel_requirements(wheel):
-        name = req.split(";")[0].strip()
-        if (
-            name.lower().startswith("torch")
-            and not name[5:6].isalnum()
-            and "extra" not in req.partition(";")[2]
-        ):
-            return "thin"
-    return "self-contained"
+    needs = set()
+    for text in wheel_requirements(wheel):
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue  # installing the wheel says what is wrong with it
+        if req.marker is None or "extra" not in str(req.marker):  # not only with an extra
+            needs.add(canonicalize_name(req.name))
+    if "slipway-runtime" in needs:
+        return "model-package"
+    return "thin" if "torch" in needs else "self-contained"
 
 
 def _top_level(wheel: Path) -> str | None:
@@ -667,33 +633,28 @@ def smoke_wheel(
                 return result
         inputs = work / "inputs"
         inputs.mkdir()
-        reference = read_record(model_dir / "golden" / "reference.json")["images"]
+        reference = records.read(model_dir / "golden" / "reference.json", records.GoldenReference).images
         for entry in reference:
-            with Image.open(model_dir / "golden" / entry["file"]) as im:
-                np.save(
-                    inputs / f"{Path(entry['file']).stem}.npy", np.asarray(im.convert("RGB"), dtype=np.uint8)
-                )
-        runner = work / "run_golden.py"
-        runner.write_text(_WHEEL_RUNNER)
-        answers = work / "answers.json"
+            with Image.open(model_dir / "golden" / entry.file) as im:
+                np.save(inputs / f"{Path(entry.file).stem}.npy", np.asarray(im.convert("RGB"), dtype=np.uint8))
+        answers, summary_file = work / "answers.json", work / "check.json"
+        cmd = [runner_python, str(wheel_harness()), "--kind", "thin" if kind == "thin" else "self-contained",
+               "--model", str(model_dir.resolve()), "--inputs", str(inputs), "--answers", str(answers),
+               "--json-out", str(summary_file), "--iou", str(iou), "--score", str(score)]
+        if package:
+            cmd += ["--package", package]
         # From an empty folder: the repository's own slipway_runtime sources must not shadow the wheel.
-        res = subprocess.run(
-            [runner_python, str(runner), f"package:{package}" if package else str(model_dir.resolve()), str(inputs),
-             str(answers)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=inputs,
-            env=env,
-        )
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=inputs, env=env)
         with open(log, "a") as fh:
-            fh.write(f"$ run_golden.py\n{res.stdout}{res.stderr}\n")
-        if res.returncode != 0:
+            fh.write(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}\n")
+        check = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        if not answers.is_file():
+            # The runtime never answered: it failed to import or load, or the process died.
             how = f"exit code {res.returncode}"
             if res.returncode < 0:
                 with contextlib.suppress(ValueError):
                     how = f"killed by {signal.Signals(-res.returncode).name}"
-            output = (res.stderr or res.stdout).strip()[-800:] or "(no output)"
+            output = check.get("error") or (res.stderr or res.stdout).strip()[-800:] or "(no output)"
             result["error"] = f"slipway_runtime.Detector failed ({how}): {output}"
             return result
         got = json.loads(answers.read_text())
@@ -707,8 +668,8 @@ def smoke_wheel(
         )
         by_stem = got["images"]
 
-        def detect(entry: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], float]:
-            answer = by_stem[Path(entry["file"]).stem]
+        def detect(entry: records.GoldenImage, path: Path) -> tuple[list[dict[str, Any]], float]:
+            answer = by_stem[Path(entry.file).stem]
             return answer["detections"], answer["ms"] / 1000
 
         result.update(compare_golden(model_dir, detect, iou=iou, score=score))
@@ -718,6 +679,14 @@ def smoke_wheel(
         elif kind != "thin" and (got["torch_imported"] or got["torch_installed"]):
             result["ok"] = False
             result["error"] = "torch was present while the wheel ran; the check must run without it"
+        elif result["ok"] and not check.get("ok"):
+            # The golden detections agree, and the harness found something else: inputs that answer
+            # differently (RGB bytes, PIL image), or a torch guard that let torch in.
+            result["ok"] = False
+            problems = [p for f in check.get("failures", []) for p in f.get("problems", []) if "input" in p]
+            result["error"] = check.get("error") or (
+                f"{problems[0]['input']} input: {problems[0]['problem']}" if problems
+                else "the wheel check failed (see the log)")
         failed = not result["ok"]
         return result
     except subprocess.TimeoutExpired as exc:

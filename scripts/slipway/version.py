@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-# Semantic versions as PEP 440 also reads them: 1.2.3, 1.2.3rc1, 1.2.3-rc.1, 1.2.3.dev4.
-_VERSION = re.compile(
-    r"^(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
-    r"(?:[-.]?(?P<pre>a|b|rc|alpha|beta|dev)[-.]?(?P<pre_n>\d+))?$"
-)
+from packaging.version import InvalidVersion
+from packaging.version import Version as _Pep440
 
 
 @dataclass(frozen=True)
@@ -38,19 +34,24 @@ class Version:
 
 
 def parse_version(text: str) -> Version:
-    m = _VERSION.match(text.strip())
-    if not m:
-        raise ValueError(
-            f"'{text}' is not a release version: expected MAJOR.MINOR.PATCH with an optional "
-            "prerelease such as 1.2.3, 1.2.3rc1 or 1.2.3-rc.1"
-        )
-    return Version(
-        int(m["major"]),
-        int(m["minor"]),
-        int(m["patch"]),
-        m["pre"],
-        int(m["pre_n"]) if m["pre_n"] is not None else None,
+    """A release version: MAJOR.MINOR.PATCH as PEP 440 reads it (packaging), with at most one
+    prerelease part (aN, bN, rcN or devN; 1.2.3-rc.1 is 1.2.3rc1); no epoch, post or local part."""
+    error = ValueError(
+        f"'{text}' is not a release version: expected MAJOR.MINOR.PATCH with an optional "
+        "prerelease such as 1.2.3, 1.2.3rc1 or 1.2.3-rc.1"
     )
+    try:
+        v = _Pep440(text.strip())
+    except InvalidVersion:
+        raise error from None
+    release = ".".join(map(str, v.release))
+    # Written as it normalises (no leading zeros, no 'v'), so a tag and its version read alike.
+    if len(v.release) != 3 or not text.strip().startswith(release) or v.epoch or v.post is not None or v.local:
+        raise error
+    if v.pre is not None and v.dev is not None:
+        raise error
+    pre, pre_n = v.pre if v.pre is not None else ("dev", v.dev) if v.dev is not None else (None, None)
+    return Version(v.major, v.minor, v.micro, pre, pre_n)
 
 
 def version_from_tag(ref: str) -> Version:

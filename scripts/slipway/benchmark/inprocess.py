@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.tags import sys_tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+from slipway import records
 from slipway.benchmark.stats import summarize
 from slipway.benchmark.worker import MARKER, STAGES
 
@@ -223,18 +227,18 @@ def add_ratios(runtimes: dict[str, dict[str, Any]], baseline: str = "eager") -> 
                 result["pipeline"]["p50"] / result["stages"]["inference"]["p50"], 3)
 
 
-def measure_model(model_dir: Path, manifest: dict[str, Any], settings: Settings, *, eager: dict[str, Any],
+def measure_model(model_dir: Path, manifest: records.ModelManifest, settings: Settings, *, eager: dict[str, Any],
                   cpp: CppEnv, log=print, only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Every runtime that fits the model's framework, interleaved; those that cannot run say why.
 
     Workers start (load + warm-up) one at a time. Then rounds: each live worker in turn makes one
     batch of timed runs, the order rotating every round, until each has ``settings.runs`` samples.
     """
-    name = manifest["name"]
+    name = manifest.name
     results: dict[str, dict[str, Any]] = {}
     workers: dict[str, Worker] = {}
     try:
-        for runtime in RUNTIMES.get(manifest["framework"], ()):
+        for runtime in RUNTIMES.get(manifest.framework, ()):
             if only and runtime not in only:
                 continue
             spec = {"runtime": runtime, "model_dir": str(model_dir), "threads": settings.threads,
@@ -318,14 +322,11 @@ def measure_model(model_dir: Path, manifest: dict[str, Any], settings: Settings,
 
 def _wheel_fits(name: str) -> bool:
     """A wheel for this interpreter and this machine (by its file name's tags)."""
-    parts = name[:-4].split("-")
-    if len(parts) < 5:
+    try:
+        tags = parse_wheel_filename(name)[3]
+    except InvalidWheelFilename:
         return False
-    py, abi, plat = parts[-3], parts[-2], parts[-1]
-    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    py_ok = here in py.split(".") or "py3" in py.split(".")
-    abi_ok = abi in ("none", "abi3") or here in abi.split(".")
-    return py_ok and abi_ok and platform.machine() in plat and sys.platform in plat
+    return not tags.isdisjoint(sys_tags())
 
 
 def find_cpp_wheel(wheels_dir: Path) -> tuple[Path | None, str]:

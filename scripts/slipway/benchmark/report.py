@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from slipway.benchmark import grid
 from slipway.benchmark.inprocess import LABELS
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
@@ -182,6 +183,8 @@ def markdown(results: dict[str, Any]) -> str:
         if notes:
             lines += ["", *notes]
         lines.append("")
+
+    lines += grid.markdown(results)
 
     sizes = results.get("sizes", {})
     if sizes.get("images"):

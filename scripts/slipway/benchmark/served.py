@@ -2,7 +2,9 @@
 
 The load generator is one asyncio loop with ``concurrency`` connections (httpx), each sending the
 golden PNGs one after another for a fixed time; it shares the machine with the container, which
-the results say. Requests go to 127.0.0.1 only.
+the results say. Requests go to 127.0.0.1 only. Where the service sends a ``Server-Timing`` header,
+the median time of each stage it names (read, decode, preprocess, infer, postprocess, encode) is
+kept as the per-request breakdown.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from slipway.benchmark.stats import summarize
+from slipway.benchmark.grid import parse_server_timing
+from slipway.benchmark.stats import median, summarize
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -32,6 +35,7 @@ async def _load(url: str, model: str, bodies: list[bytes], concurrency: int, sec
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
     server_ms: list[float] = []
+    stages: dict[str, list[float]] = {}
     errors: dict[str, int] = {}
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
         # Open every connection and let the service settle before the clock starts.
@@ -57,6 +61,8 @@ async def _load(url: str, model: str, bodies: list[bytes], concurrency: int, sec
                     timing = r.json().get("timing_ms") or {}
                     if isinstance(timing.get("total"), (int, float)):
                         server_ms.append(float(timing["total"]))
+                    for stage, ms in parse_server_timing(r.headers.get("server-timing", "")).items():
+                        stages.setdefault(stage, []).append(ms)
                 else:
                     errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
 
@@ -69,6 +75,8 @@ async def _load(url: str, model: str, bodies: list[bytes], concurrency: int, sec
         "requests_per_s": round(len(latencies) / wall, 2) if wall > 0 else 0.0,
         "latency_ms": summarize(latencies),
         "server_total_ms": summarize(server_ms) if server_ms else None,
+        # Median ms per stage from the service's Server-Timing header (None: the service sent none).
+        "breakdown_ms": {k: round(median(v), 4) for k, v in stages.items()} or None,
         "errors": errors,
     }
 

@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from slipway import engine, services
+from slipway import engine, records, services
 from slipway.errors import ServiceError
 
 GZIP_LEVEL = 6
@@ -149,9 +149,8 @@ def wheel_sizes(wheels_dir: Path, limit_mib: float, top: int = 3) -> list[dict[s
 
 def model_file_sizes(model_dir: Path) -> list[dict[str, Any]]:
     """The exported files as model.json lists them (a folder counts as the sum of its files)."""
-    manifest = json.loads((model_dir / "model.json").read_text())
-    return [{"kind": kind, "path": entry["path"], "bytes": int(entry["size"])}
-            for kind, entry in manifest.get("files", {}).items()]
+    manifest = records.read(model_dir / "model.json", records.ModelManifest)
+    return [{"kind": kind, "path": entry.path, "bytes": entry.size} for kind, entry in manifest.files.items()]
 
 
 def cache_path() -> Path:

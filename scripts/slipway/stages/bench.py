@@ -20,7 +20,17 @@ Writes ``bench/results.json`` (with a run id and the machine's fingerprint), ``b
 Settings come from keyword arguments, else the ``SLIPWAY_BENCH_*`` variables of
 ``slipway.settings`` (``RUNS``, ``WARMUP``, ``THREADS``, ``SECONDS``, ``CONCURRENCY`` as ``1,8``,
 ``READY_RUNS``, ``IMPORT_REPEATS`` (0 leaves import times out), ``SERVED`` = 0 to leave out the
-containers; see docs/settings.md), else the defaults below.
+containers, ``GRID`` = 0 to leave out the serving grid, ``GRID_SECONDS``; see docs/settings.md),
+else the defaults below.
+
+The serving grid (``slipway.benchmark.grid``): each image once per point of slots x threads (and
+batching where the runtime batches), at concurrency 1 and the highest concurrency; the best point
+by the rule stated there is recorded per image. ``slipway bench --tune``, run between ``images``
+and ``smoke``, measures the grid on the built images and makes the best point each image's
+defaults: a layer of ENV and LABEL on the built image (``FROM <image ID>``, nothing else), which
+replaces it in ``images.json`` (``tuned_from`` names the built image), so smoke tests, bench
+measures and publish ships the image with the defaults it will run with. The later bench then
+reuses the grid measured by ``--tune`` instead of measuring it again.
 """
 
 from __future__ import annotations
@@ -36,14 +46,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slipway import engine, services, smoketest
+import httpx
+
+from slipway import engine, records, services, smoketest
 from slipway.benchmark import budgets as budget_checks
-from slipway.benchmark import inprocess, machine, report, served, sizes
-from slipway.context import StageContext
+from slipway.benchmark import grid, inprocess, machine, report, served, sizes
+from slipway.context import StageContext, StageResult
 from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError, SlipwayError
-from slipway.fsutil import read_record
-from slipway.github import image_records
+from slipway.outputs import image_records
 from slipway.settings import get_settings
 from slipway.smoketest import run_container
 
@@ -60,13 +71,16 @@ class BenchSettings:
     ready_runs: int = 3
     import_repeats: int = 3
     served: bool = True
+    # The serving grid (slipway.benchmark.grid): on unless SLIPWAY_BENCH_GRID=0; seconds per level.
+    grid: bool = True
+    grid_seconds: float = 3.0
 
     @classmethod
     def resolve(cls, **given: Any) -> BenchSettings:
         """Keyword arguments first, then the ``SLIPWAY_BENCH_*`` settings, then the defaults."""
         env = get_settings()
         s = cls()
-        for name in ("threads", "warmup", "runs", "seconds", "ready_runs", "import_repeats"):
+        for name in ("threads", "warmup", "runs", "seconds", "ready_runs", "import_repeats", "grid_seconds"):
             value = given.get(name)
             if value is None:
                 value = getattr(env, f"bench_{name}")
@@ -87,24 +101,36 @@ class BenchSettings:
             served_flag = env.bench_served
         if served_flag is not None:
             s.served = bool(served_flag)
+        grid_flag = given.get("grid")
+        if grid_flag is None:
+            grid_flag = env.bench_grid
+        if grid_flag is not None:
+            s.grid = bool(grid_flag)
         return s
 
 
-def _scope(ctx: StageContext, variants: list[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+class EngineImage(records.ImageRecord):
+    """An image record as this run has it in the engine; ``unavailable`` says why it could not be
+    had (never written: the bench's own view of ``images.json`` and ``images/<variant>.json``)."""
+
+    unavailable: str | None = None
+
+
+def _scope(ctx: StageContext, variants: list[str] | None) -> tuple[list[records.ImageEntry], list[str]]:
     """The image entries and the models this run measures."""
-    entries = list(ctx.plan["matrix"]["images"])
+    entries = list(ctx.plan.matrix.images)
     if variants:
-        unknown = sorted(set(variants) - {e["variant"] for e in entries})
+        unknown = sorted(set(variants) - {e.variant for e in entries})
         if unknown:
             raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
-        entries = [e for e in entries if e["variant"] in variants]
-        models = sorted({e["model"] for e in entries})
+        entries = [e for e in entries if e.variant in variants]
+        models = sorted({e.model for e in entries})
     else:
-        models = [e["model"] for e in ctx.plan["matrix"]["export"]]
+        models = [e.model for e in ctx.plan.matrix.export]
     return entries, models
 
 
-def _eager_source(ctx: StageContext, model: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def _eager_source(ctx: StageContext, model: str, manifest: records.ModelManifest) -> dict[str, Any]:
     """Entry point and weights of the eager model; the weights must be the ones that were exported."""
     try:
         spec = ctx.config.model(model)
@@ -113,7 +139,7 @@ def _eager_source(ctx: StageContext, model: str, manifest: dict[str, Any]) -> di
     weights = Path(spec.weights)
     if not weights.is_file():
         return {"reason": f"weights file {weights.name} not found"}
-    want = (manifest.get("source") or {}).get("weights_sha256")
+    want = manifest.source.weights_sha256 if manifest.source else None
     if want:
         h = hashlib.sha256()
         with weights.open("rb") as f:
@@ -129,7 +155,7 @@ def _tolerances(ctx: StageContext) -> dict[str, dict[str, float]]:
 
 
 def measure_in_process(ctx: StageContext, models: list[str], settings: BenchSettings,
-                       work: Path) -> tuple[dict[str, Any], inprocess.CppEnv]:
+                       work: Path) -> tuple[records.JsonObject, inprocess.CppEnv]:
     if ctx.config.wheels.enabled:
         from slipway.stages.wheels import runtime_dir
 
@@ -148,7 +174,7 @@ def measure_in_process(ctx: StageContext, models: list[str], settings: BenchSett
                           for rt in inprocess.RUNTIMES.get(framework, ())}
             ctx.log(f"{model}: no export to measure")
             continue
-        manifest = read_record(model_dir / "model.json")
+        manifest = records.read(model_dir / "model.json", records.ModelManifest)
         out[model] = inprocess.measure_model(model_dir, manifest, ip_settings, cpp=cpp, log=ctx.log,
                                              eager=_eager_source(ctx, model, manifest))
         if not ctx.config.wheels.enabled and "cpp" in out[model]:
@@ -158,7 +184,7 @@ def measure_in_process(ctx: StageContext, models: list[str], settings: BenchSett
 
 
 def measure_imports(ctx: StageContext, models: list[str], settings: BenchSettings,
-                    cpp: inprocess.CppEnv) -> dict[str, Any]:
+                    cpp: inprocess.CppEnv) -> records.JsonObject:
     frameworks = set()
     for model in models:
         try:
@@ -187,7 +213,7 @@ def measure_imports(ctx: StageContext, models: list[str], settings: BenchSetting
     return out
 
 
-def images_in_engine(ctx: StageContext, entries: list[dict[str, Any]]) -> dict[str, Any]:
+def images_in_engine(ctx: StageContext, entries: list[records.ImageEntry]) -> dict[str, EngineImage]:
     """variant -> image record, each image of this run present in the engine, as smoke gets it.
 
     A local build is in ``images.json`` and in the engine already (its ID). A job on GitHub has
@@ -196,22 +222,23 @@ def images_in_engine(ctx: StageContext, entries: list[dict[str, Any]]) -> dict[s
     it, so bench measures the image that was smoke-tested. An image that cannot be had is
     marked ``unavailable`` (its budgets then fail as not measured).
     """
-    records = image_records(ctx.out)
-    wanted = [e["variant"] for e in entries
-              if records.get(e["variant"], {}).get("digest") or records.get(e["variant"], {}).get("archive")]
+    found = {variant: EngineImage.model_validate(records.dump(record))
+             for variant, record in image_records(ctx.out).items()}
+    wanted = [e.variant for e in entries
+              if e.variant in found and (found[e.variant].digest or found[e.variant].archive)]
     if not wanted:
-        return records
+        return found
     try:
         services.ensure_docker(ctx.log)
     except SlipwayError:
-        return records  # measure_served and measure_sizes report the missing engine
+        return found  # measure_served and measure_sizes report the missing engine
     for variant in wanted:
         try:
-            records[variant] = materialize(ctx, records[variant])
+            found[variant] = materialize(ctx, found[variant])
         except SlipwayError as exc:
-            records[variant] = {**records[variant], "unavailable": str(exc).splitlines()[0]}
-            ctx.log(f"{variant}: {records[variant]['unavailable']}")
-    return records
+            found[variant] = found[variant].model_copy(update={"unavailable": str(exc).splitlines()[0]})
+            ctx.log(f"{variant}: {found[variant].unavailable}")
+    return found
 
 
 def _has_gpu() -> bool:
@@ -219,9 +246,9 @@ def _has_gpu() -> bool:
 
 
 @contextlib.contextmanager
-def _external_server(image: dict[str, Any], model_dir: Path, ctx: StageContext, variant: str):
+def _external_server(image: EngineImage, model_dir: Path, ctx: StageContext, variant: str):
     """The model server a ``tfserving`` image talks to (as the smoke test starts it); else nothing."""
-    if image.get("runtime") != "tfserving":
+    if image.runtime != "tfserving":
         yield {}, None
         return
     server = getattr(smoketest, "tfserving_server", None)
@@ -233,49 +260,49 @@ def _external_server(image: dict[str, Any], model_dir: Path, ctx: StageContext, 
         yield {"TFSERVING_URL": ext.url}, ext.description
 
 
-def _start(image: dict[str, Any], ctx: StageContext, variant: str, env: dict[str, str]):
+def _start(image: EngineImage, ctx: StageContext, variant: str, env: dict[str, str]):
     options: dict[str, Any] = {}
-    if image.get("device") == "gpu" and "gpus" in inspect.signature(run_container).parameters:
+    if image.device == "gpu" and "gpus" in inspect.signature(run_container).parameters:
         options["gpus"] = True
-    return run_container(image["tag"], memory=ctx.config.smoke.memory, cpus=ctx.config.smoke.cpus,
+    return run_container(image.tag, memory=ctx.config.smoke.memory, cpus=ctx.config.smoke.cpus,
                          timeout=ctx.config.smoke.timeout_s, env=env,
                          logs_to=ctx.out / "bench" / f"container-{variant}.log", **options)
 
 
-def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dict[str, Any],
-                   settings: BenchSettings) -> dict[str, Any]:
+def measure_served(ctx: StageContext, entries: list[records.ImageEntry], images: dict[str, EngineImage],
+                   settings: BenchSettings) -> records.JsonObject:
     """Per image: ``ready_runs`` starts to /readyz; during the first, a load test per concurrency."""
     out: dict[str, Any] = {}
     if not entries:
         return out
     if not settings.served:
-        return {e["variant"]: {"skipped": True, "reason": "served benchmark turned off (SLIPWAY_BENCH_SERVED=0)"}
+        return {e.variant: {"skipped": True, "reason": "served benchmark turned off (SLIPWAY_BENCH_SERVED=0)"}
                 for e in entries}
     try:
         services.ensure_docker(ctx.log)
     except SlipwayError as exc:
-        return {e["variant"]: {"reason": f"no Docker engine: {str(exc).splitlines()[0]}"} for e in entries}
+        return {e.variant: {"reason": f"no Docker engine: {str(exc).splitlines()[0]}"} for e in entries}
     for entry in entries:
-        variant = entry["variant"]
+        variant = entry.variant
         if variant not in images:
             out[variant] = {"reason": "no image built for this variant (run 'slipway images')"}
             continue
         image = images[variant]
-        if image.get("device") == "gpu" and not _has_gpu():
+        if image.device == "gpu" and not _has_gpu():
             out[variant] = {"skipped": True, "reason": "GPU image; this machine has no GPU"}
             continue
-        if image.get("unavailable"):
-            out[variant] = {"reason": image["unavailable"]}
+        if image.unavailable:
+            out[variant] = {"reason": image.unavailable}
             continue
-        model_dir = ctx.out / "models" / image["model"]
+        model_dir = ctx.out / "models" / image.model
         golden = sorted((model_dir / "golden").glob("*.png"))
         if not golden:
-            out[variant] = {"reason": f"no golden images in models/{image['model']}/golden"}
+            out[variant] = {"reason": f"no golden images in models/{image.model}/golden"}
             continue
         bodies = [p.read_bytes() for p in golden]
-        model_name = read_record(model_dir / "model.json")["name"]
-        result: dict[str, Any] = {"image": image["tag"], "image_id": image.get("id"), "runtime": image["runtime"],
-                                  "device": image.get("device"), "cpus": ctx.config.smoke.cpus,
+        model_name = records.read(model_dir / "model.json", records.ModelManifest).name
+        result: dict[str, Any] = {"image": image.tag, "image_id": image.id, "runtime": image.runtime,
+                                  "device": image.device, "cpus": ctx.config.smoke.cpus,
                                   "memory": ctx.config.smoke.memory, "load": [], "ready_s": {"runs": []}}
         try:
             with _external_server(image, model_dir, ctx, variant) as (extra_env, external):
@@ -290,8 +317,12 @@ def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dic
                         if i > 0:
                             continue
                         for conc in settings.concurrency:
+                            before = _stage_metrics(running.url)
                             load = served.load_test(running.url, model_name, bodies, concurrency=conc,
                                                     seconds=settings.seconds)
+                            after = _stage_metrics(running.url)
+                            if before is not None and after:
+                                load["stage_metrics_ms"] = grid.stage_delta(before, after)
                             result["load"].append(load)
                             lat = load["latency_ms"]
                             ctx.log(f"{variant}: concurrency {conc}: {load['requests_per_s']:.1f} req/s, "
@@ -309,26 +340,151 @@ def measure_served(ctx: StageContext, entries: list[dict[str, Any]], images: dic
     return out
 
 
-def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict[str, Any],
-                  models: list[str], docker_ok: bool) -> dict[str, Any]:
+def _stage_metrics(url: str) -> dict[str, dict[str, float]] | None:
+    """The service's ``slipway_stage_seconds`` histograms, or None where it has none."""
+    try:
+        r = httpx.get(f"{url}/metrics", timeout=10)
+    except httpx.HTTPError:
+        return None
+    return grid.parse_stage_metrics(r.text) if r.status_code == 200 else None
+
+
+def _grid_skip(image: EngineImage | None) -> str | None:
+    if image is None:
+        return "no image built for this variant (run 'slipway images')"
+    if image.unavailable:
+        return image.unavailable
+    if image.device == "gpu" and not _has_gpu():
+        return "GPU image; this machine has no GPU"
+    if image.runtime == "tfserving":
+        return "inference runs in the external model server; the image's slots do not decide it"
+    return None
+
+
+def measure_grid(ctx: StageContext, entries: list[records.ImageEntry], images: dict[str, EngineImage],
+                 settings: BenchSettings) -> records.BenchGrid:
+    """Per image: every grid point served and loaded at concurrency 1 and the target; the best point."""
+    target = max(settings.concurrency)
+    cpus = max(1, int(ctx.config.smoke.cpus))
+    measured: dict[str, records.JsonObject] = {}
+    for entry in entries:
+        variant = entry.variant
+        image = images.get(variant)
+        reason = _grid_skip(image)
+        if reason or image is None:
+            measured[variant] = {"reason": reason}
+            continue
+        model_dir = ctx.out / "models" / image.model
+        golden = sorted((model_dir / "golden").glob("*.png"))
+        if not golden:
+            measured[variant] = {"reason": f"no golden images in models/{image.model}/golden"}
+            continue
+        bodies = [p.read_bytes() for p in golden]
+        model_name = records.read(model_dir / "model.json", records.ModelManifest).name
+        points = []
+        for point in grid.points(cpus, image.runtime):
+            rec: dict[str, Any] = {"point": point, "load": []}
+            try:
+                with _start(image, ctx, variant, grid.env(point)) as running:
+                    for conc in sorted({1, target}):
+                        rec["load"].append(served.load_test(running.url, model_name, bodies, concurrency=conc,
+                                                            seconds=settings.grid_seconds))
+            except SlipwayError as exc:
+                rec["reason"] = str(exc).splitlines()[0]
+            points.append(rec)
+            rates = ", ".join(f"c={lv['concurrency']} {lv['requests_per_s']:.0f} req/s" for lv in rec["load"])
+            ctx.log(f"{variant}: grid {grid.label(point)}: {rates or rec.get('reason')}")
+        chosen = grid.choose(points, target)
+        ctx.log(f"{variant}: grid choice: {chosen['why']}")
+        measured[variant] = {"image": image.tag, "image_id": image.id, "runtime": image.runtime,
+                             "points": points, "chosen": chosen}
+    return records.BenchGrid(target=target, seconds=settings.grid_seconds, cpus=cpus, rule=grid.RULE,
+                             images=measured)
+
+
+def _grid_for(ctx: StageContext, entries: list[records.ImageEntry], images: dict[str, EngineImage],
+              settings: BenchSettings) -> records.BenchGrid:
+    """The grid ``--tune`` measured for these very images (by ID), else measured now."""
+    recorded = ctx.read("bench/grid.json", records.BenchGrid, None)
+    if recorded is not None:
+        ids = {v: images[v].id if v in images else None for v in recorded.images}
+        tuned = {v: g.get("tuned_image") for v, g in recorded.images.items()}
+        if recorded.images and all(
+                t.get("id") == ids.get(v) for v, t in tuned.items() if isinstance(t, dict)
+        ) and all(e.variant in recorded.images for e in entries):
+            return recorded.model_copy(update={"measured_by": "slipway bench --tune, on the built images"})
+    return measure_grid(ctx, entries, images, settings)
+
+
+def tune(ctx: StageContext, variants: list[str] | None = None, **options: Any) -> StageResult:
+    """``slipway bench --tune``: measure the grid on the built images and give each its best point as defaults.
+
+    Runs on a local build (``images.json``), between ``images`` and ``smoke``. Each tuned image is
+    ``FROM <built image ID>`` plus ENV (the knobs) and LABEL (the same, and the ID it was made
+    from): no file of the image changes. It takes the built image's tag and replaces it in
+    ``images.json``, so everything after (smoke, bench, publish) uses the image with its defaults.
+    """
+    settings = BenchSettings.resolve(**options)
+    entries, _ = _scope(ctx, variants)
+    services.ensure_docker(ctx.log)
+    path = ctx.out / "images.json"
+    if not path.is_file():
+        raise ConfigError(f"no {path}: --tune works on a local build; run 'slipway images' first")
+    built = ctx.read("images.json", records.ImagesIndex).root
+    wanted = {e.variant for e in entries}
+    images = {v: EngineImage.model_validate(records.dump(r)) for v, r in built.items() if v in wanted}
+    result = measure_grid(ctx, entries, images, settings)
+    for variant, g in result.images.items():
+        chosen = g.get("chosen")
+        point = chosen.get("point") if isinstance(chosen, dict) else None
+        if not isinstance(point, dict):
+            continue
+        record = built[variant]
+        base_id = record.tuned_from or record.id
+        if base_id is None or record.tag is None:
+            continue
+        new_id = grid.derive_image(base_id, record.tag, point, cpus=result.cpus, log=ctx.log)
+        g["tuned_image"] = {"id": new_id, "tuned_from": base_id, "env": grid.image_env(point)}
+        info = _inspect(record.tag)
+        built[variant] = record.model_copy(update={
+            "id": info.id, "size": info.size, "layers": info.layers, "labels": info.labels,
+            "tuned_from": base_id, "serving_defaults": grid.image_env(point)})
+        ctx.write(f"images/{variant}.json", built[variant])
+    ctx.write("images.json", records.ImagesIndex(built))
+    ctx.write("bench/grid.json", result)
+    tuned = [v for v, g in result.images.items() if g.get("tuned_image")]
+    return {"summary": f"{len(tuned)} image(s) given measured defaults: {', '.join(tuned) or '-'}"}
+
+
+def _inspect(ref: str):  # -> slipway.stages.images.Inspected
+    from slipway.stages.images import inspect_image
+
+    return inspect_image(ref)
+
+
+def measure_sizes(ctx: StageContext, entries: list[records.ImageEntry], images: dict[str, EngineImage],
+                  models: list[str], docker_ok: bool) -> records.JsonObject:
     image_sizes: dict[str, Any] = {}
     cache_path = sizes.cache_path()
     cache = sizes.load_cache(cache_path)
     for entry in entries:
-        variant = entry["variant"]
+        variant = entry.variant
         if variant not in images:
             image_sizes[variant] = {"reason": "no image built for this variant"}
             continue
         if not docker_ok:
             image_sizes[variant] = {"reason": "no Docker engine to read the image from"}
             continue
-        if images[variant].get("unavailable"):
-            image_sizes[variant] = {"reason": images[variant]["unavailable"]}
+        if images[variant].unavailable:
+            image_sizes[variant] = {"reason": images[variant].unavailable}
             continue
         ctx.log(f"{variant}: image sizes (docker save, gzip per layer)")
         started = time.monotonic()
         try:
-            image_sizes[variant] = {"image": images[variant]["tag"], **sizes.image_sizes(images[variant]["tag"], cache)}
+            tag = images[variant].tag
+            if tag is None:
+                raise KeyError(f"the record of {variant} names no tag")
+            image_sizes[variant] = {"image": tag, **sizes.image_sizes(tag, cache)}
         except (SlipwayError, RuntimeError, KeyError, ValueError) as exc:
             image_sizes[variant] = {"reason": f"could not measure: {str(exc).splitlines()[0]}"}
             continue
@@ -351,7 +507,7 @@ def measure_sizes(ctx: StageContext, entries: list[dict[str, Any]], images: dict
     return {"images": image_sizes, "wheels": wheels, "models": model_files}
 
 
-def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) -> dict[str, Any]:
+def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) -> StageResult:
     settings = BenchSettings.resolve(**options)
     entries, models = _scope(ctx, variants)
     bench_dir = ctx.out / "bench"
@@ -359,7 +515,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     work = bench_dir / "work"
     run_info = machine.new_run()
     ctx.log(f"bench run {run_info['run_id']}: models {', '.join(models) or '-'}; "
-            f"variants {', '.join(e['variant'] for e in entries) or '-'}")
+            f"variants {', '.join(e.variant for e in entries) or '-'}")
     if settings.runs < 30:
         ctx.log(f"only {settings.runs} timed runs per runtime: p95 is a rough estimate")
     load_before = machine.load_average()
@@ -369,6 +525,8 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     imports = measure_imports(ctx, models, settings, cpp)
     images = images_in_engine(ctx, entries)
     served_results = measure_served(ctx, entries, images, settings)
+    grid_results = (records.dump(_grid_for(ctx, entries, images, settings)) if settings.served and settings.grid
+                    else {"skipped": True})
     docker_ok = bool(entries) and images and engine.reachable()
     size_results = measure_sizes(ctx, entries, images, models, bool(docker_ok))
 
@@ -386,25 +544,27 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     results: dict[str, Any] = {
         "schema": RESULTS_SCHEMA,
         **run_info,
-        "project": ctx.plan.get("project"),
-        "version": ctx.plan.get("version"),
-        "git_commit": ctx.plan.get("sha"),
+        "project": ctx.plan.project,
+        "version": ctx.plan.version,
+        "git_commit": ctx.plan.sha,
         "machine": {**machine.machine_info(extra_libs), "docker_server": docker_version or None,
                     "load_average_before": load_before, "load_average_after": machine.load_average()},
         "settings": {"threads": settings.threads, "warmup": settings.warmup, "runs": settings.runs,
                      "served_seconds": settings.seconds, "concurrency": list(settings.concurrency),
-                     "ready_runs": settings.ready_runs, "import_repeats": settings.import_repeats},
-        "scope": {"models": models, "variants": [e["variant"] for e in entries]},
+                     "ready_runs": settings.ready_runs, "import_repeats": settings.import_repeats,
+                     "grid": settings.grid, "grid_seconds": settings.grid_seconds},
+        "scope": {"models": models, "variants": [e.variant for e in entries]},
         "inprocess": in_process,
         "imports": imports,
         "served": served_results,
+        "grid": grid_results,
         "sizes": size_results,
         "seconds": round(time.monotonic() - started, 1),
     }
     checks = budget_checks.evaluate(ctx.config.budgets, results)
     failed = [c for c in checks if c.failed]
     results["budgets"] = {"ok": not failed, "checks": [c.to_json() for c in checks]}
-    ctx.write_json("bench/results.json", results)
+    ctx.write("bench/results.json", records.BenchResults.model_validate(results))
     (bench_dir / "table.md").write_text(report.markdown(results))
     report.chart(results, bench_dir / "chart.png")
     shutil.rmtree(work, ignore_errors=True)

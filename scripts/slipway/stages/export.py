@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slipway.context import StageContext
+from slipway import records
+from slipway.context import StageContext, StageResult
 from slipway.errors import BuildError, CheckError, ConfigError
-from slipway.fsutil import read_record, replace_dir, sha256_file, sha256_tree
+from slipway.fsutil import replace_dir, sha256_file, sha256_tree
 
 FINGERPRINT = ".fingerprint"
 
@@ -93,7 +94,7 @@ def export_inputs(ctx: StageContext, model: Any) -> dict[str, str]:
         "slipway": slipway.__version__,
         # model.json carries the release version, so a new version exports anew; the model does
         # not depend on it, so publish does not hold it against an export (see stale_parts).
-        "release_version": ctx.plan["version"],
+        "release_version": ctx.plan.version,
     }
 
 
@@ -111,15 +112,15 @@ def stale_parts(ctx: StageContext, model: Any, model_dir: Path,
     manifest_path = model_dir / "model.json"
     if not manifest_path.is_file():
         return ["no export"]
-    recorded = read_record(manifest_path).get("inputs")
-    if not isinstance(recorded, dict):
+    recorded = records.read(manifest_path, records.ModelManifest).inputs
+    if recorded is None:
         return ["export records no inputs"]
     current = export_inputs(ctx, model)
     return sorted(k for k in current.keys() | recorded.keys()
                   if k not in ignore and current.get(k) != recorded.get(k))
 
 
-def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
+def run(ctx: StageContext, models: list[str] | None = None) -> StageResult:
     from model_export.errors import ExportError, VerificationError
     from model_export.export import export_model
 
@@ -127,27 +128,27 @@ def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
     if str(ctx.root) not in sys.path:
         sys.path.insert(0, str(ctx.root))
 
-    entries = ctx.plan["matrix"]["export"]
+    entries = ctx.plan.matrix.export
     if models:
-        unknown = sorted(set(models) - {e["model"] for e in entries})
+        unknown = sorted(set(models) - {e.model for e in entries})
         if unknown:
             raise ConfigError(f"--model {', '.join(unknown)}: not in the plan (plan has: "
-                              f"{', '.join(e['model'] for e in entries)})")
-        entries = [e for e in entries if e["model"] in models]
+                              f"{', '.join(e.model for e in entries)})")
+        entries = [e for e in entries if e.model in models]
     root = ctx.out / "models"
     root.mkdir(parents=True, exist_ok=True)
     done, reused, rows = [], [], []
     for entry in entries:
-        model = ctx.config.model(entry["model"])
+        model = ctx.config.model(entry.model)
         # Exporters named in the plan win: a workflow may export a subset.
-        if entry.get("exporters"):
-            model = model.model_copy(update={"exporters": tuple(entry["exporters"].split(","))})
+        if entry.exporters:
+            model = model.model_copy(update={"exporters": tuple(entry.exporters.split(","))})
         target = root / model.name
         fingerprint = _fingerprint(ctx, model)
         if (target / FINGERPRINT).exists() and (target / FINGERPRINT).read_text() == fingerprint:
             ctx.log(f"{model.name}: unchanged since the last export, reusing {target}")
             reused.append(model.name)
-            rows.extend(_rows(read_record(target / "model.json")))
+            rows.extend(_rows(records.read(target / "model.json", records.ModelManifest)))
             continue
         tmp = root / f".{model.name}.tmp"
         if tmp.exists():
@@ -155,17 +156,17 @@ def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
         started = time.monotonic()
         ctx.log(f"{model.name}: exporting {', '.join(ctx.config.exporters_for(model))}")
         try:
-            manifest = export_model(
-                model, tmp, version=ctx.plan["version"], git_commit=ctx.plan["sha"], log=ctx.log
-            )
+            made = export_model(model, tmp, version=ctx.plan.version, git_commit=ctx.plan.sha, log=ctx.log)
         except ExportError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise (CheckError if isinstance(exc, VerificationError) else BuildError)(str(exc)) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        manifest["inputs"] = json.loads(fingerprint)
-        (tmp / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        # The exporter's manifest, checked against the record's model, with what the export depends on.
+        manifest = records.parse(tmp / "model.json", {**made, "inputs": json.loads(fingerprint)},
+                                 records.ModelManifest)
+        records.write(tmp / "model.json", manifest)
         (tmp / FINGERPRINT).write_text(fingerprint)
         replace_dir(tmp, target)
         ctx.log(f"{model.name}: exported and verified in {time.monotonic() - started:.1f}s")
@@ -177,16 +178,16 @@ def run(ctx: StageContext, models: list[str] | None = None) -> dict[str, Any]:
     return {"summary": summary, "exported": done, "reused": reused}
 
 
-def _rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
+def _rows(manifest: records.ModelManifest) -> list[tuple[str, ...]]:
     out = []
-    for run in manifest.get("verification", {}).get("runs", []):
+    for run in manifest.verification.runs if manifest.verification else []:
         out.append(
             (
-                manifest["name"],
-                run.get("format", "?"),
-                f"{run.get('min_iou', float('nan')):.4f}",
-                f"{run.get('max_score_diff', float('nan')):.2e}",
-                "ok" if run.get("ok") else "FAILED",
+                manifest.name,
+                run.format,
+                f"{run.min_iou if run.min_iou is not None else float('nan'):.4f}",
+                f"{run.max_score_diff if run.max_score_diff is not None else float('nan'):.2e}",
+                "ok" if run.ok else "FAILED",
             )
         )
     return out

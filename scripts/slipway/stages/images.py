@@ -26,13 +26,13 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from slipway import baseimage, engine, services
-from slipway.context import StageContext
+from slipway import baseimage, engine, records, services
+from slipway.context import StageContext, StageResult
 from slipway.errors import BuildError, ConfigError
-from slipway.fsutil import link_or_copy, read_record, sync_tree
+from slipway.fsutil import link_or_copy, sync_tree
 from slipway.github import on_github, set_outputs
 from slipway.paths import resolve, resource
 
@@ -110,13 +110,13 @@ def stage_project_requirements(ctx: StageContext, build: Path) -> Path | None:
     return src
 
 
-def stage_context(ctx: StageContext, entry: dict[str, Any], *, local_torch: bool = True) -> Path:
+def stage_context(ctx: StageContext, entry: records.ImageEntry, *, local_torch: bool = True) -> Path:
     """Assemble the build context of one variant; return its folder.
 
     ``local_torch``: put the host's cached torch CPU wheel in the wheelhouse (a local engine's
     builds may not reach an index); a build with the CPU index in its arguments needs none.
     """
-    build = ctx.out / "build" / entry["variant"]
+    build = ctx.out / "build" / entry.variant
     build.mkdir(parents=True, exist_ok=True)
     # The service (code and requirements) is always Slipway's; the project's requirements add to it.
     for name in CONTEXT_FILES:
@@ -124,10 +124,10 @@ def stage_context(ctx: StageContext, entry: dict[str, Any], *, local_torch: bool
     stage_project_requirements(ctx, build)
     for package in CONTEXT_PACKAGES:
         sync_tree(resource(package), build / package, ignore=PACKAGE_IGNORE)
-    model_dir = ctx.out / "models" / entry["model"]
+    model_dir = ctx.out / "models" / entry.model
     if not (model_dir / "model.json").exists():
         raise BuildError(
-            f"variant '{entry['variant']}' needs the export of model '{entry['model']}' in {model_dir}: "
+            f"variant '{entry.variant}' needs the export of model '{entry.model}' in {model_dir}: "
             "run 'slipway export' first"
         )
     sync_tree(model_dir, build / "model", ignore=("__pycache__", ".fingerprint"))
@@ -136,18 +136,18 @@ def stage_context(ctx: StageContext, entry: dict[str, Any], *, local_torch: bool
         shutil.rmtree(wheelhouse)
     wheelhouse.mkdir()
     wanted: list[Path] = []
-    if local_torch and entry["runtime"] == "torchscript" and entry["device"] == "cpu":
+    if local_torch and entry.runtime == "torchscript" and entry.device == "cpu":
         wheel = torch_wheel(ctx)
         if wheel:
             wanted.append(wheel)
-    if entry["runtime"] == "cpp":
+    if entry.runtime == "cpp":
         from slipway.stages.wheels import runtime_wheels
 
         # Slipway's self-contained runtime, from wheels/ (Slipway's own release) or runtime/.
         wheels = [w for w in runtime_wheels(ctx.out) if w.name.startswith("slipway_runtime-")]
         if not wheels:
             raise BuildError(
-                f"variant '{entry['variant']}' needs the C++ runtime wheel in {ctx.out / 'runtime'} or "
+                f"variant '{entry.variant}' needs the C++ runtime wheel in {ctx.out / 'runtime'} or "
                 f"{ctx.out / 'wheels'}: run 'slipway wheels' first"
             )
         wanted.extend(w for w in wheels if f"cp{sys.version_info.major}{sys.version_info.minor}" in w.name)
@@ -181,41 +181,51 @@ def _created(ctx: StageContext) -> str:
     return res.stdout.strip() or "1970-01-01T00:00:00Z"
 
 
-def inspect_image(ref: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Inspected:
+    """What the engine says about a built image."""
+
+    id: str
+    size: int
+    layers: list[records.ImageLayer]
+    labels: dict[str, str]
+
+
+def inspect_image(ref: str) -> Inspected:
     info = engine.image_inspect(ref)
     layers = []
     for row in engine.image_history(ref):
         size = int(row.get("Size") or 0)
         if size:
-            layers.append({"size": size, "created_by": (row.get("CreatedBy") or "")[:200]})
-    return {
-        "id": info["Id"],
-        "size": int(info["Size"]),
-        "layers": sorted(layers, key=lambda layer: -layer["size"]),
-        "labels": (info.get("Config") or {}).get("Labels") or {},
-    }
+            layers.append(records.ImageLayer(size=size, created_by=(row.get("CreatedBy") or "")[:200]))
+    return Inspected(
+        id=info["Id"],
+        size=int(info["Size"]),
+        layers=sorted(layers, key=lambda layer: -layer.size),
+        labels=(info.get("Config") or {}).get("Labels") or {},
+    )
 
 
-def select(ctx: StageContext, variants: list[str] | None) -> list[dict[str, Any]]:
-    entries = ctx.plan["matrix"]["images"]
+def select(ctx: StageContext, variants: list[str] | None) -> list[records.ImageEntry]:
+    entries = ctx.plan.matrix.images
     if variants:
-        unknown = sorted(set(variants) - {e["variant"] for e in entries})
+        unknown = sorted(set(variants) - {e.variant for e in entries})
         if unknown:
             raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
-        entries = [e for e in entries if e["variant"] in variants]
+        entries = [e for e in entries if e.variant in variants]
     return entries
 
 
 def build_args(
-    ctx: StageContext, entry: dict[str, Any], base: str, created: str, defaults: dict[str, str] | None = None
+    ctx: StageContext, entry: records.ImageEntry, base: str, created: str, defaults: dict[str, str] | None = None
 ) -> dict[str, str]:
     """The build arguments of one variant; the variant's own ``build-args`` win over ``defaults``."""
-    variant = ctx.config.variant(entry["variant"])
+    variant = ctx.config.variant(entry.variant)
     return {
         "BASE_IMAGE": base,
-        "DEVICE": entry["device"],
-        "VERSION": ctx.plan["version"],
-        "GIT_REVISION": ctx.plan["sha"],
+        "DEVICE": entry.device,
+        "VERSION": ctx.plan.version,
+        "GIT_REVISION": ctx.plan.sha,
         "CREATED": created,
         "SOURCE": ctx.config.project.source,
         **(defaults or {}),
@@ -223,25 +233,25 @@ def build_args(
     }
 
 
-def labels(ctx: StageContext, entry: dict[str, Any], created: str) -> dict[str, str]:
+def labels(ctx: StageContext, entry: records.ImageEntry, created: str) -> dict[str, str]:
     """OCI labels for a Buildx build; the Dockerfile sets the same from its arguments, these also
     reach every platform's manifest and the index."""
     return {
-        "org.opencontainers.image.version": ctx.plan["version"],
-        "org.opencontainers.image.revision": ctx.plan["sha"],
+        "org.opencontainers.image.version": ctx.plan.version,
+        "org.opencontainers.image.revision": ctx.plan.sha,
         "org.opencontainers.image.source": ctx.config.project.source,
         "org.opencontainers.image.created": created,
-        "dev.slipway.variant": entry["variant"],
-        "dev.slipway.model": entry["model"],
-        "dev.slipway.runtime": entry["runtime"],
-        "dev.slipway.device": entry["device"],
+        "dev.slipway.variant": entry.variant,
+        "dev.slipway.model": entry.model,
+        "dev.slipway.runtime": entry.runtime,
+        "dev.slipway.device": entry.device,
     }
 
 
-def _dockerfile(ctx: StageContext, entry: dict[str, Any]) -> Path:
-    dockerfile = resolve(entry["dockerfile"], ctx.root)
+def _dockerfile(ctx: StageContext, entry: records.ImageEntry) -> Path:
+    dockerfile = resolve(entry.dockerfile, ctx.root)
     if dockerfile is None:
-        raise BuildError(f"variant '{entry['variant']}': Dockerfile {entry['dockerfile']} not found")
+        raise BuildError(f"variant '{entry.variant}': Dockerfile {entry.dockerfile} not found")
     return dockerfile
 
 
@@ -256,7 +266,7 @@ def prepare(
     base_image: str | None = None,
     host_ca: str = "auto",
     official_base: bool | None = None,
-) -> dict[str, Any]:
+) -> StageResult:
     """Stage the build context of each variant and hand the build's inputs to the workflow."""
     official = on_github() if official_base is None else official_base
     entries = select(ctx, variants)
@@ -266,16 +276,16 @@ def prepare(
     created = _created(ctx)
     prepared = {}
     for entry in entries:
-        variant = ctx.config.variant(entry["variant"])
+        variant = ctx.config.variant(entry.variant)
         requested = base_image or variant.base_image
         if official:
             base = requested
         else:
             base = baseimage.resolve_base_image(requested, host_ca=host_ca, log=ctx.log)
-        defaults = {"PIP_EXTRA_INDEX_URL": CPU_TORCH_INDEX} if official and entry["device"] == "cpu" else {}
+        defaults = {"PIP_EXTRA_INDEX_URL": CPU_TORCH_INDEX} if official and entry.device == "cpu" else {}
         build = stage_context(ctx, entry, local_torch=not official)
         args = build_args(ctx, entry, base, created, defaults)
-        archive = archive_path(ctx, entry["variant"])
+        archive = archive_path(ctx, entry.variant)
         archive.parent.mkdir(parents=True, exist_ok=True)
         outputs = {
             "context": str(build),
@@ -285,8 +295,8 @@ def prepare(
             "archive": str(archive),
         }
         set_outputs(outputs)
-        ctx.log(f"{entry['variant']}: build context in {build} (base {base})")
-        prepared[entry["variant"]] = outputs
+        ctx.log(f"{entry.variant}: build context in {build} (base {base})")
+        prepared[entry.variant] = outputs
     return {"summary": f"prepared {', '.join(prepared)}", "prepared": prepared}
 
 
@@ -299,11 +309,11 @@ def _export_inputs(ctx: StageContext, model: str) -> str | None:
     from slipway.smoketest import export_digest
 
     path = ctx.out / "models" / model / "model.json"
-    manifest = read_record(path, None)
+    manifest = records.read(path, records.ModelManifest, None)
     return export_digest(manifest) if manifest is not None else None
 
 
-def record(ctx: StageContext, variants: list[str] | None = None, digest: str | None = None) -> dict[str, Any]:
+def record(ctx: StageContext, variants: list[str] | None = None, digest: str | None = None) -> StageResult:
     """Write ``images/<variant>.json`` for an image built outside this stage (Buildx on GitHub).
 
     A real release records the digest it pushed; a dry run records the saved tar (``archive``,
@@ -316,39 +326,39 @@ def record(ctx: StageContext, variants: list[str] | None = None, digest: str | N
     digest = (digest or "").strip() or None
     if digest is not None and not DIGEST.match(digest):
         raise ConfigError(f"--digest {digest!r}: expected sha256:<64 hex digits>")
-    archive = archive_path(ctx, entry["variant"])
-    dry_run = bool(ctx.plan["dry_run"])
+    archive = archive_path(ctx, entry.variant)
+    dry_run = ctx.plan.dry_run
     if not dry_run and digest is None:
-        raise BuildError(f"variant '{entry['variant']}': a real release records the pushed digest; --digest is empty")
+        raise BuildError(f"variant '{entry.variant}': a real release records the pushed digest; --digest is empty")
     if digest is None and not archive.exists():
-        raise BuildError(f"variant '{entry['variant']}': no --digest and no saved image at {archive}")
-    rec = {
-        "variant": entry["variant"],
-        "model": entry["model"],
-        "runtime": entry["runtime"],
-        "device": entry["device"],
-        "platforms": entry["platforms"],
-        "image": entry["image"],
+        raise BuildError(f"variant '{entry.variant}': no --digest and no saved image at {archive}")
+    rec = records.ImageRecord(
+        variant=entry.variant,
+        model=entry.model,
+        runtime=entry.runtime,
+        device=entry.device,
+        platforms=entry.platforms,
+        image=entry.image,
         # The name a dry run's tar carries (build-push-action's name=<image>:<version>).
-        "tag": f"{entry['image']}:{ctx.plan['version']}",
-        "digest": digest,
-        "version": ctx.plan["version"],
-        "sha": ctx.plan["sha"],
-        "dry_run": dry_run,
-        "export_inputs": _export_inputs(ctx, entry["model"]),
-    }
+        tag=f"{entry.image}:{ctx.plan.version}",
+        digest=digest,
+        version=ctx.plan.version,
+        sha=ctx.plan.sha,
+        dry_run=dry_run,
+        export_inputs=_export_inputs(ctx, entry.model),
+    )
     if archive.exists():
-        rec["archive"] = archive.name
-        rec["archive_size"] = archive.stat().st_size
-    ctx.write_json(f"images/{entry['variant']}.json", rec)
+        rec.archive = archive.name
+        rec.archive_size = archive.stat().st_size
+    ctx.write(f"images/{entry.variant}.json", rec)
     what = digest or f"the saved image {archive.name}"
-    ctx.log(f"{entry['variant']}: recorded {entry['image']} ({what}) in images/{entry['variant']}.json")
-    return {"summary": f"recorded {entry['variant']}", "record": rec}
+    ctx.log(f"{entry.variant}: recorded {entry.image} ({what}) in images/{entry.variant}.json")
+    return {"summary": f"recorded {entry.variant}", "record": rec}
 
 
 def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | None = None,
         host_ca: str = "auto", step: str | None = None, official_base: bool | None = None,
-        digest: str | None = None) -> dict[str, Any]:
+        digest: str | None = None) -> StageResult:
     """Build every selected variant here; ``step`` runs only one half of a build done elsewhere."""
     if step == "prepare":
         return prepare(ctx, variants, base_image=base_image, host_ca=host_ca, official_base=official_base)
@@ -356,25 +366,24 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
         return record(ctx, variants, digest=digest)
     entries = select(ctx, variants)
     services.ensure_docker(ctx.log)
-    images_path = ctx.out / "images.json"
-    images = read_record(images_path, {})
+    images = ctx.read("images.json", records.ImagesIndex, records.ImagesIndex({})).root
     created = _created(ctx)
     bases: dict[str, str] = {}
     for entry in entries:
-        variant = ctx.config.variant(entry["variant"])
+        variant = ctx.config.variant(entry.variant)
         requested = base_image or variant.base_image
         if requested not in bases:
             bases[requested] = baseimage.resolve_base_image(requested, host_ca=host_ca, log=ctx.log)
         build = stage_context(ctx, entry)
-        tag = f"{entry['image']}:{ctx.plan['version']}"
+        tag = f"{entry.image}:{ctx.plan.version}"
         args = build_args(ctx, entry, bases[requested], created)
         dockerfile = _dockerfile(ctx, entry)
-        ctx.log(f"{entry['variant']}: building {tag} (target {entry['target']}, base {bases[requested]})")
+        ctx.log(f"{entry.variant}: building {tag} (target {entry.target}, base {bases[requested]})")
         started = time.monotonic()
-        log_path = ctx.out / "build" / f"{entry['variant']}.log"
+        log_path = ctx.out / "build" / f"{entry.variant}.log"
         last = time.monotonic()
 
-        def progress(line: str, variant: str = entry["variant"]) -> None:
+        def progress(line: str, variant: str = entry.variant) -> None:
             nonlocal last
             # Progress without flooding: the build's step lines, at most every few seconds.
             if ctx.verbose or (line.startswith(("#", "Step ")) and time.monotonic() - last > 5):
@@ -383,28 +392,31 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
 
         with open(log_path, "w") as log:
             try:
-                engine.build(build, tag, dockerfile=dockerfile, target=entry["target"], build_args=args,
+                engine.build(build, tag, dockerfile=dockerfile, target=entry.target, build_args=args,
                              log_to=log, on_line=progress)
             except engine.BuildFailed as exc:
                 log.flush()
-                raise BuildError(build_failure(ctx, entry["variant"], log_path)) from exc
+                raise BuildError(build_failure(ctx, entry.variant, log_path)) from exc
         seconds = time.monotonic() - started
         info = inspect_image(tag)
-        images[entry["variant"]] = {
-            "variant": entry["variant"],
-            "model": entry["model"],
-            "runtime": entry["runtime"],
-            "device": entry["device"],
-            "image": entry["image"],
-            "tag": tag,
-            "base_image": bases[requested],
-            "build_seconds": round(seconds, 1),
-            "export_inputs": _export_inputs(ctx, entry["model"]),
-            **info,
-        }
-        ctx.write_json("images.json", images)
+        images[entry.variant] = records.ImageRecord(
+            variant=entry.variant,
+            model=entry.model,
+            runtime=entry.runtime,
+            device=entry.device,
+            image=entry.image,
+            tag=tag,
+            base_image=bases[requested],
+            build_seconds=round(seconds, 1),
+            export_inputs=_export_inputs(ctx, entry.model),
+            id=info.id,
+            size=info.size,
+            layers=info.layers,
+            labels=info.labels,
+        )
+        ctx.write("images.json", records.ImagesIndex(images))
         # The per-variant record too, so a reader that overlays images/ never sees an older one.
-        ctx.write_json(f"images/{entry['variant']}.json", images[entry["variant"]])
-        ctx.log(f"{entry['variant']}: built in {seconds:.1f}s, {info['size'] / 1e6:.0f} MB")
-    sizes = ", ".join(f"{v}: {images[v]['size'] / 1e6:.0f} MB" for v in (e["variant"] for e in entries))
+        ctx.write(f"images/{entry.variant}.json", images[entry.variant])
+        ctx.log(f"{entry.variant}: built in {seconds:.1f}s, {info.size / 1e6:.0f} MB")
+    sizes = ", ".join(f"{v}: {(images[v].size or 0) / 1e6:.0f} MB" for v in (e.variant for e in entries))
     return {"summary": sizes, "images": images}

@@ -31,24 +31,19 @@ from the tar its record names; a pushed one is pulled by its digest.
 from __future__ import annotations
 
 import contextlib
-import json
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slipway.context import StageContext
+from slipway import records
+from slipway.context import StageContext, StageResult
 from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError
-from slipway.fsutil import read_record, sha256_file
-from slipway.github import (
-    PRIMARY_ARCH,
-    add_summary,
-    image_records,
-    smoke_file_stem,
-    smoke_key,
-    smoke_result_files,
-)
+from slipway.fsutil import sha256_file
+from slipway.github import add_summary
+from slipway.outputs import PRIMARY_ARCH, image_records, smoke_file_stem, smoke_key, smoke_result_files
 from slipway.request_cases import run_cases_against
 from slipway.smoketest import (
     check_golden,
@@ -105,24 +100,24 @@ def image_stem(variant: str, arch: str) -> str:
 
 
 def smoke_image(
-    ctx: StageContext, entry: dict[str, Any], *, gpu_present: bool, tfserving: str | None = None
-) -> dict[str, Any]:
-    variant = entry["variant"]
-    runtime = entry["runtime"]
-    device = entry.get("device", "cpu")
+    ctx: StageContext, entry: records.ImageRecord, *, gpu_present: bool, tfserving: str | None = None
+) -> records.SmokeResult:
+    variant = entry.variant
+    runtime = entry.runtime
+    device = entry.device or "cpu"
     tolerance = ctx.config.smoke.tolerance_for(runtime)
-    model_dir = ctx.out / "models" / entry["model"]
+    model_dir = ctx.out / "models" / entry.model
     arch = host_arch()
     result: dict[str, Any] = {
         "artifact": f"image:{variant}",
         "kind": "image",
         "variant": variant,
         "arch": arch,
-        "model": entry["model"],
-        "image": entry["tag"],
-        "image_id": entry["id"],
-        **({"digest": entry["digest"]} if entry.get("digest") else {}),
-        **({"archive": entry["archive"]} if entry.get("archive") else {}),
+        "model": entry.model,
+        "image": entry.tag,
+        "image_id": entry.id,
+        **({"digest": entry.digest} if entry.digest else {}),
+        **({"archive": entry.archive} if entry.archive else {}),
         "runtime": runtime,
         "device": device,
         "tolerance": tolerance.model_dump(),
@@ -171,7 +166,7 @@ def smoke_image(
             running = stack.enter_context(
                 run_container(
                     # By ID: another run of this version may have moved the tag since the build.
-                    entry["id"],
+                    entry.id,
                     env=env,
                     memory=ctx.config.smoke.memory,
                     cpus=ctx.config.smoke.cpus,
@@ -181,7 +176,7 @@ def smoke_image(
                 )
             )
             result["ready_seconds"] = round(running.ready_seconds, 2)
-            name = read_record(model_dir / "model.json")["name"]
+            name = records.read(model_dir / "model.json", records.ModelManifest).name
             info = model_info(running.url, name)
             result["service"] = {
                 k: info.get(k) for k in ("backend", "device", "runtime", "state") if k in info
@@ -219,35 +214,36 @@ def smoke_image(
                 )
     except CheckError as exc:
         result.update({"ok": False, "error": str(exc)})
-    gate_accuracy(ctx, result)
-    if result["ok"]:
+    res = gate_accuracy(ctx, records.SmokeResult.model_validate(result))
+    if res.ok:
         server_logs.unlink(missing_ok=True)
     else:
-        result["logs"] = [str(p) for p in (logs, server_logs) if p.exists()]
-    result["seconds"] = round(time.monotonic() - started, 1)
-    return result
+        res.logs = [str(p) for p in (logs, server_logs) if p.exists()]
+    res.seconds = round(time.monotonic() - started, 1)
+    return res
 
 
-def gate_accuracy(ctx: StageContext, res: dict[str, Any]) -> dict[str, Any]:
+def gate_accuracy(ctx: StageContext, res: records.SmokeResult) -> records.SmokeResult:
     """Fail ``res`` when its mAP@0.5 is below the model's ``min-map50`` (release.toml); the error
     names the model, the artifact and both values. Results without accuracy are left alone."""
-    name = res.get("model")
-    acc = res.get("accuracy")
+    name = res.model
+    acc = res.accuracy
     if not name or not acc:
         return res
     try:
         index, model = next((i, m) for i, m in enumerate(ctx.config.models) if m.name == name)
     except StopIteration:
         return res
-    res["min_map50"] = model.min_map50
-    if model.min_map50 is not None and acc["map50"] < model.min_map50:
+    res.min_map50 = model.min_map50
+    map50 = acc.get("map50")
+    if model.min_map50 is not None and isinstance(map50, int | float) and map50 < model.min_map50:
         message = (
-            f"{res.get('artifact', '?')}: mAP@0.5 {acc['map50']:.4f} of model '{name}' against its golden "
+            f"{res.artifact}: mAP@0.5 {map50:.4f} of model '{name}' against its golden "
             f"ground truth is below min-map50 {model.min_map50:g} (models[{index}].min-map50 in "
             f"{ctx.config.source_path.name})"
         )
-        res["ok"] = False
-        res["error"] = f"{res['error']}; {message}" if res.get("error") else message
+        res.ok = False
+        res.error = f"{res.error}; {message}" if res.error else message
     return res
 
 
@@ -255,7 +251,7 @@ def gate_accuracy(ctx: StageContext, res: dict[str, Any]) -> dict[str, Any]:
 # Wheels
 
 
-def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
+def smoke_wheels(ctx: StageContext) -> dict[str, records.SmokeResult]:
     """One result per wheel file, and the aggregate ``wheels`` artifact the plan names."""
     from slipway.stages.wheels import runtime_wheels
 
@@ -263,22 +259,20 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
     wheels = list(dict.fromkeys([*runtime_wheels(ctx.out), *sorted((ctx.out / "wheels").glob("*.whl"))]))
     runtime = next((w for w in runtime_wheels(ctx.out) if w.name.startswith("slipway_runtime-")
                     and interpreter_for(w)[0] is not None), None)
-    packages = {e["import"]: e["model"] for e in ctx.plan.get("packages", [])}
-    planned = any(e["kind"] == "wheel" for e in ctx.plan["matrix"]["smoke"])
+    packages = {e.import_name: e.model for e in ctx.plan.packages}
+    planned = any(e.kind == "wheel" for e in ctx.plan.matrix.smoke)
     if not wheels:
         if not planned:
             return {}
         return {
-            "wheels": {
-                "artifact": "wheels",
-                "kind": "wheels",
-                "ok": False,
-                "error": f"no wheels in {ctx.out / 'wheels'} (run 'slipway wheels')",
-            }
+            "wheels": records.SmokeResult(
+                artifact="wheels", kind="wheels", ok=False,
+                error=f"no wheels in {ctx.out / 'wheels'} (run 'slipway wheels')",
+            )
         }
     wheels_model = ctx.config.wheels_model()
     tolerance = ctx.config.smoke.tolerance_for("cpp")
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, records.SmokeResult] = {}
     for wheel in wheels:
         # A model package is checked on its own model; a runtime wheel on the wheels' model.
         import_name = wheel.name.split("-", 1)[0]
@@ -320,15 +314,16 @@ def smoke_wheels(ctx: StageContext) -> dict[str, dict[str, Any]]:
             # runtime): its build tested it in its own manylinux container, and the cpp image that
             # installs it is smoke-tested on each platform. Shown as untested, not a failure.
             res = {**res, "ok": True, "published": False}
-        results[key] = gate_accuracy(ctx, {**base, **res, "seconds": round(time.monotonic() - started, 1)})
-    failed = [k for k, r in results.items() if not r["ok"]]
-    results["wheels"] = {
-        "artifact": "wheels",
-        "kind": "wheels",
-        "ok": not failed,
-        "files": {r["file"]: r["sha256"] for k, r in results.items() if k.startswith("wheel:")},
-        "error": ("failed: " + ", ".join(failed)) if failed else "",
-    }
+        results[key] = gate_accuracy(ctx, records.SmokeResult.model_validate(
+            {**base, **res, "seconds": round(time.monotonic() - started, 1)}))
+    failed = [k for k, r in results.items() if not r.ok]
+    results["wheels"] = records.SmokeResult(
+        artifact="wheels",
+        kind="wheels",
+        ok=not failed,
+        files={r.file or k: r.sha256 or "" for k, r in results.items() if k.startswith("wheel:")},
+        error=("failed: " + ", ".join(failed)) if failed else "",
+    )
     return results
 
 
@@ -364,12 +359,13 @@ _SUMMARY_KEYS = (
 )
 
 
-def _summary_entry(res: dict[str, Any]) -> dict[str, Any]:
-    entry = {"ok": res["ok"], "error": res.get("error", "")}
-    entry.update({k: res[k] for k in _SUMMARY_KEYS if k in res})
-    if "model_server" in res:
-        entry["model_server"] = res["model_server"]["description"]
-    return entry
+def _summary_entry(res: records.SmokeResult) -> records.SmokeSummaryEntry:
+    data = records.dump(res)
+    entry = {"ok": res.ok, "error": res.error or ""}
+    entry.update({k: data[k] for k in _SUMMARY_KEYS if k in data})
+    if res.model_server is not None:
+        entry["model_server"] = res.model_server.get("description")
+    return records.SmokeSummaryEntry.model_validate(entry)
 
 
 def _number(value: float | None) -> str:
@@ -379,7 +375,7 @@ def _number(value: float | None) -> str:
     return "0" if value == 0 else f"{value:.1e}"
 
 
-def _accuracy_cell(acc: dict[str, Any] | None) -> str:
+def _accuracy_cell(acc: records.JsonObject | None) -> str:
     """``0.912 (0.95 / 0.88)``: mAP@0.5, then precision / recall at the model's score threshold."""
     if not acc:
         return "-"
@@ -390,8 +386,8 @@ def _accuracy_cell(acc: dict[str, Any] | None) -> str:
     return f"{acc['map50']:.3f} ({two(acc.get('precision'))} / {two(acc.get('recall'))})"
 
 
-def _deviation(a: dict[str, Any]) -> float | None:
-    return 1.0 - float(a["min_iou"]) if a.get("min_iou") is not None else None
+def _deviation(min_iou: float | None) -> float | None:
+    return 1.0 - float(min_iou) if min_iou is not None else None
 
 
 def image_row_name(variant: str, arch: str | None) -> str:
@@ -399,104 +395,74 @@ def image_row_name(variant: str, arch: str | None) -> str:
     return f"image {variant}" + ("" if not arch or arch == PRIMARY_ARCH else f" ({arch})")
 
 
-def table_rows(out: Path, artifacts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def table_rows(out: Path, artifacts: Mapping[str, records.SmokeSummaryEntry]) -> list[records.SmokeTableRow]:
     """Rows: each model's eager reference and in-process exports (model.json), then every tested artifact."""
-    rows: list[dict[str, Any]] = []
+    Row = records.SmokeTableRow
+    rows: list[records.SmokeTableRow] = []
     manifests = {}
     for path in sorted((out / "models").glob("*/model.json")):
-        m = read_record(path)
-        manifests[m["name"]] = m
+        m = records.read(path, records.ModelManifest)
+        manifests[m.name] = m
     # Order of the issue: eager, TorchScript, C++ wheel, TensorFlow, ONNX, then the served images.
     order = {"torchscript": 1, "saved_model": 4, "frozen_graph": 5, "onnx": 6}
-    in_process: list[tuple[int, dict[str, Any]]] = []
+    in_process: list[tuple[int, records.SmokeTableRow]] = []
     for name, m in manifests.items():
         reference = out / "models" / name / "golden" / "reference.json"
-        count = len(json.loads(reference.read_text()).get("images", [])) if reference.exists() else None
-        framework = FRAMEWORK_LABELS.get(m.get("framework"), m.get("framework"))
-        in_process.append(
-            (
-                0 if m.get("framework") == "pytorch" else 3,
-                {
-                    "artifact": f"eager ({framework})",
-                    "model": name,
-                    "checked_by": "reference: golden/reference.json",
-                    "images": count,
-                    "max_box_deviation": 0.0,
-                    "max_score_diff": 0.0,
-                    "accuracy": (m.get("golden") or {}).get("eager_accuracy"),
-                    "ok": True,
-                    "note": "reference",
-                },
-            )
-        )
-        for run in (m.get("verification") or {}).get("runs", []):
-            fmt = run.get("format", "?")
-            in_process.append(
-                (
-                    order.get(fmt, 5),
-                    {
-                        "artifact": FORMAT_LABELS.get(fmt, fmt),
-                        "model": name,
-                        "checked_by": "export verification, in-process (model.json)",
-                        "images": run.get("images"),
-                        "max_box_deviation": _deviation(run),
-                        "max_score_diff": run.get("max_score_diff"),
-                        "ok": bool(run.get("ok")),
-                        "tolerance": run.get("tolerance"),
-                    },
-                )
-            )
+        reference_images = records.read(reference, records.GoldenReference, None)
+        count = len(reference_images.images) if reference_images is not None else None
+        framework = FRAMEWORK_LABELS.get(m.framework, m.framework)
+        in_process.append((
+            0 if m.framework == "pytorch" else 3,
+            Row(artifact=f"eager ({framework})", model=name, checked_by="reference: golden/reference.json",
+                images=count, max_box_deviation=0.0, max_score_diff=0.0,
+                accuracy=m.golden.eager_accuracy if m.golden else None, ok=True, note="reference"),
+        ))
+        for run in m.verification.runs if m.verification else []:
+            in_process.append((
+                order.get(run.format, 5),
+                Row(artifact=FORMAT_LABELS.get(run.format, run.format), model=name,
+                    checked_by="export verification, in-process (model.json)", images=run.images,
+                    max_box_deviation=_deviation(run.min_iou), max_score_diff=run.max_score_diff, ok=run.ok,
+                    tolerance=run.tolerance),
+            ))
     for key, a in sorted(artifacts.items()):
-        if a.get("kind") == "wheel":
-            in_process.append(
-                (
-                    2,
-                    {
-                        "artifact": ("model package " if a.get("wheel_kind") == "model-package"
-                                     else "C++ wheel ") + str(a.get("file", key)),
-                        "model": a.get("model"),
-                        "checked_by": WHEEL_CHECKS.get(a.get("wheel_kind", ""), "slipway smoke"),
-                        "images": a.get("images"),
-                        "max_box_deviation": _deviation(a),
-                        "max_score_diff": a.get("max_score_diff"),
-                        "accuracy": a.get("accuracy"),
-                        "ok": a["ok"],
-                        "tolerance": a.get("tolerance"),
-                        "note": ("untested here: " if a.get("untested") else "")
-                        + (a.get("error") or "")[:120],
-                    },
-                )
-            )
+        if a.kind == "wheel":
+            in_process.append((
+                2,
+                Row(artifact=("model package " if a.wheel_kind == "model-package" else "C++ wheel ")
+                    + str(a.file or key),
+                    model=a.model, checked_by=WHEEL_CHECKS.get(a.wheel_kind or "", "slipway smoke"),
+                    images=a.images, max_box_deviation=_deviation(a.min_iou), max_score_diff=a.max_score_diff,
+                    accuracy=a.accuracy, ok=a.ok, tolerance=a.tolerance,
+                    note=("untested here: " if a.untested else "") + (a.error or "")[:120]),
+            ))
     rows.extend(r for _, r in sorted(in_process, key=lambda t: t[0]))
     for key, a in sorted(artifacts.items()):
-        if a.get("kind") != "image":
+        if a.kind != "image":
             continue
         notes = []
-        if a.get("model_server"):
-            notes.append(f"model server: {a['model_server']}")
-        gpu = a.get("gpu") or {}
-        if gpu.get("requested") and not gpu.get("exercised"):
+        if a.model_server:
+            notes.append(f"model server: {a.model_server}")
+        if a.gpu and a.gpu.requested and not a.gpu.exercised:
             notes.append("ran on CPU: GPU path not exercised")
-        rows.append(
-            {
-                "artifact": image_row_name(a.get("variant", key), a.get("arch")),
-                "model": a.get("model"),
-                "checked_by": f"slipway smoke: container, runtime {a.get('runtime', '?')}",
-                "images": a.get("images"),
-                "max_box_deviation": _deviation(a),
-                "max_score_diff": a.get("max_score_diff"),
-                "accuracy": a.get("accuracy"),
-                "ok": a["ok"],
-                "tolerance": a.get("tolerance"),
-                "ready_seconds": a.get("ready_seconds"),
-                "p50_ms": (a.get("latency_ms") or {}).get("p50"),
-                "note": "; ".join(notes) if a["ok"] else (a.get("error") or "")[:120],
-            }
-        )
+        rows.append(Row(
+            artifact=image_row_name(a.variant or key, a.arch),
+            model=a.model,
+            checked_by=f"slipway smoke: container, runtime {a.runtime or '?'}",
+            images=a.images,
+            max_box_deviation=_deviation(a.min_iou),
+            max_score_diff=a.max_score_diff,
+            accuracy=a.accuracy,
+            ok=a.ok,
+            tolerance=a.tolerance,
+            ready_seconds=a.ready_seconds,
+            p50_ms=a.latency_ms.p50 if a.latency_ms else None,
+            note="; ".join(notes) if a.ok else (a.error or "")[:120],
+        ))
     return rows
 
 
-def table_markdown(rows: list[dict[str, Any]], title: str = "") -> str:
+def table_markdown(rows: list[records.SmokeTableRow], title: str = "") -> str:
     head = [
         "artifact",
         "model",
@@ -511,22 +477,22 @@ def table_markdown(rows: list[dict[str, Any]], title: str = "") -> str:
     ]
     lines = [f"# {title}\n" if title else "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        tol = r.get("tolerance") or {}
-        tol_text = f"{tol['iou']}, {tol['score']:g}" if tol else "-"
-        result = "reference" if r.get("note") == "reference" else ("ok" if r["ok"] else "**FAILED**")
-        notes = "" if r.get("note") == "reference" else (r.get("note") or "")
-        if r.get("p50_ms") is not None:
-            notes = f"ready {r.get('ready_seconds')} s, p50 {r['p50_ms']:.1f} ms" + (
+        tol = r.tolerance
+        tol_text = f"{tol.iou}, {tol.score:g}" if tol else "-"
+        result = "reference" if r.note == "reference" else ("ok" if r.ok else "**FAILED**")
+        notes = "" if r.note == "reference" else (r.note or "")
+        if r.p50_ms is not None:
+            notes = f"ready {r.ready_seconds} s, p50 {r.p50_ms:.1f} ms" + (
                 f"; {notes}" if notes else ""
             )
         cells = [
-            r["artifact"],
-            str(r.get("model") or "-"),
-            r["checked_by"],
-            str(r["images"]) if r.get("images") is not None else "-",
-            _accuracy_cell(r.get("accuracy")),
-            _number(r.get("max_box_deviation")),
-            _number(r.get("max_score_diff")),
+            r.artifact,
+            str(r.model or "-"),
+            r.checked_by,
+            str(r.images) if r.images is not None else "-",
+            _accuracy_cell(r.accuracy),
+            _number(r.max_box_deviation),
+            _number(r.max_score_diff),
             tol_text,
             result,
             notes.replace("|", "/"),
@@ -542,7 +508,7 @@ def _artifact_selection(
     ctx: StageContext, artifact: str, variants: list[str] | None
 ) -> tuple[list[str], bool]:
     """(variants, test the wheels) for ``--artifact image:<variant>`` or ``--artifact wheels``."""
-    known = [e["artifact"] for e in ctx.plan["matrix"]["smoke"]]
+    known = [e.artifact for e in ctx.plan.matrix.smoke]
     if artifact not in known:
         raise ConfigError(f"--artifact {artifact}: not in the plan (planned: {', '.join(known) or 'none'})")
     if variants:
@@ -552,33 +518,32 @@ def _artifact_selection(
     return [artifact.split(":", 1)[1]], False
 
 
-def summarize(ctx: StageContext, *, drop_wheels: bool = False, gpu_present: bool | None = None) -> dict[str, Any]:
+def summarize(ctx: StageContext, *, drop_wheels: bool = False, gpu_present: bool | None = None) -> records.SmokeSummary:
     """Rebuild ``smoke/summary.json`` and ``smoke/table.md`` from the per-artifact result files."""
-    summary_path = ctx.out / "smoke" / "summary.json"
-    previous = ctx.read_json("smoke/summary.json") if summary_path.exists() else {}
-    artifacts = previous.get("artifacts", {})
+    previous = ctx.read("smoke/summary.json", records.SmokeSummary, None)
+    artifacts = dict(previous.artifacts) if previous else {}
     if drop_wheels:
         # The wheels folder was tested as a whole: results of wheel files no longer there are gone.
         artifacts = {k: v for k, v in artifacts.items() if not k.startswith("wheel:") and k != "wheels"}
     for key, res in smoke_result_files(ctx.out).items():
         artifacts[key] = _summary_entry(res)
     if gpu_present is None:
-        gpu_present = bool(previous.get("gpu_present")) or any(
-            (a.get("gpu") or {}).get("available") for a in artifacts.values()
+        gpu_present = bool(previous and previous.gpu_present) or any(
+            a.gpu is not None and a.gpu.available for a in artifacts.values()
         )
     rows = table_rows(ctx.out, artifacts)
-    failed = sorted(k for k, a in artifacts.items() if not a["ok"])
-    summary = {
-        "ok": not failed,
-        "failed": failed,
-        "version": ctx.plan["version"],
-        "sha": ctx.plan["sha"],
-        "gpu_present": gpu_present,
-        "artifacts": dict(sorted(artifacts.items())),
-        "table": rows,
-    }
-    ctx.write_json("smoke/summary.json", summary)
-    title = f"Cross-runtime agreement: {ctx.plan['project']} {ctx.plan['version']}"
+    failed = sorted(k for k, a in artifacts.items() if not a.ok)
+    summary = records.SmokeSummary(
+        ok=not failed,
+        failed=failed,
+        version=ctx.plan.version,
+        sha=ctx.plan.sha,
+        gpu_present=gpu_present,
+        artifacts=dict(sorted(artifacts.items())),
+        table=rows,
+    )
+    ctx.write("smoke/summary.json", summary)
+    title = f"Cross-runtime agreement: {ctx.plan.project} {ctx.plan.version}"
     (ctx.out / "smoke" / "table.md").write_text(table_markdown(rows, title))
     return summary
 
@@ -590,7 +555,7 @@ def run(
     wheels: bool | None = None,
     artifact: str | None = None,
     summarize_only: bool = False,
-) -> dict[str, Any]:
+) -> StageResult:
     """Smoke-test the planned images (``variants`` narrows them) and, unless narrowed, the wheels.
 
     ``artifact`` (``image:<variant>`` or ``wheels``, as in the plan's smoke matrix) tests just that
@@ -598,81 +563,89 @@ def run(
     """
     if summarize_only:
         summary = summarize(ctx)
-        return {"summary": f"{len(summary['artifacts'])} result(s), {len(summary['failed'])} failed", **summary}
+        return {"summary": f"{len(summary.artifacts)} result(s), {len(summary.failed)} failed",
+                **records.dump(summary)}
     if artifact:
         variants, wheels = _artifact_selection(ctx, artifact, variants)
     images = image_records(ctx.out)
-    planned = [e for e in ctx.plan["matrix"]["smoke"] if e["kind"] == "image"]
+    planned = [e for e in ctx.plan.matrix.smoke if e.kind == "image"]
     if variants is not None and (variants or artifact):
-        unknown = sorted(set(variants) - {e["variant"] for e in planned})
+        unknown = sorted(set(variants) - {e.variant for e in planned})
         if unknown:
             raise ConfigError(f"--variant {', '.join(unknown)}: not in the plan")
-        planned = [e for e in planned if e["variant"] in variants]
+        planned = [e for e in planned if e.variant in variants]
     test_wheels = wheels if wheels is not None else not variants
     if tfserving is not None or any(
-        images.get(e["variant"], {}).get("runtime") == "tfserving" for e in planned
+        e.variant in images and images[e.variant].runtime == "tfserving" for e in planned
     ):
         tfserving_mode(tfserving)  # a wrong --tfserving or SLIPWAY_TFSERVING fails before anything starts
     gpu_present = has_gpu()
     arch = host_arch()
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, records.SmokeResult] = {}
     for entry in planned:
-        variant = entry["variant"]
+        variant = entry.variant
         if variant not in images:
-            res = {
-                "artifact": f"image:{variant}",
-                "kind": "image",
-                "variant": variant,
-                "arch": arch,
-                "ok": False,
-                "error": "no image built for this variant (run 'slipway images')",
-            }
+            res = records.SmokeResult(
+                artifact=f"image:{variant}",
+                kind="image",
+                variant=variant,
+                arch=arch,
+                ok=False,
+                error="no image built for this variant (run 'slipway images')",
+            )
             ctx.log(f"{variant}: FAILED: no image built")
         else:
             try:
                 record = materialize(ctx, images[variant])
             except CheckError as exc:
                 record = None
-                res = {"artifact": f"image:{variant}", "kind": "image", "variant": variant, "arch": arch, "ok": False,
-                       "error": str(exc), **{k: images[variant][k] for k in ("digest", "archive")
-                                             if images[variant].get(k)}}
+                failed_image = images[variant]
+                res = records.SmokeResult(
+                    artifact=f"image:{variant}", kind="image", variant=variant, arch=arch, ok=False, error=str(exc),
+                    **{k: getattr(failed_image, k) for k in ("digest", "archive") if getattr(failed_image, k)})
                 ctx.log(f"{variant}: FAILED: {exc}")
             if record is not None:
-                ctx.log(f"{variant}: smoke test of {record['tag']}")
+                ctx.log(f"{variant}: smoke test of {record.tag}")
                 res = smoke_image(ctx, record, gpu_present=gpu_present, tfserving=tfserving)
-                state = "ok" if res["ok"] else "FAILED"
-                detail = f": {res['error']}" if not res["ok"] else ""
-                numbers = (f"min IoU {res.get('min_iou', '-')}, max score diff {res.get('max_score_diff', '-')}, "
-                           f"mAP@0.5 {(res.get('accuracy') or {}).get('map50', '-')}")
-                ctx.log(f"{variant}: {state} (ready in {res.get('ready_seconds', '-')}s, {numbers}){detail}")
-        results[smoke_key(res["artifact"], arch)] = res
+                state = "ok" if res.ok else "FAILED"
+                detail = f": {res.error}" if not res.ok else ""
+                numbers = (f"min IoU {_shown(res.min_iou)}, max score diff {_shown(res.max_score_diff)}, "
+                           f"mAP@0.5 {(res.accuracy or {}).get('map50', '-')}")
+                ctx.log(f"{variant}: {state} (ready in {_shown(res.ready_seconds)}s, {numbers}){detail}")
+        results[smoke_key(res.artifact, arch)] = res
         # Every result gets its file, failures too: the summary is rebuilt from these files. One
         # file per platform: on GitHub the amd64 and arm64 jobs' folders are merged into one.
-        ctx.write_json(f"smoke/{image_stem(variant, arch)}.json", res)
+        ctx.write(f"smoke/{image_stem(variant, arch)}.json", res)
     if test_wheels:
         for stale in [*(ctx.out / "smoke").glob("wheel-*.json"), ctx.out / "smoke" / "wheels.json"]:
             stale.unlink(missing_ok=True)
         for key, res in smoke_wheels(ctx).items():
             results[key] = res
-            name = "wheels" if key == "wheels" else f"wheel-{_safe(res['file'])}"
-            ctx.write_json(f"smoke/{name}.json", res)
+            name = "wheels" if key == "wheels" else f"wheel-{_safe(res.file or key)}"
+            ctx.write(f"smoke/{name}.json", res)
             if key != "wheels":
-                state = "ok" if res["ok"] else "FAILED"
-                ctx.log(f"{res['file']}: {state}{': ' + res['error'] if not res['ok'] else ''}")
+                state = "ok" if res.ok else "FAILED"
+                ctx.log(f"{res.file}: {state}{': ' + (res.error or '') if not res.ok else ''}")
 
     summary = summarize(ctx, drop_wheels=test_wheels, gpu_present=gpu_present)
-    rows = summary["table"]
+    rows = summary.table
     ctx.log("cross-runtime table (smoke/table.md):\n" + table_markdown(rows))
-    tested = [r for r in rows if r["artifact"].startswith(("image ", "C++ wheel", "model package"))]
+    tested = [r for r in rows if r.artifact.startswith(("image ", "C++ wheel", "model package"))]
     if artifact:
         # This job's own rows; the merged table is the release notes' (smoke --summarize).
         mine = {image_row_name(v, arch) for v in (variants or [])}
-        tested = [r for r in tested if r["artifact"] in mine or (test_wheels and r["artifact"].startswith(("C++", "model package")))]
+        tested = [r for r in tested
+                  if r.artifact in mine or (test_wheels and r.artifact.startswith(("C++", "model package")))]
     add_summary(f"### Smoke test: {artifact or 'all artifacts'}\n\n" + table_markdown(tested))
-    now_failed = [k for k, r in results.items() if not r["ok"]]
+    now_failed = [k for k, r in results.items() if not r.ok]
     if now_failed:
-        details = "; ".join(f"{k}: {results[k].get('error', '')}"[:300] for k in now_failed)
+        details = "; ".join(f"{k}: {results[k].error or ''}"[:300] for k in now_failed)
         raise CheckError(
             f"smoke test failed for {', '.join(now_failed)} ({details}); details in {ctx.out / 'smoke'}"
         )
-    return {"summary": f"{len(results)} artifact(s) answered correctly", "results": results}
+    return {"summary": f"{len(results)} artifact(s) answered correctly",
+            "results": {key: records.dump(res) for key, res in results.items()}}
+
+
+def _shown(value: float | None) -> str:
+    return "-" if value is None else str(value)

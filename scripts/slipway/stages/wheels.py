@@ -43,16 +43,19 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
 import slipway
-from slipway import modelpkg
-from slipway.context import StageContext
+from slipway import modelpkg, records
+from slipway.context import StageContext, StageResult
 from slipway.errors import BuildError, CheckError, SlipwayError
-from slipway.fsutil import link_or_copy, read_record, sha256_file
+from slipway.fsutil import link_or_copy, sha256_file
 from slipway.settings import get_settings
 
 KINDS = ("self-contained", "thin")
@@ -77,15 +80,18 @@ class Built:
     check: dict[str, Any] = field(default_factory=dict)
     repair: dict[str, Any] = field(default_factory=dict)
 
-    def record(self) -> dict[str, Any]:
+    def record(self, *, published: bool, folder: str) -> records.RuntimeWheel:
         name = self.path.name
-        py, abi, plat = name[:-4].split("-")[-3:]
+        tags = parse_wheel_filename(name)[3]
+        # Compressed tag sets as dotted strings (py2.py3), as in the file name.
+        py, abi, plat = (".".join(sorted({getattr(t, k) for t in tags})) for k in ("interpreter", "abi", "platform"))
         size = self.path.stat().st_size
-        return {
-            "name": name, "kind": self.kind, "size": size, "size_mib": round(size / 2**20, 3),
-            "sha256": sha256_file(self.path), "builder": self.builder,
-            "python_tag": py, "abi_tag": abi, "platform_tag": plat, "check": self.check,
-        }
+        return records.RuntimeWheel(
+            name=name, kind=self.kind, size=size, size_mib=round(size / 2**20, 3),
+            sha256=sha256_file(self.path), builder=self.builder,
+            python_tag=py, abi_tag=abi, platform_tag=plat, check=self.check,
+            package=DIST_NAME[self.kind].replace("_", "-"), published=published, folder=folder,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,10 +135,6 @@ def runtime_cache() -> Path:
 
 def pep440(version: str) -> str:
     try:
-        from packaging.version import InvalidVersion, Version
-    except ImportError:  # packaging comes with pip/build; without it, trust the plan
-        return version
-    try:
         return str(Version(version))
     except InvalidVersion as exc:
         raise BuildError(f"release version {version!r} is not a valid Python package version (PEP 440)") from exc
@@ -158,7 +160,7 @@ def stage_sources(native: Path, dest: Path, version: str) -> Path:
     return dest
 
 
-def source_fingerprint(native: Path, extra: dict[str, Any]) -> str:
+def source_fingerprint(native: Path, extra: Mapping[str, object]) -> str:
     h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
     # Documentation does not shape the build: an edited README must not rebuild the runtime.
     ignored = re.compile(r"(^|/)(build|_skbuild|dist|wheelhouse|__pycache__)(/|$)|\.(pyc|so|whl|md)$")
@@ -409,7 +411,7 @@ def twine_check(wheels: list[Path], log: Log) -> None:
          what="twine check")
 
 
-def check_golden(built: Built, model_dir: Path, tools: Path, work: Path, log: Log) -> dict[str, Any]:
+def check_golden(built: Built, model_dir: Path, tools: Path, work: Path, log: Log) -> records.JsonObject:
     """Install one wheel where it will be used and run check_wheel.py against the golden outputs.
 
     self-contained: a fresh venv without torch (numpy and Pillow from the index, pip's cache).
@@ -474,23 +476,24 @@ def model_folder(ctx: StageContext) -> tuple[str, Path]:
     return model.name, folder
 
 
-def build_packages(ctx: StageContext, out: Path, entries: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def build_packages(ctx: StageContext, out: Path,
+                   entries: list[records.PlanPackage] | None = None) -> list[records.ModelPackageWheel]:
     """The project's model packages into ``out`` (``wheels/``): ``entries`` of the plan's ``packages``
     (default: all of them)."""
-    records = []
-    for entry in ctx.plan.get("packages", []) if entries is None else entries:
-        model_dir = ctx.out / "models" / entry["model"]
+    built = []
+    for entry in ctx.plan.packages if entries is None else entries:
+        model_dir = ctx.out / "models" / entry.model
         path = modelpkg.build_model_package(
-            model_dir, out, distribution=entry["package"], module=entry["import"], version=str(ctx.plan["version"]),
-            project=ctx.config.project.name, model=entry["model"], slipway_version=slipway.__version__,
+            model_dir, out, distribution=entry.package, module=entry.import_name, version=ctx.plan.version,
+            project=ctx.config.project.name, model=entry.model, slipway_version=slipway.__version__,
         )
         size = path.stat().st_size
-        ctx.log(f"{path.name}: model package '{entry['package']}' of {entry['model']} ({size / 2**20:.2f} MiB)")
-        records.append({"name": path.name, "kind": "model-package", "package": entry["package"],
-                        "import": entry["import"], "model": entry["model"], "size": size,
-                        "size_mib": round(size / 2**20, 3), "sha256": sha256_file(path),
-                        "requires": modelpkg.runtime_requirement(slipway.__version__)})
-    return records
+        ctx.log(f"{path.name}: model package '{entry.package}' of {entry.model} ({size / 2**20:.2f} MiB)")
+        built.append(records.ModelPackageWheel(
+            name=path.name, kind="model-package", package=entry.package, import_name=entry.import_name,
+            model=entry.model, size=size, size_mib=round(size / 2**20, 3), sha256=sha256_file(path),
+            requires=modelpkg.runtime_requirement(slipway.__version__)))
+    return built
 
 
 def _build_runtime(ctx: StageContext, native: Path, version: str, builder: str, docker_env: dict[str, str],
@@ -539,16 +542,16 @@ def _build_runtime(ctx: StageContext, native: Path, version: str, builder: str, 
     return [Built(folder / b.path.name, b.kind, b.builder, check=b.check, repair=b.repair) for b in built], folder
 
 
-def packaging_arch(plan: dict[str, Any]) -> str | None:
+def packaging_arch(plan: records.Plan) -> str | None:
     """The wheel target whose job builds the model packages (pure Python: once per release, not
     once per architecture): the plan's first wheel target."""
-    targets_ = (plan.get("matrix") or {}).get("wheels") or []
-    return targets_[0]["arch"] if targets_ else None
+    targets_ = plan.matrix.wheels
+    return targets_[0].arch if targets_ else None
 
 
 def check_arch(ctx: StageContext, arch: str) -> None:
     """``--arch`` names a wheel target of the plan, and this machine is of that architecture."""
-    planned = [t["arch"] for t in (ctx.plan.get("matrix") or {}).get("wheels") or []]
+    planned = [t.arch for t in ctx.plan.matrix.wheels]
     if arch not in planned:
         raise BuildError(f"--arch {arch}: the plan's wheel targets (matrix.wheels) are "
                          f"{', '.join(planned) or 'none'}")
@@ -574,7 +577,7 @@ def _set_outputs(ctx: StageContext) -> None:
         set_outputs(github_outputs(ctx))
 
 
-def run(ctx: StageContext, arch: str | None = None) -> dict[str, Any]:
+def run(ctx: StageContext, arch: str | None = None) -> StageResult:
     """Build the runtime for this machine and the model packages.
 
     ``arch`` (a GitHub wheels job, ``--arch``): one wheel target of the plan, on a runner of that
@@ -585,12 +588,12 @@ def run(ctx: StageContext, arch: str | None = None) -> dict[str, Any]:
     if not spec.enabled:
         ctx.log("wheels.enabled = false: nothing to build")
         return {"summary": "disabled"}
-    if not ctx.plan["matrix"].get("wheels") and not ctx.plan.get("packages"):
+    if not ctx.plan.matrix.wheels and not ctx.plan.packages:
         ctx.log("the plan has no wheels to build (no PyTorch model in it): nothing to do")
         return {"summary": "none planned"}
     if arch is not None:
         check_arch(ctx, arch)
-    planned_packages = ctx.plan.get("packages", [])
+    planned_packages = ctx.plan.packages
     packages_here = planned_packages if arch is None or arch == packaging_arch(ctx.plan) else []
     if planned_packages and not packages_here:
         ctx.log(f"model packages: built by the {packaging_arch(ctx.plan)} job, not here")
@@ -629,16 +632,16 @@ def run(ctx: StageContext, arch: str | None = None) -> dict[str, Any]:
     key = source_fingerprint(native, build_inputs)[:16]
     fingerprint = source_fingerprint(native, {
         **build_inputs, "model": tree_fingerprint(model_dir), "publish_runtime": spec.publish_runtime,
-        "packages": packages_here, "release": str(ctx.plan["version"]),
-        "exports": {e["model"]: tree_fingerprint(ctx.out / "models" / e["model"])
-                    for e in packages_here if (ctx.out / "models" / e["model"]).is_dir()},
+        "packages": [records.dump(p) for p in packages_here], "release": ctx.plan.version,
+        "exports": {e.model: tree_fingerprint(ctx.out / "models" / e.model)
+                    for e in packages_here if (ctx.out / "models" / e.model).is_dir()},
     })
     reused = reuse(out, fingerprint)
     if reused is not None:
         ctx.log("wheels unchanged since the last run (same sources, versions, torch and exports): "
                 f"reused {len(reused)}")
         _set_outputs(ctx)
-        return {"summary": f"{len(reused)} wheels reused", "wheels": reused}
+        return {"summary": f"{len(reused)} wheels reused", "wheels": [records.dump(w) for w in reused]}
 
     for folder in {out, runtime_out, ctx.out / "runtime"}:
         for old in [*folder.glob("*.whl"), folder / "wheels.json"]:
@@ -659,25 +662,26 @@ def run(ctx: StageContext, arch: str | None = None) -> dict[str, Any]:
         ctx.log(f"{b.path.name}: {b.path.stat().st_size / 2**20:.2f} MiB ({b.kind})")
     packages = [] if problems else build_packages(ctx, out, packages_here)
     if not problems:
-        twine_check([*wheels, *(out / p["name"] for p in packages)], ctx.log)
+        twine_check([*wheels, *(out / p.name for p in packages)], ctx.log)
     if builder == "local" and not problems:
         with tempfile.TemporaryDirectory(prefix="slipway-wheel-check-") as work:
             for b in built:
                 b.check = check_golden(b, model_dir, tools, Path(work), ctx.log)
     failed_checks = [b for b in built if b.check and not b.check.get("ok")]
 
-    records = [{**b.record(), "package": DIST_NAME[b.kind].replace("_", "-"),
-                "published": spec.publish_runtime, "folder": runtime_out.name} for b in built]
+    wheel_records = [b.record(published=spec.publish_runtime, folder=runtime_out.name) for b in built]
     repair = next((b.repair for b in built if b.kind == "self-contained" and b.repair), {})
-    ctx.write_json("wheels/wheels.json", {
-        "version": version, "release_version": str(ctx.plan["version"]), "model": model_name,
-        "builder": builder, "builder_reason": why, "max_size_mib": spec.max_size_mib,
-        "build_seconds": build_seconds, "fingerprint": fingerprint, "runtime_cache": str(cache_folder),
-        "publish_runtime": spec.publish_runtime,
-        "ok": not problems and not failed_checks, "problems": problems,
-        "wheels": records, "packages": packages, "not_built_here": elsewhere,
-        "libtorch_pruning": {k: repair["prune"][k] for k in ("rules", "bytes")} if repair.get("prune") else None,
-    })
+    ctx.write("wheels/wheels.json", records.WheelsRecord(
+        version=version, release_version=ctx.plan.version, model=model_name,
+        builder=builder, builder_reason=why, max_size_mib=spec.max_size_mib,
+        build_seconds=build_seconds, fingerprint=fingerprint, runtime_cache=str(cache_folder),
+        publish_runtime=spec.publish_runtime,
+        ok=not problems and not failed_checks, problems=problems,
+        wheels=wheel_records, packages=packages,
+        not_built_here=[records.NotBuiltHere.model_validate(e) for e in elsewhere],
+        libtorch_pruning=records.LibtorchPruning(rules=repair["prune"]["rules"], bytes=repair["prune"]["bytes"])
+        if repair.get("prune") else None,
+    ))
     if problems:
         raise BuildError("wheel too big:\n" + "\n".join(f"  - {p}" for p in problems))
     if failed_checks:
@@ -686,29 +690,27 @@ def run(ctx: StageContext, arch: str | None = None) -> dict[str, Any]:
                                 f"{b.check.get('max_score_diff')}") for b in failed_checks)
         raise CheckError(f"golden-output check failed for {names}: {details} (see wheels/wheels.json)")
     _set_outputs(ctx)
-    largest = max(records, key=lambda r: r["size"])
+    largest = max(wheel_records, key=lambda r: r.size)
     where = "published with this release" if spec.publish_runtime else "in runtime/, not published"
-    names = ", ".join(p["package"] for p in packages) or (
+    names = ", ".join(p.package for p in packages) or (
         f"built by the {packaging_arch(ctx.plan)} job" if planned_packages else "none")
     return {
-        "summary": f"{len(records)} runtime wheels {version} ({builder}, {where}), largest "
-                   f"{largest['size_mib']:.1f} MiB of {spec.max_size_mib:g}, golden outputs matched; "
+        "summary": f"{len(wheel_records)} runtime wheels {version} ({builder}, {where}), largest "
+                   f"{largest.size_mib:.1f} MiB of {spec.max_size_mib:g}, golden outputs matched; "
                    f"model packages: {names}",
-        "wheels": records,
-        "packages": packages,
+        "wheels": [records.dump(w) for w in wheel_records],
+        "packages": [records.dump(p) for p in packages],
     }
 
 
-def reuse(out: Path, fingerprint: str) -> list[dict[str, Any]] | None:
+def reuse(out: Path, fingerprint: str) -> list[records.RuntimeWheel | records.ModelPackageWheel] | None:
     """The previous run's records when its fingerprint matches and every wheel is still intact."""
-    index = out / "wheels.json"
-    if not index.is_file():
+    # A damaged record is an error naming it, not a silent rebuild.
+    previous = records.read(out / "wheels.json", records.WheelsRecord, None)
+    if previous is None or previous.fingerprint != fingerprint or not previous.ok:
         return None
-    previous = read_record(index)  # a damaged record is an error naming it, not a silent rebuild
-    if previous.get("fingerprint") != fingerprint or not previous.get("ok"):
-        return None
-    for record in [*previous.get("wheels", []), *previous.get("packages", [])]:
-        path = out.parent / record.get("folder", out.name) / record["name"]
-        if not path.is_file() or path.stat().st_size != record["size"] or sha256_file(path) != record["sha256"]:
+    for record in [*previous.wheels, *previous.packages]:
+        path = out.parent / (record.folder or out.name) / record.name
+        if not path.is_file() or path.stat().st_size != record.size or sha256_file(path) != record.sha256:
             return None
-    return [*previous["wheels"], *previous.get("packages", [])]
+    return [*previous.wheels, *previous.packages]

@@ -1,0 +1,195 @@
+"""The peer benchmark's parsing, statistics and report, from a recorded run (no peer is installed here).
+
+``fixtures/bench/peers-run.json`` is a ``peers.json`` written by ``slipway bench --peers`` (a short
+run: 2 rounds of 3 s, on a busy 2-CPU machine); the report is rebuilt from it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from slipway.benchmark.peers import envs, procs, report, results, servers, spec
+from slipway.benchmark.peers.run import PeerSettings, check_against_reference
+from slipway.cli import main
+from slipway.errors import ConfigError
+
+RECORDED = Path(__file__).parent / "fixtures" / "bench" / "peers-run.json"
+
+
+@pytest.fixture()
+def recorded() -> dict:
+    return json.loads(RECORDED.read_text())
+
+
+def _round(r: int, rates: dict[int, float], p50: dict[int, float], memory: list[int]) -> dict:
+    return {"round": r, "ready_s": 1.0 + r, "memory_bytes": memory,
+            "levels": [{"concurrency": c, "requests": int(v * 10), "requests_per_s": v, "errors": {},
+                        "latency_ms": {"p50": p50[c], "p95": p50[c] * 2}} for c, v in rates.items()]}
+
+
+def test_medians_over_rounds_and_memory_is_the_median_of_each_rounds_peak():
+    rounds = [_round(1, {1: 100.0, 8: 300.0}, {1: 10.0, 8: 30.0}, [100 * results.MIB, 300 * results.MIB]),
+              _round(2, {1: 120.0, 8: 200.0}, {1: 8.0, 8: 40.0}, [250 * results.MIB]),
+              _round(3, {1: 110.0, 8: 250.0}, {1: 9.0, 8: 35.0}, [200 * results.MIB, 280 * results.MIB])]
+    s = results.summarize_config(rounds)
+    assert s["levels"]["1"] == {"rounds": 3, "requests_per_s": 110.0, "p50_ms": 9.0, "p95_ms": 18.0, "errors": 0}
+    assert s["levels"]["8"]["requests_per_s"] == 250.0
+    assert s["memory_mib"] == 280  # peaks 300, 250, 280
+    assert s["ready_s"] == 3.0
+
+
+def test_rounds_are_interleaved_so_no_server_always_goes_first():
+    keys = ["a", "b", "c"]
+    orders = [results.round_order(keys, r) for r in range(3)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert {o[0] for o in orders} == set(keys)
+    assert results.round_order([], 2) == []
+
+
+def _config(key: str, server: str, c1: float, c8: float, mem: int) -> dict:
+    return {"key": key, "server": server, "summary": {"memory_mib": mem, "levels": {
+        "1": {"requests_per_s": c1}, "8": {"requests_per_s": c8}}}}
+
+
+def test_goals_compare_each_image_with_the_best_peer_and_the_leanest_one():
+    configs = [_config("slipway-a", "slipway", 300, 400, 200), _config("slipway-b", "slipway", 300, 500, 900),
+               _config("ts", "torchserve", 250, 480, 800), _config("lit", "litserve", 310, 410, 700)]
+    goals = {g["key"]: g for g in results.goals(configs, [1, 8])}
+    a = {ch["what"]: ch for ch in goals["slipway-a"]["checks"]}
+    assert a["req/s at c=1"]["peer_key"] == "lit" and not a["req/s at c=1"]["met"]
+    assert a["req/s at c=8"]["peer_key"] == "ts" and not a["req/s at c=8"]["met"]
+    assert a["memory under load (MiB)"] == {"what": "memory under load (MiB)", "slipway": 200, "peer": 700,
+                                            "peer_key": "lit", "met": True, "ratio": 0.29}
+    b = {ch["what"]: ch["met"] for ch in goals["slipway-b"]["checks"]}
+    assert b == {"req/s at c=1": False, "req/s at c=8": True, "memory under load (MiB)": False}
+    assert goals["slipway-a"]["met"] is False
+    # Without a peer there is nothing to meet or miss.
+    assert results.goals(configs[:1], [1, 8])[0]["met"] is None
+
+
+def test_report_from_the_recorded_run(recorded):
+    md = report.markdown(recorded)
+    # One row per configuration, every one of them with detections equal to the reference.
+    for c in recorded["configs"]:
+        assert f"| {c['label']} |" in md
+        assert c["check"]["ok"]
+    assert md.count("| equal |") == len(recorded["configs"])
+    assert "## Settings" in md and "## Machine" in md and "## Goals" in md
+    assert recorded["machine"]["cpu_model"] in md
+    # The recorded machine was busy: the report says the numbers do not compare the servers.
+    assert "The machine was busy" in md
+    # The best req/s of each column is bold, and it is the largest median in the data.
+    top8 = max(results.rate(c, 8) for c in recorded["configs"])
+    assert f"**{top8:,.0f}**" in md
+    for g in recorded["goals"]:
+        assert f"- {g['key']}:" in md
+
+
+def test_chart_is_well_formed_svg_with_a_bar_per_configuration_and_level(recorded):
+    svg = report.svg(recorded)
+    root = ET.fromstring(svg)
+    assert root.tag.endswith("svg")
+    rects = [e for e in root.iter() if e.tag.endswith("rect")]
+    n = len([c for c in recorded["configs"] if c.get("summary")])
+    levels = len(recorded["settings"]["concurrency"])
+    # background, stripes (every other row), rate bars, memory bars, legend boxes
+    assert len(rects) == 1 + (n + 1) // 2 + n * levels + n + levels
+    texts = " ".join(e.text or "" for e in root.iter() if e.tag.endswith("text"))
+    for c in recorded["configs"]:
+        assert c["label"][:20] in texts
+
+
+def test_report_says_what_failed():
+    data = {"settings": {"concurrency": [1, 8]}, "machine": {}, "goals": [],
+            "configs": [{"key": "bentoml-per-cpu", "server": "bentoml", "label": "BentoML", "settings": "2 workers",
+                         "rounds": [], "summary": None, "check": None,
+                         "failures": ["round 1: BentoML did not answer within 180s"]}]}
+    md = report.markdown(data)
+    assert "| BentoML | 2 workers | - | - | - | - | - | not checked |" in md
+    assert "- bentoml-per-cpu: round 1: BentoML did not answer within 180s" in md
+    assert "no Slipway image was measured" in md
+    ET.fromstring(report.svg(data))
+
+
+def test_detections_are_checked_against_the_reference():
+    det = {"box": [1.0, 2.0, 30.0, 40.0], "score": 0.9, "class_id": 1, "label": "square"}
+    ref = [{"file": "000.png", "detections": [det]}]
+    assert check_against_reference([[det]], ref, {})["ok"]
+    moved = {**det, "box": [1.5, 2.0, 30.5, 40.0]}
+    bad = check_against_reference([[moved]], ref, {"iou": 0.99, "score": 1e-4})
+    assert not bad["ok"] and bad["min_iou"] < 0.99
+    assert not check_against_reference([[]], ref, {})["ok"]
+
+
+def test_cpu_lists_parse_as_taskset_takes_them():
+    assert servers.parse_cpus("0,1") == [0, 1]
+    assert servers.parse_cpus("0-3,6") == [0, 1, 2, 3, 6]
+    with pytest.raises(ValueError, match="'x'"):
+        servers.parse_cpus("0,x")
+    with pytest.raises(ValueError, match="'3-1'"):
+        servers.parse_cpus("3-1")
+
+
+def test_proc_parsing_and_process_trees(tmp_path):
+    # A command name with spaces and parentheses must not shift the fields.
+    assert procs.parse_ppid("42 (python3 (worker) x) S 7 42 42 0 -1") == 7
+    assert procs.parse_rss_kib("Name:\tjava\nVmRSS:\t  20480 kB\nThreads: 3\n") == 20480
+    assert procs.parse_rss_kib("Name:\tzombie\nState:\tZ\n") == 0
+    fake = tmp_path / "proc"
+    tree = {10: (1, 1000), 11: (10, 2000), 12: (11, 3000), 20: (1, 99999)}
+    for pid, (ppid, rss) in tree.items():
+        (fake / str(pid)).mkdir(parents=True)
+        (fake / str(pid) / "stat").write_text(f"{pid} (srv {pid}) S {ppid} 0 0")
+        (fake / str(pid) / "status").write_text(f"Name:\tx\nVmRSS:\t{rss} kB\n")
+    (fake / "self").mkdir()
+    assert sorted(procs.tree(10, fake)) == [10, 11, 12]
+    assert procs.tree_rss_bytes(10, fake) == 6000 * 1024
+
+
+def test_memory_of_this_process_tree_is_sampled():
+    import os
+
+    with procs.MemorySampler(os.getpid(), interval=0.05) as sampler:
+        pass
+    assert sampler.samples and all(s > 10 * 1024 * 1024 for s in sampler.samples)
+
+
+def test_peers_get_slipways_own_pins_and_pinned_versions():
+    pins = envs.shared_pins()
+    assert [p.split("==")[0] for p in pins] == ["torch", "numpy", "pillow"]
+    for peer in spec.PEERS.values():
+        reqs = envs.requirements(peer)
+        assert all("==" in r for r in reqs), reqs
+        assert any(r.startswith(f"{peer.name}=={peer.version}") for r in reqs)
+
+
+def test_configurations_by_cpu_count():
+    keys = [c.key for c in spec.configs(2)]
+    assert keys[:3] == ["slipway-pytorch-cpu", "slipway-pytorch-cpp-cpu", "slipway-onnx-cpu"]
+    assert {"torchserve-default", "torchserve-1x", "torchserve-batch", "litserve-default", "bentoml-per-cpu"} <= set(keys)
+    by_key = {c.key: c for c in spec.configs(4)}
+    assert by_key["torchserve-1x"].threads == 4 and by_key["bentoml-per-cpu"].workers == 4
+    assert by_key["torchserve-batch"].batch_max == 8 and by_key["litserve-per-cpu"].optional
+    assert [c.server for c in spec.configs(2, variants=(), peers=("litserve",))] == ["litserve", "litserve"]
+
+
+def test_settings_are_checked_and_the_runtime_estimated():
+    s = PeerSettings()
+    s.validate()
+    # The full run: 8 configurations, 3 rounds; about a quarter of an hour.
+    assert 12 * 60 <= s.estimate_s(8) <= 16 * 60
+    with pytest.raises(ConfigError, match="--peer nginx"):
+        PeerSettings(peers=("nginx",)).validate()
+    with pytest.raises(ConfigError, match="seconds"):
+        PeerSettings(seconds=0).validate()
+
+
+def test_cli_rejects_a_malformed_image_option(repo_root, tmp_path, capsys):
+    code = main(["bench", "--peers", "--image", "pytorch-cpu", "--config", str(repo_root / "release.toml"),
+                 "--out", str(tmp_path)])
+    assert code == 2
+    assert "--image 'pytorch-cpu': expected VARIANT=IMAGE" in capsys.readouterr().err
