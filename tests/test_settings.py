@@ -41,10 +41,10 @@ def test_every_variable_the_package_names_is_a_setting():
 
 
 def test_no_module_reads_a_slipway_variable_itself():
-    """Only settings.py reads the environment for SLIPWAY_* (the registry client is moving there)."""
+    """Only settings.py reads the environment for SLIPWAY_*."""
     readers = []
     for path in PACKAGE.rglob("*.py"):
-        if path.name in ("settings.py", "registry.py"):
+        if path.name == "settings.py":
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"(environ|getenv)\b.*[\"']SLIPWAY_|SLIPWAY_\w*[\"']\s*\]?\s*.*environ\.get", line):
