@@ -526,8 +526,9 @@ def _gpu_requests() -> list[Any]:
 def start(image: str, *, name: str, command: list[str] | None = None, entrypoint: str | None = None,
           env: dict[str, str] | None = None, network: str | None = "host", memory: str | None = None,
           cpus: float | None = None, gpus: bool = False, volumes: dict[str, dict[str, str]] | None = None,
-          user: str | None = None) -> str:
-    """``docker run -d``: start a container named ``name``; its ID."""
+          user: str | None = None, cpuset: str | None = None) -> str:
+    """``docker run -d``: start a container named ``name``; its ID. ``cpuset``: the CPUs it may
+    use, as ``--cpuset-cpus`` takes them (``0,1`` or ``2-3``)."""
     options: dict[str, Any] = {"detach": True, "name": name, "environment": env or {}}
     if network:
         options["network_mode"] = network
@@ -535,6 +536,8 @@ def start(image: str, *, name: str, command: list[str] | None = None, entrypoint
         options["mem_limit"] = memory
     if cpus:
         options["nano_cpus"] = int(cpus * 1e9)
+    if cpuset:
+        options["cpuset_cpus"] = cpuset
     if gpus:
         options["device_requests"] = _gpu_requests()
     if volumes:

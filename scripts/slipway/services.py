@@ -221,14 +221,6 @@ def docker_reachable() -> bool:
     return bool(installed("docker")) and engine.reachable()
 
 
-def docker(*args: str, check: bool = True, capture: bool = True, timeout: float | None = None, **kw):
-    """The docker CLI; kept for callers not yet on ``slipway.engine`` (use ``engine.cli`` or the
-    engine's SDK functions instead)."""
-    from slipway import engine
-
-    return engine.cli(*args, check=check, capture=capture, timeout=timeout, **kw)
-
-
 def ensure_docker(log: Log = _stderr) -> str:
     """Use a running engine; else start Debian's dockerd under the state folder."""
     pidfile = PidFile(state_dir() / "docker" / "dockerd.slipway.pid")
