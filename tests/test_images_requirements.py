@@ -70,8 +70,8 @@ def _project(folder: Path, requirements: str | None) -> StageContext:
 
 
 def _remove(ctx: StageContext) -> None:
-    for entry in ctx.plan["matrix"]["images"]:
-        services.docker("image", "rm", "-f", f"{entry['image']}:{ctx.plan['version']}", check=False, timeout=120)
+    for entry in ctx.plan.matrix.images:
+        services.docker("image", "rm", "-f", f"{entry.image}:{ctx.plan.version}", check=False, timeout=120)
 
 
 def test_staged_project_requirements(tmp_path):
