@@ -79,11 +79,12 @@ VARIANTS = [
 
 
 def test_image_tags_release_and_prerelease():
-    assert publish.image_tags({"version": "1.2.3", "short_sha": "abcdef0"}) == (
+    sha = "abcdef0" + "0" * 33
+    assert publish.image_tags(bare_plan("1.2.3", sha)) == (
         ["1.2.3", "sha-abcdef0"],
         ["1.2", "latest"],
     )
-    assert publish.image_tags({"version": "1.2.3rc1", "short_sha": "abcdef0"}) == (
+    assert publish.image_tags(bare_plan("1.2.3rc1", sha)) == (
         ["1.2.3rc1", "sha-abcdef0"],
         [],
     )

@@ -187,6 +187,81 @@ def test_each_damaged_record_stops_its_reader_with_exit_4_naming_it(release_fold
         assert ".".join(where[1:] if record == "images.json" or record == "stages.json" else where) in err, err
 
 
+# publish's own records, each with the command that reads it: ``publish --kind github-release``
+# reads publish/<variant>.json (what the images job tagged); a dry-run ``publish`` reads
+# release.json first (a real publish's record is never overwritten by a dry run).
+PUBLISH_READERS = {
+    "publish/alpha.json": (["tags"], ["publish", "--kind", "github-release"]),
+    "release.json": (["images"], ["publish"]),
+}
+
+
+def _published_folder(release_folder, tmp_path: Path) -> Path:
+    """The release folder with a current export (so that the gate lets publish go on) and one valid
+    record of each of publish's own kinds."""
+    config, _plan_file, _ = release_folder
+    out = _copy(release_folder, tmp_path)
+    write_fake_export(out / "models" / "shapes-torch", name="shapes-torch", config=config, version="0.0.1")
+    image = "127.0.0.1:5000/rec/rec-alpha"
+    records.write(out / "publish" / "alpha.json", records.PublishedImage(
+        variant="alpha", image=image, digest="sha256:" + "b" * 64, dry_run=True, tags={"0.0.1": None}))
+    records.write(out / "publish-plan.json", records.PublishPlan(dry_run=True, conflicts=[], actions=[
+        records.PublishAction(action="push", what="image", ref=f"{image}:0.0.1", image_id="sha256:" + "a" * 64,
+                              state="absent", immutable=True)]))
+    records.write(out / "release.json", records.ReleaseRecord(
+        project="rec", version="0.0.1", sha="0" * 40, prerelease=False, dry_run=True, images={}, wheels=[],
+        models={}, sboms=[], smoke=records.ReleaseSmoke(ok=True, gpu_present=False)))
+    return out
+
+
+def test_the_github_release_reads_the_undamaged_publish_records(release_folder, tmp_path, capsys):
+    out = _published_folder(release_folder, tmp_path)
+    code, err = _run(capsys, release_folder, out, ["publish", "--kind", "github-release"])
+    assert code == 0, err
+    release = records.read(out / "release.json", records.ReleaseRecord)
+    assert release.images["alpha"].tags == {"0.0.1": None} and release.smoke.ok
+    assert records.read(out / "release" / "assets" / "release.json", records.ReleaseRecord) == release
+    assert records.read(out / "publish-plan.json", records.PublishPlan).actions[0].state == "absent"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong type"])
+@pytest.mark.parametrize("record", list(PUBLISH_READERS))
+def test_each_damaged_publish_record_stops_its_reader_with_exit_4_naming_it(
+    release_folder, tmp_path, capsys, record, damage
+):
+    out = _published_folder(release_folder, tmp_path)
+    path = out / record
+    where, args = PUBLISH_READERS[record]
+    if damage == "truncated":
+        text = path.read_text()
+        path.write_text(text[: len(text) // 2])
+    else:
+        data = json.loads(path.read_text())
+        data[where[0]] = ["not", "what", "the", "model", "says"]
+        path.write_text(json.dumps(data))
+    code, err = _run(capsys, release_folder, out, args)
+    assert code == RecordError.exit_code == 4, err
+    assert str(path) in err and "damaged" in err and "Traceback" not in err, err
+    if damage == "wrong type":
+        assert where[0] in err, err
+    # Nothing was staged or written over: the damaged record is still there, as it was found.
+    assert not (out / "release" / "assets").exists()
+
+
+def test_publish_plan_is_written_by_publish_and_read_by_nothing(release_folder, tmp_path):
+    """No command reads publish-plan.json (publish writes it afresh, before it pushes): the record
+    is checked where it is written, and a damaged one is an error for whoever reads it."""
+    out = _published_folder(release_folder, tmp_path)
+    readers = [p.relative_to(SLIPWAY).as_posix() for p in SLIPWAY.rglob("*.py")
+               if "publish-plan.json" in p.read_text() and "ctx.write(\"publish-plan.json\"" not in p.read_text()]
+    assert all(r in ("records.py", "stages/publish/preflight.py") for r in readers), readers
+    path = out / "publish-plan.json"
+    path.write_text(path.read_text().replace('"push"', '"shove"'))
+    with pytest.raises(RecordError, match=r"actions\[0\]\.action") as err:
+        records.read(path, records.PublishPlan)
+    assert str(path) in str(err.value) and err.value.exit_code == 4
+
+
 def test_a_missing_or_damaged_plan_is_a_configuration_error_naming_it(release_folder, tmp_path, capsys):
     config, _plan_file, _ = release_folder
     out = _copy(release_folder, tmp_path)

@@ -28,6 +28,12 @@ def run(ctx: StageContext, variants: list[str] | None, *, local: bool) -> StageR
         ctx.log("publishing to the local registry and index")
     elif dry_run:
         ctx.log("dry run: nothing will be pushed (publish for real on a tag, with --no-dry-run, or --local)")
+    # Decided first: a damaged release.json stops publish before it does anything.
+    record = "release.json"
+    if dry_run and published_before(ctx.out / record):
+        # The record of a real publish stays; a later dry run must not pass for it.
+        record = "release.dry-run.json"
+        ctx.log(f"{ctx.out / 'release.json'} records a real publish; this dry run's record is {record}")
     summary = gate.check_smoke(ctx, variants)
     index = plan.registries.packages
     simple = registry.simple_url(index, ctx.config.registries.packages_simple)
@@ -52,11 +58,6 @@ def run(ctx: StageContext, variants: list[str] | None, *, local: bool) -> StageR
         push.upload_wheels(ctx, wheels, index, simple)
 
     release = _release_record(ctx, images, wheels, sboms, assets, summary, index, dry_run)
-    record = "release.json"
-    if dry_run and published_before(ctx.out / record):
-        # The record of a real publish stays; a later dry run must not pass for it.
-        record = "release.dry-run.json"
-        ctx.log(f"{ctx.out / 'release.json'} records a real publish; this dry run's record is {record}")
     ctx.write(record, release)
     shutil.copy2(ctx.out / record, assets.folder / "release.json")
     if dest is not None and not dry_run:
