@@ -186,6 +186,13 @@ class Service:
         if peak is not None:
             yield "slipway_memory_peak_bytes", "Peak memory of the container's cgroup.", peak, {}
 
+    def close(self) -> None:
+        """Stop the batch runners and let the slot threads end once their work is done."""
+        if self.batcher is not None:
+            self.batcher.close()
+        self.workers.shutdown(wait=False)
+        self.health.shutdown(wait=False)
+
     async def ensure_ready(self) -> None:
         """Nothing when the backend is ready (no thread hop); otherwise retry a start that waits for
         an external server, and raise ApiError 503 ``not_ready`` when it still is not."""
@@ -507,6 +514,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         if service.backend.state == "loading" and not service.backend.wait_started(0):
             service.start_in_background()
         yield
+        service.close()
 
     app = FastAPI(
         title="Slipway inference service",
