@@ -414,10 +414,17 @@ def _work(backend: Backend, batcher, probe: Probe) -> tuple[list[Detection], dic
     """On a slot thread: decode, preprocess, infer, postprocess; (detections in the original
     pixels, seconds per stage)."""
     started = time.perf_counter()
-    image = load_image(probe)
-    if backend.input_kind == "array":
-        pil, image = image, to_array(image)
-        pil.close()
+    if batcher is not None:
+        batcher.expect()
+    try:
+        image = load_image(probe)
+        if backend.input_kind == "array":
+            pil, image = image, to_array(image)
+            pil.close()
+    except BaseException:
+        if batcher is not None:
+            batcher.settle()
+        raise
     timings = {"decode": time.perf_counter() - started}
     detections = backend.predict(image, timings) if batcher is None else batcher.predict(image, timings)
     del image

@@ -221,6 +221,36 @@ def test_batching_stacks_concurrent_requests_into_one_forward(model_dir):
     assert sizes[("slipway_batch_size_sum", ())] >= 5
 
 
+def test_the_batcher_answers_every_request_under_load(model_dir):
+    """Many slot threads, two runners, a short delay: every request answered with its own row."""
+    import threading
+
+    from serving.batching import Batcher
+
+    backend = TorchScriptBackend(model_dir, load_manifest(model_dir), threads=1)
+    backend.batch_max = 4
+    backend.start()
+    batcher = Batcher(backend, max_batch=4, delay_s=0.002, runners=2)
+    images = [sample_image(96, 64, seed=i) for i in range(4)]
+    expected = [backend.predict(image) for image in images]
+    wrong: list[int] = []
+
+    def client(k: int) -> None:
+        for i in range(60):
+            batcher.expect()
+            if batcher.predict(images[(k + i) % 4], {}) != expected[(k + i) % 4]:
+                wrong.append(k)
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a request was never answered"
+    assert not wrong
+    batcher.close()
+
+
 def test_a_model_that_cannot_batch_fails_to_start_saying_why(model_dir, caplog):
     class FixedBatch(TorchScriptBackend):
         def forward(self, batch):

@@ -77,11 +77,13 @@ class TorchScriptBackend(CandidatesMixin, Backend):
     def check_batch(self, size: int) -> None:
         inp = self.manifest["input"]
         grey = np.full((inp["height"], inp["width"], 3), 127, dtype=np.uint8)
-        batch = self.stack([self.prepare(grey)] * size)
+        x = self.prepare(grey)
         try:
-            # Twice: the profiling executor specialises on the first shape it sees.
-            for _ in range(2):
-                outputs = self.forward(batch)
+            # Every batch size a request may meet, twice each: the profiling executor specialises
+            # (and fuses) the graph per input shape, which must not happen on a request's time.
+            for n in range(2, size + 1):
+                for _ in range(2):
+                    outputs = self.forward(self.stack([x] * n))
         except Exception as exc:
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), repr(exc))
             raise BackendError(
