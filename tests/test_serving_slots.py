@@ -267,7 +267,7 @@ def test_a_model_that_cannot_batch_fails_to_start_saying_why(model_dir, caplog):
     assert "SLIPWAY_BATCH_MAX=4" in caplog.text
 
 
-def test_onnx_batches_with_a_dynamic_batch_dimension(tmp_path):
+def test_onnx_slots_and_batches_with_a_dynamic_batch_dimension(tmp_path):
     pytest.importorskip("onnxruntime")
     folder = write_tiny_model(tmp_path / "m", name=MODEL, onnx=True)
     bodies = [encode(sample_image(96, 64, seed=i), "PNG") for i in range(3)]
@@ -277,6 +277,10 @@ def test_onnx_batches_with_a_dynamic_batch_dimension(tmp_path):
     app = create_app(Settings(model_dir=folder, backend="onnx", slots=2, threads=1, batch_max=3, batch_delay_ms=200))
     _service(app)
     assert [r.json()["detections"] for r in asyncio.run(_post_all(app, bodies))] == expected
+    # One session, two slots, no batching: the same answers.
+    slots = create_app(Settings(model_dir=folder, backend="onnx", slots=2, threads=1))
+    _service(slots)
+    assert [r.json()["detections"] for r in asyncio.run(_post_all(slots, bodies * 2))] == expected * 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,3 +381,17 @@ def test_jpeg_is_decoded_straight_to_the_model_input_scale(tmp_path):
     # 1/8 of 1024x768 still covers 64x64: decoded at 128x96, not at full size.
     assert probe.decoded_size == (128, 96)
     probe.close()
+
+
+def test_onnx_with_a_fixed_batch_refuses_to_batch(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    folder = write_tiny_model(tmp_path / "m", name=MODEL, onnx=True)
+    model = onnx.load(str(folder / "model.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # exported with a batch of 1
+    onnx.save(model, str(folder / "model.onnx"))
+    app = create_app(Settings(model_dir=folder, backend="onnx", slots=1, threads=1, batch_max=2))
+    backend = app.state.service.backend
+    backend.start()
+    assert backend.state == "error"
+    assert "SLIPWAY_BATCH_MAX=2" in backend.error and "fixed batch dimension of 1" in backend.error
