@@ -155,7 +155,8 @@ def test_torchscript_slots_give_the_same_detections_as_one(model_dir):
 
 
 def test_parallelism_fills_the_cpus():
-    assert parallelism(4, None, None) == (4, 1)
+    assert parallelism(4, None, None) == (4, 2)
+    assert parallelism(1, None, None) == (1, 1)
     assert parallelism(4, None, 2) == (2, 2)
     assert parallelism(4, 1, None) == (1, 4)
     assert parallelism(2, 3, 3) == (3, 3)
