@@ -53,8 +53,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     MODEL_DIR=/model \
     HOST=0.0.0.0 \
-    PORT=8080 \
-    THREADS=2
+    PORT=8080
+# SLIPWAY_SLOTS x SLIPWAY_THREADS: chosen by the service from the CPUs the container gets, unless set.
 WORKDIR /app
 EXPOSE 8080
 # /readyz, not /healthz: healthy means the model is loaded, warmed up and answering.

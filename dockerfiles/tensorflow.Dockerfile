@@ -54,7 +54,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     MODEL_DIR=/model \
     HOST=0.0.0.0 \
     PORT=8080 \
-    THREADS=2 \
     TF_CPP_MIN_LOG_LEVEL=1
 WORKDIR /app
 EXPOSE 8080

@@ -1,7 +1,10 @@
 """The FastAPI application: endpoints, error bodies and metrics around one backend.
 
 The app never knows which framework runs the model: it holds a ``Backend`` and asks it to
-start, to say whether it is ready, and to predict. Every error is answered as JSON::
+start, to say whether it is ready, and to predict. Every protocol (the REST API here, the Open
+Inference Protocol in serving/oip.py) runs an image through ``Service.infer``: admission, one hop
+to a slot thread (decode, preprocess, the shared model, postprocess), stage timings. Every error
+is answered as JSON::
 
     {"error": {"status": 415, "code": "unsupported_media_type", "message": "..."}}
 """
@@ -14,24 +17,34 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serving import __version__, oip
 from serving.backends import Backend, BackendUnavailable, create_backend
-from serving.backends.base import READY
-from serving.config import Settings
+from serving.backends.base import READY, Detection
+from serving.config import BATCHING_BACKENDS, Settings
 from serving.images import SUPPORTED_CONTENT_TYPES, ImageRejected, Probe, load_image, probe_image, to_array
-from serving.limits import Admission, ByteBudget, Overloaded, cgroup_memory_peak, decode_cost
+from serving.limits import Admission, ByteBudget, Overloaded, cgroup_memory_peak, decode_cost, lower_priority
 from serving.manifest import load_manifest
-from serving.metrics import Metrics
+from serving.metrics import CONTENT_TYPE, STAGES, Metrics
+
+try:  # orjson is in every image's requirements; the standard library's encoder where it is missing
+    import orjson
+
+    def dumps(value: Any) -> bytes:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+except ModuleNotFoundError:  # pragma: no cover
+    def dumps(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 log = logging.getLogger("serving")
 
@@ -60,6 +73,44 @@ CLIENT_CLOSED = 499
 RETRY = {"Retry-After": "1"}
 
 
+@dataclass(frozen=True)
+class InferResult:
+    """One image's detections (boxes in the original image's pixels) and where its time went.
+
+    ``timings``: seconds per stage, in the order of ``serving.metrics.STAGES`` (queue, decode,
+    preprocess, infer, postprocess; a backend that is not staged reports its whole call as infer).
+    A protocol adds its own read and encode to what it reports (``server_timing``).
+    """
+
+    detections: list[Detection]
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def boxes(self) -> list[list[float]]:
+        return [d["box"] for d in self.detections]
+
+    @property
+    def scores(self) -> list[float]:
+        return [d["score"] for d in self.detections]
+
+    @property
+    def class_ids(self) -> list[int]:
+        return [d["class_id"] for d in self.detections]
+
+    @property
+    def labels(self) -> list[str]:
+        return [d["label"] for d in self.detections]
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    """A ``Server-Timing`` header value from stage seconds: ``read;dur=0.041, decode;dur=1.2, ...`` (ms)."""
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    parts = sorted(timings.items(), key=lambda kv: order.get(kv[0], len(order)))
+    return ", ".join(f"{stage};dur={seconds * 1000:.3f}" for stage, seconds in parts)
+
+
 def echo(value: str, limit: int = 64) -> str:
     """A client's string in an error message: quoted, and cut to ``limit`` characters."""
     return repr(value if len(value) <= limit else value[:limit] + "...")
@@ -70,13 +121,18 @@ class Service:
 
     def __init__(self, settings: Settings, backend: Backend | None = None):
         self.settings = settings
+        # Slots: parallel inferences on the one loaded model; threads: intra-op threads of each.
+        self.slots, self.threads = settings.parallelism()
+        if settings.batch_max > 1 and settings.backend not in BATCHING_BACKENDS and backend is None:
+            raise ValueError(f"SLIPWAY_BATCH_MAX={settings.batch_max}: BACKEND={settings.backend} cannot batch")
         if backend is None:
             manifest = load_manifest(settings.model_dir)
             backend = create_backend(
                 settings.backend,
                 settings.model_dir,
                 manifest,
-                threads=settings.threads,
+                threads=self.threads,
+                slots=self.slots,
                 device=settings.device,
                 tfserving_url=settings.tfserving_url,
                 tfserving_timeout_s=settings.tfserving_timeout_s,
@@ -85,9 +141,17 @@ class Service:
         self.backend = backend
         self.manifest = backend.manifest
         self.model_name: str = self.manifest["name"]
-        self.metrics = Metrics()
+        self.metrics = Metrics(self._gauges)
         self.created = time.monotonic()
         self.limits = settings.limits()
+        self.batcher = None
+        if settings.batch_max > 1:
+            from serving.batching import Batcher
+
+            # Proved during warm-up: a model that cannot take the batch fails to start, saying why.
+            backend.batch_max = settings.batch_max
+            self.batcher = Batcher(backend, max_batch=settings.batch_max, delay_s=settings.batch_delay_ms / 1000,
+                                   runners=self.slots, observe_batch=self.metrics.batch_size.observe)
         self.admission = Admission(
             budget=self.limits.decode_budget_bytes,
             max_inflight=self.limits.max_inflight,
@@ -95,14 +159,123 @@ class Service:
             timeout_s=self.limits.queue_timeout_s,
         )
         self.bodies = ByteBudget(self.limits.body_budget_bytes)
-        # Decode + predict run here (never more at once than admitted); health probes of a backend
-        # with an external server run on their own thread, so they answer while predict is busy.
-        self.workers = ThreadPoolExecutor(self.limits.max_inflight, thread_name_prefix="predict",
+        # The slots: one thread per admitted request, which decodes, preprocesses, runs the model
+        # and postprocesses in one call (the only hop off the event loop). Health probes of a
+        # backend with an external server run on their own thread, so they answer while every slot
+        # is busy.
+        self.workers = ThreadPoolExecutor(self.limits.max_inflight, thread_name_prefix="slot",
                                           initializer=lower_priority)
         self.health = ThreadPoolExecutor(1, thread_name_prefix="health")
         inp = self.manifest.get("input") or {}
-        # JPEGs are decoded at the smallest DCT scale that still has twice the model's input size.
-        self.draft_to = (2 * int(inp["width"]), 2 * int(inp["height"])) if inp.get("width") else None
+        # JPEGs are decoded at the smallest DCT scale that still covers the model's input size.
+        self.draft_to = (int(inp["width"]), int(inp["height"])) if inp.get("width") else None
+
+    def _gauges(self):
+        ready = 1 if self.backend.state == READY else 0
+        yield ("slipway_model_ready", "1 when the model is loaded, warmed up and its backend reachable.", ready,
+               {"model": self.model_name, "backend": self.backend.name})
+        yield ("slipway_inflight_requests", "Predict requests admitted (decoding or predicting).",
+               self.admission.inflight, {})
+        yield "slipway_queued_requests", "Predict requests waiting for admission.", self.admission.queued, {}
+        yield ("slipway_decode_bytes", "Bytes of decoded pixels the admitted requests may hold.",
+               self.admission.used, {})
+        yield "slipway_body_bytes", "Bytes of request bodies being received or held.", self.bodies.used, {}
+        yield "slipway_inference_slots", "Parallel inference slots on the one loaded model.", self.slots, {}
+        yield "slipway_threads_per_slot", "Intra-op threads of each inference.", self.threads, {}
+        peak = cgroup_memory_peak()
+        if peak is not None:
+            yield "slipway_memory_peak_bytes", "Peak memory of the container's cgroup.", peak, {}
+
+    def close(self) -> None:
+        """Stop the batch runners and let the slot threads end once their work is done."""
+        if self.batcher is not None:
+            self.batcher.close()
+        self.workers.shutdown(wait=False)
+        self.health.shutdown(wait=False)
+
+    async def ensure_ready(self) -> None:
+        """Nothing when the backend is ready (no thread hop); otherwise retry a start that waits for
+        an external server, and raise ApiError 503 ``not_ready`` when it still is not."""
+        if self.backend.state == READY:
+            return
+        loop = asyncio.get_running_loop()
+        ready, _ = await loop.run_in_executor(self.health, lambda: self.backend.readiness(probe=False))
+        if not ready:
+            raise ApiError(503, "not_ready", f"{self.public_reason()}; see /readyz", RETRY)
+
+    async def infer(self, image: bytes, *, deadline: float | None = None, held: int = 0) -> InferResult:
+        """Detections for one encoded image (JPEG, PNG, BMP, WebP, GIF, TIFF): the one inference
+        entry point of every protocol.
+
+        Checks the header (size limits, JPEG draft scale) on the event loop, waits for admission
+        (a slot and room in the decode budget; ``deadline``, a ``time.monotonic()`` instant, bounds
+        the wait), then decodes, preprocesses, infers and postprocesses in one call on the slot's
+        thread. ``held``: bytes of the body budget (``self.bodies``) the caller holds for this
+        image; they are given back when the work is done, even when the caller gave up first.
+        Records the stage histograms and the inference latency.
+
+        Raises ``ApiError`` (status, code, message, headers): 400/413 for an image the service will
+        not decode, 503 ``not_ready``, ``overloaded``, ``request_timeout`` or
+        ``backend_unavailable`` (with ``Retry-After``), 500 ``inference_failed``.
+        """
+        try:
+            await self.ensure_ready()
+            # The header only (cheap, on the loop): dimensions checked, JPEG draft scale chosen.
+            probe = probe_image(image, max_pixels=self.limits.max_image_pixels, draft_to=self.draft_to)
+        except ImageRejected as exc:
+            self.bodies.give(held)
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        except BaseException:
+            self.bodies.give(held)
+            raise
+        cost = decode_cost(*probe.decoded_size, probe.mode)
+        waited = time.perf_counter()
+        try:
+            detections, timings = await self._run_admitted(probe, cost, held, deadline)
+        except ApiError:
+            raise
+        except ImageRejected as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        except BackendUnavailable as exc:
+            log.warning("backend unavailable: %s", exc)
+            raise ApiError(503, "backend_unavailable", "the model's backend is unavailable; retry later",
+                           RETRY) from None
+        except Exception:
+            log.exception("predict failed for an image of %dx%d", probe.width, probe.height)
+            raise ApiError(500, "inference_failed", "inference failed; see the service log") from None
+        queue_s = time.perf_counter() - waited - sum(timings.values())
+        timings = {"queue": max(0.0, queue_s), **timings}
+        self.metrics.observe_stages(timings)
+        self.metrics.observe_inference(
+            self.model_name, timings.get("preprocess", 0.0) + timings["infer"] + timings.get("postprocess", 0.0)
+        )
+        return InferResult(detections, probe.width, probe.height, timings)
+
+    async def _run_admitted(self, probe: Probe, cost: int, held: int, deadline: float | None):
+        """Run ``_work`` once admitted; the budgets are given back when the thread is done, even
+        when this request is abandoned first (a timeout cancels the wait, never the work)."""
+        timeout = None if deadline is None else deadline - time.monotonic()
+        try:
+            if timeout is not None and timeout <= 0:
+                raise ApiError(503, "request_timeout", "the request's deadline has passed; retry later", RETRY)
+            await self.admission.acquire(cost, timeout)
+        except Overloaded:
+            self.bodies.give(held)
+            probe.close()
+            raise ApiError(503, "overloaded", "the service is at capacity; retry later", RETRY) from None
+        except BaseException:
+            self.bodies.give(held)
+            probe.close()
+            raise
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.workers, _work, self.backend, self.batcher, probe)
+
+        def done(_):
+            self.admission.release(cost)
+            self.bodies.give(held)
+
+        future.add_done_callback(done)
+        return await asyncio.shield(future)
 
     @property
     def ready_after_s(self) -> float | None:
@@ -134,6 +307,9 @@ class Service:
             "labels": m.get("labels"),
             "output": m.get("output"),
             **public(self.backend.describe()),
+            "parallelism": {"slots": self.slots, "threads_per_slot": self.threads,
+                            "batch_max": self.settings.batch_max,
+                            "batch_delay_ms": self.settings.batch_delay_ms if self.batcher else None},
             "limits": self.limits.describe(),
         }
 
@@ -145,20 +321,6 @@ class Service:
         if state == READY or self.backend.error:
             return "a service the model depends on is unavailable; see the service log"
         return "the model is loading"
-
-
-# Niceness of the threads that decode and run the model (and of the framework threads they start).
-# The event loop keeps 0, so under full load it still gets the CPU first: health checks and
-# refusals are answered at once instead of queueing behind inference for the container's cores.
-WORKER_NICE = 10
-
-
-def lower_priority() -> None:
-    """Lower this thread's CPU priority (Linux: niceness is per thread and inherited by new threads)."""
-    import os
-
-    with suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
 
 
 def public(info: dict[str, Any]) -> dict[str, Any]:
@@ -248,49 +410,35 @@ async def _image_from_multipart(request: Request, body: bytes) -> bytes:
         await form.close()
 
 
-def _work(backend: Backend, probe: Probe) -> tuple[list[dict[str, Any]], float, float]:
-    """Decode and predict, on a worker thread: (detections in the original pixels, decode s, predict s)."""
+def _work(backend: Backend, batcher, probe: Probe) -> tuple[list[Detection], dict[str, float]]:
+    """On a slot thread: decode, preprocess, infer, postprocess; (detections in the original
+    pixels, seconds per stage)."""
     started = time.perf_counter()
-    image = load_image(probe)
-    if backend.input_kind == "array":
-        pil, image = image, to_array(image)
-        pil.close()
-    decoded = time.perf_counter()
-    detections = backend.predict(image)
+    if batcher is not None:
+        batcher.expect()
+    try:
+        image = load_image(probe)
+        if backend.input_kind == "array":
+            pil, image = image, to_array(image)
+            pil.close()
+    except BaseException:
+        if batcher is not None:
+            batcher.settle()
+        raise
+    timings = {"decode": time.perf_counter() - started}
+    detections = backend.predict(image, timings) if batcher is None else batcher.predict(image, timings)
     del image
     sx, sy = probe.scale
     if sx != 1.0 or sy != 1.0:
+        mapped = time.perf_counter()
         for d in detections:
             x1, y1, x2, y2 = d["box"]
             d["box"] = [
                 min(x1 * sx, probe.width), min(y1 * sy, probe.height),
                 min(x2 * sx, probe.width), min(y2 * sy, probe.height),
             ]
-    return detections, decoded - started, time.perf_counter() - decoded
-
-
-async def _run_admitted(service: Service, probe: Probe, cost: int, body_held: int):
-    """Run ``_work`` once admitted; the budgets are given back when the thread is done, even
-    when this request is abandoned first (a timeout cancels the wait, never the work)."""
-    try:
-        await service.admission.acquire(cost)
-    except Overloaded:
-        service.bodies.give(body_held)
-        probe.close()
-        raise ApiError(503, "overloaded", "the service is at capacity; retry later", RETRY) from None
-    except BaseException:
-        service.bodies.give(body_held)
-        probe.close()
-        raise
-    loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(service.workers, _work, service.backend, probe)
-
-    def done(_):
-        service.admission.release(cost)
-        service.bodies.give(body_held)
-
-    future.add_done_callback(done)
-    return await asyncio.shield(future)
+        timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - mapped
+    return detections, timings
 
 
 class Guard:
@@ -373,6 +521,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         if service.backend.state == "loading" and not service.backend.wait_started(0):
             service.start_in_background()
         yield
+        service.close()
 
     app = FastAPI(
         title="Slipway inference service",
@@ -465,54 +614,38 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                 f"Content-Type {echo(media_type, 40)} is not accepted; expected one of "
                 f"{', '.join(sorted(SUPPORTED_CONTENT_TYPES))} or multipart/form-data",
             )
-        if service.backend.state != READY:
-            loop = asyncio.get_running_loop()
-            ready, _ = await loop.run_in_executor(service.health, lambda: service.backend.readiness(probe=False))
-            if not ready:
-                raise ApiError(503, "not_ready", f"{service.public_reason()}; see /readyz", RETRY)
+        await service.ensure_ready()
         # Multipart framing adds a little; allow for it so the image itself gets the full limit.
         limit = service.settings.max_body_bytes + (64 * 1024 if media_type == "multipart/form-data" else 0)
         body, held = await _read_body(request, limit, service)
         try:
             data = await _image_from_multipart(request, body) if media_type == "multipart/form-data" else body
-            # The header only (cheap, on the loop): dimensions checked, JPEG draft scale chosen.
-            probe = probe_image(data, max_pixels=service.limits.max_image_pixels, draft_to=service.draft_to)
-        except ImageRejected as exc:
-            service.bodies.give(held)
-            raise ApiError(exc.status, exc.code, exc.message) from None
         except BaseException:
             service.bodies.give(held)
             raise
-        del body, data
-        cost = decode_cost(*probe.decoded_size, probe.mode)
-        received = time.perf_counter()
-        try:
-            detections, decode_s, infer_s = await _run_admitted(service, probe, cost, held)
-        except ApiError:
-            raise
-        except ImageRejected as exc:
-            raise ApiError(exc.status, exc.code, exc.message) from None
-        except BackendUnavailable as exc:
-            log.warning("backend unavailable: %s", exc)
-            raise ApiError(503, "backend_unavailable", "the model's backend is unavailable; retry later", RETRY) from None
-        except Exception:
-            log.exception("predict failed for an image of %dx%d", probe.width, probe.height)
-            raise ApiError(500, "inference_failed", "inference failed; see the service log") from None
-        done = time.perf_counter()
-        service.metrics.observe_inference(service.model_name, infer_s)
+        del body
+        read_s = time.perf_counter() - started
+        result = await service.infer(data, held=held)
+        del data
         if await request.is_disconnected():
             # Gone while its image was decoded or predicted: recorded as an abort, not an answer.
             raise ApiError(CLIENT_CLOSED, "client_closed_request", "the client closed the connection")
-        return {
+        t = result.timings
+        encoding = time.perf_counter()
+        payload = dumps({
             "model": service.model_name,
-            "detections": detections,
-            "image": {"width": probe.width, "height": probe.height},
+            "detections": result.detections,
+            "image": {"width": result.width, "height": result.height},
             "timing_ms": {
-                "decode": round((received - started + decode_s) * 1000, 3),
-                "inference": round(infer_s * 1000, 3),
-                "total": round((done - started) * 1000, 3),
+                "decode": round((read_s + t["decode"]) * 1000, 3),
+                "inference": round((t.get("preprocess", 0.0) + t["infer"] + t.get("postprocess", 0.0)) * 1000, 3),
+                "total": round((encoding - started) * 1000, 3),
             },
-        }
+        })
+        ours = {"read": read_s, "encode": time.perf_counter() - encoding}
+        service.metrics.observe_stages(ours)
+        headers = {"server-timing": server_timing({**ours, **t})}
+        return Response(payload, media_type="application/json", headers=headers)
 
     @app.get("/v1/models/{name}")
     def get_model(name: str):
@@ -526,21 +659,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 
     @app.get("/metrics")
     async def metrics():
-        ready = service.backend.state == "ready"
-        peak = cgroup_memory_peak()
-        gauges = {
-            "slipway_inflight_requests": ("Predict requests admitted (decoding or predicting).",
-                                          service.admission.inflight),
-            "slipway_queued_requests": ("Predict requests waiting for admission.", service.admission.queued),
-            "slipway_decode_bytes": ("Bytes of decoded pixels the admitted requests may hold.",
-                                     service.admission.used),
-            "slipway_body_bytes": ("Bytes of request bodies being received or held.", service.bodies.used),
-        }
-        if peak is not None:
-            gauges["slipway_memory_peak_bytes"] = ("Peak memory of the container's cgroup.", peak)
-        text = service.metrics.render(model=service.model_name, backend=service.backend.name, ready=ready,
-                                      gauges=gauges)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     # The Open Inference Protocol (KServe v2), beside the service's own API (serving/oip.py).
     oip.install(app, service)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BACKENDS = ("torchscript", "cpp", "onnx", "tensorflow", "tfserving")
+# Backends whose model takes a stacked batch (when exported with a dynamic batch dimension).
+BATCHING_BACKENDS = ("torchscript", "onnx")
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -24,7 +26,14 @@ class Settings:
     tfserving_timeout_s: float = 30.0
     host: str = "0.0.0.0"
     port: int = 8080
-    threads: int = 2
+    # Inference slots (parallel inferences on the one loaded model) and intra-op threads per slot;
+    # None: chosen from the container's CPUs (serving.limits.parallelism).
+    slots: int | None = None
+    threads: int | None = None
+    # Dynamic batching: up to batch_max images per forward, waiting at most batch_delay_ms for
+    # the batch to fill; off when batch_max <= 1.
+    batch_max: int = 1
+    batch_delay_ms: float = 2.0
     # TorchScript backends (torchscript on CPU, cpp): compile the model with libtorch's oneDNN
     # Graph fuser. About 3x faster forward passes on the example detector, same detections.
     onednn_fusion: bool = True
@@ -49,11 +58,18 @@ class Settings:
     request_timeout_s: float = 60.0
     keep_alive_s: float = 5.0
 
+    def parallelism(self) -> tuple[int, int]:
+        """(slots, threads per slot): as set, or chosen from the CPUs this process may use."""
+        from serving.limits import available_cpus, parallelism
+
+        return parallelism(available_cpus(), self.slots or self.max_inflight, self.threads)
+
     def limits(self):
         from serving.limits import Limits
 
+        slots, _ = self.parallelism()
         return Limits.derive(
-            threads=self.threads, max_body_bytes=self.max_body_bytes, max_image_pixels=self.max_image_pixels,
+            slots=slots, batch_max=self.batch_max, max_body_bytes=self.max_body_bytes, max_image_pixels=self.max_image_pixels,
             memory_limit_bytes=self.memory_limit_bytes, decode_budget_bytes=self.decode_budget_bytes,
             body_budget_bytes=self.body_budget_bytes, max_inflight=self.max_inflight, max_queue=self.max_queue,
             queue_timeout_s=self.queue_timeout_s,
@@ -109,8 +125,32 @@ class Settings:
                 return default
             return value
 
-        def optional_int(key: str, minimum: int) -> int | None:
-            return integer(key, 0, minimum) if env.get(key, "").strip() else None
+        def optional_int(key: str, minimum: int, maximum: int | None = None) -> int | None:
+            return integer(key, 0, minimum, maximum) if env.get(key, "").strip() else None
+
+        def first_int(keys: tuple[str, ...], minimum: int, maximum: int) -> int | None:
+            """The first of ``keys`` that is set (the SLIPWAY_ name, then the older one)."""
+            for key in keys:
+                if env.get(key, "").strip():
+                    return optional_int(key, minimum, maximum)
+            return None
+
+        batch_max = integer("SLIPWAY_BATCH_MAX", 1, 1, 1024)
+        if batch_max > 1 and backend in BACKENDS and backend not in BATCHING_BACKENDS:
+            problems.append(
+                f"SLIPWAY_BATCH_MAX={batch_max}: BACKEND={backend} runs one image per call; dynamic "
+                f"batching is for {' and '.join(BATCHING_BACKENDS)} (unset it or set it to 1)"
+            )
+        batch_delay_ms = cls.batch_delay_ms
+        delay_raw = env.get("SLIPWAY_BATCH_DELAY_MS", "").strip()
+        if delay_raw:
+            try:
+                batch_delay_ms = float(delay_raw)
+                if not 0 <= batch_delay_ms <= 1000:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"SLIPWAY_BATCH_DELAY_MS={delay_raw!r}: expected milliseconds in 0..1000")
+                batch_delay_ms = cls.batch_delay_ms
 
         timeout_raw = env.get("TFSERVING_TIMEOUT", "").strip()
         timeout = 30.0
@@ -130,7 +170,10 @@ class Settings:
             tfserving_timeout_s=timeout,
             host=env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
             port=integer("PORT", 8080, 1, 65535),
-            threads=integer("THREADS", 2, 1, 256),
+            slots=first_int(("SLIPWAY_SLOTS",), 1, 1024),
+            threads=first_int(("SLIPWAY_THREADS", "THREADS"), 1, 256),
+            batch_max=batch_max,
+            batch_delay_ms=batch_delay_ms,
             onednn_fusion=onednn_fusion,
             max_body_bytes=integer("MAX_BODY_BYTES", cls.max_body_bytes, 1),
             max_image_pixels=integer("MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),

@@ -1,61 +1,33 @@
-"""Prometheus text-format metrics, written by hand: a few metric families do not justify a dependency.
+"""The service's Prometheus metrics, kept by ``prometheus_client`` in one registry per app.
 
 Every label value comes from a fixed set, so no client can grow the series: the route is the
 template (``/v1/models/{name}:predict``) or ``unmatched``, the method one of ``METHODS`` or
 ``other``, the status a three-digit code the service answers (499: the client went away first),
-the rejection code one of the service's own error codes.
+the rejection code one of the service's own error codes, the stage one of ``STAGES``.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+
+# No *_created series: they double the output and nothing here reads them.
+prometheus_client.disable_created_metrics()
 
 # Seconds; spans a few-millisecond ONNX inference up to a slow first request on a cold GPU.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(pairs: dict[str, str]) -> str:
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in pairs.items()) + "}"
-
-
-def _number(value: float) -> str:
-    if value == float("inf"):
-        return "+Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS):
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str, labels: dict[str, str]) -> list[str]:
-        out = []
-        for bound, count in zip(self.buckets, self.counts, strict=True):
-            out.append(f"{name}_bucket{_labels({**labels, 'le': _number(bound)})} {count}")
-        out.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {self.count}")
-        out.append(f"{name}_sum{_labels(labels)} {_number(self.total)}")
-        out.append(f"{name}_count{_labels(labels)} {self.count}")
-        return out
-
+# Stages of a predict request are often well under a millisecond.
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Where a predict request's time goes, in order: the body arriving, waiting for a slot, the image
+# decoded, preprocessed, the model, postprocessing, the answer encoded.
+STAGES = ("read", "queue", "decode", "preprocess", "infer", "postprocess", "encode")
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def method_label(method: str) -> str:
@@ -66,61 +38,62 @@ def status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else "other"
 
 
+# (name, help, value) of each gauge, read when /metrics is scraped.
+GaugeSource = Callable[[], Iterable[tuple[str, str, float, dict[str, str]]]]
+
+
+class _Gauges:
+    """A collector that reads the service's live numbers (in flight, queued, ready) at scrape time."""
+
+    def __init__(self, source: GaugeSource):
+        self.source = source
+
+    def collect(self):
+        for name, help_text, value, labels in self.source():
+            family = GaugeMetricFamily(name, help_text, labels=list(labels))
+            family.add_metric(list(labels.values()), value)
+            yield family
+
+
 class Metrics:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.request_latency: dict[tuple[str, str], Histogram] = {}
-        self.inference_latency: dict[str, Histogram] = {}
-        self.rejected: dict[str, int] = defaultdict(int)
+    def __init__(self, gauges: GaugeSource | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.requests = Counter("slipway_requests_total", "HTTP requests answered, by method, route and status.",
+                                ["method", "route", "status"], registry=r)
+        self.request_latency = Histogram("slipway_request_duration_seconds",
+                                         "Time from request received to response sent.", ["method", "route"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_latency = Histogram("slipway_inference_duration_seconds",
+                                           "Time spent in the backend's predict, per model.", ["model"],
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.rejected = Counter("slipway_rejected_requests_total",
+                                "Predict requests refused as the client's fault, by error code.", ["code"], registry=r)
+        self.stages = Histogram("slipway_stage_seconds", "Time of each stage of a predict request.", ["stage"],
+                                buckets=STAGE_BUCKETS, registry=r)
+        self.batch_size = Histogram("slipway_batch_size", "Images per forward pass (dynamic batching).",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        # Children by label, looked up once: labels() takes a lock and builds a key per call.
+        self._stage = {stage: self.stages.labels(stage) for stage in STAGES}
+        if gauges is not None:
+            r.register(_Gauges(gauges))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method_label(method)
-        with self._lock:
-            self.requests[(method, route, status_label(status))] += 1
-            self.request_latency.setdefault((method, route), Histogram()).observe(seconds)
+        self.requests.labels(method, route, status_label(status)).inc()
+        self.request_latency.labels(method, route).observe(seconds)
 
     def observe_inference(self, model: str, seconds: float) -> None:
-        with self._lock:
-            self.inference_latency.setdefault(model, Histogram()).observe(seconds)
+        self.inference_latency.labels(model).observe(seconds)
+
+    def observe_stages(self, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            child = self._stage.get(stage)
+            if child is not None:
+                child.observe(seconds)
 
     def observe_rejection(self, code: str) -> None:
-        with self._lock:
-            self.rejected[code] += 1
+        self.rejected.labels(code).inc()
 
-    def render(self, *, model: str, backend: str, ready: bool, gauges: dict[str, tuple[str, float]] | None = None) -> str:
-        with self._lock:
-            lines = [
-                "# HELP slipway_requests_total HTTP requests answered, by method, route and status.",
-                "# TYPE slipway_requests_total counter",
-            ]
-            for (method, route, status), count in sorted(self.requests.items()):
-                lines.append(
-                    f"slipway_requests_total{_labels({'method': method, 'route': route, 'status': status})} {count}"
-                )
-            lines += [
-                "# HELP slipway_request_duration_seconds Time from request received to response sent.",
-                "# TYPE slipway_request_duration_seconds histogram",
-            ]
-            for (method, route), hist in sorted(self.request_latency.items()):
-                lines += hist.lines("slipway_request_duration_seconds", {"method": method, "route": route})
-            lines += [
-                "# HELP slipway_inference_duration_seconds Time spent in the backend's predict, per model.",
-                "# TYPE slipway_inference_duration_seconds histogram",
-            ]
-            for name, hist in sorted(self.inference_latency.items()):
-                lines += hist.lines("slipway_inference_duration_seconds", {"model": name})
-            lines += [
-                "# HELP slipway_rejected_requests_total Predict requests refused as the client's fault, by error code.",
-                "# TYPE slipway_rejected_requests_total counter",
-            ]
-            for code, count in sorted(self.rejected.items()):
-                lines.append(f"slipway_rejected_requests_total{_labels({'code': code})} {count}")
-            lines += [
-                "# HELP slipway_model_ready 1 when the model is loaded, warmed up and its backend reachable.",
-                "# TYPE slipway_model_ready gauge",
-                f"slipway_model_ready{_labels({'model': model, 'backend': backend})} {1 if ready else 0}",
-            ]
-            for name, (help_text, value) in sorted((gauges or {}).items()):
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_number(value)}"]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

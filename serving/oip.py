@@ -35,6 +35,7 @@ import json
 import logging
 import struct
 import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,13 +43,11 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from serving import __version__
-from serving.backends import Backend, BackendUnavailable
+from serving.backends import Backend
 from serving.backends.base import READY
-from serving.images import ImageRejected, probe_image
-from serving.limits import decode_cost
 
 if TYPE_CHECKING:
-    from serving.app import Service
+    from serving.app import InferResult, Service
 
 log = logging.getLogger("serving.oip")
 
@@ -341,36 +340,17 @@ async def _ready(service: Service) -> bool:
     return ready
 
 
-async def _infer_detections(service: Service, image: bytes, body_held: int) -> list[dict[str, Any]]:
-    """The detections of one image, through the same steps (and limits) as the REST predict route.
+async def _infer_detections(service: Service, image: bytes, body_held: int) -> InferResult:
+    """The detections of one image through ``Service.infer``, the entry point every protocol
+    shares (admission, limits, one hop to a slot); its errors in the protocol's form.
 
-    ``body_held``: the bytes of the body budget this request holds; given back when the work is
-    done (or refused)."""
-    from serving.app import ApiError, _run_admitted
+    ``body_held``: the bytes of the body budget this request holds; ``infer`` gives them back."""
+    from serving.app import ApiError
 
     try:
-        probe = probe_image(image, max_pixels=service.limits.max_image_pixels, draft_to=service.draft_to)
-    except ImageRejected as exc:
-        service.bodies.give(body_held)
-        raise OipError(exc.status, exc.message, exc.code) from None
-    except BaseException:
-        service.bodies.give(body_held)
-        raise
-    cost = decode_cost(*probe.decoded_size, probe.mode)
-    try:
-        detections, _decode_s, infer_s = await _run_admitted(service, probe, cost, body_held)
+        return await service.infer(image, held=body_held)
     except ApiError as exc:
         raise OipError(exc.status, exc.message, exc.code, exc.headers) from None
-    except ImageRejected as exc:
-        raise OipError(exc.status, exc.message, exc.code) from None
-    except BackendUnavailable as exc:
-        log.warning("backend unavailable: %s", exc)
-        raise OipError(503, "the model's backend is unavailable; retry later", "backend_unavailable", RETRY) from None
-    except Exception:
-        log.exception("infer failed for an image of %dx%d", probe.width, probe.height)
-        raise OipError(500, "inference failed; see the service log", "inference_failed") from None
-    service.metrics.observe_inference(service.model_name, infer_s)
-    return detections
 
 
 async def _parse(service: Service, body: bytes, header_length: int | None, max_image: int) -> InferRequest:
@@ -452,7 +432,9 @@ def build_router(service: Service) -> APIRouter:
             return exc.response()
 
     async def _infer(request: Request, name: str, version: str | None) -> Response:
-        from serving.app import ApiError, _read_body
+        from serving.app import ApiError, _read_body, server_timing
+
+        started = time.perf_counter()
 
         model_or_404(name, version)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
@@ -476,12 +458,18 @@ def build_router(service: Service) -> APIRouter:
             service.bodies.give(held)
             raise
         del body
-        detections = await _infer_detections(service, parsed.image, held)
+        read_s = time.perf_counter() - started
+        result = await _infer_detections(service, parsed.image, held)
         if await request.is_disconnected():
             from serving.app import CLIENT_CLOSED
 
             raise OipError(CLIENT_CLOSED, "the client closed the connection", "client_closed_request")
-        return infer_response(service, parsed, detections)
+        encoding = time.perf_counter()
+        response = infer_response(service, parsed, result.detections)
+        ours = {"read": read_s, "encode": time.perf_counter() - encoding}
+        service.metrics.observe_stages(ours)
+        response.headers["server-timing"] = server_timing({**ours, **result.timings})
+        return response
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         router.add_api_route(prefix, metadata, methods=["GET"])

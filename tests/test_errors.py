@@ -332,7 +332,7 @@ def test_damaged_wheel_and_release_records_are_errors_not_absent(tmp_path, damag
 
 
 def test_missing_optional_records_stay_absent(tmp_path):
-    from slipway.github import image_records, smoke_artifacts
+    from slipway.outputs import image_records, smoke_artifacts
     from slipway.stages import wheels
     from slipway.stages.publish import local
 

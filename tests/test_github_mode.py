@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_smoke_fixtures import base_image, make_project, remove_images, run_id, write_fake_export
 
-from slipway import engine, registry, sbom
+from slipway import engine, records, registry, sbom
 from slipway.github import read_outputs, set_outputs
 from slipway.stages.images import CPU_TORCH_INDEX
 from slipway.stages.publish import image_tags
@@ -335,7 +335,7 @@ def test_real_release_sequence_pushes_by_digest_smokes_and_tags_that_digest(tmp_
         res = cli(publish_job, "publish", "--kind", "images", "--variant", "alpha", env=env)
         assert res.returncode == 0, res.stderr
         assert read_outputs(Path(env["GITHUB_OUTPUT"])) == {"image": entry["image"], "digest": digest}
-        immutable, moving = image_tags(plan)
+        immutable, moving = image_tags(records.Plan.model_validate(plan))
         for tag in immutable + moving:
             found = registry.manifest(entry["image"], tag)
             assert found and found["digest"] == digest, tag

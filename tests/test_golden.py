@@ -508,7 +508,7 @@ def test_a_stale_export_is_never_published(project):
     # A smoke result recorded against another export of the model does not pass for this one either.
     (project.folder / "street" / "heads.py").unlink()
     with pytest.raises(PublishError, match="smoke-tested against another export of model 'det'"):
-        check_exports(ctx, {"image:pytorch-cpu": {"model": "det", "ok": True, "export_inputs": "0" * 64}})
+        check_exports(ctx, {"image:pytorch-cpu": records.SmokeSummaryEntry(model="det", ok=True, export_inputs="0" * 64)})
     # Nor an image built from another export.
     (project.out / "images.json").write_text(json.dumps(
         {"pytorch-cpu": {"variant": "pytorch-cpu", "model": "det", "runtime": "torchscript", "device": "cpu",

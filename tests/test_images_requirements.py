@@ -70,8 +70,8 @@ def _project(folder: Path, requirements: str | None) -> StageContext:
 
 
 def _remove(ctx: StageContext) -> None:
-    for entry in ctx.plan["matrix"]["images"]:
-        engine.remove_image(f"{entry['image']}:{ctx.plan['version']}")
+    for entry in ctx.plan.matrix.images:
+        engine.remove_image(f"{entry.image}:{ctx.plan.version}")
 
 
 def test_staged_project_requirements(tmp_path):

@@ -221,14 +221,17 @@ def test_dry_run_publish_lists_the_projects_names(local_services, tmp_path, publ
     assert artifacts[f"wheel:{package.name}"]["wheel_kind"] == "model-package"
 
     result = publish.run(ctx)
-    actions = json.loads((ctx.out / "publish-plan.json").read_text())["actions"]
-    uploads = sorted(a["file"] if "file" in a else a.get("what") for a in actions if a["action"] == "upload")
-    released = sorted(w["file"] for w in result["release"]["wheels"])
+    release = result["release"]
+    assert isinstance(release, records.ReleaseRecord)
+    assert records.read(ctx.out / "release.json", records.ReleaseRecord) == release
+    actions = records.read(ctx.out / "publish-plan.json", records.PublishPlan).actions
+    uploads = sorted(a.ref for a in actions if a.action == "upload")
+    released = sorted(w.file for w in release.wheels)
     expected = sorted([package.name, *([runtime.name] if publish_runtime else [])])
     assert released == expected, released
     assert len(uploads) == len(expected)
     if not publish_runtime:
-        text = json.dumps(actions) + json.dumps(result["release"])
+        text = "".join(records.dumps(a) for a in actions) + records.dumps(release)
         assert "slipway_runtime" not in text and "slipway-runtime" not in text.replace(
             package.requires, "")
     assert "would" in result["summary"] and "dry run" in result["summary"]

@@ -246,10 +246,10 @@ def test_a_folder_that_is_not_a_git_checkout_has_an_unknown_revision(config, tmp
     plan = make_plan(config, Trigger(event="local", sha=git_sha(tmp_path)))
     assert plan["sha"] == plan["short_sha"] == "unknown"
     assert any("not a git checkout" in note and "no sha- tag" in note for note in plan["notes"])
-    assert image_tags(plan) == (["0.1.0"], ["0.1", "latest"])
+    assert image_tags(records.Plan.model_validate(plan)) == (["0.1.0"], ["0.1", "latest"])
     # A checkout's plan names its commit and tags it.
     plan = make_plan(config, Trigger(event="local", sha=SHA))
-    assert plan["notes"] == [] and image_tags(plan)[0] == ["0.1.0", "sha-0123456"]
+    assert plan["notes"] == [] and image_tags(records.Plan.model_validate(plan))[0] == ["0.1.0", "sha-0123456"]
 
 
 def test_runtime_at_slipways_version_and_model_packages_of_the_projects_names(config):

@@ -79,11 +79,12 @@ VARIANTS = [
 
 
 def test_image_tags_release_and_prerelease():
-    assert publish.image_tags({"version": "1.2.3", "short_sha": "abcdef0"}) == (
+    sha = "abcdef0" + "0" * 33
+    assert publish.image_tags(bare_plan("1.2.3", sha)) == (
         ["1.2.3", "sha-abcdef0"],
         ["1.2", "latest"],
     )
-    assert publish.image_tags({"version": "1.2.3rc1", "short_sha": "abcdef0"}) == (
+    assert publish.image_tags(bare_plan("1.2.3rc1", sha)) == (
         ["1.2.3rc1", "sha-abcdef0"],
         [],
     )
@@ -257,7 +258,7 @@ def test_gate_refuses_naming_every_failed_and_untested_artifact(tmp_path):
     assert "nothing was published" in text
     assert "image:alpha" not in text
     # Narrowed to the green variant, the gate opens.
-    assert gate.check_smoke(ctx, ["alpha"])["artifacts"]["image:alpha"]["ok"]
+    assert gate.check_smoke(ctx, ["alpha"]).artifacts["image:alpha"].ok
 
 
 def test_gate_refuses_without_smoke_results_and_for_changed_wheels(tmp_path):

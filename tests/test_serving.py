@@ -326,7 +326,8 @@ def test_settings_tfserving_needs_url():
         {"MODEL_DIR": "/m", "BACKEND": "tfserving", "TFSERVING_URL": "http://h:8501/"}
     )
     assert settings.tfserving_url == "http://h:8501"
-    assert (settings.port, settings.threads, settings.host) == (8080, 2, "0.0.0.0")
+    # THREADS unset: chosen with the slots from the CPUs (serving.limits.parallelism).
+    assert (settings.port, settings.threads, settings.slots, settings.host) == (8080, None, None, "0.0.0.0")
 
 
 # --- the process, as an image runs it ----------------------------------------------------------

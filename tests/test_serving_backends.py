@@ -130,7 +130,7 @@ def test_cpp_backend_serves_what_the_runtime_returns(model_dir, tmp_path):
         from serving.app import create_app
         from serving.config import Settings
         from slipway.request_cases import encode, sample_image
-        app = create_app(Settings(model_dir={str(model_dir)!r}, backend="cpp"))
+        app = create_app(Settings(model_dir={str(model_dir)!r}, backend="cpp", slots=1, threads=2))
         with TestClient(app) as c:
             app.state.service.backend.wait_started(30)
             r = c.post("/v1/models/{MODEL}:predict", content=encode(sample_image(90, 60)),
@@ -143,7 +143,7 @@ def test_cpp_backend_serves_what_the_runtime_returns(model_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["status"] == 200, out
-    # threads=2 (THREADS' default) reached the runtime: score 0.875 + 2/1000.
+    # threads=2 (SLIPWAY_THREADS) reached the runtime: score 0.875 + 2/1000.
     assert out["body"]["detections"] == [
         {"box": [0.0, 0.0, 45.0, 30.0], "score": 0.877, "class_id": 2, "label": "blue"}
     ]

@@ -55,15 +55,18 @@ def test_cgroup_limits_are_read_from_v2_and_v1(tmp_path):
     assert cgroup_memory_limit(tmp_path) == 1024**3
 
 
-def test_budgets_follow_the_memory_limit_and_threads():
-    two = Limits.derive(threads=2, max_body_bytes=32 << 20, max_image_pixels=40_000_000, memory_limit_bytes=2 << 30)
+def test_budgets_follow_the_memory_limit_and_slots():
+    two = Limits.derive(slots=2, max_body_bytes=32 << 20, max_image_pixels=40_000_000, memory_limit_bytes=2 << 30)
     assert two.decode_budget_bytes == int((2 << 30) * 0.4)
-    assert two.max_inflight == 4 and two.max_queue == 8
+    assert two.max_inflight == 2 and two.max_queue == 8
+    # Batching: one request in flight per place in each slot's batch.
+    batched = Limits.derive(slots=2, batch_max=8, max_body_bytes=1000, max_image_pixels=100)
+    assert batched.max_inflight == 16 and batched.max_queue == 64
     # The largest image still fits the whole decode budget, even one that needs a conversion.
     assert decode_cost(1, two.max_image_pixels, "P") <= two.decode_budget_bytes
-    small = Limits.derive(threads=1, max_body_bytes=32 << 20, max_image_pixels=40_000_000, memory_limit_bytes=512 << 20)
+    small = Limits.derive(slots=1, max_body_bytes=32 << 20, max_image_pixels=40_000_000, memory_limit_bytes=512 << 20)
     assert small.max_image_pixels < two.max_image_pixels and small.body_budget_bytes >= 2 * (32 << 20)
-    fixed = Limits.derive(threads=2, max_body_bytes=1000, max_image_pixels=100, memory_limit_bytes=2 << 30,
+    fixed = Limits.derive(slots=2, max_body_bytes=1000, max_image_pixels=100, memory_limit_bytes=2 << 30,
                           max_inflight=1, max_queue=0, queue_timeout_s=0.5, decode_budget_bytes=10_000)
     assert (fixed.max_inflight, fixed.max_queue, fixed.queue_timeout_s, fixed.decode_budget_bytes) == (1, 0, 0.5, 10_000)
 

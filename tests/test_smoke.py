@@ -39,7 +39,7 @@ from slipway import records, registry, sbom
 from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.errors import CheckError, PublishError
-from slipway.github import primary_smoke, smoke_artifacts
+from slipway.outputs import primary_smoke, smoke_artifacts
 from slipway.smoketest import interpreter_for, smoke_wheel, tfserving_mode, wheel_kind, wheel_tags
 from slipway.stages import smoke
 from slipway.stages.publish import gate
@@ -213,17 +213,17 @@ def test_each_platform_keeps_its_own_result_and_the_gate_reads_both(tmp_path, mo
         gate.check_smoke(ctx, None)
     artifacts = smoke_artifacts(ctx.out)
     with pytest.raises(PublishError, match="smoke test failed: image:a on arm64"):
-        gate.image_gate(ctx, "a", {"digest": digest}, artifacts)
+        gate.image_gate(ctx, "a", digest, artifacts)
     # arm64 not tested at all: the gate names the platform.
     write("arm64", None)
     (ctx.out / "smoke" / "summary.json").unlink()
     with pytest.raises(PublishError, match="image:a was not smoke-tested on arm64"):
-        gate.image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
+        gate.image_gate(ctx, "a", digest, smoke_artifacts(ctx.out))
     # Both passed: both gates open, and the release records amd64's numbers.
     write("arm64", True)
-    assert gate.check_smoke(ctx, None)["ok"]
-    gate.image_gate(ctx, "a", {"digest": digest}, smoke_artifacts(ctx.out))
-    assert primary_smoke(smoke_artifacts(ctx.out), "image:a")["arch"] == "amd64"
+    assert gate.check_smoke(ctx, None).ok
+    gate.image_gate(ctx, "a", digest, smoke_artifacts(ctx.out))
+    assert primary_smoke(smoke_artifacts(ctx.out), "image:a").arch == "amd64"
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ written through its model in ``slipway.records``.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,12 +52,3 @@ class StageContext:
     def write(self, relative: str, record: BaseModel) -> Path:
         """Write a record of the output folder atomically."""
         return records.write(self.out / relative, record)
-
-    def write_json(self, relative: str, data: Any) -> Path:
-        """Untyped write, for the publish stage until its records go through ``write`` too."""
-        path = self.out / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        tmp.replace(path)
-        return path

@@ -1,46 +1,12 @@
-"""Small file helpers shared by the stages: hashing, atomic replacement, cheap copies, records."""
+"""Small file helpers shared by the stages: hashing, atomic replacement, cheap copies."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-from slipway.errors import RecordError
-
-_REQUIRED: Any = object()
-
-
-def read_record(path: Path, missing: Any = _REQUIRED, *, kind: type = dict) -> Any:
-    """The JSON record at ``path`` as untyped data: for the publish stage until it reads its records
-    through ``slipway.records`` like every other stage.
-
-    A file that is not there is ``missing`` when one is given (an optional record is then "absent"),
-    else a ``RecordError``. A file that is there but cannot be read, is not valid JSON, or is not a
-    ``kind`` (a JSON object by default) is always a ``RecordError`` naming the file: a damaged record
-    never passes for an absent one.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if missing is _REQUIRED:
-            raise RecordError(path, "is missing") from None
-        return missing
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecordError(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise RecordError(path, f"is not valid JSON ({exc})") from None
-    if kind is not None and not isinstance(data, kind):
-        expected = "a JSON object" if kind is dict else "a JSON array" if kind is list else kind.__name__
-        raise RecordError(path, f"holds {type(data).__name__}, expected {expected}")
-    return data
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

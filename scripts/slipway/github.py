@@ -10,10 +10,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, TextIO
-
-from slipway import outputs, records
-from slipway.outputs import PRIMARY_ARCH
+from typing import TextIO
 
 
 def on_github() -> bool:
@@ -68,32 +65,3 @@ def add_summary(markdown: str) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(markdown.rstrip("\n") + "\n\n")
-
-
-# The output folder's readers live in slipway.outputs, typed. The publish stage still takes
-# them as JSON data: these views give it that, read and checked through the same models.
-
-
-def image_records(out: Path) -> dict[str, dict[str, Any]]:
-    """``slipway.outputs.image_records`` as JSON data (for the publish stage)."""
-    return {variant: records.dump(record) for variant, record in outputs.image_records(out).items()}
-
-
-def smoke_artifacts(out: Path) -> dict[str, dict[str, Any]]:
-    """``slipway.outputs.smoke_artifacts`` as JSON data (for the publish stage)."""
-    return {key: records.dump(result) for key, result in outputs.smoke_artifacts(out).items()}
-
-
-def smoke_platforms(artifacts: dict[str, dict[str, Any]], artifact: str) -> dict[str, dict[str, Any]]:
-    """arch -> result of every platform on which ``artifact`` was smoke-tested (JSON data)."""
-    found = {}
-    for key, result in artifacts.items():
-        if key == artifact or key.startswith(artifact + "@"):
-            found[result.get("arch") or (key.split("@", 1)[1] if "@" in key else PRIMARY_ARCH)] = result
-    return found
-
-
-def primary_smoke(artifacts: dict[str, dict[str, Any]], artifact: str) -> dict[str, Any]:
-    """The amd64 result of ``artifact`` (JSON data); on a machine of another architecture, its own."""
-    platforms = smoke_platforms(artifacts, artifact)
-    return platforms.get(PRIMARY_ARCH) or next(iter(platforms.values()), {})

@@ -45,51 +45,33 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
 
-class PlanPart(Record):
-    """A part of the plan. ``plan["version"]`` and ``plan.get("ref")`` read a field by its JSON key:
-    transitional, for the publish stage, which still reads the plan by key; every other stage uses
-    the attributes."""
-
-    def __getitem__(self, key: str) -> Any:
-        name = _FIELD_BY_KEY.get((type(self), key), key)
-        if name not in type(self).model_fields:
-            raise KeyError(key)
-        return getattr(self, name)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-
 # --------------------------------------------------------------------------------------------
 # plan.json (``slipway plan``)
 
 
-class PlanRegistries(PlanPart):
+class PlanRegistries(Record):
     images: str = Field(description="image registry and namespace, e.g. ghcr.io/acme")
     packages: str = Field(description="package index upload URL")
 
 
-class PlanRuntime(PlanPart):
+class PlanRuntime(Record):
     version: str = Field(description="Slipway's C++ runtime version (always Slipway's own)")
     publish: bool = Field(description="whether this release publishes the runtime wheels")
 
 
-class PlanPackage(PlanPart):
+class PlanPackage(Record):
     model: str
     package: str = Field(description="distribution name of the model package")
     import_name: str = Field(alias="import", description="import name of the model package")
 
 
-class ExportEntry(PlanPart):
+class ExportEntry(Record):
     model: str
     framework: str
     exporters: str = Field(description="comma-separated exporters")
 
 
-class WheelTarget(PlanPart):
+class WheelTarget(Record):
     arch: str
     platform: str
     runner: str
@@ -97,7 +79,7 @@ class WheelTarget(PlanPart):
     model: str = Field(description="the export whose golden outputs the wheel test checks")
 
 
-class ImageEntry(PlanPart):
+class ImageEntry(Record):
     variant: str
     model: str
     framework: str
@@ -114,7 +96,7 @@ class ImageBuild(ImageEntry):
     arch: str
 
 
-class SmokeEntry(PlanPart):
+class SmokeEntry(Record):
     artifact: str = Field(description="image:<variant> or wheels")
     kind: Literal["image", "wheel"]
     variant: str
@@ -122,11 +104,11 @@ class SmokeEntry(PlanPart):
     arches: str = Field(description="comma-separated architectures it is smoke-tested on")
 
 
-class PublishEntry(PlanPart):
+class PublishEntry(Record):
     kind: Literal["images", "wheels", "models"]
 
 
-class PlanMatrix(PlanPart):
+class PlanMatrix(Record):
     export: list[ExportEntry]
     wheels: list[WheelTarget]
     images: list[ImageEntry]
@@ -135,12 +117,12 @@ class PlanMatrix(PlanPart):
     publish: list[PublishEntry]
 
 
-class SkippedVariant(PlanPart):
+class SkippedVariant(Record):
     variant: str
     reason: str
 
 
-class Plan(PlanPart):
+class Plan(Record):
     """What a run builds and whether it publishes (``plan.json``; GitHub matrices come from it)."""
 
     schema_version: Literal[1]
@@ -161,14 +143,6 @@ class Plan(PlanPart):
     stages: list[str]
     skipped: list[SkippedVariant]
     notes: list[str]
-
-
-_FIELD_BY_KEY = {
-    (cls, field.alias): name
-    for cls in (PlanPackage,)
-    for name, field in cls.model_fields.items()
-    if field.alias
-}
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,11 +366,10 @@ def compare_golden(
     }
 
 
-def export_digest(manifest: records.ModelManifest | Mapping[str, object]) -> str | None:
-    """One hash of the inputs an export records in ``model.json`` (None for an export without).
-    (``manifest`` as JSON data: for the publish stage, until it reads model.json through its model.)"""
-    inputs = manifest.inputs if isinstance(manifest, records.ModelManifest) else manifest.get("inputs")
-    if not isinstance(inputs, dict):
+def export_digest(manifest: records.ModelManifest) -> str | None:
+    """One hash of the inputs an export records in ``model.json`` (None for an export without)."""
+    inputs = manifest.inputs
+    if inputs is None:
         return None
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 

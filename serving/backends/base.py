@@ -8,6 +8,17 @@ RGB image of any size into detections in original-image pixels::
 
 ``start`` runs load + warmup and records the outcome in ``state`` ("loading", "ready", "error"),
 which is what /readyz reports.
+
+Concurrency: one loaded model serves several inference slots (threads) at once. TorchScript
+modules, ONNX Runtime sessions, the C++ runtime's Detector and TensorFlow's concrete functions
+all run concurrent calls on one instance; a backend that cannot sets ``concurrent = False`` and
+its calls are serialised. ``threads`` is the intra-op thread count of ONE call.
+
+Stages: a backend whose work splits into ``prepare`` (preprocess one image into a model input
+with a leading batch dimension of 1), ``forward`` (run the model on a stacked batch) and
+``finish`` (the detections of one image of the batch) sets ``staged = True``; ``predict`` then
+times each stage, and dynamic batching (serving/batching.py) can stack the inputs of several
+requests into one ``forward``.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -45,6 +57,10 @@ class Backend(ABC):
     # What ``predict`` takes: "array" (uint8 HWC numpy array, the contract) or "pil" (an RGB PIL
     # image, for a backend that only forwards pixels and so lets its image go without numpy).
     input_kind: ClassVar[str] = "array"
+    # Whether ``predict`` may run on several threads at once (on the one loaded model).
+    concurrent: ClassVar[bool] = True
+    # Whether the backend implements prepare / forward / finish (and so can batch).
+    staged: ClassVar[bool] = False
 
     def __init__(
         self, model_dir: Path, manifest: dict[str, Any], *, threads: int = 2, device: str = "auto", **options
@@ -59,9 +75,13 @@ class Backend(ABC):
         self.load_seconds: float | None = None
         self.warmup_seconds: float | None = None
         self.ready_at: float | None = None  # time.monotonic() when it became ready
-        # One inference at a time: each backend already uses ``threads`` cores, so running requests
-        # concurrently only oversubscribes the CPU and makes every latency worse.
+        # Serialises calls only for a backend that cannot run concurrently (and warm-up).
         self._lock = threading.Lock()
+        self._call_guard = nullcontext() if self.concurrent else self._lock
+        # Each stage timed apart, unless a subclass replaced _predict itself.
+        self._timed_stages = self.staged and type(self)._predict is Backend._predict
+        # The largest batch ``forward`` must take (dynamic batching); checked during warm-up.
+        self.batch_max = 1
         self._ready_event = threading.Event()
         self._start_lock = threading.Lock()
         self._last_attempt = 0.0
@@ -74,9 +94,34 @@ class Backend(ABC):
     def load(self) -> None:
         """Read the model from ``model_dir``; raise with a message a user can act on."""
 
-    @abstractmethod
     def _predict(self, image: np.ndarray) -> list[Detection]:
         """Detections for one uint8 HWC RGB image, boxes in the image's own pixels."""
+        if not self.staged:
+            raise NotImplementedError(f"{type(self).__name__} implements neither _predict nor the stages")
+        return self.finish(image, self.forward(self.prepare(image)), 0)
+
+    # --- stages (backends with ``staged = True``) -------------------------------------------------
+    def prepare(self, image: Any) -> Any:
+        """One image -> the model's input for it, with a leading batch dimension of 1."""
+        raise NotImplementedError
+
+    def stack(self, inputs: list[Any]) -> Any:
+        """Prepared inputs -> one batch (numpy arrays concatenated on the batch dimension)."""
+        import numpy as np
+
+        return inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
+
+    def forward(self, batch: Any) -> Any:
+        """The model on a batch -> its outputs (each with the batch dimension first)."""
+        raise NotImplementedError
+
+    def finish(self, image: Any, outputs: Any, index: int) -> list[Detection]:
+        """The detections of image ``index`` of the batch ``outputs`` came from."""
+        raise NotImplementedError
+
+    def check_batch(self, size: int) -> None:
+        """Prove during warm-up that ``forward`` takes a batch of ``size``; raise BackendError if not."""
+        raise BackendError(f"the {self.name} backend runs one image per call: it cannot batch")
 
     def warmup(self) -> None:
         """One inference on a neutral grey image at the model's input size."""
@@ -116,6 +161,8 @@ class Backend(ABC):
             warm = time.perf_counter()
             with self._lock:
                 self.warmup()
+                if self.batch_max > 1:
+                    self.check_batch(self.batch_max)
             self.warmup_seconds = time.perf_counter() - warm
         except BackendUnavailable as exc:
             # An external server that is down now may come up later: stay in "loading" and let
@@ -163,7 +210,7 @@ class Backend(ABC):
         problem = self.check() if probe else None
         return problem is None, problem
 
-    def predict(self, image: np.ndarray | Image.Image) -> list[Detection]:
+    def check_input(self, image: Any) -> None:
         self._retry_if_waiting()
         if self.state != READY:
             raise BackendUnavailable(self.error or "model is loading")
@@ -172,5 +219,27 @@ class Backend(ABC):
                 raise ValueError(f"expected an RGB PIL image, got {type(image).__name__}")
         elif getattr(image, "dtype", None) != "uint8" or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected a uint8 HWC RGB array, got {getattr(image, 'dtype', type(image))}")
-        with self._lock:
-            return self._predict(image)
+
+    def predict(self, image: np.ndarray | Image.Image, timings: dict[str, float] | None = None) -> list[Detection]:
+        """Detections for one image; with ``timings``, the seconds of each stage are added to it
+        (preprocess, infer, postprocess; a backend that is not staged reports all of it as infer)."""
+        self.check_input(image)
+        with self._call_guard:
+            if timings is None:
+                return self._predict(image)
+            if not self._timed_stages:
+                started = time.perf_counter()
+                out = self._predict(image)
+                timings["infer"] = timings.get("infer", 0.0) + time.perf_counter() - started
+                return out
+            t0 = time.perf_counter()
+            x = self.prepare(image)
+            t1 = time.perf_counter()
+            outputs = self.forward(x)
+            t2 = time.perf_counter()
+            out = self.finish(image, outputs, 0)
+            t3 = time.perf_counter()
+        timings["preprocess"] = timings.get("preprocess", 0.0) + t1 - t0
+        timings["infer"] = timings.get("infer", 0.0) + t2 - t1
+        timings["postprocess"] = timings.get("postprocess", 0.0) + t3 - t2
+        return out

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from serving.backends._candidates import CandidatesMixin
-from serving.backends.base import Backend, Detection
+from serving.backends.base import Backend, BackendError
 from serving.manifest import model_file
 
 log = logging.getLogger("serving.backend.onnx")
@@ -39,9 +39,30 @@ class OnnxBackend(CandidatesMixin, Backend):
         self._session = ort.InferenceSession(str(path), options, providers=providers)
         self._input = self._session.get_inputs()[0].name
 
-    def _predict(self, image: np.ndarray) -> list[Detection]:
-        boxes, scores, classes = self._session.run(None, {self._input: self._preprocess(image)})[:3]
-        return self._postprocess(image, boxes, scores, classes)
+    def forward(self, batch: np.ndarray):
+        # One session, called from several slots at once: InferenceSession.run is thread-safe.
+        # With THREADS=1 each call runs on its caller's thread; with more, the calls share the
+        # session's intra-op pool of THREADS threads.
+        return tuple(self._session.run(None, {self._input: batch})[:3])
+
+    def check_batch(self, size: int) -> None:
+        first = self._session.get_inputs()[0].shape[0] if self._session.get_inputs()[0].shape else None
+        if isinstance(first, int):
+            raise BackendError(
+                f"SLIPWAY_BATCH_MAX={size}: the ONNX model's input {self._input!r} has a fixed batch "
+                f"dimension of {first}; export it with a dynamic batch dimension to batch"
+            )
+        inp = self.manifest["input"]
+        grey = np.full((inp["height"], inp["width"], 3), 127, dtype=np.uint8)
+        try:
+            outputs = self.forward(self.stack([self.prepare(grey)] * size))
+        except Exception as exc:
+            raise BackendError(
+                f"SLIPWAY_BATCH_MAX={size}: the ONNX model does not run a batch of {size}: {str(exc)[:200]}"
+            ) from None
+        problem = self._batch_outputs_ok(outputs, size)
+        if problem:
+            raise BackendError(f"SLIPWAY_BATCH_MAX={size}: the ONNX model cannot batch: {problem}")
 
     def describe(self) -> dict[str, Any]:
         session = getattr(self, "_session", None)

@@ -20,9 +20,10 @@ class TensorFlowBackend(Backend):
     def load(self) -> None:
         import tensorflow as tf
 
-        # Thread pools are fixed at the first op; set them before anything runs.
+        # Thread pools are fixed at the first op; set them before anything runs. TensorFlow's
+        # intra-op pool is one per process, shared by the slots' concurrent calls: size it for all.
         try:
-            tf.config.threading.set_intra_op_parallelism_threads(self.threads)
+            tf.config.threading.set_intra_op_parallelism_threads(self.threads * int(self.options.get("slots", 1)))
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:
             log.warning("TensorFlow was already initialised; thread settings unchanged")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from serving.backends._candidates import CandidatesMixin
-from serving.backends.base import Backend, Detection
+from serving.backends.base import Backend, BackendError
 from serving.manifest import model_file
 
 log = logging.getLogger("serving.backend.torchscript")
@@ -46,6 +46,7 @@ class TorchScriptBackend(CandidatesMixin, Backend):
         self._fusion_error: str | None = None
 
     def warmup(self) -> None:
+        # Several slots share this module; the threads of each call are set once for the process.
         # TorchScript's profiling executor records shapes on the first call and optimises the graph
         # on the second; measured here, those cost about 200 ms and 100 ms against about 10 ms after.
         # Three runs keep both out of the first real request, and prove the fused graph.
@@ -64,12 +65,34 @@ class TorchScriptBackend(CandidatesMixin, Backend):
             for _ in range(3):
                 super().warmup()
 
-    def _predict(self, image: np.ndarray) -> list[Detection]:
+    def forward(self, batch: np.ndarray):
+        # One module, called from several slots at once: the TorchScript interpreter runs concurrent
+        # calls, each on ``threads`` intra-op threads (set once; libtorch applies it per calling thread).
         torch = self._torch
-        x = torch.from_numpy(self._preprocess(image)).to(self._device)
+        x = torch.from_numpy(batch).to(self._device)
         with torch.inference_mode():
             boxes, scores, classes = self._module(x)
-        return self._postprocess(image, boxes.cpu().numpy(), scores.cpu().numpy(), classes.cpu().numpy())
+        return boxes.cpu().numpy(), scores.cpu().numpy(), classes.cpu().numpy()
+
+    def check_batch(self, size: int) -> None:
+        inp = self.manifest["input"]
+        grey = np.full((inp["height"], inp["width"], 3), 127, dtype=np.uint8)
+        x = self.prepare(grey)
+        try:
+            # Every batch size a request may meet, twice each: the profiling executor specialises
+            # (and fuses) the graph per input shape, which must not happen on a request's time.
+            for n in range(2, size + 1):
+                for _ in range(2):
+                    outputs = self.forward(self.stack([x] * n))
+        except Exception as exc:
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), repr(exc))
+            raise BackendError(
+                f"SLIPWAY_BATCH_MAX={size}: the TorchScript model does not take a batch of {size} "
+                f"(exported with a fixed batch of 1?): {first[:200]}"
+            ) from None
+        problem = self._batch_outputs_ok(outputs, size)
+        if problem:
+            raise BackendError(f"SLIPWAY_BATCH_MAX={size}: the TorchScript model cannot batch: {problem}")
 
     def describe(self) -> dict[str, Any]:
         torch = getattr(self, "_torch", None)

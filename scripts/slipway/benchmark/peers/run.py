@@ -231,10 +231,10 @@ def from_context(ctx, settings: PeerSettings, report_dir: Path | None = None,
     """
     from slipway.stages.bench import images_in_engine
 
-    entries = [e for e in ctx.plan["matrix"]["images"] if e["variant"] in settings.variants]
+    entries = [e for e in ctx.plan.matrix.images if e.variant in settings.variants]
     if not entries:
         raise ConfigError(f"the plan has none of the variants {', '.join(settings.variants)}")
-    models = sorted({e["model"] for e in entries})
+    models = sorted({e.model for e in entries})
     if len(models) != 1:
         raise ConfigError(f"the peer bench compares one model; variants {', '.join(settings.variants)} "
                           f"serve {', '.join(models)}: choose variants of one model with --variant")
@@ -247,14 +247,14 @@ def from_context(ctx, settings: PeerSettings, report_dir: Path | None = None,
         services.ensure_docker(ctx.log)
         records = images_in_engine(ctx, entries)
         for e in entries:
-            rec = records.get(e["variant"]) or {}
-            if rec.get("tag") and not rec.get("unavailable"):
-                images[e["variant"]] = rec["tag"]
+            rec = records.get(e.variant)
+            if rec is not None and rec.tag and not rec.unavailable:
+                images[e.variant] = rec.tag
                 continue
             # Else the release's tag: in the engine already, or pulled from the registry it went to.
-            ref = f"{e['image']}:{ctx.plan['version']}"
+            ref = f"{e.image}:{ctx.plan.version}"
             if engine.image_exists(ref) or _pulled(ref):
-                images[e["variant"]] = ref
+                images[e.variant] = ref
     images.update(overrides)
     tolerance = ctx.config.smoke.tolerance_for("torchscript").model_dump()
     inputs = Inputs(model_dir=model_dir, images=images, report_dir=report_dir or ctx.out / "bench" / "peers",

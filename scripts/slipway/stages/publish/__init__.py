@@ -20,9 +20,7 @@ subclasses (``RegistryError`` with the registry's status and words, ``TransientE
 
 from __future__ import annotations
 
-from typing import Any
-
-from slipway.context import StageContext
+from slipway.context import StageContext, StageResult
 from slipway.errors import PublishError
 from slipway.stages.publish import github_modes
 from slipway.stages.publish import local as _local
@@ -35,7 +33,7 @@ __all__ = ["KINDS", "image_tags", "run"]
 
 def run(
     ctx: StageContext, variants: list[str] | None = None, local: bool = False, kind: str | None = None
-) -> dict[str, Any]:
+) -> StageResult:
     if kind == "images":
         return github_modes.publish_images(ctx, variants)
     if kind == "github-release":

@@ -15,27 +15,35 @@ import json
 import shutil
 import subprocess
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from slipway import sbom
+from slipway import records, sbom
 from slipway.context import StageContext
 from slipway.errors import BuildError, PublishError
 from slipway.fsutil import sha256_file
 from slipway.stages.publish.jobs import ASSETS, RECORDS, ImageJob, WheelJob
 
 
-def write_sboms(
-    ctx: StageContext, images: list[ImageJob], wheels: list[WheelJob]
-) -> dict[str, dict[str, Any]]:
-    """One CycloneDX SBOM per image and per wheel under ``sbom/``; artifact -> {file, sha256, components}."""
+@dataclass(frozen=True)
+class StagedAssets:
+    """``release/assets/`` as ``stage_assets`` left it: the model archives, and file -> sha256 of
+    every asset but the records rewritten by each publish (what ``SHA256SUMS`` lists)."""
+
+    folder: Path
+    models: dict[str, records.ReleaseModel]
+    files: dict[str, str]
+
+
+def write_sboms(ctx: StageContext, images: list[ImageJob], wheels: list[WheelJob]) -> dict[str, records.SbomRef]:
+    """One CycloneDX SBOM per image and per wheel under ``sbom/``; artifact -> file, sha256, components."""
     folder = ctx.out / "sbom"
     folder.mkdir(parents=True, exist_ok=True)
     created = None
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, records.SbomRef] = {}
     for job in images:
         name = job.image.rsplit("/", 1)[-1]
-        path = folder / f"{name}-{ctx.plan['version']}.cdx.json"
+        path = folder / f"{name}-{ctx.plan.version}.cdx.json"
         if not _sbom_current(path, job.image_id):
             ctx.log(f"{job.variant}: SBOM of {job.local}")
             try:
@@ -43,28 +51,32 @@ def write_sboms(
                     job.local,
                     image_id=job.image_id,
                     name=name,
-                    version=ctx.plan["version"],
+                    version=ctx.plan.version,
                     labels=job.labels,
                 )
             except BuildError as exc:
                 raise PublishError(f"{exc}; nothing was published") from exc
             sbom.write(bom, path)
         created = created or job.labels.get("org.opencontainers.image.created")
-        out[f"image:{job.variant}"] = {
-            "file": path.name,
-            "sha256": sha256_file(path),
-            "components": sbom.summary(json.loads(path.read_text())),
-        }
+        out[f"image:{job.variant}"] = sbom_ref(path)
     for job in wheels:
         path = folder / f"{job.path.name.removesuffix('.whl')}.cdx.json"
         bom = sbom.wheel_sbom(job.path, created=_commit_time(ctx) or created)
         sbom.write(bom, path)
-        out[f"wheel:{job.path.name}"] = {
-            "file": path.name,
-            "sha256": sha256_file(path),
-            "components": sbom.summary(bom),
-        }
+        out[f"wheel:{job.path.name}"] = records.SbomRef(
+            file=path.name, sha256=sha256_file(path), components=sbom.summary(bom)
+        )
     return out
+
+
+def sbom_ref(path: Path) -> records.SbomRef:
+    """An SBOM written under ``sbom/`` as the release record names it: file, sha256, components.
+    A CycloneDX document that cannot be read is an error naming it."""
+    try:
+        bom = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"{path}: not a readable CycloneDX SBOM ({exc}); nothing was published") from None
+    return records.SbomRef(file=path.name, sha256=sha256_file(path), components=sbom.summary(bom))
 
 
 def _sbom_current(path: Path, image_id: str) -> bool:
@@ -81,7 +93,7 @@ def _sbom_current(path: Path, image_id: str) -> bool:
 
 def _commit_time(ctx: StageContext) -> str | None:
     res = subprocess.run(
-        ["git", "log", "-1", "--format=%cI", ctx.plan["sha"]], cwd=ctx.root, capture_output=True, text=True
+        ["git", "log", "-1", "--format=%cI", ctx.plan.sha], cwd=ctx.root, capture_output=True, text=True
     )
     return (res.stdout.strip() or None) if res.returncode == 0 else None
 
@@ -112,28 +124,26 @@ def deterministic_tar_gz(folder: Path, dest: Path, arcname: str) -> None:
 
 
 def stage_assets(
-    ctx: StageContext, sboms: dict[str, dict[str, Any]], extra: list[Path] | None = None
-) -> dict[str, Any]:
+    ctx: StageContext, sboms: dict[str, records.SbomRef], extra: list[Path] | None = None
+) -> StagedAssets:
     """Fill ``release/assets/``: model archives, SBOMs, the smoke table, ``extra`` files, SHA256SUMS."""
     folder = ctx.out / ASSETS
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    models: dict[str, Any] = {}
+    models: dict[str, records.ReleaseModel] = {}
     for manifest_path in sorted((ctx.out / "models").glob("*/model.json")):
-        manifest = json.loads(manifest_path.read_text())
-        name = f"{manifest['name']}-{ctx.plan['version']}.tar.gz"
-        deterministic_tar_gz(
-            manifest_path.parent, folder / name, f"{manifest['name']}-{ctx.plan['version']}"
+        manifest = records.read(manifest_path, records.ModelManifest)
+        stem = f"{manifest.name}-{ctx.plan.version}"
+        deterministic_tar_gz(manifest_path.parent, folder / f"{stem}.tar.gz", stem)
+        models[manifest.name] = records.ReleaseModel(
+            asset=f"{stem}.tar.gz",
+            sha256=sha256_file(folder / f"{stem}.tar.gz"),
+            manifest_sha256=sha256_file(manifest_path),
+            files=manifest.files,
         )
-        models[manifest["name"]] = {
-            "asset": name,
-            "sha256": sha256_file(folder / name),
-            "manifest_sha256": sha256_file(manifest_path),
-            "files": manifest.get("files", {}),
-        }
     for entry in sboms.values():
-        shutil.copy2(ctx.out / "sbom" / entry["file"], folder / entry["file"])
+        shutil.copy2(ctx.out / "sbom" / entry.file, folder / entry.file)
     if (ctx.out / "smoke" / "table.md").exists():
         shutil.copy2(ctx.out / "smoke" / "table.md", folder / "smoke-table.md")
     for path in extra or []:
@@ -141,4 +151,4 @@ def stage_assets(
     sums = sorted((p.name, sha256_file(p)) for p in folder.iterdir() if p.is_file() and p.name not in RECORDS)
     (folder / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sums))
     shutil.copy2(folder / "SHA256SUMS", ctx.out / "SHA256SUMS")
-    return {"folder": folder, "models": models, "files": dict(sums)}
+    return StagedAssets(folder=folder, models=models, files=dict(sums))

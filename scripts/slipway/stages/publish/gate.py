@@ -13,19 +13,33 @@ Every refusal is a ``PublishError`` naming each failure; nothing has been pushed
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from slipway import registry
+from slipway import records, registry
 from slipway.baseimage import HOST_CA_LABEL
 from slipway.context import StageContext
 from slipway.errors import PublishError
-from slipway.fsutil import read_record, sha256_file
-from slipway.github import image_records, primary_smoke, smoke_artifacts, smoke_platforms
+from slipway.fsutil import sha256_file
+from slipway.outputs import SmokeVerdict, image_records, primary_smoke, smoke_artifacts, smoke_platforms
 from slipway.stages.publish import engine_calls
 from slipway.stages.publish.jobs import ImageJob, release_tags
 
 
-def check_exports(ctx: StageContext, artifacts: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class SmokeGate:
+    """What the gate let through: every smoke result (key -> result, ``outputs.smoke_key``), the
+    verdict over all of them, and whether a GPU was present where they ran."""
+
+    artifacts: dict[str, SmokeVerdict]
+    ok: bool
+    gpu_present: bool | None
+
+    def primary(self, artifact: str) -> SmokeVerdict | None:
+        return primary_smoke(self.artifacts, artifact)
+
+
+def check_exports(ctx: StageContext, artifacts: Mapping[str, SmokeVerdict]) -> None:
     """Refuse a stale export, and a smoke result of another export than the one in the folder.
 
     The design: ``slipway export`` records in each ``model.json`` the hash of every input that
@@ -42,8 +56,9 @@ def check_exports(ctx: StageContext, artifacts: dict[str, Any]) -> None:
 
     problems = []
     digests: dict[str, str | None] = {}
-    exported = {e["model"] for e in ctx.plan.get("matrix", {}).get("export", [])}
-    smoked = {a["model"] for a in artifacts.values() if a.get("model") in {m.name for m in ctx.config.models}}
+    exported = {e.model for e in ctx.plan.matrix.export}
+    configured = {m.name for m in ctx.config.models}
+    smoked = {a.model for a in artifacts.values() if a.model is not None and a.model in configured}
     for name in sorted(exported | smoked):
         model_dir = ctx.out / "models" / name
         stale = stale_parts(ctx, ctx.config.model(name), model_dir)
@@ -51,22 +66,22 @@ def check_exports(ctx: StageContext, artifacts: dict[str, Any]) -> None:
             problems.append(f"model '{name}' ({model_dir}): the export is stale, changed since it was "
                             f"exported: {', '.join(stale)}; run 'slipway export' and the later stages again")
             continue
-        digests[name] = export_digest(read_record(model_dir / "model.json"))
+        digests[name] = export_digest(records.read(model_dir / "model.json", records.ModelManifest))
     for variant, rec in sorted(image_records(ctx.out).items()):
-        model = rec.get("model")
-        if model in digests and rec.get("export_inputs") and rec["export_inputs"] != digests[model]:
+        model = rec.model
+        if model in digests and rec.export_inputs and rec.export_inputs != digests[model]:
             problems.append(f"image of variant '{variant}': built from another export of model '{model}' than "
                             f"the one in {ctx.out / 'models' / model}; run 'slipway images' and smoke again")
     for key, a in sorted(artifacts.items()):
-        model = a.get("model")
-        if model in digests and "export_inputs" in a and a["export_inputs"] != digests[model]:
+        model = a.model
+        if model in digests and "export_inputs" in a.model_fields_set and a.export_inputs != digests[model]:
             problems.append(f"{key}: smoke-tested against another export of model '{model}' than the one in "
                             f"{ctx.out / 'models' / model}; run 'slipway smoke' again")
     if problems:
         raise PublishError("refusing to publish (" + " | ".join(problems) + "); nothing was published")
 
 
-def check_smoke(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]:
+def check_smoke(ctx: StageContext, variants: list[str] | None) -> SmokeGate:
     """The smoke summary (rebuilt from the per-artifact results) once every planned artifact passed."""
     path = ctx.out / "smoke" / "summary.json"
     # Rebuilt from the per-artifact files: on GitHub each smoke job wrote its own.
@@ -77,17 +92,15 @@ def check_smoke(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]
         raise PublishError(
             f"no smoke results in {path.parent}: run 'slipway smoke' first; nothing was published"
         )
-    summary = read_record(path, {})
-    summary = {
-        **summary,
-        "artifacts": artifacts,
-        "ok": all(a.get("ok") for a in artifacts.values()),
-        "gpu_present": summary.get("gpu_present", any((a.get("gpu") or {}).get("available") for a in artifacts.values())),
-    }
+    recorded = records.read(path, records.SmokeSummary, None)
+    gpu_present = (
+        recorded.gpu_present
+        if recorded is not None and "gpu_present" in recorded.model_fields_set
+        else any(a.gpu is not None and a.gpu.available for a in artifacts.values())
+    )
+    summary = SmokeGate(artifacts=artifacts, ok=all(a.ok for a in artifacts.values()), gpu_present=gpu_present)
     wanted = [
-        e["artifact"]
-        for e in ctx.plan["matrix"]["smoke"]
-        if e["kind"] != "image" or not variants or e.get("variant") in variants
+        e.artifact for e in ctx.plan.matrix.smoke if e.kind != "image" or not variants or e.variant in variants
     ]
     wheels = sorted((ctx.out / "wheels").glob("*.whl"))
     if wheels and "wheels" not in wanted:
@@ -98,15 +111,15 @@ def check_smoke(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]
     tested = {a: smoke_platforms(artifacts, a) for a in wanted}
     missing = [a for a in wanted if not tested[a]]
     failed = [
-        f"{a}{'' if arch == 'amd64' else f' on {arch}'} ({result.get('error') or 'failed'})"
+        f"{a}{'' if arch == 'amd64' else f' on {arch}'} ({result.error or 'failed'})"
         for a in wanted
         for arch, result in sorted(tested[a].items())
-        if not result["ok"]
+        if not result.ok
     ]
     stale = []
     for w in wheels:
         entry = artifacts.get(f"wheel:{w.name}")
-        if entry and entry["ok"] and entry.get("sha256") != sha256_file(w):
+        if entry and entry.ok and entry.sha256 != sha256_file(w):
             stale.append(f"wheel:{w.name} (changed since it was smoke-tested)")
     if failed or missing or stale:
         parts = []
@@ -120,12 +133,12 @@ def check_smoke(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]
     return summary
 
 
-def local_images(ctx: StageContext, variants: list[str] | None, summary: dict[str, Any]) -> list[ImageJob]:
+def local_images(ctx: StageContext, variants: list[str] | None, summary: SmokeGate) -> list[ImageJob]:
     """The images of the local engine to publish: each the very one its smoke test ran."""
     images = image_records(ctx.out)
     jobs = []
-    for entry in ctx.plan["matrix"]["images"]:
-        variant = entry["variant"]
+    for entry in ctx.plan.matrix.images:
+        variant = entry.variant
         if variants and variant not in variants:
             continue
         if variant not in images:
@@ -133,15 +146,16 @@ def local_images(ctx: StageContext, variants: list[str] | None, summary: dict[st
                 f"variant '{variant}' has no built image in images.json; nothing was published"
             )
         built = images[variant]
-        if built.get("digest") and not built.get("id"):
+        if built.digest and not built.id:
             raise PublishError(
-                f"image:{variant} was pushed by digest ({built['digest']}): tag it with "
+                f"image:{variant} was pushed by digest ({built.digest}): tag it with "
                 f"'slipway publish --kind images --variant {variant}'; nothing was published"
             )
-        smoke_id = primary_smoke(summary["artifacts"], f"image:{variant}").get("image_id")
-        if not smoke_id or built.get("id") != smoke_id:
+        smoked = summary.primary(f"image:{variant}")
+        smoke_id = smoked.image_id if smoked is not None else None
+        if not smoke_id or built.id != smoke_id:
             raise PublishError(
-                f"image:{variant} was rebuilt after its smoke test ({str(built.get('id'))[:19]} built, "
+                f"image:{variant} was rebuilt after its smoke test ({str(built.id)[:19]} built, "
                 f"{str(smoke_id)[:19]} smoke-tested): smoke-test the image you mean to publish; "
                 "nothing was published"
             )
@@ -152,39 +166,50 @@ def local_images(ctx: StageContext, variants: list[str] | None, summary: dict[st
                 f"the smoke-tested image {smoke_id[:19]} of {variant} is no longer in the local engine "
                 "(rebuild and smoke-test it); nothing was published"
             )
-        tagged = engine_calls.inspect_image(built["tag"])
+        tagged = engine_calls.inspect_image(built.tag) if built.tag else None
         if (tagged or {}).get("Id") != smoke_id:
-            ctx.log(f"{built['tag']} now names another image; publishing the smoke-tested {smoke_id[:19]}")
+            ctx.log(f"{built.tag} now names another image; publishing the smoke-tested {smoke_id[:19]}")
         labels = (info.get("Config") or {}).get("Labels") or {}
-        if labels.get(HOST_CA_LABEL) == "true" and not registry.is_loopback(entry["image"]):
+        if labels.get(HOST_CA_LABEL) == "true" and not registry.is_loopback(entry.image):
             raise PublishError(
-                f"{built['tag']} was built on a local base image carrying this host's CA certificates; "
-                f"it may go to a loopback registry only, not {entry['image']}; nothing was published"
+                f"{built.tag} was built on a local base image carrying this host's CA certificates; "
+                f"it may go to a loopback registry only, not {entry.image}; nothing was published"
             )
-        jobs.append(ImageJob(variant=variant, local=smoke_id, image=entry["image"], image_id=info["Id"],
+        jobs.append(ImageJob(variant=variant, local=smoke_id, image=entry.image, image_id=info["Id"],
                              labels=labels, tags=release_tags(ctx.plan)))
     return jobs
 
 
-def image_gate(ctx: StageContext, variant: str, record: dict[str, Any], artifacts: dict[str, Any]) -> None:
-    """A pushed digest is published only when every platform the plan built of it (the smoke
+def image_gate(
+    ctx: StageContext, variant: str, digest: str | None, artifacts: Mapping[str, SmokeVerdict]
+) -> None:
+    """A pushed ``digest`` is published only when every platform the plan built of it (the smoke
     matrix's ``arches``) was smoke-tested on its own architecture, passed, and ran that digest."""
     artifact = f"image:{variant}"
-    planned = next((e for e in ctx.plan["matrix"]["smoke"] if e.get("artifact") == artifact), {})
-    arches = [a for a in str(planned.get("arches") or "amd64").split(",") if a]
+    planned = next((e for e in ctx.plan.matrix.smoke if e.artifact == artifact), None)
+    arches = [a for a in ((planned.arches if planned else "") or "amd64").split(",") if a]
     tested = smoke_platforms(artifacts, artifact)
     for arch in arches:
         where = "" if arch == "amd64" else f" on {arch}"
         result = tested.get(arch)
         if result is None:
             raise PublishError(f"{artifact} was not smoke-tested{where}; nothing was published")
-        if not result.get("ok"):
+        if not result.ok:
             raise PublishError(
-                f"smoke test failed: {artifact}{where} ({result.get('error') or 'failed'}); nothing was published"
+                f"smoke test failed: {artifact}{where} ({result.error or 'failed'}); nothing was published"
             )
-        if result.get("digest") != record.get("digest"):
+        if result.digest != digest:
             raise PublishError(
-                f"{artifact}: the smoke test{where} ran on {result.get('digest') or result.get('image_id')}, "
-                f"the record names {record.get('digest')}: smoke-test the digest you mean to publish; "
+                f"{artifact}: the smoke test{where} ran on {result.digest or result.image_id}, "
+                f"the record names {digest}: smoke-test the digest you mean to publish; "
                 "nothing was published"
             )
+
+
+def smoke_numbers(result: SmokeVerdict | None) -> records.ImageSmokeNumbers:
+    """The numbers of an image's (amd64) smoke test the release record keeps."""
+    if result is None:
+        return records.ImageSmokeNumbers(min_iou=None, max_score_diff=None, model_server=None, gpu=None)
+    return records.ImageSmokeNumbers(
+        min_iou=result.min_iou, max_score_diff=result.max_score_diff, model_server=result.model_server, gpu=result.gpu
+    )

@@ -15,60 +15,60 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
 
-from slipway import sbom
-from slipway.context import StageContext
+from slipway import records, sbom
+from slipway.context import StageContext, StageResult
 from slipway.errors import PublishError
-from slipway.fsutil import read_record, sha256_file
-from slipway.github import image_records, primary_smoke, set_outputs, smoke_artifacts
+from slipway.fsutil import sha256_file
+from slipway.github import set_outputs
+from slipway.outputs import image_records, smoke_artifacts
 from slipway.stages.publish import assets as release_assets
 from slipway.stages.publish import gate, preflight, push
 from slipway.stages.publish.jobs import ASSETS, ImageJob, collect_wheels, release_tags
 
 
-def publish_images(ctx: StageContext, variants: list[str] | None) -> dict[str, Any]:
+def publish_images(ctx: StageContext, variants: list[str] | None) -> StageResult:
     """Add the release tags to each smoke-tested digest; one variant per GitHub job."""
     plan = ctx.plan
-    dry_run = plan["dry_run"]
-    entries = [e for e in plan["matrix"]["images"] if not variants or e["variant"] in variants]
-    unknown = sorted(set(variants or ()) - {e["variant"] for e in entries})
+    dry_run = plan.dry_run
+    entries = [e for e in plan.matrix.images if not variants or e.variant in variants]
+    unknown = sorted(set(variants or ()) - {e.variant for e in entries})
     if unknown:
         raise PublishError(f"--variant {', '.join(unknown)}: not in the plan; nothing was published")
     if len(entries) != 1 and os.environ.get("GITHUB_OUTPUT"):
         raise PublishError(f"--kind images writes one image's outputs; name it with --variant ({len(entries)})")
-    records = image_records(ctx.out)
+    built = image_records(ctx.out)
     artifacts = smoke_artifacts(ctx.out)
     jobs = []
     for entry in entries:
-        variant = entry["variant"]
-        record = records.get(variant)
+        variant = entry.variant
+        record = built.get(variant)
         if record is None:
             raise PublishError(f"no record of image {variant} in {ctx.out / 'images'}; nothing was published")
-        if not record.get("digest"):
+        if not record.digest:
             raise PublishError(
                 f"image:{variant} has no pushed digest (built here: publish it with 'slipway publish'); "
                 "nothing was published"
             )
-        gate.image_gate(ctx, variant, record, artifacts)
-        if record["image"] != entry["image"]:
+        gate.image_gate(ctx, variant, record.digest, artifacts)
+        if record.image != entry.image:
             raise PublishError(
-                f"image:{variant} was pushed to {record['image']}, the plan publishes to {entry['image']}: "
+                f"image:{variant} was pushed to {record.image}, the plan publishes to {entry.image}: "
                 "tags are added in the repository that holds the digest; nothing was published"
             )
-        jobs.append(ImageJob(variant=variant, local=f"{record['image']}@{record['digest']}", image=entry["image"],
-                             image_id=record["digest"], labels={}, tags=release_tags(plan)))
+        jobs.append(ImageJob(variant=variant, local=f"{record.image}@{record.digest}", image=entry.image,
+                             image_id=record.digest, labels={}, tags=release_tags(plan)))
     preflight.refuse_conflicts(preflight.preflight_images(ctx, jobs, dry_run=dry_run))
     push.push_tags(ctx, jobs, push.tag_in_registry, dry_run=dry_run, words=("tag", "tagging", "tagged"))
     for job in jobs:
-        published = {
-            "variant": job.variant,
-            "image": job.image,
-            "digest": job.image_id,
-            "dry_run": dry_run,
-            "tags": {t: _tag_outcome(job, t, dry_run) for t, _ in job.tags},
-        }
-        ctx.write_json(f"publish/{job.variant}.json", published)
+        published = records.PublishedImage(
+            variant=job.variant,
+            image=job.image,
+            digest=job.image_id,
+            dry_run=dry_run,
+            tags={t: _tag_outcome(job, t, dry_run) for t, _ in job.tags},
+        )
+        ctx.write(f"publish/{job.variant}.json", published)
         set_outputs({"image": job.image, "digest": job.image_id})
     word = "would tag" if dry_run else "tagged"
     return {"summary": f"{word} {', '.join(f'{j.image}@{j.image_id[:19]}' for j in jobs)}", "images": jobs}
@@ -83,22 +83,22 @@ def _tag_outcome(job: ImageJob, tag: str, dry_run: bool) -> str | None:
     return None if state is None else str(state)
 
 
-def _notes(ctx: StageContext, release: dict[str, Any]) -> str:
+def _notes(ctx: StageContext, release: records.ReleaseRecord) -> str:
     plan = ctx.plan
-    lines = [f"# {plan['project']} {plan['version']}", "", f"Commit `{plan['sha']}`.", ""]
-    if release["images"]:
+    lines = [f"# {plan.project} {plan.version}", "", f"Commit `{plan.sha}`.", ""]
+    if release.images:
         lines += ["## Images", "", "| variant | image | digest | tags |", "|---|---|---|---|"]
-        for variant, img in sorted(release["images"].items()):
-            tags = ", ".join(f"`{t}`" for t, state in (img.get("tags") or {}).items() if state == "tagged")
-            lines.append(f"| {variant} | `{img['image']}` | `{img['digest']}` | {tags or '-'} |")
+        for variant, img in sorted(release.images.items()):
+            tags = ", ".join(f"`{t}`" for t, state in img.tags.items() if state == "tagged")
+            lines.append(f"| {variant} | `{img.image}` | `{img.digest}` | {tags or '-'} |")
         lines.append("")
-    if release["wheels"]:
+    if release.wheels:
         lines += ["## Wheels", "", "| file | sha256 |", "|---|---|"]
-        lines += [f"| `{w['file']}` | `{w['sha256']}` |" for w in release["wheels"]]
+        lines += [f"| `{w.file}` | `{w.sha256}` |" for w in release.wheels]
         lines.append("")
-    if release["models"]:
+    if release.models:
         lines += ["## Models", "", "| model | archive | sha256 |", "|---|---|---|"]
-        lines += [f"| {m} | `{a['asset']}` | `{a['sha256']}` |" for m, a in sorted(release["models"].items())]
+        lines += [f"| {m} | `{a.asset}` | `{a.sha256}` |" for m, a in sorted(release.models.items())]
         lines.append("")
     for title, path in (("Smoke tests", ctx.out / "smoke" / "table.md"), ("Benchmarks", ctx.out / "bench" / "table.md")):
         if path.exists():
@@ -110,67 +110,66 @@ def _notes(ctx: StageContext, release: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def github_release(ctx: StageContext) -> dict[str, Any]:
+def github_release(ctx: StageContext) -> StageResult:
     """Fill ``release/assets/`` and write ``release/notes.md``; the workflow creates the release."""
     plan = ctx.plan
     summary = gate.check_smoke(ctx, None)
-    records = image_records(ctx.out)
-    images: dict[str, Any] = {}
-    for entry in plan["matrix"]["images"]:
-        variant = entry["variant"]
-        record = records.get(variant)
+    built = image_records(ctx.out)
+    images: dict[str, records.ReleaseImage] = {}
+    for entry in plan.matrix.images:
+        variant = entry.variant
+        record = built.get(variant)
         if record is None:
             raise PublishError(f"no record of image {variant} in {ctx.out / 'images'}; nothing was published")
-        if record.get("digest"):
-            gate.image_gate(ctx, variant, record, summary["artifacts"])
+        if record.digest:
+            gate.image_gate(ctx, variant, record.digest, summary.artifacts)
         path = ctx.out / "publish" / f"{variant}.json"
-        published = read_record(path, {})
-        if not plan["dry_run"] and published.get("digest") != record.get("digest"):
+        published = records.read(path, records.PublishedImage, None)
+        if not plan.dry_run and (published is None or published.digest != record.digest):
             raise PublishError(
                 f"image:{variant} was not tagged ({path} missing or for another digest): "
                 "run 'slipway publish --kind images' first; nothing was published"
             )
-        images[variant] = {
-            "image": entry["image"],
-            "digest": record.get("digest"),
-            "tags": published.get("tags", {}),
-            "platforms": record.get("platforms"),
-            "smoke": {
-                k: primary_smoke(summary["artifacts"], f"image:{variant}").get(k)
-                for k in ("min_iou", "max_score_diff", "model_server", "gpu")
-            },
-        }
+        images[variant] = records.ReleaseImage(
+            image=entry.image,
+            digest=record.digest,
+            tags=published.tags if published is not None else {},
+            platforms=record.platforms,
+            smoke=gate.smoke_numbers(summary.primary(f"image:{variant}")),
+        )
     wheels = collect_wheels(ctx.out)
     sboms = release_assets.write_sboms(ctx, [], wheels)
     for variant, image in sorted(images.items()):
         # The images' SBOMs, made from the pushed digest by the images job of _publish.yml
         # (python -m slipway.sbom), named as a local publish names them.
-        path = ctx.out / "sbom" / sbom.image_file_name(image["image"], plan["version"])
+        path = ctx.out / "sbom" / sbom.image_file_name(image.image, plan.version)
         if path.is_file():
-            sboms[f"image:{variant}"] = {
-                "file": path.name, "sha256": sha256_file(path), "components": sbom.summary(read_record(path)),
-            }
+            sboms[f"image:{variant}"] = release_assets.sbom_ref(path)
     assets = release_assets.stage_assets(ctx, sboms, extra=[w.path for w in wheels])
-    release = {
-        "project": plan["project"],
-        "version": plan["version"],
-        "sha": plan["sha"],
-        "ref": plan.get("ref"),
-        "prerelease": plan["prerelease"],
-        "dry_run": plan["dry_run"],
-        "images": images,
-        "wheels": [{"file": w.path.name, "sha256": w.sha256, "index": plan["registries"]["packages"],
-                    "sbom": sboms.get(f"wheel:{w.path.name}")} for w in wheels],
-        "models": assets["models"],
-        "sboms": [{"artifact": a, "file": e["file"], "sha256": e["sha256"]} for a, e in sorted(sboms.items())],
-        "smoke": {"ok": summary["ok"], "gpu_present": summary.get("gpu_present")},
-        "assets": {"folder": ASSETS, "files": assets["files"]},
-        "checksums": {"file": "SHA256SUMS", "sha256": sha256_file(assets["folder"] / "SHA256SUMS")},
-    }
-    ctx.write_json("release.json", release)
-    shutil.copy2(ctx.out / "release.json", assets["folder"] / "release.json")
+    release = records.ReleaseRecord(
+        project=plan.project,
+        version=plan.version,
+        sha=plan.sha,
+        ref=plan.ref,
+        prerelease=plan.prerelease,
+        dry_run=plan.dry_run,
+        images=images,
+        wheels=[
+            records.ReleaseWheel(file=w.path.name, sha256=w.sha256, index=plan.registries.packages,
+                                 sbom=sboms.get(f"wheel:{w.path.name}"))
+            for w in wheels
+        ],
+        models=assets.models,
+        sboms=[records.ReleaseSbom(artifact=a, file=e.file, sha256=e.sha256) for a, e in sorted(sboms.items())],
+        smoke=records.ReleaseSmoke(ok=summary.ok, gpu_present=summary.gpu_present),
+        assets=records.ReleaseAssets(folder=ASSETS, files=assets.files),
+        checksums=records.ReleaseChecksums(file="SHA256SUMS", sha256=sha256_file(assets.folder / "SHA256SUMS")),
+    )
+    ctx.write("release.json", release)
+    shutil.copy2(ctx.out / "release.json", assets.folder / "release.json")
     notes = ctx.out / "release" / "notes.md"
     notes.write_text(_notes(ctx, release))
-    count = sum(1 for p in assets["folder"].iterdir() if p.is_file())
-    ctx.log(f"release assets: {count} file(s) in {assets['folder']}; notes in {notes}")
+    count = sum(1 for p in assets.folder.iterdir() if p.is_file())
+    ctx.log(f"release assets: {count} file(s) in {assets.folder}; notes in {notes}")
     return {"summary": f"{count} release asset(s) staged, notes written", "release": release}
+

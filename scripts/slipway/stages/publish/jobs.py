@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from slipway import records
 from slipway.fsutil import sha256_file
 from slipway.plan import known_revision
 from slipway.version import parse_version
@@ -67,18 +68,18 @@ class WheelJob:
     state: WheelState = "unknown"
 
 
-def image_tags(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
+def image_tags(plan: records.Plan) -> tuple[list[str], list[str]]:
     """(immutable tags, moving tags) for this release."""
-    v = parse_version(plan["version"])
-    immutable = [plan["version"]]
+    v = parse_version(plan.version)
+    immutable = [plan.version]
     # A project folder that is not a git checkout has no commit to name (plan: sha 'unknown').
-    if known_revision(plan.get("short_sha", "")):
-        immutable.append(f"sha-{plan['short_sha']}")
+    if known_revision(plan.short_sha):
+        immutable.append(f"sha-{plan.short_sha}")
     moving = [] if v.prerelease else [v.major_minor, "latest"]
     return immutable, moving
 
 
-def release_tags(plan: dict[str, Any]) -> list[tuple[str, bool]]:
+def release_tags(plan: records.Plan) -> list[tuple[str, bool]]:
     immutable, moving = image_tags(plan)
     return [(t, True) for t in immutable] + [(t, False) for t in moving]
 

@@ -11,27 +11,31 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
-from slipway import registry, sbom, services
-from slipway.context import StageContext
+from slipway import records, registry, sbom, services
+from slipway.context import StageContext, StageResult
 from slipway.errors import PublishError, ServiceError
-from slipway.fsutil import read_record, sha256_file
-from slipway.github import primary_smoke
+from slipway.fsutil import sha256_file
 from slipway.stages.publish import assets as release_assets
 from slipway.stages.publish import gate, preflight, push
 from slipway.stages.publish.jobs import ASSETS, RECORDS, ImageJob, WheelJob, collect_wheels
 
 
-def run(ctx: StageContext, variants: list[str] | None, *, local: bool) -> dict[str, Any]:
+def run(ctx: StageContext, variants: list[str] | None, *, local: bool) -> StageResult:
     plan = ctx.plan
-    dry_run = plan["dry_run"] and not local
+    dry_run = plan.dry_run and not local
     if local:
         ctx.log("publishing to the local registry and index")
     elif dry_run:
         ctx.log("dry run: nothing will be pushed (publish for real on a tag, with --no-dry-run, or --local)")
+    # Decided first: a damaged release.json stops publish before it does anything.
+    record = "release.json"
+    if dry_run and published_before(ctx.out / record):
+        # The record of a real publish stays; a later dry run must not pass for it.
+        record = "release.dry-run.json"
+        ctx.log(f"{ctx.out / 'release.json'} records a real publish; this dry run's record is {record}")
     summary = gate.check_smoke(ctx, variants)
-    index = plan["registries"]["packages"]
+    index = plan.registries.packages
     simple = registry.simple_url(index, ctx.config.registries.packages_simple)
     if not dry_run:
         _ensure_local_services(ctx, plan)
@@ -40,13 +44,13 @@ def run(ctx: StageContext, variants: list[str] | None, *, local: bool) -> dict[s
     preflight.twine_check(wheels)
     sboms = release_assets.write_sboms(ctx, images, wheels)
     assets = release_assets.stage_assets(ctx, sboms)
-    dest = services.state_dir() / "releases" / plan["project"] / plan["version"] if local else None
+    dest = services.state_dir() / "releases" / plan.project / plan.version if local else None
 
     conflicts = preflight.preflight_images(ctx, images, dry_run=dry_run)
     conflicts += preflight.preflight_wheels(ctx, wheels, simple, dry_run=dry_run)
     conflicts += preflight.preflight_assets(assets, dest)
     actions = preflight.print_actions(ctx, images, wheels, assets, index, dest, dry_run)
-    ctx.write_json("publish-plan.json", {"dry_run": dry_run, "actions": actions, "conflicts": conflicts})
+    ctx.write("publish-plan.json", records.PublishPlan(dry_run=dry_run, actions=actions, conflicts=conflicts))
     preflight.refuse_conflicts(conflicts)
 
     if not dry_run:
@@ -54,24 +58,19 @@ def run(ctx: StageContext, variants: list[str] | None, *, local: bool) -> dict[s
         push.upload_wheels(ctx, wheels, index, simple)
 
     release = _release_record(ctx, images, wheels, sboms, assets, summary, index, dry_run)
-    record = "release.json"
-    if dry_run and published_before(ctx.out / record):
-        # The record of a real publish stays; a later dry run must not pass for it.
-        record = "release.dry-run.json"
-        ctx.log(f"{ctx.out / 'release.json'} records a real publish; this dry run's record is {record}")
-    ctx.write_json(record, release)
-    shutil.copy2(ctx.out / record, assets["folder"] / "release.json")
+    ctx.write(record, release)
+    shutil.copy2(ctx.out / record, assets.folder / "release.json")
     if dest is not None and not dry_run:
         dest.mkdir(parents=True, exist_ok=True)
-        for path in sorted(assets["folder"].iterdir()):
+        for path in sorted(assets.folder.iterdir()):
             target = dest / path.name
             if path.name in RECORDS or not target.exists():
                 shutil.copy2(path, target)
         ctx.log(f"release assets in {dest}")
     elif not dry_run:
-        ctx.log(f"release assets staged in {assets['folder']} for the GitHub release")
-    pushed = sum(1 for a in actions if a["action"] == "push")
-    uploaded = sum(1 for a in actions if a["action"] == "upload")
+        ctx.log(f"release assets staged in {assets.folder} for the GitHub release")
+    pushed = sum(1 for a in actions if a.action == "push")
+    uploaded = sum(1 for a in actions if a.action == "upload")
     word = "would push" if dry_run else "pushed"
     text = f"{word} {pushed} image tag(s) of {len(images)} image(s), {uploaded} of {len(wheels)} wheel(s)"
     return {"summary": text + (" (dry run)" if dry_run else ""), "release": release}
@@ -80,18 +79,16 @@ def run(ctx: StageContext, variants: list[str] | None, *, local: bool) -> dict[s
 def published_before(path: Path) -> bool:
     # A damaged release.json is an error (RecordError), never "not published": a dry run must not
     # overwrite what may be the record of a real publish.
-    return read_record(path, {}).get("dry_run") is False
+    recorded = records.read(path, records.ReleaseRecord, None)
+    return recorded is not None and recorded.dry_run is False
 
 
-def _ensure_local_services(ctx: StageContext, plan: dict[str, Any]) -> None:
+def _ensure_local_services(ctx: StageContext, plan: records.Plan) -> None:
     """Start the local registry and index when the plan publishes to them (and only then)."""
     try:
-        if (
-            plan["matrix"]["images"]
-            and registry.split_ref(plan["registries"]["images"])[0] == services.REGISTRY_ADDR
-        ):
+        if plan.matrix.images and registry.split_ref(plan.registries.images)[0] == services.REGISTRY_ADDR:
             services.ensure_registry(ctx.log)
-        if plan["registries"]["packages"].rstrip("/").endswith(services.INDEX_ADDR):
+        if plan.registries.packages.rstrip("/").endswith(services.INDEX_ADDR):
             services.ensure_index(ctx.log)
     except ServiceError as exc:
         raise PublishError(f"local services are not available: {exc}") from exc
@@ -101,58 +98,44 @@ def _release_record(
     ctx: StageContext,
     images: list[ImageJob],
     wheels: list[WheelJob],
-    sboms: dict[str, Any],
-    assets: dict[str, Any],
-    summary: dict[str, Any],
+    sboms: dict[str, records.SbomRef],
+    assets: release_assets.StagedAssets,
+    summary: gate.SmokeGate,
     index: str,
     dry_run: bool,
-) -> dict[str, Any]:
+) -> records.ReleaseRecord:
     plan = ctx.plan
-    record: dict[str, Any] = {
-        "project": plan["project"],
-        "version": plan["version"],
-        "sha": plan["sha"],
-        "prerelease": plan["prerelease"],
-        "dry_run": dry_run,
-        "images": {},
-        "wheels": [],
-        "models": assets["models"],
-        "sboms": [],
-        "smoke": {"ok": summary["ok"], "gpu_present": summary.get("gpu_present")},
-    }
+    released: dict[str, records.ReleaseImage] = {}
     for job in images:
         digests = {t: job.digests.get(t) for t, _ in job.tags}
         distinct = {d for d in digests.values() if d}
-        record["images"][job.variant] = {
-            "image": job.image,
-            "image_id": job.image_id,
-            "digest": distinct.pop() if len(distinct) == 1 else None,
-            "tags": digests,
-            "sbom": sboms.get(f"image:{job.variant}"),
-            "smoke": {
-                k: primary_smoke(summary["artifacts"], f"image:{job.variant}").get(k)
-                for k in ("min_iou", "max_score_diff", "model_server", "gpu")
-            },
-        }
-    for job in wheels:
-        record["wheels"].append(
-            {
-                "file": job.path.name,
-                "sha256": job.sha256,
-                "index": index,
-                "sbom": sboms.get(f"wheel:{job.path.name}"),
-            }
+        released[job.variant] = records.ReleaseImage(
+            image=job.image,
+            image_id=job.image_id,
+            digest=distinct.pop() if len(distinct) == 1 else None,
+            tags=digests,
+            sbom=sboms.get(f"image:{job.variant}"),
+            smoke=gate.smoke_numbers(summary.primary(f"image:{job.variant}")),
         )
-    for artifact, entry in sorted(sboms.items()):
-        record["sboms"].append(
-            {
-                "artifact": artifact,
-                "file": entry["file"],
-                "sha256": entry["sha256"],
-                "format": f"CycloneDX {sbom.SPEC_VERSION} JSON",
-                "components": entry["components"],
-            }
-        )
-    record["assets"] = {"folder": ASSETS, "files": assets["files"]}
-    record["checksums"] = {"file": "SHA256SUMS", "sha256": sha256_file(assets["folder"] / "SHA256SUMS")}
-    return record
+    return records.ReleaseRecord(
+        project=plan.project,
+        version=plan.version,
+        sha=plan.sha,
+        prerelease=plan.prerelease,
+        dry_run=dry_run,
+        images=released,
+        wheels=[
+            records.ReleaseWheel(file=job.path.name, sha256=job.sha256, index=index,
+                                 sbom=sboms.get(f"wheel:{job.path.name}"))
+            for job in wheels
+        ],
+        models=assets.models,
+        sboms=[
+            records.ReleaseSbom(artifact=artifact, file=entry.file, sha256=entry.sha256,
+                                format=f"CycloneDX {sbom.SPEC_VERSION} JSON", components=entry.components)
+            for artifact, entry in sorted(sboms.items())
+        ],
+        smoke=records.ReleaseSmoke(ok=summary.ok, gpu_present=summary.gpu_present),
+        assets=records.ReleaseAssets(folder=ASSETS, files=assets.files),
+        checksums=records.ReleaseChecksums(file="SHA256SUMS", sha256=sha256_file(assets.folder / "SHA256SUMS")),
+    )

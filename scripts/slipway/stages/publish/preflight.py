@@ -15,12 +15,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from slipway import registry
+from slipway import records, registry
 from slipway.context import StageContext
 from slipway.errors import PublishError
 from slipway.fsutil import sha256_file
+from slipway.stages.publish.assets import StagedAssets
 from slipway.stages.publish.jobs import ASSETS, UNKNOWN, ImageJob, TagState, WheelJob
 from slipway.version import parse_version
 
@@ -56,7 +57,7 @@ def _key(v: Any) -> tuple[int, int, int]:
 def preflight_images(ctx: StageContext, jobs: list[ImageJob], *, dry_run: bool) -> list[str]:
     """Fill each job's tag states; return the conflicts."""
     conflicts: list[str] = []
-    this = parse_version(ctx.plan["version"])
+    this = parse_version(ctx.plan.version)
     attempts = 1 if dry_run else None
     for job in jobs:
         try:
@@ -147,13 +148,13 @@ def preflight_wheels(ctx: StageContext, jobs: list[WheelJob], simple: str, *, dr
     return conflicts
 
 
-def preflight_assets(assets: dict[str, Any], dest: Path | None) -> list[str]:
+def preflight_assets(assets: StagedAssets, dest: Path | None) -> list[str]:
     if dest is None or not (dest / "SHA256SUMS").exists():
         return []
     conflicts = []
     for line in (dest / "SHA256SUMS").read_text().splitlines():
         digest, _, name = line.partition("  ")
-        if name in assets["files"] and assets["files"][name] != digest:
+        if name in assets.files and assets.files[name] != digest:
             conflicts.append(
                 f"release asset {name} of this version already exists in {dest} with other content"
             )
@@ -168,7 +169,7 @@ def refuse_conflicts(conflicts: list[str]) -> None:
         )
 
 
-def _image_action(state: TagState, immutable: bool) -> str:
+def _image_action(state: TagState, immutable: bool) -> Literal["keep", "skip", "refuse", "push"]:
     if state.left:
         return "keep" if state.kind == "same" else "skip"
     if state.kind == "different" and immutable:
@@ -180,55 +181,51 @@ def print_actions(
     ctx: StageContext,
     images: list[ImageJob],
     wheels: list[WheelJob],
-    assets: dict[str, Any],
+    assets: StagedAssets,
     index: str,
     dest: Path | None,
     dry_run: bool,
-) -> list[dict[str, Any]]:
+) -> list[records.PublishAction]:
     """Print, and return for ``publish-plan.json``, every push, upload and asset of this publish."""
-    actions: list[dict[str, Any]] = []
+    actions: list[records.PublishAction] = []
     for job in images:
         for tag, immutable in job.tags:
             state = job.state.get(tag, UNKNOWN)
             actions.append(
-                {
-                    "action": _image_action(state, immutable),
-                    "what": "image",
-                    "ref": f"{job.image}:{tag}",
-                    "image_id": job.image_id,
-                    "state": str(state),
-                    "immutable": immutable,
-                }
+                records.PublishAction(
+                    action=_image_action(state, immutable),
+                    what="image",
+                    ref=f"{job.image}:{tag}",
+                    image_id=job.image_id,
+                    state=str(state),
+                    immutable=immutable,
+                )
             )
     for wheel in wheels:
-        act = {"same": "keep", "different": "refuse"}.get(wheel.state, "upload")
+        act = "keep" if wheel.state == "same" else "refuse" if wheel.state == "different" else "upload"
         actions.append(
-            {
-                "action": act,
-                "what": "wheel",
-                "ref": wheel.path.name,
-                "sha256": wheel.sha256,
-                "index": index,
-                "state": wheel.state,
-            }
+            records.PublishAction(
+                action=act, what="wheel", ref=wheel.path.name, sha256=wheel.sha256, index=index, state=wheel.state
+            )
         )
     target = str(dest) if dest else f"{ASSETS}/ (the workflow attaches it to the GitHub release)"
-    for path in sorted(p for p in assets["folder"].iterdir() if p.is_file()):
-        digest = assets["files"].get(path.name) or sha256_file(path)
+    for path in sorted(p for p in assets.folder.iterdir() if p.is_file()):
+        digest = assets.files.get(path.name) or sha256_file(path)
         actions.append(
-            {"action": "asset", "what": "release asset", "ref": path.name, "sha256": digest, "to": target}
+            records.PublishAction(action="asset", what="release asset", ref=path.name, sha256=digest, to=target)
         )
     actions.append(
-        {"action": "asset", "what": "release asset", "ref": "release.json", "sha256": "", "to": target}
+        records.PublishAction(action="asset", what="release asset", ref="release.json", sha256="", to=target)
     )
     head = "dry run: publish would do this; nothing was pushed" if dry_run else "publish will do this"
-    lines = [f"{head} ({ctx.plan['project']} {ctx.plan['version']}):"]
+    lines = [f"{head} ({ctx.plan.project} {ctx.plan.version}):"]
     for a in actions:
-        detail = {
-            "image": lambda a: f"image {a['image_id'][:19]}",
-            "wheel": lambda a: f"sha256 {a['sha256'][:12]} -> {a['index']}",
-            "release asset": lambda a: f"sha256 {a['sha256'][:12] or '(written last)'} -> {a['to']}",
-        }[a["what"]](a)
+        if a.what == "image":
+            detail = f"image {(a.image_id or '')[:19]}"
+        elif a.what == "wheel":
+            detail = f"sha256 {(a.sha256 or '')[:12]} -> {a.index}"
+        else:
+            detail = f"sha256 {(a.sha256 or '')[:12] or '(written last)'} -> {a.to}"
         verb = {
             "push": "would push" if dry_run else "push",
             "upload": "would upload" if dry_run else "upload",
@@ -236,8 +233,8 @@ def print_actions(
             "skip": "skip",
             "refuse": "REFUSE",
             "asset": "would attach" if dry_run else "attach",
-        }[a["action"]]
-        state = f" [{a['state']}]" if "state" in a else ""
-        lines.append(f"  {verb:<13} {a['ref']}  ({detail}){state}")
+        }[a.action]
+        state = f" [{a.state}]" if a.state is not None else ""
+        lines.append(f"  {verb:<13} {a.ref}  ({detail}){state}")
     print("\n".join(lines), flush=True)
     return actions
