@@ -308,7 +308,9 @@ def measure_served(ctx: StageContext, entries: list[records.ImageEntry], images:
             with _external_server(image, model_dir, ctx, variant) as (extra_env, external):
                 if external:
                     result["external_server"] = external
-                env = {"THREADS": str(settings.threads), **extra_env}
+                # The image as it ships: its own SLIPWAY_SLOTS x SLIPWAY_THREADS (the service's
+                # choice from the container's CPUs, or what `slipway bench --tune` measured).
+                env = dict(extra_env)
                 for i in range(settings.ready_runs):
                     with _start(image, ctx, variant, env) as running:
                         result["ready_s"]["runs"].append(round(running.ready_seconds, 3))
