@@ -7,8 +7,6 @@ starts ('make test' starts them first); nothing here is mocked.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _has_gpu() -> bool:
-    if not shutil.which("nvidia-smi"):
-        return False
-    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    # The probe slipway itself uses (SLIPWAY_NO_GPU=1 makes a GPU machine run as one without).
+    from slipway import engine
+
+    return engine.has_gpu()
 
 
 HAS_GPU = _has_gpu()
@@ -56,15 +55,29 @@ def remove_pushed_repositories():
             print(f"removed {len(removed)} test repositories from {services.REGISTRY_ADDR}", file=sys.stderr)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def remove_session_images():
+    """After the session, the local images this session named (tests/image_cleanup.py) are removed;
+    every other image in the engine is left alone."""
+    import image_cleanup
+
+    yield
+    removed, problems = image_cleanup.remove_owned()
+    for line in problems:
+        print(f"could not remove a test image: {line}", file=sys.stderr)
+    if removed:
+        print(f"removed {len(removed)} local test image reference(s)", file=sys.stderr)
+
+
 @pytest.fixture(scope="session")
 def local_services():
     """The Docker engine, registry and index, started if needed (and left for 'make test' to stop)."""
-    from slipway import services
+    from slipway import engine, services
 
     services.up()
-    env = services.docker_env()
-    if "DOCKER_HOST" in env:
-        os.environ["DOCKER_HOST"] = env["DOCKER_HOST"]
+    host = engine.docker_host()
+    if host:
+        os.environ["DOCKER_HOST"] = host
     return services.status()
 
 

@@ -12,6 +12,7 @@ import json
 import uuid
 
 import pytest
+from image_cleanup import owns
 from release_configs import small_release
 
 from slipway.cli import main
@@ -31,10 +32,10 @@ target = "onnx-cpu"
 @pytest.fixture(scope="session")
 def service_images(local_services, tmp_path_factory):
     """{variant: tag} of the pytorch-cpu and onnx-cpu images; removed afterwards."""
-    from slipway import services
+    from slipway import engine
 
     tmp = tmp_path_factory.mktemp("service-images")
-    project = f"service-{uuid.uuid4().hex[:8]}"
+    project = owns(f"service-{uuid.uuid4().hex[:8]}")
     config = small_release(tmp / "release.toml", project, "127.0.0.1:5000/slipway-service", extra=ONNX_VARIANT)
     config.write_text(config.read_text().replace('exporters = ["torchscript"]', 'exporters = ["torchscript", "onnx"]'))
     out = tmp / "dist"
@@ -45,4 +46,4 @@ def service_images(local_services, tmp_path_factory):
     assert set(built) == {"pytorch-cpu", "onnx-cpu"}
     yield built
     for tag in built.values():
-        services.docker("rmi", "-f", tag, check=False, timeout=120)
+        engine.remove_image(tag)

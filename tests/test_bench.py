@@ -11,11 +11,11 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from readiness import wait_http
 
 from slipway import records
 from slipway.benchmark import budgets, report, served, stats
@@ -244,17 +244,8 @@ def test_load_generator_against_the_real_service(export_dir):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "the service exited"
-            time.sleep(0.2)
+        wait_http(f"{url}/readyz", timeout=60, proc=proc)
         bodies = [p.read_bytes() for p in sorted((export_dir / "golden").glob("*.png"))]
         for conc in (1, 4):
             r = served.load_test(url, "shapes-torch", bodies, concurrency=conc, seconds=1.0)
@@ -377,7 +368,7 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
     cannot be pulled is reported, so its budgets fail as not measured."""
     from types import SimpleNamespace
 
-    from slipway import services
+    from slipway import engine, services
     from slipway.benchmark import sizes
     from slipway.stages import bench
 
@@ -395,18 +386,15 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
              "tag": f"{repo}-local:1.2.3", "id": "sha256:" + "d" * 64}
     (tmp_path / "images.json").write_text(json.dumps({"local": local}))
 
-    calls: list[tuple[str, ...]] = []
+    pulls: list[str] = []
 
-    def docker(*args, check=True, timeout=None, **_kw):
-        calls.append(args)
-        if args[0] == "pull":
-            ok = "-gone@" not in args[-1]
-            return subprocess.CompletedProcess(args, 0 if ok else 1, "", "" if ok else "manifest unknown")
-        if args[:2] == ("image", "inspect"):
-            return subprocess.CompletedProcess(args, 0, f"sha256:{'e' * 64}\n", "")
-        raise AssertionError(f"unexpected docker {args}")
+    def pull(ref, timeout=None):
+        pulls.append(ref)
+        if "-gone@" in ref:
+            raise engine.ImageNotFound(f"pull {ref}: manifest unknown", status=404)
+        return f"sha256:{'e' * 64}"
 
-    monkeypatch.setattr(services, "docker", docker)
+    monkeypatch.setattr(engine, "pull", pull)
     monkeypatch.setattr(services, "ensure_docker", lambda log=None: "running")
     ctx = SimpleNamespace(out=tmp_path, log=lambda _m: None,
                           config=SimpleNamespace(wheels=SimpleNamespace(max_size_mib=100)))
@@ -416,7 +404,8 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
     images = bench.images_in_engine(ctx, entries)
 
     pulled = f"{repo}-alpha@{digest['alpha']}"
-    assert [c for c in calls if c[0] == "pull"] == [("pull", "-q", pulled), ("pull", "-q", f"{repo}-gone@{digest['gone']}")]
+    # An absent digest is a final answer: pulled once, never retried.
+    assert pulls == [pulled, f"{repo}-gone@{digest['gone']}"]
     assert (images["alpha"].tag, images["alpha"].id) == (pulled, "sha256:" + "e" * 64)
     assert records.dump(images["local"]) == local
     assert "manifest unknown" in images["gone"].unavailable
@@ -440,21 +429,24 @@ def test_bench_pulls_recorded_digests_as_smoke_does_and_measures_what_it_pulled(
     ]
 
 
-def test_a_save_that_fails_is_a_service_error_with_the_engines_words(monkeypatch, tmp_path):
-    """docker save can end with nothing on stdout (the engine's disk full, say): a ServiceError
-    naming the image and quoting docker, not a tar traceback."""
-    import subprocess as sp
-
-    from slipway import services
+def test_a_save_that_fails_is_a_service_error_with_the_engines_words(monkeypatch):
+    """docker save can end with nothing (the engine's disk full, say): a ServiceError naming the
+    image, not a tar traceback; an engine that refuses the save is its EngineError (a ServiceError)."""
+    from slipway import engine
     from slipway.benchmark import sizes
     from slipway.errors import ServiceError
 
-    inspect = json.dumps([{"Id": "sha256:0", "Size": 1, "RootFS": {"Layers": ["sha256:1"]}}])
-    monkeypatch.setattr(services, "docker", lambda *a, **k: sp.CompletedProcess(a, 0, inspect, ""))
-    fake = tmp_path / "docker"
-    fake.write_text("#!/bin/sh\necho 'write /var/lib/docker/tmp/docker-export: no space left on device' >&2\nexit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setattr(services, "docker_cli", lambda: str(fake))
-    monkeypatch.setattr(services, "docker_env", lambda: {"PATH": "/usr/bin:/bin"})
-    with pytest.raises(ServiceError, match=r"docker save example:1 failed \(exit 1\): .*no space left on device"):
+    monkeypatch.setattr(engine, "image_inspect",
+                        lambda ref: {"Id": "sha256:0", "Size": 1, "RootFS": {"Layers": ["sha256:1"]}})
+    monkeypatch.setattr(engine, "save", lambda ref: iter([b""]))
+    with pytest.raises(ServiceError, match=r"docker save example:1 failed: no image in its output"):
+        sizes.layer_sizes("example:1", {})
+
+    def refused(ref):
+        raise engine.EngineError("save example:1: the engine answered 500: write /var/lib/docker/tmp/"
+                                 "docker-export: no space left on device", status=500)
+        yield b""
+
+    monkeypatch.setattr(engine, "save", refused)
+    with pytest.raises(ServiceError, match=r"save example:1: .*no space left on device"):
         sizes.layer_sizes("example:1", {})

@@ -7,9 +7,10 @@ import os
 import uuid
 
 import pytest
+from image_cleanup import owns
 from release_configs import small_release
 
-from slipway import services
+from slipway import engine
 from slipway.benchmark import sizes
 from slipway.cli import main
 
@@ -23,8 +24,8 @@ def test_image_sizes_compress_each_layer(local_services, tmp_path):
     (tmp_path / "Dockerfile").write_text(
         "FROM scratch\nCOPY random.bin /random.bin\nCOPY text.txt /text.txt\n"
     )
-    tag = f"slipway-bench-test/sizes-{uuid.uuid4().hex[:8]}:1"
-    services.docker("build", "-q", "-t", tag, str(tmp_path), timeout=300)
+    tag = f"slipway-bench-test/sizes-{owns(uuid.uuid4().hex[:8])}:1"
+    engine.build(tmp_path, tag, timeout=300)
     try:
         cache: dict = {}
         first = sizes.image_sizes(tag, cache)
@@ -34,8 +35,7 @@ def test_image_sizes_compress_each_layer(local_services, tmp_path):
         assert 3_000_000 < rand["size"] < 3_010_000 and rand["gzip"] > 0.99 * 3_000_000
         assert text["size"] > 4_000_000 and text["gzip"] < 0.01 * text["size"]
         assert first["compressed_bytes"] == rand["gzip"] + text["gzip"]
-        inspect = json.loads(services.docker("image", "inspect", tag, timeout=60).stdout)[0]
-        assert first["uncompressed_bytes"] == inspect["Size"]
+        assert first["uncompressed_bytes"] == engine.image_inspect(tag)["Size"]
         # Layers are named by content: the second time nothing is saved or compressed.
         again = sizes.image_sizes(tag, cache)
         assert again["from_cache"] and again["compressed_bytes"] == first["compressed_bytes"]
@@ -44,14 +44,14 @@ def test_image_sizes_compress_each_layer(local_services, tmp_path):
         third = sizes.image_sizes(tag, cache)
         assert not third["from_cache"] and third["compressed_bytes"] == first["compressed_bytes"]
     finally:
-        services.docker("rmi", "-f", tag, check=False, timeout=60)
+        engine.remove_image(tag)
 
 
 @pytest.mark.slow
 def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, monkeypatch, capsys):
     """export -> images (pytorch-cpu) -> bench with short settings; generous budgets pass."""
     config = small_release(
-        tmp_path / "release.toml", f"bench-{uuid.uuid4().hex[:8]}", "127.0.0.1:5000/slipway-bench-test",
+        tmp_path / "release.toml", owns(f"bench-{uuid.uuid4().hex[:8]}"), "127.0.0.1:5000/slipway-bench-test",
         extra="""
         [budgets]
         max-image-mb = { pytorch-cpu = 100000 }
@@ -93,4 +93,4 @@ def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, 
     assert grid["chosen"]["point"] in [p["point"] for p in grid["points"]]
     assert "### Serving grid" in table and "**chosen**" in table
     tag = json.loads((out / "images.json").read_text())["pytorch-cpu"]["tag"]
-    services.docker("rmi", tag, check=False, timeout=60)
+    engine.remove_image(tag)

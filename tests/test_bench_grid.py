@@ -109,30 +109,24 @@ def test_grid_settings_from_the_environment(monkeypatch):
 
 @pytest.mark.docker
 def test_tuned_image_is_the_built_image_plus_env_and_labels(local_services, tmp_path):
-    from slipway import services
+    from slipway import engine
 
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY Dockerfile /built\nENV THREADS=2\n")
     tag = f"slipway-bench-test/tune-{uuid.uuid4().hex[:8]}:1"
-    services.docker("build", "-q", "-t", tag, str(tmp_path), timeout=300)
+    base_id = engine.build(tmp_path, tag, timeout=300)
     try:
-        base_id = services.docker("image", "inspect", "-f", "{{.Id}}", tag, timeout=60).stdout.strip()
         new_id = grid.derive_image(base_id, tag, P(2, 1), cpus=2, log=lambda _: None)
         assert new_id != base_id
-        info = services.docker("image", "inspect", "-f", "{{json .Config}}|{{json .RootFS.Layers}}", tag,
-                               timeout=60).stdout
-        import json
-
-        config, layers = (json.loads(x) for x in info.strip().split("|"))
-        base_layers = json.loads(services.docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", base_id,
-                                                 timeout=60).stdout)
-        assert layers == base_layers  # no file changed
+        info = engine.image_inspect(tag)
+        config, layers = info["Config"], info["RootFS"]["Layers"]
+        assert layers == engine.image_inspect(base_id)["RootFS"]["Layers"]  # no file changed
         assert {"THREADS=2", "SLIPWAY_SLOTS=2", "SLIPWAY_THREADS=1"} <= set(config["Env"])
         assert config["Labels"]["dev.slipway.serving.tuned-from"] == base_id
         # The built image is still there, by its ID and a local tag, for a second tuning.
-        assert services.docker("image", "inspect", "-f", "{{.Id}}", grid.untuned_tag(tag),
-                               timeout=60).stdout.strip() == base_id
+        assert engine.image_id(grid.untuned_tag(tag)) == base_id
     finally:
-        services.docker("rmi", "-f", tag, grid.untuned_tag(tag), check=False, timeout=60)
+        for ref in (tag, grid.untuned_tag(tag)):
+            engine.remove_image(ref)
 
 
 def test_tune_replaces_each_image_with_its_tuned_one_and_bench_reuses_that_grid(tmp_path, monkeypatch):

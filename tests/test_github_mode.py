@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_smoke_fixtures import base_image, make_project, remove_images, run_id, write_fake_export
 
-from slipway import records, registry, sbom, services
+from slipway import engine, records, registry, sbom
 from slipway.github import read_outputs, set_outputs
 from slipway.stages.images import CPU_TORCH_INDEX
 from slipway.stages.publish import image_tags
@@ -267,15 +267,11 @@ def test_publish_images_refuses_a_digest_other_than_the_smoke_tested_one(tmp_pat
 
 def _build(outputs: dict[str, str], target: str, tag: str) -> str:
     """What build-push-action does with the outputs of --prepare (classic builder here)."""
-    cmd = ["build", "-q", "-f", outputs["dockerfile"], "--target", target, "-t", tag]
-    if services.host_networking():
-        cmd += ["--network", "host"]
-    for line in outputs["build-args"].splitlines():
-        cmd += ["--build-arg", line]
-    for line in outputs["labels"].splitlines():
-        cmd += ["--label", line]
-    services.docker(*cmd, outputs["context"], timeout=600)
-    return services.docker("image", "inspect", "-f", "{{.Id}}", tag, timeout=60).stdout.strip()
+    def pairs(text: str) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in text.splitlines() if line)
+
+    return engine.build(Path(outputs["context"]), tag, dockerfile=Path(outputs["dockerfile"]), target=target,
+                        build_args=pairs(outputs["build-args"]), labels=pairs(outputs["labels"]), timeout=600)
 
 
 def _prepare(workspace: Path, tmp: Path, plan_file: Path, variant: str) -> dict[str, str]:
@@ -311,16 +307,14 @@ def test_real_release_sequence_pushes_by_digest_smokes_and_tags_that_digest(tmp_
         outputs = _prepare(images_job, tmp_path, plan_file, "alpha")
         local_tag = f"{entry['image']}:build-{uid}"
         _build(outputs, entry["target"], local_tag)
-        services.docker("push", local_tag, timeout=600)
-        repo_digest = services.docker("image", "inspect", "-f", "{{index .RepoDigests 0}}", local_tag).stdout.strip()
-        digest = repo_digest.split("@", 1)[1]
+        digest = engine.push(local_tag)
         env = github_env(tmp_path, "record", SLIPWAY_PLAN_FILE=str(plan_file))
         res = cli(images_job, "images", "--variant", "alpha", "--record", "--digest", digest, env=env)
         assert res.returncode == 0, res.stderr
         image_artifact = images_job / plan["output_dir"] / "images"
         assert [p.name for p in image_artifact.iterdir()] == ["alpha.json"]
         # The smoke runner has nothing local: it must pull by digest.
-        services.docker("rmi", "--force", local_tag, timeout=120)
+        engine.remove_image(local_tag)
 
         # _smoke.yml: one job for image:alpha, with models-* and image-alpha downloaded.
         smoke_job = new_job(tmp_path, "smoke-job", proj, plan, {"models": models, "images": image_artifact})
@@ -419,8 +413,8 @@ def test_dry_run_sequence_smokes_the_saved_tar(tmp_path, local_services):
         # type=docker,dest=<archive>,name=<image>:<version>
         name = f"{entry['image']}:{plan['version']}"
         built_id = _build(outputs, entry["target"], name)
-        services.docker("save", "-o", outputs["archive"], name, timeout=600)
-        services.docker("rmi", "--force", name, timeout=120)
+        engine.save_to(name, Path(outputs["archive"]))
+        engine.remove_image(name)
         env = github_env(tmp_path, "record", SLIPWAY_PLAN_FILE=str(plan_file))
         res = cli(images_job, "images", "--variant", "alpha", "--record", "--digest", "", env=env)
         assert res.returncode == 0, res.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_smoke_fixtures import run_id, write_fake_export
 
-from slipway import services
+from slipway import engine
 from slipway.config import load_config
 from slipway.context import StageContext
 from slipway.errors import BuildError
@@ -71,7 +71,7 @@ def _project(folder: Path, requirements: str | None) -> StageContext:
 
 def _remove(ctx: StageContext) -> None:
     for entry in ctx.plan.matrix.images:
-        services.docker("image", "rm", "-f", f"{entry.image}:{ctx.plan.version}", check=False, timeout=120)
+        engine.remove_image(f"{entry.image}:{ctx.plan.version}")
 
 
 def test_staged_project_requirements(tmp_path):
@@ -95,7 +95,7 @@ def test_project_requirement_is_installed_beside_the_service(local_services, tmp
         record = json.loads((ctx.out / "images.json").read_text())["onnx-cpu"]
         probe = ("import importlib.metadata as m, json; "
                  "print(json.dumps({p: m.version(p) for p in ('six', 'fastapi', 'uvicorn', 'numpy', 'onnxruntime')}))")
-        res = services.docker("run", "--rm", "--network", "none", record["tag"], "python", "-c", probe, timeout=300)
+        res = engine.run(record["tag"], ["python", "-c", probe], timeout=300)
         versions = json.loads(res.stdout.strip().splitlines()[-1])
         assert versions["six"] == "1.17.0"
         pins = {line.split("==")[0]: line.split("==")[1] for line in

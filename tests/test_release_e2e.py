@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from image_cleanup import owns
 from release_configs import small_release
 
 from slipway.cli import main
@@ -26,7 +27,7 @@ def _config(tmp_path: Path, project: str, variant: str = "pytorch-cpu", runtime:
 
 
 def test_thin_release_end_to_end(local_services, tmp_path, capsys):
-    project = f"e2e-{uuid.uuid4().hex[:8]}"
+    project = owns(f"e2e-{uuid.uuid4().hex[:8]}")
     config = _config(tmp_path, project)
     out = tmp_path / "dist"
     args = [
@@ -79,7 +80,7 @@ def test_cpp_image_answers_without_torch_or_numpy(local_services, native_wheels,
     """pytorch-cpp-cpu from the self-contained wheel the native tests built: smoke-tested over
     HTTP against the golden outputs and the ground truth, with the bad-request cases, and it holds
     neither torch nor numpy."""
-    project = f"e2e-{uuid.uuid4().hex[:8]}"
+    project = owns(f"e2e-{uuid.uuid4().hex[:8]}")
     config = _config(tmp_path, project, variant="pytorch-cpp-cpu", runtime="cpp")
     out = tmp_path / "dist"
     (out / "wheels").mkdir(parents=True)
@@ -95,16 +96,16 @@ def test_cpp_image_answers_without_torch_or_numpy(local_services, native_wheels,
     assert smoke["map50_vs_ground_truth"] >= 0.9
     assert smoke["requests"]["failed"] == [] and smoke["requests"]["cases"] >= 8
 
-    from slipway import services
+    from slipway import engine
 
     record = json.loads((out / "images.json").read_text())["pytorch-cpp-cpu"]
-    res = services.docker(
-        "run", "--rm", "--network", "none", "--entrypoint", "python", record["tag"], "-c",
+    res = engine.run(
+        record["tag"], ["-c",
         # Probed before the import: once loaded, the runtime's guard answers any probe for torch.
         "import importlib.util as u, json; found = {m: u.find_spec(m) is not None for m in ('numpy', 'torch')}; "
-        "import slipway_runtime; print(json.dumps(found | {'kind': slipway_runtime.KIND}))",
-        check=False, timeout=120,
+        "import slipway_runtime; print(json.dumps(found | {'kind': slipway_runtime.KIND}))"],
+        entrypoint="python", check=False, timeout=120,
     )
-    assert res.returncode == 0, res.stderr
+    assert res.exit_status == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1]) == {"numpy": False, "torch": False,
                                                                "kind": "self-contained"}

@@ -328,7 +328,7 @@ def test_a_pushed_image_gets_the_sbom_a_local_release_writes(local_services, tmp
     byte, as `slipway publish` writes from the local image; the cpp image's pruned libtorch marked."""
     from test_smoke_fixtures import base_image, docker_build, run_id
 
-    from slipway import services
+    from slipway import engine
 
     uid = run_id()
     site = tmp_path / "ctx" / "site"
@@ -349,9 +349,9 @@ def test_a_pushed_image_gets_the_sbom_a_local_release_writes(local_services, tmp
     repository = f"127.0.0.1:5000/{uid}/{uid}-pytorch-cpp-cpu"
     image_id = docker_build(tmp_path / "ctx", f"{repository}:build")
     try:
-        services.docker("push", "--quiet", f"{repository}:build", timeout=300)
-        digest = json.loads(services.docker("image", "inspect", image_id).stdout)[0]["RepoDigests"][0]
-        labels = json.loads(services.docker("image", "inspect", image_id).stdout)[0]["Config"]["Labels"]
+        engine.push(f"{repository}:build")
+        info = engine.image_inspect(image_id)
+        digest, labels = info["RepoDigests"][0], info["Config"]["Labels"]
         local = tmp_path / "local" / sbom.image_file_name(repository, "1.2.3")
         sbom.write(
             sbom.image_sbom(
@@ -369,7 +369,7 @@ def test_a_pushed_image_gets_the_sbom_a_local_release_writes(local_services, tmp
             capture_output=True,
             text=True,
             timeout=600,
-            env=services.docker_env(),
+            env=engine.docker_env(),
         )
         assert res.returncode == 0, res.stderr
         assert pushed.read_bytes() == local.read_bytes()
@@ -389,8 +389,8 @@ def test_a_pushed_image_gets_the_sbom_a_local_release_writes(local_services, tmp
             capture_output=True,
             text=True,
             timeout=300,
-            env=services.docker_env(),
+            env=engine.docker_env(),
         )
         assert bad.returncode == 5 and "error:" in bad.stderr and "Traceback" not in bad.stderr
     finally:
-        services.docker("image", "rm", "--force", image_id, check=False, timeout=120)
+        engine.remove_image(image_id)

@@ -17,7 +17,8 @@ import pytest
 import registry_cleanup
 from test_smoke_fixtures import run_id
 
-from slipway import services
+from slipway import engine, services
+from slipway.errors import ConfigError
 from slipway.services import PidFile
 
 pytestmark = pytest.mark.docker
@@ -54,15 +55,17 @@ def test_engine_started_here_collects_its_build_cache(local_services):
         pytest.skip("the engine in use was not started by slipway (its configuration is not ours)")
     gc = json.loads(config.read_text())["builder"]["gc"]
     assert gc["enabled"] is True and gc["defaultKeepStorage"].endswith("GB")
-    res = services.docker("info", "--format", "{{json .}}")
-    assert res.returncode == 0, res.stderr
+    assert engine.client().info()["ServerVersion"]
 
 
 def test_bad_build_cache_size_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("SLIPWAY_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("SLIPWAY_BUILD_CACHE_GB", "lots")
     monkeypatch.setattr(services, "docker_reachable", lambda: False)
-    with pytest.raises(services.ServiceError, match="SLIPWAY_BUILD_CACHE_GB='lots'"):
+    with pytest.raises(ConfigError, match="SLIPWAY_BUILD_CACHE_GB = 'lots'"):
+        services.ensure_docker(log=lambda _m: None)
+    monkeypatch.setenv("SLIPWAY_BUILD_CACHE_GB", "0")
+    with pytest.raises(ConfigError, match="SLIPWAY_BUILD_CACHE_GB = '0': Input should be greater than or equal to 1"):
         services.ensure_docker(log=lambda _m: None)
 
 
@@ -89,17 +92,7 @@ def test_local_base_image_has_python(local_services):
     from slipway.baseimage import resolve_base_image
 
     base = resolve_base_image("python:3.11-slim-bookworm")
-    res = services.docker(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        base,
-        "python3",
-        "-c",
-        "import sys, venv; print(sys.version_info[:2])",
-        timeout=120,
-    )
+    res = engine.run(base, ["python3", "-c", "import sys, venv; print(sys.version_info[:2])"], timeout=120)
     assert res.stdout.strip() == "(3, 11)"
 
 
@@ -125,7 +118,7 @@ exec "$HOST_DOCKER" "$@"
 
 FRESH_MACHINE = """
 import os, pathlib, subprocess, sys
-from slipway import services
+from slipway import engine, services
 ctx, installed, host_docker, host_dockerd = map(pathlib.Path, sys.argv[1:5])
 # Debian's docker.io is not installed: its folder holds no client and no engine yet.
 services.DOCKER_BIN_DIRS = (str(installed),)
@@ -139,11 +132,11 @@ def apt_install(packages, log):
     log("installed docker.io")
 
 services._apt_install = apt_install
-first = services.docker_cli()
+first = engine.cli_path()
 services.up(["docker"])
-client = services.docker_cli()
-res = services.docker("build", "-t", "swt-fresh:1", str(ctx), check=False, timeout=300)
-print(f"first={first}\\nclient={client}\\nbuildkit={services.docker_env()['DOCKER_BUILDKIT']}\\nbuild={res.returncode}")
+client = engine.cli_path()
+res = engine.cli("build", "-t", "swt-fresh:1", str(ctx), check=False, timeout=300)
+print(f"first={first}\\nclient={client}\\nbuildkit={engine.docker_env()['DOCKER_BUILDKIT']}\\nbuild={res.returncode}")
 print(res.stderr[-2000:], file=sys.stderr)
 """
 
@@ -157,8 +150,8 @@ def _host_docker() -> tuple[str, str] | None:
         major = version.split("version", 1)[-1].strip().split(".")[0]
         return major.isdigit() and int(major) < 23
 
-    client = next((c for c in services._docker_clients() if builds(c)), None)
-    dockerd = next(iter(services._installed("dockerd")), None)
+    client = next((c for c in services.installed("docker") if builds(c)), None)
+    dockerd = next(iter(services.installed("dockerd")), None)
     return (client, dockerd) if client and dockerd else None
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from readiness import wait_http
 
 from serving.app import create_app
 from serving.backends.torchscript import TorchScriptBackend
@@ -360,7 +361,6 @@ def test_python_m_serving_refuses_a_folder_without_manifest(tmp_path):
 
 @pytest.mark.slow
 def test_python_m_serving_starts_serves_and_passes_its_healthcheck(model_dir, tmp_path):
-    import httpx
 
     port = _free_port()
     env = {
@@ -381,16 +381,8 @@ def test_python_m_serving_starts_serves_and_passes_its_healthcheck(model_dir, tm
             [sys.executable, "-m", "serving"], env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
         try:
-            ready_after = None
-            while time.monotonic() - started < 60 and proc.poll() is None:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                        ready_after = time.monotonic() - started
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.05)
-            assert ready_after is not None, log_path.read_text()[-3000:]
+            wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60, proc=proc, log=log_path)
+            ready_after = time.monotonic() - started
             print(f"python -m serving: start to ready in {ready_after:.2f}s")
             assert subprocess.run(healthcheck, env=env, capture_output=True, timeout=30).returncode == 0
             results = run_cases_against(f"http://127.0.0.1:{port}", MODEL)

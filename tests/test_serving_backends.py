@@ -9,13 +9,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from native_fixtures import ROOT, TEST_VERSION, last_json, run_python
+from readiness import wait_until
 
 from model_export.compare import compare_detections
 from serving.app import create_app
@@ -268,15 +268,6 @@ def tf_model_dir(tmp_path):
     return folder
 
 
-def _wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_tfserving_backend_through_the_stub(tf_model_dir):
     stub = Stub("tiny-tf")
     try:
@@ -331,7 +322,7 @@ def test_tfserving_down_is_503_then_recovers(tf_model_dir, caplog):
 
         stub.start()
         try:
-            assert _wait(lambda: client.get("/readyz").status_code == 200), client.get("/readyz").text
+            wait_until(lambda: client.get("/readyz").status_code == 200, timeout=10, what="/readyz")
             assert client.get("/readyz").json()["ready_after_s"] > 0
             assert client.post("/v1/models/tiny-tf:predict", content=png, headers=headers).status_code == 200
         finally:

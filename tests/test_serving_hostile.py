@@ -128,19 +128,19 @@ def _closed(sock: socket.socket, seconds: float) -> bool:
 
 def _cgroup(name: str, v2: str, v1: str) -> str:
     """A memory file of the container's cgroup: v2 name, else v1 name (under memory/)."""
-    from slipway import services
+    from slipway import engine
 
     for path in (f"/sys/fs/cgroup/{v2}", f"/sys/fs/cgroup/memory/{v1}"):
-        res = services.docker("exec", name, "cat", path, check=False, timeout=30)
-        if res.returncode == 0 and res.stdout.strip():
-            return res.stdout.strip()
+        code, output = engine.exec_in(name, ["cat", path])
+        if code == 0 and output.strip():
+            return output.strip()
     return ""
 
 
 @pytest.mark.parametrize("variant", ["pytorch-cpu", "onnx-cpu"])
 def test_service_holds_under_hostile_load(service_images, variant, capsys):
     image = service_images[variant]
-    from slipway import services
+    from slipway import engine
     from slipway.smoketest import run_container
 
     png = _png(6000)
@@ -163,8 +163,9 @@ def test_service_holds_under_hostile_load(service_images, variant, capsys):
             watch.stop()
         peak = int(_cgroup(running.name, "memory.peak", "memory.max_usage_in_bytes") or 0)
         metrics = httpx.get(f"{running.url}/metrics", timeout=5).text
-        state = services.docker("inspect", "-f", "{{.State.OOMKilled}} {{.State.Running}} {{.RestartCount}}",
-                                running.name, timeout=30).stdout.split()
+        info = engine.container_inspect(running.name)
+        state = [str(info["State"]["OOMKilled"]).lower(), str(info["State"]["Running"]).lower(),
+                 str(info["RestartCount"])]
 
     answers = pngs + jpgs
     statuses = sorted({s for s, _ in answers})
@@ -188,7 +189,7 @@ def test_service_holds_under_hostile_load(service_images, variant, capsys):
 
 
 def test_model_folder_is_read_only_for_the_service(service_images):
-    from slipway import services
+    from slipway import engine
 
     image = service_images["pytorch-cpu"]
     probe = (
@@ -198,12 +199,11 @@ def test_model_folder_is_read_only_for_the_service(service_images):
         "'writable': [str(p) for p in [m, *files] if os.access(p, os.W_OK)],"
         "'manifest': json.loads((m / 'model.json').read_text())['name']}))"
     )
-    res = services.docker("run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", probe,
-                          check=False, timeout=120)
-    assert res.returncode == 0, res.stderr
+    res = engine.run(image, ["-c", probe], entrypoint="python", check=False, timeout=120)
+    assert res.exit_status == 0, res.stderr
     found = json.loads(res.stdout.strip().splitlines()[-1])
     assert found["uid"] == 10001 and found["owners"] == [0]
     assert found["readable"] and found["writable"] == [] and found["manifest"] == MODEL
-    res = services.docker("run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
-                          "touch /model/x 2>&1; echo rc=$?", check=False, timeout=120)
+    res = engine.run(image, ["-c", "touch /model/x 2>&1; echo rc=$?"], entrypoint="sh", check=False,
+                     timeout=120)
     assert "Permission denied" in res.stdout and "rc=1" in res.stdout

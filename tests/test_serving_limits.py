@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from readiness import wait_http
 
 from serving.app import create_app
 from serving.config import Settings
@@ -245,17 +246,13 @@ def _start_server(model_dir: Path, log_path: Path, **env: str):
         proc = subprocess.Popen([sys.executable, "-m", "serving"], env=full_env, stdout=log_file,
                                 stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.terminate()
-    proc.wait(timeout=30)
-    pytest.fail(log_path.read_text()[-3000:])
+    try:
+        wait_http(f"{url}/readyz", timeout=60, proc=proc, log=log_path)
+    except BaseException:
+        proc.terminate()
+        proc.wait(timeout=30)
+        raise
+    return proc, url, port
 
 
 @pytest.fixture(scope="module")
@@ -380,13 +377,7 @@ def test_a_client_gone_during_inference_is_a_499(model_dir):
     thread.start()
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_http(f"{url}/readyz", timeout=30)
         body = encode(sample_image(), "PNG")
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b"POST /v1/models/tiny-torch:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"

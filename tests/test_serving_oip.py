@@ -15,13 +15,13 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from readiness import wait_http
 
 from serving.app import create_app
 from serving.backends.torchscript import TorchScriptBackend
@@ -425,16 +425,7 @@ def server(model_dir, tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "serving"], env=env, stdout=log_file,
                                 stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(log_path.read_text()[-3000:])
-            time.sleep(0.05)
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60, proc=proc, log=log_path)
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -7,12 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from readiness import wait_http
 
 pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
 tf = pytest.importorskip("tensorflow", reason="TensorFlow is the optional tensorflow extra (pip install .[tensorflow]); make test installs it")
@@ -189,20 +189,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer 200 within {timeout}s")
-
-
 def test_service_processes_with_tfserving_backend_against_the_stub_process(tf_export, tmp_path):
     """``python -m slipway.tfserving_standin`` and ``python -m serving`` as separate processes, as in an image."""
     stub_port, service_port = _free_port(), _free_port()
@@ -237,8 +223,8 @@ def test_service_processes_with_tfserving_backend_against_the_stub_process(tf_ex
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_http(f"http://127.0.0.1:{stub_port}/v1/models/tiny-tf", 120)
-            _wait_http(f"http://127.0.0.1:{service_port}/readyz", 60)
+            wait_http(f"http://127.0.0.1:{stub_port}/v1/models/tiny-tf", timeout=120, proc=stub)
+            wait_http(f"http://127.0.0.1:{service_port}/readyz", timeout=60, proc=service)
             results = run_cases_against(f"http://127.0.0.1:{service_port}", "tiny-tf")
             assert all(r.ok for r in results), [r for r in results if not r.ok]
         except AssertionError:

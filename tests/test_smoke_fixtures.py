@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -33,7 +32,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+from image_cleanup import owns
 from PIL import Image
+from readiness import process_gone, wait_until
 from registry_cleanup import pushes_to
 
 from slipway import records
@@ -50,8 +51,9 @@ LINKED = (
 
 
 def run_id() -> str:
-    """A name new to this session; the registry repositories under it are removed after the session."""
-    return pushes_to(f"swt{uuid.uuid4().hex[:8]}")
+    """A name new to this session; the registry repositories under it and the local images named
+    with it are removed after the session."""
+    return owns(pushes_to(f"swt{uuid.uuid4().hex[:8]}"))
 
 
 def slipway(
@@ -275,13 +277,9 @@ def base_image() -> str:
 
 def docker_build(context: Path, tag: str) -> str:
     """Build ``context`` (its Dockerfile) as ``tag``; return the image ID."""
-    from slipway import services
+    from slipway import engine
 
-    args = ["build", "-q", "-t", tag]
-    if services.host_networking():
-        args += ["--network", "host"]
-    services.docker(*args, str(context), timeout=600)
-    return services.docker("image", "inspect", "-f", "{{.Id}}", tag, timeout=60).stdout.strip()
+    return engine.build(context, tag, timeout=600)
 
 
 def build_replay_image(folder: Path, *, tag: str, model_dir: Path, content: str) -> str:
@@ -447,16 +445,8 @@ class _Process:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.ready():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(
-            f"{self.name} did not start: {(self.folder / f'{self.name}.log').read_text()[-2000:]}"
-        )
+        wait_until(self.ready, timeout=30, what=f"{self.name} did not start", gone=process_gone(self.proc),
+                   log=self.folder / f"{self.name}.log")
 
     def kill(self) -> None:
         """SIGKILL: a crash, not a shutdown."""
@@ -540,14 +530,12 @@ class TestIndex(_Process):
 
 def remove_images(uid: str) -> None:
     """Untag every local image a test run named with ``uid`` (its layers go when nothing else uses them)."""
-    from slipway import services
+    from image_cleanup import owned_references
 
-    listing = services.docker(
-        "images", "--format", "{{.Repository}}:{{.Tag}}", check=False, timeout=60
-    ).stdout
-    refs = [ref for ref in listing.split() if uid in ref]
-    if refs:
-        services.docker("rmi", "--force", *refs, check=False, timeout=300)
+    from slipway import engine
+
+    for ref in owned_references(engine.images(), {uid}):
+        engine.remove_image(ref)
 
 
 def registry_state(image: str) -> dict[str, Any]:

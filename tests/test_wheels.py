@@ -19,7 +19,7 @@ from plans import bare_plan
 
 from slipway.config import load_config
 from slipway.context import StageContext
-from slipway.errors import BuildError, CheckError
+from slipway.errors import BuildError, CheckError, ConfigError
 from slipway.stages import wheels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,7 +196,7 @@ def test_run_disabled(tmp_path, fake_build):
 def test_builder_choice_and_targets(tmp_path, monkeypatch):
     ctx = _ctx(tmp_path)
     monkeypatch.setenv("SLIPWAY_WHEELS_BUILDER", "sideways")
-    with pytest.raises(BuildError, match="SLIPWAY_WHEELS_BUILDER"):
+    with pytest.raises(ConfigError, match="SLIPWAY_WHEELS_BUILDER = 'sideways'"):
         wheels.choose_builder(ctx, print)
     monkeypatch.setenv("SLIPWAY_WHEELS_BUILDER", "local")
     assert wheels.choose_builder(ctx, print)[0] == "local"

@@ -15,8 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from slipway.errors import ServiceError
-from slipway.services import Log, _apt_install, _stderr, docker, state_dir
+from slipway import engine
+from slipway.errors import ServiceError, SlipwayError
+from slipway.services import Log, _apt_install, _stderr, state_dir
+from slipway.settings import get_settings
 
 LOCAL_BASE = "localhost/slipway/python:3.11-bookworm"
 SUITE = "bookworm"
@@ -39,19 +41,17 @@ TRIM = (
 
 
 def image_exists(ref: str) -> bool:
-    return docker("image", "inspect", ref, check=False, timeout=30).returncode == 0
+    return engine.image_exists(ref)
 
 
 def try_pull(ref: str, log: Log, timeout: float = 60) -> bool:
     log(f"pulling {ref}")
     try:
-        res = docker("pull", ref, check=False, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        log(f"pull of {ref} timed out after {timeout:.0f}s")
+        engine.pull(ref, timeout=timeout)
+    except SlipwayError as exc:
+        log(f"cannot pull {ref}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else 'failed'}")
         return False
-    if res.returncode != 0:
-        log(f"cannot pull {ref}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'failed'}")
-    return res.returncode == 0
+    return True
 
 
 def host_ca_certs() -> list[Path]:
@@ -127,10 +127,7 @@ def build_local_base(tag: str = LOCAL_BASE, *, with_host_ca: bool, log: Log = _s
     ]
     if certs:
         changes.append(f"LABEL {HOST_CA_LABEL}=true")
-    args = ["import"]
-    for change in changes:
-        args += ["--change", change]
-    docker(*args, str(tarball), tag, timeout=600)
+    engine.import_tar(tarball, tag, changes=changes)
     log(f"imported {tag}")
     return tag
 
@@ -143,7 +140,7 @@ def resolve_base_image(requested: str, *, host_ca: str = "auto", log: Log = _std
     """
     if image_exists(requested):
         return requested
-    if os.environ.get("SLIPWAY_NO_PULL") != "1" and try_pull(requested, log):
+    if not get_settings().no_pull and try_pull(requested, log):
         return requested
     with_ca = host_ca == "yes" or (host_ca == "auto" and bool(host_ca_certs()))
     if host_ca == "yes" and not host_ca_certs():

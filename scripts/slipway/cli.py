@@ -21,6 +21,7 @@ from slipway.config import DEFAULT_CONFIG, ReleaseConfig, load_config
 from slipway.context import StageContext, StageResult
 from slipway.errors import ConfigError, SlipwayError
 from slipway.plan import EVENTS, Trigger, git_sha, load_plan, make_plan, trigger_from_github
+from slipway.settings import get_settings
 
 STAGES = ("export", "wheels", "images", "smoke", "bench", "publish")
 STAGE_HELP = {
@@ -34,7 +35,9 @@ STAGE_HELP = {
 
 
 def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"SLIPWAY_{name}", default)
+    """The default of an option from its ``SLIPWAY_*`` variable (``slipway.settings``)."""
+    value = getattr(get_settings(), name.lower())
+    return default if value is None else value
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -90,7 +93,7 @@ def _add_peer_options(p: argparse.ArgumentParser) -> None:
 
 def tune_enabled() -> bool:
     """SLIPWAY_TUNE=1: ``slipway release`` tunes the images' serving defaults before smoke."""
-    return os.environ.get("SLIPWAY_TUNE", "").strip().lower() in ("1", "yes", "true")
+    return get_settings().tune
 
 
 def cmd_peers(args: argparse.Namespace, ctx: StageContext) -> int:
@@ -291,12 +294,9 @@ def _trigger(args: argparse.Namespace, root: Path) -> Trigger:
 
 
 def _has_gpu() -> bool:
-    import shutil
-    import subprocess
+    from slipway import engine
 
-    if not shutil.which("nvidia-smi"):
-        return False
-    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    return engine.has_gpu()
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -506,10 +506,12 @@ def cmd_services(args: argparse.Namespace) -> int:
     elif args.action == "status":
         print(json.dumps(services.status(), indent=2))
     else:
-        host = services.docker_env().get("DOCKER_HOST")
+        from slipway import engine
+
+        host = engine.docker_host()
         if host:
             print(f"export DOCKER_HOST={host}")
-        print(f"export SLIPWAY_DOCKER={services.docker_cli()}")
+        print(f"export SLIPWAY_DOCKER={engine.cli_path()}")
     return 0
 
 
@@ -567,8 +569,18 @@ def config_path(args: argparse.Namespace) -> str:
     return DEFAULT_CONFIG
 
 
+def _failed(exc: SlipwayError) -> int:
+    kind = type(exc).__name__.replace("Error", " error").lower()
+    print(f"slipway: {kind}: {exc}", file=sys.stderr)
+    return exc.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        # The options' defaults come from the SLIPWAY_* variables: a wrong one stops here.
+        parser = build_parser()
+    except SlipwayError as exc:
+        return _failed(exc)
     args = parser.parse_args(argv)
     if hasattr(args, "config"):
         args.config = config_path(args)
@@ -578,9 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except SlipwayError as exc:
-        kind = type(exc).__name__.replace("Error", " error").lower()
-        print(f"slipway: {kind}: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _failed(exc)
     except KeyboardInterrupt:
         print("slipway: interrupted", file=sys.stderr)
         return 130

@@ -6,9 +6,9 @@ run), a pushed digest, or an image built here; the stages that use images start 
 
 from __future__ import annotations
 
-from slipway import records, registry, services
+from slipway import engine, records, registry
 from slipway.context import StageContext
-from slipway.errors import CheckError
+from slipway.errors import CheckError, SlipwayError
 
 
 def materialize(ctx: StageContext, record: records.ImageRecord) -> records.ImageRecord:
@@ -23,30 +23,26 @@ def materialize(ctx: StageContext, record: records.ImageRecord) -> records.Image
         if not tar.exists():
             raise CheckError(f"the record of {variant} names {tar}, which is not there")
         ctx.log(f"{variant}: docker load -i {tar.name}")
-        out = services.docker("load", "-i", str(tar), timeout=1800).stdout
-        loaded = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Loaded image")]
+        try:
+            loaded = engine.load(tar)
+        except SlipwayError as exc:
+            raise CheckError(f"docker load of {tar} failed: {exc}") from exc
         if not loaded:
-            raise CheckError(f"docker load of {tar} named no image: {out.strip()[:300]}")
+            raise CheckError(f"docker load of {tar} named no image")
         ref = loaded[-1]
-        image_id = services.docker("image", "inspect", "-f", "{{.Id}}", ref, timeout=60).stdout.strip()
-        return record.model_copy(update={"tag": ref, "id": image_id})
+        return record.model_copy(update={"tag": ref, "id": engine.image_id(ref)})
     if record.digest:
         ref = f"{record.image}@{record.digest}"
         ctx.log(f"{variant}: docker pull {ref}")
 
-        def pull() -> None:
-            res = services.docker("pull", "-q", ref, check=False, timeout=1800)
-            if res.returncode != 0:
-                text = (res.stderr or res.stdout or "").strip()
-                if registry.is_transient_text(text):
-                    raise registry.Transient(text.splitlines()[-1] if text else "docker pull failed")
-                raise CheckError(f"docker pull {ref} failed: {text[-500:]}")
-
         try:
-            registry.retry(pull, what=f"pull {ref}", log=ctx.log)
+            # engine.pull raises EngineTransient (a registry.Transient) only for what another
+            # attempt may cure; a refusal or an absent digest is final at once.
+            image_id = registry.retry(lambda: engine.pull(ref), what=f"pull {ref}", log=ctx.log)
         except registry.Transient as exc:
             raise CheckError(f"docker pull {ref} failed after retries: {exc}") from exc
-        image_id = services.docker("image", "inspect", "-f", "{{.Id}}", ref, timeout=60).stdout.strip()
+        except SlipwayError as exc:
+            raise CheckError(f"docker pull {ref} failed: {exc}") from exc
         return record.model_copy(update={"tag": ref, "id": image_id})
     if record.id:
         return record

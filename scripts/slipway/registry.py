@@ -39,6 +39,7 @@ import httpx
 from packaging.utils import canonicalize_name
 
 from slipway.errors import PublishError, RegistryError, TransientError
+from slipway.settings import get_settings
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -54,17 +55,6 @@ INDEX_TYPES = (
 )
 
 T = TypeVar("T")
-
-# What the output of docker says when the other end went away or choked. Kept only for the image
-# pull of the images stage until the engine client reports typed errors; nothing in publishing
-# decides on it.
-TRANSIENT_PATTERNS = re.compile(
-    r"connection refused|connection reset|reset by peer|broken pipe|\bEOF\b|i/o timeout|timed? ?out|"
-    r"temporary failure|no route to host|server closed|RemoteDisconnected|ConnectionError|"
-    r"\b50[0234]\b|Internal Server Error|Bad Gateway|Service Unavailable|Gateway Time-?out",
-    re.IGNORECASE,
-)
-
 
 # The errors are ``SlipwayError``s (exit 6, see slipway.errors); ``Transient`` is the name callers use.
 Transient = TransientError
@@ -89,17 +79,6 @@ def answer(r: httpx.Response) -> str:
     return text or f"{r.status_code} {r.reason_phrase}".strip()
 
 
-def is_transient_text(text: str) -> bool:
-    return bool(TRANSIENT_PATTERNS.search(text or ""))
-
-
-def _env_number(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
 def retry(
     fn: Callable[[], T],
     *,
@@ -115,8 +94,8 @@ def retry(
     ``base`` (``SLIPWAY_RETRY_BASE_S``, default 1 s) doubled each time, at most ``cap``; the last
     ``Transient`` is re-raised.
     """
-    attempts = attempts if attempts is not None else max(1, int(_env_number("SLIPWAY_RETRY_ATTEMPTS", 5)))
-    base = base if base is not None else _env_number("SLIPWAY_RETRY_BASE_S", 1.0)
+    attempts = attempts if attempts is not None else get_settings().retry_attempts
+    base = base if base is not None else get_settings().retry_base_s
     for attempt in range(1, attempts + 1):
         try:
             return fn()
@@ -188,10 +167,10 @@ def _docker_config_auth(host: str) -> tuple[str, str] | None:
 
 def credentials(host: str) -> tuple[str, str] | None:
     """Registry credentials: the environment, on GitHub the job's token for ghcr.io, else docker's login."""
-    user = os.environ.get("SLIPWAY_REGISTRY_USERNAME")
-    password = os.environ.get("SLIPWAY_REGISTRY_PASSWORD")
-    if user and password:
-        return user, password
+    settings = get_settings()
+    user, password = settings.registry_username, settings.registry_password
+    if user and password and password.get_secret_value():
+        return user, password.get_secret_value()
     if host == "ghcr.io" and os.environ.get("GITHUB_TOKEN"):
         return os.environ.get("GITHUB_ACTOR", "github-actions"), os.environ["GITHUB_TOKEN"]
     return _docker_config_auth(host)

@@ -48,8 +48,8 @@ from packageurl import PackageURL
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from slipway import __version__, services
-from slipway.errors import BuildError
+from slipway import __version__, engine
+from slipway.errors import BuildError, SlipwayError
 
 SCHEMA = SchemaVersion.V1_6
 SPEC_VERSION = SCHEMA.to_version()
@@ -346,25 +346,11 @@ def image_inventory(image: str, timeout: float = 300) -> dict[str, Any]:
     """What is installed in ``image``, read by the image's own Python in a container without network."""
     # The image's first Python on PATH (a service's virtualenv), else the system's python3.
     launcher = 'p=$(command -v python || command -v python3) && exec "$p" -c "$1"'
-    res = services.docker(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--user",
-        "65534:65534",
-        "--entrypoint",
-        "sh",
-        image,
-        "-c",
-        launcher,
-        "sh",
-        _INVENTORY,
-        check=False,
-        timeout=timeout,
-    )
-    if res.returncode != 0:
-        raise BuildError(f"cannot read what {image} contains: {(res.stderr or '').strip()[-500:]}")
+    try:
+        res = engine.run(image, ["-c", launcher, "sh", _INVENTORY], entrypoint="sh", network="none",
+                         user="65534:65534", timeout=timeout)
+    except SlipwayError as exc:
+        raise BuildError(f"cannot read what {image} contains: {str(exc).strip()[-500:]}") from exc
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -645,8 +631,8 @@ def pushed_image_sbom(reference: str, *, version: str, output: Path, pull: bool 
     """The SBOM of a pushed image (``repository@digest``): the document a local release writes for
     the same image (same ID, labels, name and version, read the same way from inside it)."""
     if pull:
-        services.docker("pull", "--quiet", reference, timeout=1800)
-    info = json.loads(services.docker("image", "inspect", reference, timeout=120).stdout)[0]
+        engine.pull(reference, timeout=1800)
+    info = engine.image_inspect(reference)
     name = reference.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
     labels = (info.get("Config") or {}).get("Labels") or {}
     return write(

@@ -2,7 +2,8 @@
 
 ``slipway services up`` finds or starts: a Docker engine, the CNCF distribution registry on
 127.0.0.1, and pypiserver on 127.0.0.1. Everything it starts lives under one state folder
-(PID files, logs, data) and ``down`` stops exactly that, by PID.
+(PID files, logs, data) and ``down`` stops exactly that, by PID. Talking to the engine once it
+runs (containers, images, builds) is ``slipway.engine``'s part.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slipway.errors import ServiceError
-
-REGISTRY_ADDR = os.environ.get("SLIPWAY_REGISTRY_ADDR", "127.0.0.1:5000")
-INDEX_ADDR = os.environ.get("SLIPWAY_INDEX_ADDR", "127.0.0.1:8765")
+from slipway.settings import get_settings
 
 Log = Callable[[str], None]
 
@@ -35,11 +34,30 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def registry_addr() -> str:
+    """host:port of the local registry (``SLIPWAY_REGISTRY_ADDR``)."""
+    return get_settings().registry_addr
+
+
+def index_addr() -> str:
+    """host:port of the local package index (``SLIPWAY_INDEX_ADDR``)."""
+    return get_settings().index_addr
+
+
+def __getattr__(name: str) -> str:
+    # REGISTRY_ADDR and INDEX_ADDR, read from the settings when asked for, never at import.
+    if name == "REGISTRY_ADDR":
+        return registry_addr()
+    if name == "INDEX_ADDR":
+        return index_addr()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def state_dir() -> Path:
     """One place for everything slipway keeps between runs; ``SLIPWAY_STATE_DIR`` overrides it."""
-    env = os.environ.get("SLIPWAY_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
+    configured = get_settings().state_dir
+    if configured:
+        return configured.expanduser()
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "slipway"
 
@@ -169,29 +187,9 @@ def _apt_install(packages: list[str], log: Log) -> None:
 # Docker engine
 
 
-def _docker_socket() -> Path:
+def docker_socket() -> Path:
+    """The socket of the engine ``ensure_docker`` starts."""
     return state_dir() / "docker" / "docker.sock"
-
-
-def docker_env() -> dict[str, str]:
-    """The environment under which ``docker`` reaches the engine slipway uses."""
-    env = dict(os.environ)
-    pid = PidFile(state_dir() / "docker" / "dockerd.slipway.pid").read()
-    if pid is not None and "DOCKER_HOST" not in os.environ:
-        env["DOCKER_HOST"] = f"unix://{_docker_socket()}"
-    # BuildKit only where the chosen client has it: a newer client without the buildx plugin
-    # fails every build with "BuildKit is enabled but the buildx component is missing".
-    env.setdefault("DOCKER_BUILDKIT", "1" if client_has_buildkit(docker_cli()) else "0")
-    return env
-
-
-def host_networking() -> bool:
-    """True when the engine has no bridge network (the one slipway starts): builds and containers
-    must then use the host's network."""
-    if PidFile(state_dir() / "docker" / "dockerd.slipway.pid").read() is not None:
-        return True
-    res = docker("network", "ls", "--format", "{{.Name}}", check=False, timeout=20)
-    return res.returncode == 0 and "bridge" not in res.stdout.split()
 
 
 # Where Debian's docker.io puts docker and dockerd. Looked at after PATH: the apt step of
@@ -200,7 +198,7 @@ def host_networking() -> bool:
 DOCKER_BIN_DIRS: tuple[str, ...] = ("/usr/bin", "/usr/sbin")
 
 
-def _installed(name: str) -> list[str]:
+def installed(name: str) -> list[str]:
     """Every executable ``name`` on PATH, then in DOCKER_BIN_DIRS, one path per real file."""
     seen: list[str] = []
     for directory in [*os.environ.get("PATH", "").split(os.pathsep), *DOCKER_BIN_DIRS]:
@@ -215,52 +213,12 @@ def _installed(name: str) -> list[str]:
     return seen
 
 
-def _docker_clients() -> list[str]:
-    return _installed("docker")
-
-
-# Client path -> whether it builds with BuildKit. Keyed by path, never "the" client: installing
-# docker.io adds a client after the first look, and the choice must be made again then.
-_BUILDKIT: dict[str, bool] = {}
-
-
-def client_has_buildkit(client: str) -> bool:
-    """True for a client with the buildx plugin, or one older than 23.0 (BuildKit built in)."""
-    if client not in _BUILDKIT:
-        if subprocess.run([client, "buildx", "version"], capture_output=True).returncode == 0:
-            _BUILDKIT[client] = True
-        else:
-            res = subprocess.run([client, "--version"], capture_output=True, text=True)
-            major = res.stdout.split("version", 1)[-1].strip().split(".")[0]
-            _BUILDKIT[client] = major.isdigit() and int(major) < 23
-    return _BUILDKIT[client]
-
-
-def docker_cli() -> str:
-    """A docker client that builds with BuildKit where one is installed; else the first on PATH
-    (which then builds with the classic builder). Looked up on every call, so a client that an
-    install step just added is seen."""
-    clients = _docker_clients()
-    if not clients:
-        raise ServiceError("no 'docker' client found on PATH")
-    return next((c for c in clients if client_has_buildkit(c)), clients[0])
-
-
-def docker(*args: str, check: bool = True, capture: bool = True, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
-    cmd = [docker_cli(), *args]
-    res = subprocess.run(cmd, env=docker_env(), capture_output=capture, text=True, timeout=timeout, **kw)
-    if check and res.returncode != 0:
-        raise ServiceError(f"{' '.join(cmd[:4])}... failed ({res.returncode}): {(res.stderr or '')[-3000:]}")
-    return res
-
-
 def docker_reachable() -> bool:
-    if not _docker_clients():
-        return False
-    try:
-        return docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=20).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
+    """True when the engine slipway uses answers (``slipway.engine.reachable``)."""
+    from slipway import engine
+
+    # A client too: builds need the CLI, and without one ensure_docker installs Debian's.
+    return bool(installed("docker")) and engine.reachable()
 
 
 def ensure_docker(log: Log = _stderr) -> str:
@@ -270,19 +228,17 @@ def ensure_docker(log: Log = _stderr) -> str:
         return "running"
     # BuildKit's cache otherwise grows without bound: many builds of 1-7 GB images once filled
     # a 250 GB disk. The engine collects it down to this size (SLIPWAY_BUILD_CACHE_GB, default 20).
-    keep_gb = os.environ.get("SLIPWAY_BUILD_CACHE_GB", "20").strip() or "20"
-    if not keep_gb.isdigit() or int(keep_gb) < 1:
-        raise ServiceError(f"SLIPWAY_BUILD_CACHE_GB={keep_gb!r}: expected a whole number of GB, at least 1")
-    if not _installed("dockerd"):
+    keep_gb = get_settings().build_cache_gb
+    if not installed("dockerd"):
         _apt_install(["docker.io"], log)
-    found = _installed("dockerd")
+    found = installed("dockerd")
     if not found:
         raise ServiceError(f"docker.io is installed but no dockerd is on PATH or in {', '.join(DOCKER_BIN_DIRS)}")
     dockerd = found[0]
     root = state_dir() / "docker"
     for sub in ("data", "exec"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    sock = _docker_socket()
+    sock = docker_socket()
     sock.unlink(missing_ok=True)
     config = root / "daemon.json"
     config.write_text(json.dumps({"builder": {"gc": {"enabled": True, "defaultKeepStorage": f"{keep_gb}GB"}}}))
@@ -321,7 +277,7 @@ def _registry_config(root: Path) -> Path:
         f"  filesystem:\n    rootdirectory: {root / 'data'}\n"
         "  delete:\n    enabled: true\n"
         "http:\n"
-        f"  addr: {REGISTRY_ADDR}\n"
+        f"  addr: {registry_addr()}\n"
         "  headers:\n    X-Content-Type-Options: [nosniff]\n"
     )
     return config
@@ -362,7 +318,7 @@ def ensure_registry(log: Log = _stderr) -> str:
         return [binary, "serve", str(_registry_config(root))]
 
     return _ensure_http_service(
-        "registry", REGISTRY_ADDR, f"http://{REGISTRY_ADDR}/v2/", root, "registry.pid", command, log
+        "registry", registry_addr(), f"http://{registry_addr()}/v2/", root, "registry.pid", command, log
     )
 
 
@@ -372,7 +328,7 @@ def ensure_index(log: Log = _stderr) -> str:
     def command() -> list[str]:
         packages = root / "packages"
         packages.mkdir(parents=True, exist_ok=True)
-        host, port = INDEX_ADDR.rsplit(":", 1)
+        host, port = index_addr().rsplit(":", 1)
         server = Path(sys.executable).with_name("pypi-server")
         cmd = [str(server)] if server.exists() else [sys.executable, "-m", "pypiserver"]
         # No authentication on loopback; uploads never overwrite an existing file (the default).
@@ -380,7 +336,7 @@ def ensure_index(log: Log = _stderr) -> str:
                 str(packages)]
 
     return _ensure_http_service(
-        "package index", INDEX_ADDR, f"http://{INDEX_ADDR}/simple/", root, "pypiserver.pid", command, log
+        "package index", index_addr(), f"http://{index_addr()}/simple/", root, "pypiserver.pid", command, log
     )
 
 
@@ -449,12 +405,15 @@ def _unmount_leftovers(root: Path, log: Log) -> None:
 
 
 def _stop_containers(log: Log) -> None:
+    from slipway import engine
+
     try:
-        ids = docker("ps", "-q", check=False, timeout=20).stdout.split()
+        ids = engine.running_containers()
         if ids:
             log(f"stopping {len(ids)} container(s) before the engine")
-            docker("rm", "-f", *ids, check=False, timeout=60)
-    except (ServiceError, subprocess.TimeoutExpired):
+            for container in ids:
+                engine.remove_container(container)
+    except ServiceError:
         pass
 
 
@@ -464,9 +423,11 @@ def status() -> dict[str, dict[str, object]]:
         pid = PidFile(state_dir() / folder / file).read()
         out[name] = {"pid": pid, "managed": pid is not None}
     out["docker"]["reachable"] = docker_reachable()
-    out["registry"]["reachable"] = _http_ok(f"http://{REGISTRY_ADDR}/v2/")
-    out["registry"]["url"] = f"http://{REGISTRY_ADDR}"
-    out["index"]["reachable"] = _http_ok(f"http://{INDEX_ADDR}/simple/")
-    out["index"]["url"] = f"http://{INDEX_ADDR}"
-    out["docker"]["docker_host"] = docker_env().get("DOCKER_HOST", "(default)")
+    out["registry"]["reachable"] = _http_ok(f"http://{registry_addr()}/v2/")
+    out["registry"]["url"] = f"http://{registry_addr()}"
+    out["index"]["reachable"] = _http_ok(f"http://{index_addr()}/simple/")
+    out["index"]["url"] = f"http://{index_addr()}"
+    from slipway import engine
+
+    out["docker"]["docker_host"] = engine.docker_host() or "(default)"
     return out

@@ -38,11 +38,10 @@ import httpx
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from slipway import records, services
-from slipway.errors import CheckError
+from slipway import engine, records
+from slipway.errors import CheckError, SlipwayError
+from slipway.settings import get_settings
 
-# The real TF Serving on GitHub; pinned, and overridable for a newer TensorFlow.
-TFSERVING_IMAGE = os.environ.get("SLIPWAY_TFSERVING_IMAGE", "tensorflow/serving:2.20.0")
 STUB_DESCRIPTION = (
     "slipway tfserving_stub (a stand-in speaking TF Serving's REST API; NOT TensorFlow Serving)"
 )
@@ -55,10 +54,13 @@ def free_port() -> int:
 
 
 def has_gpu() -> bool:
-    """An NVIDIA GPU that containers can be given (``--gpus all``)."""
-    if os.environ.get("SLIPWAY_NO_GPU") == "1" or not shutil.which("nvidia-smi"):
-        return False
-    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    """An NVIDIA GPU that containers can be given (``--gpus all``): ``engine.has_gpu``."""
+    return engine.has_gpu()
+
+
+def tfserving_image() -> str:
+    """The real TF Serving image (GitHub); pinned, overridable by SLIPWAY_TFSERVING_IMAGE."""
+    return get_settings().tfserving_image
 
 
 @dataclass
@@ -87,31 +89,13 @@ def run_container(
     """
     port = free_port()
     name = f"slipway-smoke-{uuid.uuid4().hex[:10]}"
-    args = [
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        "host",
-        "--memory",
-        memory,
-        "--cpus",
-        str(cpus),
-        "-e",
-        f"PORT={port}",
-        "-e",
-        "HOST=127.0.0.1",
-    ]
-    if gpus:
-        args += ["--gpus", "all"]
-    for key, value in (env or {}).items():
-        args += ["-e", f"{key}={value}"]
     started = time.monotonic()
-    res = services.docker(*args, image, timeout=120, check=False)
-    if res.returncode != 0:
-        services.docker("rm", "-f", name, check=False, timeout=60)
-        raise CheckError(f"cannot start {image}: {(res.stderr or '').strip()[-500:]}")
+    try:
+        engine.start(image, name=name, network="host", memory=memory, cpus=cpus, gpus=gpus,
+                     env={"PORT": str(port), "HOST": "127.0.0.1", **(env or {})})
+    except SlipwayError as exc:
+        engine.remove_container(name)
+        raise CheckError(f"cannot start {image}: {str(exc).strip()[-500:]}") from exc
     url = f"http://127.0.0.1:{port}"
     failed = True
     try:
@@ -121,13 +105,13 @@ def run_container(
     finally:
         if logs_to is not None and (failed or keep_logs):
             save_container_logs(name, logs_to)
-        services.docker("rm", "-f", name, check=False, timeout=60)
+        engine.remove_container(name)
 
 
 def save_container_logs(name: str, logs_to: Path) -> None:
-    logs = services.docker("logs", name, check=False, timeout=30)
+    logs = engine.container_logs(name)
     logs_to.parent.mkdir(parents=True, exist_ok=True)
-    logs_to.write_text((logs.stdout or "") + (logs.stderr or ""))
+    logs_to.write_text(logs)
 
 
 def wait_ready(url: str, name: str, timeout: float) -> float:
@@ -141,9 +125,7 @@ def wait_ready(url: str, name: str, timeout: float) -> float:
             last = f"/readyz answered {r.status_code}: {r.text[:200]}"
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}"
-        state = services.docker(
-            "inspect", "-f", "{{.State.Status}}", name, check=False, timeout=30
-        ).stdout.strip()
+        state = engine.container_status(name)
         if state in ("exited", "dead"):
             raise CheckError(f"container {name} exited before it was ready ({last})")
         time.sleep(0.2)
@@ -177,7 +159,7 @@ def tfserving_mode(requested: str | None = None) -> str:
 
     ``SLIPWAY_TFSERVING`` (``image``|``stub``|``auto``) chooses where the CLI has no option.
     """
-    mode = (requested or os.environ.get("SLIPWAY_TFSERVING") or "auto").strip().lower()
+    mode = (requested or get_settings().tfserving).strip().lower()
     if mode not in ("auto", "image", "stub"):
         raise CheckError(f"SLIPWAY_TFSERVING={mode!r}: expected auto, image or stub")
     if mode == "auto":
@@ -237,58 +219,45 @@ def tfserving_server(
     if mode == "image":
         container = f"slipway-tfserving-{uuid.uuid4().hex[:10]}"
         grpc_port = free_port()
+        image = tfserving_image()
         # The entrypoint script would add its own --port/--rest_api_port; with host networking the
         # defaults (8500/8501) may be taken, so the server binary is called directly.
-        args = [
-            "run",
-            "-d",
-            "--name",
-            container,
-            "--network",
-            "host",
-            "--memory",
-            memory,
-            "--cpus",
-            str(cpus),
-            "-v",
-            f"{saved_model.resolve()}:/models/{name}/1:ro",
-            "--entrypoint",
-            "tensorflow_model_server",
-            TFSERVING_IMAGE,
-            f"--port={grpc_port}",
-            f"--rest_api_port={port}",
-            f"--model_name={name}",
-            f"--model_base_path=/models/{name}",
-        ]
-        res = services.docker(*args, check=False, timeout=900)
-        if res.returncode != 0:
-            services.docker("rm", "-f", container, check=False, timeout=60)
-            raise CheckError(f"cannot start {TFSERVING_IMAGE}: {(res.stderr or '').strip()[-500:]}")
+        try:
+            if not engine.image_exists(image):
+                engine.pull(image)
+            engine.start(
+                image, name=container, network="host", memory=memory, cpus=cpus,
+                volumes={str(saved_model.resolve()): {"bind": f"/models/{name}/1", "mode": "ro"}},
+                entrypoint="tensorflow_model_server",
+                command=[f"--port={grpc_port}", f"--rest_api_port={port}", f"--model_name={name}",
+                         f"--model_base_path=/models/{name}"],
+            )
+        except SlipwayError as exc:
+            engine.remove_container(container)
+            raise CheckError(f"cannot start {image}: {str(exc).strip()[-500:]}") from exc
 
         def alive() -> str | None:
-            state = services.docker(
-                "inspect", "-f", "{{.State.Status}}", container, check=False, timeout=30
-            ).stdout.strip()
-            return f"container {state}" if state in ("exited", "dead", "") else None
+            state = engine.container_status(container)
+            return f"container {state or 'gone'}" if state in ("exited", "dead", None) else None
 
         try:
             ready = _wait_model_available(url, name, timeout, alive)
-            inspect = services.docker(
-                "image", "inspect", "-f", "{{json .RepoDigests}}", TFSERVING_IMAGE, check=False, timeout=30
-            )
-            digests = json.loads(inspect.stdout) if inspect.returncode == 0 and inspect.stdout.strip() else []
+            try:
+                digests = engine.image_inspect(image).get("RepoDigests") or []
+            except SlipwayError:
+                digests = []
             yield ExternalServer(
                 url=url,
                 kind="tensorflow/serving",
-                description=f"TensorFlow Serving ({TFSERVING_IMAGE})",
+                description=f"TensorFlow Serving ({image})",
                 ready_seconds=ready,
-                details={"image": TFSERVING_IMAGE, "repo_digests": digests},
+                details={"image": image, "repo_digests": digests},
             )
             failed = False
         finally:
             if logs_to is not None and (failed or keep_logs):
                 save_container_logs(container, logs_to)
-            services.docker("rm", "-f", container, check=False, timeout=60)
+            engine.remove_container(container)
         return
 
     log_path = logs_to or Path(tempfile.mkstemp(prefix="tfserving-stub-", suffix=".log")[1])

@@ -93,15 +93,14 @@ def derive_image(base_id: str, tag: str, point: dict[str, int], cpus: int | None
     import tempfile
     from pathlib import Path
 
-    from slipway import services
+    from slipway import engine
 
     base_tag = untuned_tag(tag)
-    services.docker("tag", base_id, base_tag, timeout=60)
+    engine.tag(base_id, base_tag)
     with tempfile.TemporaryDirectory(prefix="slipway-tune-") as tmp:
         (Path(tmp) / "Dockerfile").write_text(dockerfile(base_tag, point, base_id, cpus))
         log(f"{tag}: defaults {label(point)} as a layer of ENV and LABEL on {base_id[:19]}")
-        services.docker("build", "-q", "-t", tag, tmp, timeout=300)
-    return services.docker("image", "inspect", "-f", "{{.Id}}", tag, timeout=60).stdout.strip()
+        return engine.build(Path(tmp), tag, timeout=300)
 
 
 def label(point: dict[str, int]) -> str:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import tarfile
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
 
-from slipway import records, services
+from slipway import engine, records, services
 from slipway.errors import ServiceError
 
 GZIP_LEVEL = 6
@@ -56,25 +55,21 @@ def layer_sizes(ref: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ``cache`` maps a layer's diff id to ``{"size", "gzip", "created_by"}`` (and, under
     ``_saved_as``, names in the older save format to diff ids); it is updated in place.
     """
-    info = json.loads(services.docker("image", "inspect", ref, timeout=60).stdout)[0]
+    info = engine.image_inspect(ref)
     diff_ids = list((info.get("RootFS") or {}).get("Layers") or [])
     if diff_ids and all(d in cache and "created_by" in cache[d] for d in diff_ids):
         layers = [{"diff_id": d, **cache[d]} for d in diff_ids]
         return {"id": info["Id"], "size": int(info["Size"]), "layers": layers, "cached": True}
-    docker = services.docker_cli()
-    proc = subprocess.Popen([docker, "save", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=services.docker_env())
-    assert proc.stdout is not None
     members: dict[str, dict[str, Any]] = {}
     # The older save format names a layer "<v1 id>/layer.tar"; a v1 id pins the layer chain below
     # it, so the diff id it stood for last time is still the one it stands for.
     saved_as: dict[str, str] = cache.setdefault("_saved_as", {})
     small: dict[str, bytes] = {}
-    # A save that the engine cannot complete (no space left for its export, say) ends the stream
-    # early or sends nothing: that is the engine's failure, reported with its own words.
+    # A save that the engine cannot complete (no space left for its export, say) is an EngineError
+    # with the engine's own words, or a stream that ends early or holds nothing.
     broken: tarfile.TarError | None = None
     try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        with engine.save_reader(ref) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -93,11 +88,8 @@ def layer_sizes(ref: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 members[member.name] = {"size": member.size, "gzip": gzip_size(f)}
     except tarfile.TarError as exc:
         broken = exc
-    finally:
-        _, err = proc.communicate()
-    if proc.returncode != 0 or broken is not None or "manifest.json" not in small:
-        said = err.decode(errors="replace").strip()[-500:] or f"no image in its output ({broken or 'no manifest'})"
-        raise ServiceError(f"docker save {ref} failed (exit {proc.returncode}): {said}")
+    if broken is not None or "manifest.json" not in small:
+        raise ServiceError(f"docker save {ref} failed: no image in its output ({broken or 'no manifest'})")
     manifest = json.loads(small["manifest.json"])[0]
     config = json.loads(small[manifest["Config"]])
     diff_ids = config.get("rootfs", {}).get("diff_ids") or diff_ids

@@ -17,10 +17,11 @@ Writes ``bench/results.json`` (with a run id and the machine's fingerprint), ``b
 ``bench/chart.png``, then checks ``[budgets]``; an exceeded budget raises CheckError, which stops
 ``slipway release`` before ``publish``.
 
-Settings come from keyword arguments, else ``SLIPWAY_BENCH_*`` environment variables
-(``RUNS``, ``WARMUP``, ``THREADS``, ``SECONDS``, ``CONCURRENCY`` as ``1,8``, ``READY_RUNS``,
-``IMPORT_REPEATS`` (0 leaves import times out), ``SERVED`` = 0 to leave out the containers,
-``GRID`` = 0 to leave out the serving grid, ``GRID_SECONDS``), else the defaults below.
+Settings come from keyword arguments, else the ``SLIPWAY_BENCH_*`` variables of
+``slipway.settings`` (``RUNS``, ``WARMUP``, ``THREADS``, ``SECONDS``, ``CONCURRENCY`` as ``1,8``,
+``READY_RUNS``, ``IMPORT_REPEATS`` (0 leaves import times out), ``SERVED`` = 0 to leave out the
+containers, ``GRID`` = 0 to leave out the serving grid, ``GRID_SECONDS``; see docs/settings.md),
+else the defaults below.
 
 The serving grid (``slipway.benchmark.grid``): each image once per point of slots x threads (and
 batching where the runtime batches), at concurrency 1 and the highest concurrency; the best point
@@ -38,7 +39,6 @@ import contextlib
 import hashlib
 import importlib.util
 import inspect
-import os
 import shutil
 import statistics
 import time
@@ -48,13 +48,14 @@ from typing import Any
 
 import httpx
 
-from slipway import records, services, smoketest
+from slipway import engine, records, services, smoketest
 from slipway.benchmark import budgets as budget_checks
 from slipway.benchmark import grid, inprocess, machine, report, served, sizes
 from slipway.context import StageContext, StageResult
 from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError, SlipwayError
 from slipway.outputs import image_records
+from slipway.settings import get_settings
 from slipway.smoketest import run_container
 
 RESULTS_SCHEMA = 1
@@ -76,35 +77,33 @@ class BenchSettings:
 
     @classmethod
     def resolve(cls, **given: Any) -> BenchSettings:
+        """Keyword arguments first, then the ``SLIPWAY_BENCH_*`` settings, then the defaults."""
+        env = get_settings()
         s = cls()
-        for name, cast in (("threads", int), ("warmup", int), ("runs", int), ("seconds", float),
-                           ("ready_runs", int), ("import_repeats", int), ("grid_seconds", float)):
+        for name in ("threads", "warmup", "runs", "seconds", "ready_runs", "import_repeats", "grid_seconds"):
             value = given.get(name)
             if value is None:
-                raw = os.environ.get(f"SLIPWAY_BENCH_{name.upper()}")
-                if raw:
-                    try:
-                        value = cast(raw)
-                    except ValueError as exc:
-                        raise ConfigError(f"SLIPWAY_BENCH_{name.upper()}={raw!r}: expected a number") from exc
+                value = getattr(env, f"bench_{name}")
             if value is not None:
                 if value < 0 or (value == 0 and name not in ("warmup", "import_repeats")):
                     raise ConfigError(f"bench setting {name} must be positive, got {value}")
                 setattr(s, name, value)
-        conc = given.get("concurrency") or os.environ.get("SLIPWAY_BENCH_CONCURRENCY")
+        conc = given.get("concurrency")
         if conc:
             try:
                 s.concurrency = tuple(int(c) for c in (conc.split(",") if isinstance(conc, str) else conc))
             except ValueError as exc:
                 raise ConfigError(f"bench concurrency {conc!r}: expected numbers like 1,8") from exc
+        elif env.bench_concurrency:
+            s.concurrency = env.bench_concurrency
         served_flag = given.get("served")
-        if served_flag is None and os.environ.get("SLIPWAY_BENCH_SERVED"):
-            served_flag = os.environ["SLIPWAY_BENCH_SERVED"].lower() not in ("0", "no", "false")
+        if served_flag is None:
+            served_flag = env.bench_served
         if served_flag is not None:
             s.served = bool(served_flag)
         grid_flag = given.get("grid")
-        if grid_flag is None and os.environ.get("SLIPWAY_BENCH_GRID"):
-            grid_flag = os.environ["SLIPWAY_BENCH_GRID"].lower() not in ("0", "no", "false")
+        if grid_flag is None:
+            grid_flag = env.bench_grid
         if grid_flag is not None:
             s.grid = bool(grid_flag)
         return s
@@ -243,10 +242,7 @@ def images_in_engine(ctx: StageContext, entries: list[records.ImageEntry]) -> di
 
 
 def _has_gpu() -> bool:
-    check = getattr(smoketest, "has_gpu", None)
-    if check is not None:
-        return bool(check())
-    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
+    return engine.has_gpu()
 
 
 @contextlib.contextmanager
@@ -533,7 +529,7 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     served_results = measure_served(ctx, entries, images, settings)
     grid_results = (records.dump(_grid_for(ctx, entries, images, settings)) if settings.served and settings.grid
                     else {"skipped": True})
-    docker_ok = bool(entries) and images and services.docker_reachable()
+    docker_ok = bool(entries) and images and engine.reachable()
     size_results = measure_sizes(ctx, entries, images, models, bool(docker_ok))
 
     extra_libs = {}
@@ -543,8 +539,10 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
             extra_libs["slipway_runtime"] = cpp_result["version"]
     docker_version = ""
     if docker_ok:
-        docker_version = services.docker("version", "--format", "{{.Server.Version}}", check=False,
-                                         timeout=30).stdout.strip()
+        try:
+            docker_version = engine.server_version()
+        except SlipwayError:
+            docker_version = ""
     results: dict[str, Any] = {
         "schema": RESULTS_SCHEMA,
         **run_info,

@@ -20,7 +20,6 @@ platforms, push by digest), so this stage splits in two around it:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slipway import baseimage, records, services
+from slipway import baseimage, engine, records, services
 from slipway.context import StageContext, StageResult
 from slipway.errors import BuildError, ConfigError
 from slipway.fsutil import link_or_copy, sync_tree
@@ -193,28 +192,18 @@ class Inspected:
 
 
 def inspect_image(ref: str) -> Inspected:
-    info = json.loads(services.docker("image", "inspect", ref, timeout=60).stdout)[0]
-    history = services.docker("history", "--no-trunc", "--format", "{{json .}}", ref, timeout=60).stdout
+    info = engine.image_inspect(ref)
     layers = []
-    for line in history.splitlines():
-        row = json.loads(line)
-        size = _parse_size(row.get("Size", "0"))
+    for row in engine.image_history(ref):
+        size = int(row.get("Size") or 0)
         if size:
-            layers.append(records.ImageLayer(size=size, created_by=row.get("CreatedBy", "")[:200]))
+            layers.append(records.ImageLayer(size=size, created_by=(row.get("CreatedBy") or "")[:200]))
     return Inspected(
         id=info["Id"],
         size=int(info["Size"]),
         layers=sorted(layers, key=lambda layer: -layer.size),
         labels=(info.get("Config") or {}).get("Labels") or {},
     )
-
-
-def _parse_size(text: str) -> int:
-    m = re.match(r"^([\d.]+)\s*([kMG]?B)$", str(text).strip())
-    if not m:
-        return 0
-    factor = {"B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3}[m.group(2)]
-    return int(float(m.group(1)) * factor)
 
 
 def select(ctx: StageContext, variants: list[str] | None) -> list[records.ImageEntry]:
@@ -389,31 +378,26 @@ def run(ctx: StageContext, variants: list[str] | None = None, base_image: str | 
         tag = f"{entry.image}:{ctx.plan.version}"
         args = build_args(ctx, entry, bases[requested], created)
         dockerfile = _dockerfile(ctx, entry)
-        cmd = ["build", "-f", str(dockerfile), "--target", entry.target, "-t", tag]
-        if services.host_networking():
-            cmd += ["--network", "host"]
-        for key, value in args.items():
-            cmd += ["--build-arg", f"{key}={value}"]
-        cmd.append(str(build))
         ctx.log(f"{entry.variant}: building {tag} (target {entry.target}, base {bases[requested]})")
         started = time.monotonic()
         log_path = ctx.out / "build" / f"{entry.variant}.log"
-        with open(log_path, "w") as log, subprocess.Popen(
-            [services.docker_cli(), *cmd], env=services.docker_env(), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-        ) as proc:
-            assert proc.stdout is not None
-            last = time.monotonic()
-            for line in proc.stdout:
-                log.write(line)
-                # Progress without flooding: the build's step lines, at most every few seconds.
-                if ctx.verbose or (line.startswith(("#", "Step ")) and time.monotonic() - last > 5):
-                    ctx.log(f"{entry.variant}: {line.rstrip()[:150]}")
-                    last = time.monotonic()
-            proc.wait()
+        last = time.monotonic()
+
+        def progress(line: str, variant: str = entry.variant) -> None:
+            nonlocal last
+            # Progress without flooding: the build's step lines, at most every few seconds.
+            if ctx.verbose or (line.startswith(("#", "Step ")) and time.monotonic() - last > 5):
+                ctx.log(f"{variant}: {line.rstrip()[:150]}")
+                last = time.monotonic()
+
+        with open(log_path, "w") as log:
+            try:
+                engine.build(build, tag, dockerfile=dockerfile, target=entry.target, build_args=args,
+                             log_to=log, on_line=progress)
+            except engine.BuildFailed as exc:
+                log.flush()
+                raise BuildError(build_failure(ctx, entry.variant, log_path)) from exc
         seconds = time.monotonic() - started
-        if proc.returncode != 0:
-            raise BuildError(build_failure(ctx, entry.variant, log_path))
         info = inspect_image(tag)
         images[entry.variant] = records.ImageRecord(
             variant=entry.variant,

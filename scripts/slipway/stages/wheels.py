@@ -54,8 +54,9 @@ from packaging.version import InvalidVersion, Version
 import slipway
 from slipway import modelpkg, records
 from slipway.context import StageContext, StageResult
-from slipway.errors import BuildError, CheckError
+from slipway.errors import BuildError, CheckError, SlipwayError
 from slipway.fsutil import link_or_copy, sha256_file
+from slipway.settings import get_settings
 
 KINDS = ("self-contained", "thin")
 # The pyproject folder of each wheel, inside native/.
@@ -241,9 +242,7 @@ def manylinux_image(policy: str, arch: str) -> str | None:
 
 def choose_builder(ctx: StageContext, log: Log) -> tuple[str, str, dict[str, str]]:
     """("cibuildwheel" | "local", why, environment for docker)."""
-    forced = os.environ.get("SLIPWAY_WHEELS_BUILDER", "auto")
-    if forced not in ("auto", "cibuildwheel", "local"):
-        raise BuildError(f"SLIPWAY_WHEELS_BUILDER={forced!r}: expected auto, cibuildwheel or local")
+    forced = get_settings().wheels_builder
     if forced == "local":
         return "local", "SLIPWAY_WHEELS_BUILDER=local", {}
     try:
@@ -252,9 +251,9 @@ def choose_builder(ctx: StageContext, log: Log) -> tuple[str, str, dict[str, str
         if forced == "cibuildwheel":
             raise BuildError("SLIPWAY_WHEELS_BUILDER=cibuildwheel, but cibuildwheel is not installed") from None
         return "local", "cibuildwheel is not installed", {}
-    from slipway import services
+    from slipway import engine, services
 
-    env = services.docker_env()
+    env = engine.docker_env()
     if not services.docker_reachable():
         if forced == "cibuildwheel":
             raise BuildError("SLIPWAY_WHEELS_BUILDER=cibuildwheel, but no container engine answers 'docker info'")
@@ -267,12 +266,12 @@ def choose_builder(ctx: StageContext, log: Log) -> tuple[str, str, dict[str, str
             continue
         if _arch(plat) != host_arch():
             continue  # built on its own runner (the plan's wheel matrix), not here
-        have = services.docker("image", "inspect", image, check=False, timeout=60)
-        if have.returncode != 0:
+        if not engine.image_exists(image):
             log(f"pulling {image} (once)")
-            pulled = services.docker("pull", image, check=False, timeout=900)
-            if pulled.returncode != 0:
-                missing.append(f"{image} (cannot be pulled: {(pulled.stderr or '').strip().splitlines()[-1:]})")
+            try:
+                engine.pull(image, timeout=900)
+            except SlipwayError as exc:
+                missing.append(f"{image} (cannot be pulled: {str(exc).strip().splitlines()[-1:]})")
     if missing:
         if forced == "cibuildwheel":
             raise BuildError("SLIPWAY_WHEELS_BUILDER=cibuildwheel, but manylinux images are missing: " + "; ".join(missing))
@@ -352,7 +351,7 @@ def build_local(src: Path, out: Path, cmake_root: Path, log: Log, max_size_mib: 
 def build_cibuildwheel(src_project: Path, out: Path, pairs: list[tuple[str, str]], docker_env: dict[str, str],
                        log: Log, max_size_mib: float = 100.0) -> list[Built]:
     """cibuildwheel in ``src_project`` (native/ and model/ inside), both kinds."""
-    from slipway import services
+    from slipway import engine
 
     env = {**_tool_env(), **docker_env}
     env["CIBW_BUILD"] = " ".join(sorted({f"cp{py.replace('.', '')}-manylinux_{_arch(plat)}" for py, plat in pairs}))
@@ -361,7 +360,7 @@ def build_cibuildwheel(src_project: Path, out: Path, pairs: list[tuple[str, str]
         env[f"CIBW_MANYLINUX_{_arch(plat).upper()}_IMAGE"] = _policy(plat)
     env["SLIPWAY_MODEL_DIR"] = "model"
     env["SLIPWAY_MAX_SIZE_MIB"] = f"{max_size_mib:g}"
-    if services.host_networking():
+    if engine.host_networking():
         # slipway's own engine has no bridge network: containers share the host's.
         env["CIBW_CONTAINER_ENGINE"] = "docker; create_args: --network=host"
     built = []
@@ -626,7 +625,7 @@ def run(ctx: StageContext, arch: str | None = None) -> StageResult:
     # this release's export). The release's wheels: that, the export checked and the packages.
     build_inputs = {
         "version": version, "builder": builder, "pairs": pairs, "torch": torch_version, "python": sys.version,
-        "max_size_mib": spec.max_size_mib, "prune": os.environ.get("SLIPWAY_PRUNE", "auto"),
+        "max_size_mib": spec.max_size_mib, "prune": get_settings().prune,
     }
     if builder == "cibuildwheel":
         build_inputs["model"] = tree_fingerprint(model_dir)

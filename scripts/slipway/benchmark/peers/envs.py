@@ -18,6 +18,7 @@ from pathlib import Path
 from slipway import paths
 from slipway.benchmark.peers.spec import JAVA_PACKAGE, Peer
 from slipway.errors import BuildError
+from slipway.settings import get_settings
 
 SHARED = ("torch", "numpy", "pillow")
 STAMP = ".slipway-peer"
@@ -25,9 +26,9 @@ STAMP = ".slipway-peer"
 
 def cache_root() -> Path:
     """Where the peers' virtualenvs live: ``SLIPWAY_PEERS_CACHE``, else the user's cache folder."""
-    given = os.environ.get("SLIPWAY_PEERS_CACHE")
+    given = get_settings().peers_cache
     if given:
-        return Path(given)
+        return given
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "slipway" / "peers"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slipway import services
+from slipway import engine, services
 from slipway.benchmark import machine
 from slipway.benchmark.peers import envs, load, procs, report, results, servers
 from slipway.benchmark.peers.spec import PEERS, SLIPWAY_VARIANTS, configs
@@ -212,6 +212,15 @@ def _measure(config, setup: servers.Setup, settings: PeerSettings, bodies: list[
         return {"round": r + 1, "ready_s": round(running.ready_s, 2), "levels": levels, "memory_bytes": memory}
 
 
+def _pulled(ref: str) -> bool:
+    """Pull ``ref``; whether it is now in the engine (a registry that refuses or lacks it: False)."""
+    try:
+        engine.pull(ref, timeout=600)
+    except SlipwayError:
+        return False
+    return True
+
+
 def from_context(ctx, settings: PeerSettings, report_dir: Path | None = None,
                  image_overrides: dict[str, str] | None = None) -> dict[str, Any]:
     """The peer benchmark of a release's output folder: its export of the PyTorch model and its CPU images.
@@ -244,8 +253,7 @@ def from_context(ctx, settings: PeerSettings, report_dir: Path | None = None,
                 continue
             # Else the release's tag: in the engine already, or pulled from the registry it went to.
             ref = f"{e.image}:{ctx.plan.version}"
-            if (services.docker("image", "inspect", ref, check=False, timeout=60).returncode == 0
-                    or services.docker("pull", "-q", ref, check=False, timeout=600).returncode == 0):
+            if engine.image_exists(ref) or _pulled(ref):
                 images[e.variant] = ref
     images.update(overrides)
     tolerance = ctx.config.smoke.tolerance_for("torchscript").model_dump()

@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 
-from slipway import paths, services
+from slipway import engine, paths
 from slipway.benchmark.peers import procs
 from slipway.benchmark.peers.spec import Config
-from slipway.errors import CheckError
+from slipway.errors import CheckError, SlipwayError
 
 HANDLERS = Path(__file__).parent / "handlers"
 MODEL_VERSION = "1.0"
@@ -243,30 +243,27 @@ def _slipway(config: Config, setup: Setup) -> Iterator[Running]:
         raise CheckError(f"no {config.variant} image: build it with 'slipway images' or name it with --image")
     port = free_port()
     name = f"slipway-peers-{uuid.uuid4().hex[:10]}"
-    args = ["run", "-d", "--name", name, "--network", "host", "--cpuset-cpus", setup.cpus,
-            "-e", f"PORT={port}", "-e", "HOST=127.0.0.1"]
-    for key, value in config.env.items():
-        args += ["-e", f"{key}={value}"]
+    env = {"PORT": str(port), "HOST": "127.0.0.1", **config.env}
     started = time.monotonic()
-    res = services.docker(*args, image, timeout=120, check=False)
-    if res.returncode != 0:
-        services.docker("rm", "-f", name, check=False, timeout=60)
-        raise CheckError(f"cannot start {image}: {(res.stderr or '').strip()[-500:]}")
+    try:
+        engine.start(image, name=name, env=env, network="host", cpuset=setup.cpus)
+    except SlipwayError as exc:
+        engine.remove_container(name)
+        raise CheckError(f"cannot start {image}: {exc}") from exc
     log_file = setup.work / config.key / "container.log"
     try:
-        pid = int(services.docker("inspect", "-f", "{{.State.Pid}}", name, timeout=30).stdout.strip())
+        info = engine.container_inspect(name)
+        pid = int(info["State"]["Pid"])
         url = f"http://127.0.0.1:{port}/v1/models/{setup.model}:predict"
         wait_answers(url, setup.probe, None, setup.timeout, f"{config.variant} image", log_file)
-        env_text = services.docker("inspect", "-f", "{{json .Config.Env}}", name, timeout=30).stdout
-        actual = {k: v for k, v in (e.split("=", 1) for e in json.loads(env_text or "[]") if "=" in e)
+        actual = {k: v for k, v in (e.split("=", 1) for e in (info.get("Config") or {}).get("Env") or [] if "=" in e)
                   if k.startswith("SLIPWAY_") or k == "THREADS"}
         yield Running(url=url, root_pid=pid, ready_s=time.monotonic() - started,
                       actual={"image": image, **actual})
     finally:
-        logs = services.docker("logs", name, check=False, timeout=30)
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_file.write_text((logs.stdout or "") + (logs.stderr or ""))
-        services.docker("rm", "-f", name, check=False, timeout=60)
+        log_file.write_text(engine.container_logs(name))
+        engine.remove_container(name)
 
 
 STARTERS = {"slipway": _slipway, "torchserve": _torchserve, "litserve": _litserve, "bentoml": _bentoml}
