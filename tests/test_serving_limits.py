@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from readiness import wait_http
+from readiness import wait_http, wait_until
 
 from serving.app import create_app
 from serving.config import Settings
@@ -181,10 +181,9 @@ def test_a_request_past_the_total_timeout_is_503(model_dir):
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["code"] == "request_timeout"
         # The work finishes on its own and gives its budget back.
-        deadline = time.monotonic() + 5
-        while app.state.service.admission.inflight and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert app.state.service.admission.inflight == 0 and app.state.service.bodies.used == 0
+        service = app.state.service
+        wait_until(lambda: service.admission.inflight == 0, timeout=5, what="the abandoned work")
+        assert service.admission.inflight == 0 and service.bodies.used == 0
 
 
 def test_metric_labels_come_from_a_fixed_set(model_dir):
@@ -317,13 +316,11 @@ def test_a_client_abort_is_a_499_in_one_log_line(server):
             sock.sendall(b"POST /v1/models/tiny-torch:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                          b"Content-Length: 100000\r\n\r\n" + b"\x89PNG" + b"\0" * 1000)
             time.sleep(0.2)
-    deadline = time.monotonic() + 5
-    metrics = ""
-    while time.monotonic() < deadline:
-        metrics = httpx.get(f"{url}/metrics", timeout=2).text
-        if 'status="499"} 3' in metrics:
-            break
-        time.sleep(0.1)
+    def counted() -> str | None:
+        text = httpx.get(f"{url}/metrics", timeout=2).text
+        return text if 'status="499"} 3' in text else None
+
+    metrics = wait_until(counted, timeout=5, what="three 499s in /metrics")
     assert 'slipway_requests_total{method="POST",route="/v1/models/{name}:predict",status="499"} 3' in metrics
     assert 'status="500"' not in metrics
     new = log_path.read_text()[len(before):]
