@@ -212,6 +212,11 @@ def test_report_shows_one_run_and_refuses_to_mix_runs(measured, tmp_path):
     assert "**EXCEEDED**" in md
     png = report.chart(results, tmp_path / "chart.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Installed without the bench extra: no chart, and no failure (the JSON and the table stand).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "matplotlib", None)
+        assert report.chart(results, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
     report.check_same_run(results, dict(results))
     other = {**results, "run_id": "r2"}
     with pytest.raises(report.MixedRunsError):

@@ -93,3 +93,23 @@ def test_a_stage_reads_the_configuration_the_plan_was_made_from(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     assert main(["wheels", "--plan", str(plan)]) == 2
     assert "deploy/release.toml" in capsys.readouterr().err
+
+
+def test_a_missing_extra_is_named_not_a_traceback(monkeypatch, capsys):
+    """A module of an extra this installation lacks: exit 1 naming the module and the extras."""
+    import argparse
+
+    import slipway.cli as cli
+
+    def needs_a_module(args):
+        import slipway_no_such_module  # noqa: F401
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(func=needs_a_module)
+
+    monkeypatch.setattr(cli, "build_parser", Parser)
+    code = main(["plan"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "'slipway_no_such_module'" in err and "pip install 'slipway[" in err and "Traceback" not in err

@@ -591,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except SlipwayError as exc:
         return _failed(exc)
+    except ModuleNotFoundError as exc:
+        # A library of an extra this installation lacks (pytorch, tensorflow, serve, wheels...).
+        print(f"slipway: this step needs the Python module {exc.name!r}, which is not installed here; "
+              "install Slipway with the extra that brings it (README: 'Slipway as a tool for your own project'), "
+              "e.g. pip install 'slipway[pytorch,serve,publish,bench,wheels]'", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("slipway: interrupted", file=sys.stderr)
         return 130

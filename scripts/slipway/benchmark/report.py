@@ -259,9 +259,13 @@ def _s(value: float | None) -> str:
 # Chart
 
 
-def chart(results: dict[str, Any], path: Path) -> Path:
-    """One PNG: latency per runtime (per stage), served throughput, size per image, start-up."""
-    import matplotlib
+def chart(results: dict[str, Any], path: Path) -> Path | None:
+    """One PNG: latency per runtime (per stage), served throughput, size per image, start-up.
+    None where matplotlib (the ``bench`` extra) is not installed: the JSON and the table are enough."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

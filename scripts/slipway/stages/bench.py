@@ -568,7 +568,8 @@ def run(ctx: StageContext, variants: list[str] | None = None, **options: Any) ->
     results["budgets"] = {"ok": not failed, "checks": [c.to_json() for c in checks]}
     ctx.write("bench/results.json", records.BenchResults.model_validate(results))
     (bench_dir / "table.md").write_text(report.markdown(results))
-    report.chart(results, bench_dir / "chart.png")
+    if report.chart(results, bench_dir / "chart.png") is None:
+        ctx.log("bench: no chart.png (matplotlib is not installed; pip install 'slipway[bench]' for it)")
     shutil.rmtree(work, ignore_errors=True)
     ctx.log(f"bench: results in {bench_dir} (run {run_info['run_id']}, machine {results['machine']['fingerprint']})")
     if checks:
