@@ -114,9 +114,13 @@ def test_a_conflicting_project_requirement_fails_the_build_naming_the_file(local
     # asks for another version.
     monkeypatch.setenv("DOCKER_BUILDKIT", buildkit)
     ctx = _project(tmp_path / "project", "numpy==1.26.4\n")
+    stopped_before = {c["Id"] for c in engine.client().api.containers(all=True, filters={"status": "exited"})}
     try:
         with pytest.raises(BuildError) as err:
             images.run(ctx)
+        # The failed step's container is not left behind (the classic builder keeps it by default).
+        stopped = {c["Id"] for c in engine.client().api.containers(all=True, filters={"status": "exited"})}
+        assert stopped <= stopped_before
         message = str(err.value)
         assert str(ctx.root / "requirements.txt") in message
         assert "cannot be installed on top of the service's pinned requirements" in message

@@ -670,10 +670,14 @@ def build(context: Path, tag: str, *, dockerfile: Path | None = None, target: st
         cmd += ["--build-arg", f"{key}={value}"]
     for key, value in (labels or {}).items():
         cmd += ["--label", f"{key}={value}"]
+    env = docker_env()
+    if env.get("DOCKER_BUILDKIT") == "0":
+        # The classic builder keeps the container of a failed step unless told not to.
+        cmd.append("--force-rm")
     cmd.append(str(context))
     tail: list[str] = []
     started = time.monotonic()
-    with subprocess.Popen(cmd, env=docker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
