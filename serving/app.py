@@ -32,10 +32,11 @@ from serving import __version__, oip
 from serving.backends import Backend, BackendUnavailable, create_backend
 from serving.backends.base import READY, Detection
 from serving.config import BATCHING_BACKENDS, Settings
-from serving.images import SUPPORTED_CONTENT_TYPES, ImageRejected, Probe, load_image, probe_image, to_array
+from serving.images import SUPPORTED_CONTENT_TYPES, ImageRejected, Probe, probe_image
 from serving.limits import Admission, ByteBudget, Overloaded, cgroup_memory_peak, decode_cost, lower_priority
 from serving.manifest import load_manifest
 from serving.metrics import CONTENT_TYPE, STAGES, Metrics
+from serving.slot import run_slot
 
 try:  # orjson is in every image's requirements; the standard library's encoder where it is missing
     import orjson
@@ -121,11 +122,24 @@ class Service:
 
     def __init__(self, settings: Settings, backend: Backend | None = None):
         self.settings = settings
-        # Slots: parallel inferences on the one loaded model; threads: intra-op threads of each.
-        self.slots, self.threads = settings.parallelism()
+        # Slots: parallel inferences (threads sharing the one loaded model, or with processes > 1,
+        # worker processes with a model each); threads: intra-op threads of each inference.
+        self.processes, self.slots, self.threads = settings.layout()
         if settings.batch_max > 1 and settings.backend not in BATCHING_BACKENDS and backend is None:
             raise ValueError(f"SLIPWAY_BATCH_MAX={settings.batch_max}: BACKEND={settings.backend} cannot batch")
-        if backend is None:
+        if backend is None and self.processes > 1:
+            from serving.workers import ProcessBackend, WorkerSpec
+
+            manifest = load_manifest(settings.model_dir)
+            inp = manifest.get("input") or {}
+            spec = WorkerSpec(
+                backend=settings.backend, model_dir=settings.model_dir, manifest=manifest, threads=self.threads,
+                device=settings.device, options={"onednn_fusion": settings.onednn_fusion},
+                draft_to=(int(inp["width"]), int(inp["height"])) if inp.get("width") else None,
+                max_pixels=settings.max_image_pixels,
+            )
+            backend = ProcessBackend(spec, workers=self.processes)
+        elif backend is None:
             manifest = load_manifest(settings.model_dir)
             backend = create_backend(
                 settings.backend,
@@ -182,14 +196,28 @@ class Service:
         yield "slipway_body_bytes", "Bytes of request bodies being received or held.", self.bodies.used, {}
         yield "slipway_inference_slots", "Parallel inference slots on the one loaded model.", self.slots, {}
         yield "slipway_threads_per_slot", "Intra-op threads of each inference.", self.threads, {}
+        if self.process_backend is not None:
+            yield ("slipway_worker_processes", "Inference worker processes alive (one slot each).",
+                   self.process_backend.alive, {})
+            yield ("slipway_worker_restarts", "Worker processes replaced after they ended.",
+                   self.process_backend.restarts, {})
         peak = cgroup_memory_peak()
         if peak is not None:
             yield "slipway_memory_peak_bytes", "Peak memory of the container's cgroup.", peak, {}
 
+    @property
+    def process_backend(self):
+        """The backend when the slots are worker processes (serving/workers.py), else None."""
+        from serving.workers import ProcessBackend
+
+        return self.backend if isinstance(self.backend, ProcessBackend) else None
+
     def close(self) -> None:
-        """Stop the batch runners and let the slot threads end once their work is done."""
+        """Stop the batch runners and worker processes; let the slot threads end once their work is done."""
         if self.batcher is not None:
             self.batcher.close()
+        if self.process_backend is not None:
+            self.process_backend.close()
         self.workers.shutdown(wait=False)
         self.health.shutdown(wait=False)
 
@@ -231,7 +259,7 @@ class Service:
         cost = decode_cost(*probe.decoded_size, probe.mode)
         waited = time.perf_counter()
         try:
-            detections, timings = await self._run_admitted(probe, cost, held, deadline)
+            detections, timings = await self._run_admitted(probe, image, cost, held, deadline)
         except ApiError:
             raise
         except ImageRejected as exc:
@@ -251,9 +279,10 @@ class Service:
         )
         return InferResult(detections, probe.width, probe.height, timings)
 
-    async def _run_admitted(self, probe: Probe, cost: int, held: int, deadline: float | None):
-        """Run ``_work`` once admitted; the budgets are given back when the thread is done, even
-        when this request is abandoned first (a timeout cancels the wait, never the work)."""
+    async def _run_admitted(self, probe: Probe, data: bytes, cost: int, held: int, deadline: float | None):
+        """Run ``run_slot`` (or, with worker processes, send ``data`` to one) once admitted; the
+        budgets are given back when the work is done, even when this request is abandoned first (a
+        timeout cancels the wait, never the work)."""
         timeout = None if deadline is None else deadline - time.monotonic()
         try:
             if timeout is not None and timeout <= 0:
@@ -268,7 +297,12 @@ class Service:
             probe.close()
             raise
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.workers, _work, self.backend, self.batcher, probe)
+        processes = self.process_backend
+        if processes is not None:
+            probe.close()  # a worker decodes the image from the bytes
+            future = loop.run_in_executor(self.workers, processes.run, data)
+        else:
+            future = loop.run_in_executor(self.workers, run_slot, self.backend, self.batcher, probe)
 
         def done(_):
             self.admission.release(cost)
@@ -307,7 +341,7 @@ class Service:
             "labels": m.get("labels"),
             "output": m.get("output"),
             **public(self.backend.describe()),
-            "parallelism": {"slots": self.slots, "threads_per_slot": self.threads,
+            "parallelism": {"worker_processes": self.processes, "slots": self.slots, "threads_per_slot": self.threads,
                             "batch_max": self.settings.batch_max,
                             "batch_delay_ms": self.settings.batch_delay_ms if self.batcher else None},
             "limits": self.limits.describe(),
@@ -408,37 +442,6 @@ async def _image_from_multipart(request: Request, body: bytes) -> bytes:
         return await field.read()
     finally:
         await form.close()
-
-
-def _work(backend: Backend, batcher, probe: Probe) -> tuple[list[Detection], dict[str, float]]:
-    """On a slot thread: decode, preprocess, infer, postprocess; (detections in the original
-    pixels, seconds per stage)."""
-    started = time.perf_counter()
-    if batcher is not None:
-        batcher.expect()
-    try:
-        image = load_image(probe)
-        if backend.input_kind == "array":
-            pil, image = image, to_array(image)
-            pil.close()
-    except BaseException:
-        if batcher is not None:
-            batcher.settle()
-        raise
-    timings = {"decode": time.perf_counter() - started}
-    detections = backend.predict(image, timings) if batcher is None else batcher.predict(image, timings)
-    del image
-    sx, sy = probe.scale
-    if sx != 1.0 or sy != 1.0:
-        mapped = time.perf_counter()
-        for d in detections:
-            x1, y1, x2, y2 = d["box"]
-            d["box"] = [
-                min(x1 * sx, probe.width), min(y1 * sy, probe.height),
-                min(x2 * sx, probe.width), min(y2 * sy, probe.height),
-            ]
-        timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - mapped
-    return detections, timings
 
 
 class Guard:

@@ -30,6 +30,9 @@ class Settings:
     # None: chosen from the container's CPUs (serving.limits.parallelism).
     slots: int | None = None
     threads: int | None = None
+    # Worker processes (serving/workers.py), each one slot; None: by the rule of
+    # serving.limits.default_parallelism.
+    workers: int | None = None
     # Dynamic batching: up to batch_max images per forward, waiting at most batch_delay_ms for
     # the batch to fill; off when batch_max <= 1.
     batch_max: int = 1
@@ -60,9 +63,22 @@ class Settings:
 
     def parallelism(self) -> tuple[int, int]:
         """(slots, threads per slot): as set, or chosen from the CPUs this process may use."""
-        from serving.limits import available_cpus, parallelism
+        return self.layout()[1:]
 
-        return parallelism(available_cpus(), self.slots or self.max_inflight, self.threads)
+    def layout(self) -> tuple[int, int, int]:
+        """(worker processes, slots, threads per slot); one process means slots are threads of it.
+
+        SLIPWAY_WORKERS=N > 1: N processes, one slot each. SLIPWAY_WORKERS=1, or SLIPWAY_SLOTS,
+        SLIPWAY_THREADS or MAX_INFLIGHT set alone: one process (serving.limits.parallelism).
+        Nothing set: serving.limits.default_parallelism."""
+        from serving.limits import available_cpus, default_parallelism, parallelism
+
+        cpus = available_cpus()
+        if self.workers and self.workers > 1:
+            return self.workers, self.workers, self.threads or max(1, cpus // self.workers)
+        if self.workers == 1 or self.slots or self.threads or self.max_inflight:
+            return (1, *parallelism(cpus, self.slots or self.max_inflight, self.threads))
+        return default_parallelism(cpus, self.backend, self.device, self.batch_max)
 
     def limits(self):
         from serving.limits import Limits
@@ -141,6 +157,18 @@ class Settings:
                 f"SLIPWAY_BATCH_MAX={batch_max}: BACKEND={backend} runs one image per call; dynamic "
                 f"batching is for {' and '.join(BATCHING_BACKENDS)} (unset it or set it to 1)"
             )
+        workers = first_int(("SLIPWAY_WORKERS",), 1, 256)
+        slots_set = first_int(("SLIPWAY_SLOTS",), 1, 1024)
+        if workers and workers > 1:
+            if backend == "tfserving":
+                problems.append(f"SLIPWAY_WORKERS={workers}: BACKEND=tfserving forwards to a model server; "
+                                "it runs in one process (unset SLIPWAY_WORKERS or set it to 1)")
+            if batch_max > 1:
+                problems.append(f"SLIPWAY_WORKERS={workers} with SLIPWAY_BATCH_MAX={batch_max}: batching stacks "
+                                "the images of one process; set one of them to 1")
+            if slots_set and slots_set != workers:
+                problems.append(f"SLIPWAY_SLOTS={slots_set} with SLIPWAY_WORKERS={workers}: each worker process is "
+                                "one slot; unset SLIPWAY_SLOTS or make it equal")
         batch_delay_ms = cls.batch_delay_ms
         delay_raw = env.get("SLIPWAY_BATCH_DELAY_MS", "").strip()
         if delay_raw:
@@ -170,7 +198,8 @@ class Settings:
             tfserving_timeout_s=timeout,
             host=env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
             port=integer("PORT", 8080, 1, 65535),
-            slots=first_int(("SLIPWAY_SLOTS",), 1, 1024),
+            slots=slots_set,
+            workers=workers,
             threads=first_int(("SLIPWAY_THREADS", "THREADS"), 1, 256),
             batch_max=batch_max,
             batch_delay_ms=batch_delay_ms,

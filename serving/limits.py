@@ -114,6 +114,29 @@ def parallelism(cpus: int, slots: int | None, threads: int | None) -> tuple[int,
     return cpus, min(2, cpus)
 
 
+# Runtimes whose decoding, preprocessing and postprocessing run in Python (under its lock):
+# their slots are worker processes by default (serving/workers.py).
+PROCESS_BACKENDS = ("torchscript", "onnx")
+
+
+def default_parallelism(cpus: int, backend: str, device: str, batch_max: int = 1) -> tuple[int, int, int]:
+    """(worker processes, slots, threads per slot) when none of SLIPWAY_WORKERS, SLIPWAY_SLOTS,
+    SLIPWAY_THREADS is set.
+
+    TorchScript and ONNX Runtime on the CPU, unbatched, on 2 or more CPUs: one worker process per
+    CPU, one thread each. Measured on 2 CPUs (shapes example, 8 clients): threads sharing one
+    model stopped at 1.1-1.4x one client's throughput, held back by Python's lock; a process per
+    CPU does not share it. Everything else keeps one process: the C++ runtime releases the lock
+    for the whole inference, TensorFlow's graph holds its own pre- and postprocessing, a GPU gains
+    from batching rather than from copies of the model, and one CPU gains nothing.
+    """
+    cpus = max(1, int(cpus))
+    if backend in PROCESS_BACKENDS and device == "cpu" and batch_max <= 1 and cpus >= 2:
+        return cpus, cpus, 1
+    slots, threads = parallelism(cpus, None, None)
+    return 1, slots, threads
+
+
 @dataclass(frozen=True)
 class Limits:
     memory_limit_bytes: int | None
