@@ -39,6 +39,12 @@ def test_medians_over_rounds_and_memory_is_the_median_of_each_rounds_peak():
     assert s["levels"]["1"] == {"rounds": 3, "requests_per_s": 110.0, "p50_ms": 9.0, "p95_ms": 18.0, "errors": 0}
     assert s["levels"]["8"]["requests_per_s"] == 250.0
     assert s["memory_mib"] == 280  # peaks 300, 250, 280
+    # These rounds were recorded before PSS: their figure is the RSS sum, and the summary says so.
+    assert s["memory_measure"] == "rss" and s["rss_mib"] is None
+    for r, rss in zip(rounds, ([400, 500], [350], [380]), strict=True):
+        r.update(memory_measure="pss", rss_bytes=[m * results.MIB for m in rss])
+    s = results.summarize_config(rounds)
+    assert (s["memory_mib"], s["memory_measure"], s["rss_mib"]) == (280, "pss", 380)
     assert s["ready_s"] == 3.0
 
 
@@ -109,7 +115,7 @@ def test_report_says_what_failed():
                          "rounds": [], "summary": None, "check": None,
                          "failures": ["round 1: BentoML did not answer within 180s"]}]}
     md = report.markdown(data)
-    assert "| BentoML | 2 workers | - | - | - | - | - | not checked |" in md
+    assert "| BentoML | 2 workers | - | - | - | - | - | - | not checked |" in md
     assert "- bentoml-per-cpu: round 1: BentoML did not answer within 180s" in md
     assert "no Slipway image was measured" in md
     ET.fromstring(report.svg(data))
@@ -148,6 +154,19 @@ def test_proc_parsing_and_process_trees(tmp_path):
     (fake / "self").mkdir()
     assert sorted(procs.tree(10, fake)) == [10, 11, 12]
     assert procs.tree_rss_bytes(10, fake) == 6000 * 1024
+    # PSS: 10 has smaps_rollup, 11 only smaps (summed per mapping), 12 neither: its RSS, and said so.
+    (fake / "10" / "smaps_rollup").write_text(
+        "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss: 1000 kB\nPss: 400 kB\nPss_Anon: 300 kB\n")
+    (fake / "11" / "smaps").write_text(
+        "7f00-7f10 r-xp 0 08:01 1 /usr/lib/libc.so\nRss: 1500 kB\nPss: 500 kB\nPss_File: 500 kB\n"
+        "7f20-7f30 rw-p 0 00:00 0\nRss: 500 kB\nPss: 250 kB\n")
+    mem = procs.tree_memory(10, fake)
+    assert (mem.bytes, mem.rss_bytes, mem.processes, mem.rss_only) == ((400 + 750 + 3000) * 1024, 6000 * 1024, 3, 1)
+    assert mem.measure == "pss, rss for 1 of 3 processes"
+    assert procs.tree_memory(11, fake).measure == "pss, rss for 1 of 2 processes"
+    assert procs.tree_memory(12, fake).measure == "rss"
+    assert procs.tree_memory(10, fake).bytes < procs.tree_memory(10, fake).rss_bytes
+    assert procs.parse_pss_kib("Rss: 10 kB\nPss_Anon: 3 kB\n") is None
 
 
 def test_memory_of_this_process_tree_is_sampled():
@@ -155,7 +174,42 @@ def test_memory_of_this_process_tree_is_sampled():
 
     with procs.MemorySampler(os.getpid(), interval=0.05) as sampler:
         pass
-    assert sampler.samples and all(s > 10 * 1024 * 1024 for s in sampler.samples)
+    assert sampler.samples and all(s.bytes > 10 * 1024 * 1024 for s in sampler.samples)
+    record = sampler.record()
+    assert record["memory_measure"] == "pss"
+    assert len(record["memory_bytes"]) == len(record["rss_bytes"]) == len(sampler.samples)
+    assert all(p <= r for p, r in zip(record["memory_bytes"], record["rss_bytes"], strict=True))
+
+
+# A parent that fills 64 MiB, then forks: the child shares those pages copy-on-write, never writing them.
+_FORKER = """
+import os, sys, time
+data = bytearray(os.urandom(1 << 20)) * 64
+if os.fork() == 0:
+    time.sleep(60)
+    os._exit(0)
+print("forked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_pss_counts_the_pages_a_forked_worker_shares_with_its_parent_once(tmp_path):
+    """Real /proc: the RSS sum counts the 64 MiB twice (parent and child), the PSS sum once."""
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-c", _FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "forked"
+            mem = procs.tree_memory(proc.pid)
+        finally:
+            procs.stop_tree(proc.pid, grace=5)
+    assert mem.processes == 2 and mem.measure == "pss"
+    mib = 1024 * 1024
+    # Both hold the 64 MiB resident; PSS charges each half of it.
+    assert mem.rss_bytes > 2 * 64 * mib
+    assert mem.bytes < mem.rss_bytes - 48 * mib, (mem.bytes // mib, mem.rss_bytes // mib)
 
 
 def test_peers_get_slipways_own_pins_and_pinned_versions():

@@ -68,16 +68,19 @@ def markdown(data: dict[str, Any]) -> str:
         "pre/postprocessing (Slipway's `model_export` inside every peer's handler), every server pinned to the "
         f"same CPUs ({s.get('server_cpus', '?')}), one load generator on loopback; {s.get('warmup_s')} s warm-up "
         f"then {s.get('seconds')} s per concurrency level, {s.get('rounds')} interleaved rounds, medians. "
-        f"Memory: the peak RSS of the server's whole process tree during the c={top} level (median over rounds). "
+        f"Memory: the peak PSS of the server's whole process tree during the c={top} level (median over rounds); "
+        "PSS charges a page shared by several processes to each in part, so shared libraries and the "
+        "copy-on-write pages of forked workers count once, where the RSS sum (beside it) counts them once "
+        "per process. "
         "Detections: each server's answers on the golden images against the export's reference (the smoke "
         "test's tolerance) and against the first Slipway image's answers. "
         f"Written by `{COMMAND}` from one run; the numbers are in `peers.json`.",
         "",
     ]
     header = ["server", "settings"] + [f"req/s c={c}" for c in conc] + [f"p50 ms c={c}" for c in conc] + [
-        "memory under load", "detections"]
+        "memory under load (PSS)", "RSS sum", "detections"]
     lines += ["| " + " | ".join(header) + " |",
-              "|---|---|" + "---:|" * (2 * len(conc) + 1) + "---|"]
+              "|---|---|" + "---:|" * (2 * len(conc) + 2) + "---|"]
     best = {c: max((rate(x, c) or 0) for x in configs) for c in conc}
     for c in configs:
         cells = [c["label"], _settings_cell(c)]
@@ -86,8 +89,9 @@ def markdown(data: dict[str, Any]) -> str:
             text = _num(value)
             cells.append(f"**{text}**" if value is not None and value == best[k] and value > 0 else text)
         cells += [_num(_level(c, k, "p50_ms"), 2) for k in conc]
-        mem = (c.get("summary") or {}).get("memory_mib")
-        cells.append(f"{mem} MiB" if mem is not None else "-")
+        summary = c.get("summary") or {}
+        cells.append(_memory_cell(summary))
+        cells.append(f"{summary['rss_mib']} MiB" if summary.get("rss_mib") is not None else "-")
         cells.append(detections_equal(c.get("check")))
         lines.append("| " + " | ".join(cells) + " |")
     failures = [(c["key"], f) for c in configs for f in c.get("failures", [])]
@@ -116,6 +120,15 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "Peers, each in its own virtualenv: " + ", ".join(f"{k} {v}" for k, v in peers.items()) + ".",
               "", "## Machine", "", *machine_text(data), ""]
     return "\n".join(lines)
+
+
+def _memory_cell(summary: dict[str, Any]) -> str:
+    """The memory figure; where it is not PSS alone (a process's smaps unreadable, an older run), how it was had."""
+    mem = summary.get("memory_mib")
+    if mem is None:
+        return "-"
+    measure = summary.get("memory_measure") or "rss"  # a run recorded before PSS was measured
+    return f"{mem} MiB" if measure == "pss" else f"{mem} MiB ({measure})"
 
 
 def _settings_cell(c: dict[str, Any]) -> str:
@@ -154,7 +167,7 @@ def svg(data: dict[str, Any]) -> str:
            f'<rect width="{width}" height="{height}" fill="white"/>',
            f'<text x="10" y="20" font-size="14" font-weight="bold">{escape(_title(data))}</text>',
            f'<text x="{label_w}" y="44">requests per second (higher is better)</text>',
-           f'<text x="{label_w + panel_w + gap}" y="44">memory under load, MiB (lower is better)</text>']
+           f'<text x="{label_w + panel_w + gap}" y="44">memory under load (PSS), MiB (lower is better)</text>']
     for i, c in enumerate(configs):
         y0 = top + i * row_h
         if i % 2 == 0:

@@ -1,8 +1,9 @@
 """Run the peer benchmark: every configuration, pinned to the same CPUs, in interleaved rounds.
 
 For each round, each configuration (in an order rotated every round) is started fresh, checked
-answering, and loaded at each concurrency (warm-up, then the timed window), with the RSS of its
-process tree sampled during the highest concurrency; then stopped. In the first round every
+answering, and loaded at each concurrency (warm-up, then the timed window), with the memory of its
+process tree (PSS, and the RSS sum beside it: ``procs``) sampled during the highest concurrency;
+then stopped. In the first round every
 server's detections on the golden images are compared with the export's reference detections
 (the ones Slipway's smoke test holds every image to) and with the first Slipway image's answers. Results: ``peers.json``, ``peers.md`` and
 ``peers.svg`` in the report folder.
@@ -192,24 +193,25 @@ def _measure(config, setup: servers.Setup, settings: PeerSettings, bodies: list[
             if not rec["check"].get("ok"):
                 raise CheckError(f"{config.key}: detections differ from the reference: {rec['check']}")
         levels = []
-        memory: list[int] = []
+        memory: dict[str, Any] = {}
         top = max(settings.concurrency)
         for conc in settings.concurrency:
             if conc == top:
                 with procs.MemorySampler(running.root_pid) as sampler:
                     lv = load.level(running.url, bodies, concurrency=conc, seconds=settings.seconds,
                                     warmup=settings.warmup)
-                memory = sampler.samples
+                memory = sampler.record()
             else:
                 lv = load.level(running.url, bodies, concurrency=conc, seconds=settings.seconds,
                                 warmup=settings.warmup)
             levels.append(lv)
             log(f"round {r + 1} {config.key}: c={conc} {lv['requests_per_s']:.0f} req/s, "
                 f"p50 {lv['latency_ms'].get('p50', 0):.1f} ms, errors {sum(lv['errors'].values())}")
-        peak = max(memory) if memory else 0
-        log(f"round {r + 1} {config.key}: memory under load {peak / results.MIB:.0f} MiB "
-            f"(median sample {statistics.median(memory) / results.MIB if memory else 0:.0f})")
-        return {"round": r + 1, "ready_s": round(running.ready_s, 2), "levels": levels, "memory_bytes": memory}
+        figure, rss = memory.get("memory_bytes") or [0], memory.get("rss_bytes") or [0]
+        log(f"round {r + 1} {config.key}: memory under load {max(figure) / results.MIB:.0f} MiB "
+            f"({memory.get('memory_measure', 'pss')}; median sample {statistics.median(figure) / results.MIB:.0f} MiB, "
+            f"RSS sum {max(rss) / results.MIB:.0f} MiB)")
+        return {"round": r + 1, "ready_s": round(running.ready_s, 2), "levels": levels, **memory}
 
 
 def _pulled(ref: str) -> bool:
