@@ -134,7 +134,8 @@ def _memory_cell(summary: dict[str, Any]) -> str:
 def _settings_cell(c: dict[str, Any]) -> str:
     actual = c.get("actual") or {}
     if c["server"] == "slipway":
-        keys = [k for k in ("SLIPWAY_SLOTS", "SLIPWAY_THREADS", "SLIPWAY_BATCH_MAX", "THREADS") if k in actual]
+        keys = [k for k in ("SLIPWAY_WORKERS", "SLIPWAY_SLOTS", "SLIPWAY_THREADS", "SLIPWAY_BATCH_MAX", "THREADS")
+                if k in actual]
         return ", ".join(f"{k.removeprefix('SLIPWAY_').lower()} {actual[k]}" for k in keys) or "image defaults"
     parts = []
     if "workers" in actual:
