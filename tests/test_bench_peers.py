@@ -247,3 +247,60 @@ def test_cli_rejects_a_malformed_image_option(repo_root, tmp_path, capsys):
                  "--out", str(tmp_path)])
     assert code == 2
     assert "--image 'pytorch-cpu': expected VARIANT=IMAGE" in capsys.readouterr().err
+
+
+def _plan(config_path: Path):
+    from slipway.config import load_config
+    from slipway.plan import Trigger, make_plan
+
+    config = load_config(config_path)
+    return config, make_plan(config, Trigger(event="local", sha="0" * 40), config_path=str(config_path))
+
+
+def test_the_model_and_images_come_from_the_projects_plan(repo_root):
+    """Run in examples/street, the peers serve the street model and the rows are the street images."""
+    from slipway.benchmark.peers.run import scope
+
+    config, plan = _plan(repo_root / "examples" / "street" / "release.toml")
+    model, entries = scope(plan, config, ())
+    assert model == "street"
+    assert [e.variant for e in entries] == ["pytorch-cpu", "pytorch-cpp-cpu", "onnx-cpu"]
+    assert {e.image for e in entries} == {f"127.0.0.1:5000/street/street-{v}" for v in
+                                          ("pytorch-cpu", "pytorch-cpp-cpu", "onnx-cpu")}
+    assert [e.variant for e in scope(plan, config, ("onnx-cpu",))[1]] == ["onnx-cpu"]
+    with pytest.raises(ConfigError, match="--variant tensorflow-cpu: not a variant of the plan"):
+        scope(plan, config, ("tensorflow-cpu",))
+
+    # The repository's own project: its PyTorch model's CPU images, not the TensorFlow ones.
+    config, plan = _plan(repo_root / "release.toml")
+    model, entries = scope(plan, config, ())
+    assert model == "shapes-torch" and {e.runtime for e in entries} <= set(spec.PEER_RUNTIMES) and entries
+    tf = [e.variant for e in plan.matrix.images if e.model != "shapes-torch"]
+    if tf:
+        with pytest.raises(ConfigError, match="compares one model"):
+            scope(plan, config, (entries[0].variant, tf[0]))
+
+
+def test_the_report_names_the_project_and_how_to_run_it_again(repo_root, recorded):
+    from slipway.benchmark.peers.run import rerun_command
+
+    assert rerun_command(repo_root) == "make bench-peers"
+    assert rerun_command(repo_root / "examples" / "street") == "make bench-peers PEERS_PROJECT=examples/street"
+    md = report.markdown({**recorded, "project": "street", "command": "make bench-peers PEERS_PROJECT=examples/street"})
+    assert md.startswith("# Slipway against TorchServe, LitServe and BentoML: street\n")
+    assert "Written by `make bench-peers PEERS_PROJECT=examples/street`" in md
+    # A run recorded before the project was: the plain command, and its memory figure was the RSS sum.
+    old = report.markdown(recorded)
+    assert "Written by `make bench-peers`" in old and " MiB (rss) |" in old
+
+
+def test_an_image_of_other_weights_is_told_apart_from_the_peers_export():
+    """An image built before the weights changed cannot answer as the peers do: the run says why."""
+    ours = {"source": {"weights_sha256": "28d4e83b0f75" + "0" * 52}, "files": {"onnx": {"sha256": "a" * 64}}}
+    same = {"source": {"weights_sha256": "28d4e83b0f75" + "0" * 52}, "files": {"onnx": {"sha256": "b" * 64}}}
+    other = {"source": {"weights_sha256": "41020610a286" + "0" * 52}}
+    # Two exports of the same weights differ in bytes, not in answers.
+    assert servers.export_mismatch(ours, same) == ""
+    assert servers.export_mismatch(ours, other) == "exported from weights sha256 41020610a286, the peers' export " \
+        "from 28d4e83b0f75"
+    assert servers.export_mismatch(ours, {}) == ""

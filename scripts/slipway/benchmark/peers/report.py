@@ -61,8 +61,9 @@ def markdown(data: dict[str, Any]) -> str:
     conc = [int(c) for c in s.get("concurrency", [1, 8])]
     top = max(conc)
     configs = data.get("configs", [])
+    project = data.get("project")
     lines = [
-        "# Slipway against TorchServe, LitServe and BentoML",
+        "# Slipway against TorchServe, LitServe and BentoML" + (f": {project}" if project else ""),
         "",
         f"The same exported TorchScript model ({data.get('model', '?')}), the same golden PNGs, the same "
         "pre/postprocessing (Slipway's `model_export` inside every peer's handler), every server pinned to the "
@@ -74,7 +75,7 @@ def markdown(data: dict[str, Any]) -> str:
         "per process. "
         "Detections: each server's answers on the golden images against the export's reference (the smoke "
         "test's tolerance) and against the first Slipway image's answers. "
-        f"Written by `{COMMAND}` from one run; the numbers are in `peers.json`.",
+        f"Written by `{data.get('command') or COMMAND}` from one run; the numbers are in `peers.json`.",
         "",
     ]
     header = ["server", "settings"] + [f"req/s c={c}" for c in conc] + [f"p50 ms c={c}" for c in conc] + [
