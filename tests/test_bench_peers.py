@@ -304,3 +304,18 @@ def test_an_image_of_other_weights_is_told_apart_from_the_peers_export():
     assert servers.export_mismatch(ours, other) == "exported from weights sha256 41020610a286, the peers' export " \
         "from 28d4e83b0f75"
     assert servers.export_mismatch(ours, {}) == ""
+
+
+def test_slipways_rows_say_how_the_service_ran():
+    """The settings column of a Slipway image: what its service reports, else its knobs."""
+    row = {"key": "slipway-onnx-cpu", "server": "slipway", "label": "Slipway onnx-cpu image",
+           "settings": "the image's defaults", "summary": None, "check": None,
+           "actual": {"image": "r/onnx:1", "THREADS": "2",
+                      "parallelism": {"workers": 2, "slots": 2, "threads_per_slot": 1, "batch_max": 1}}}
+    md = report.markdown({"settings": {"concurrency": [1, 8]}, "machine": {}, "goals": [], "configs": [row]})
+    assert "| Slipway onnx-cpu image | 2 worker processes x 1 thread |" in md
+    assert "(ran with THREADS=2; the service reports 2 worker processes x 1 thread)" in md
+    older = {**row, "actual": {"THREADS": "2", "parallelism": {"slots": 1, "threads_per_slot": 2, "batch_max": 1}}}
+    assert report._settings_cell(older) == "1 slot x 2 threads"
+    assert report._settings_cell({**row, "actual": {"SLIPWAY_WORKERS": "2", "SLIPWAY_THREADS": "1"}}) == \
+        "workers 2, threads 1"

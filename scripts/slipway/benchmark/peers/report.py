@@ -114,13 +114,27 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Settings", ""]
     for c in configs:
         actual = c.get("actual") or {}
-        detail = ", ".join(f"{k}={v}" for k, v in actual.items() if k != "image")
+        detail = ", ".join(f"{k}={v}" for k, v in actual.items() if k not in ("image", "parallelism"))
         where = f" `{actual['image']}`" if actual.get("image") else ""
-        lines.append(f"- {c['key']}: {c['settings']}{where}" + (f" (ran with {detail})" if detail else ""))
+        said = (f"; the service reports {parallelism_text(actual['parallelism'])}"
+                if isinstance(actual.get("parallelism"), dict) else "")
+        lines.append(f"- {c['key']}: {c['settings']}{where}" + (f" (ran with {detail}{said})" if detail or said else ""))
     peers = s.get("peers", {})
     lines += ["", "Peers, each in its own virtualenv: " + ", ".join(f"{k} {v}" for k, v in peers.items()) + ".",
               "", "## Machine", "", *machine_text(data), ""]
     return "\n".join(lines)
+
+
+def parallelism_text(p: dict[str, Any]) -> str:
+    """The service's own account of how it runs (``parallelism`` of /v1/models/<name>), in words."""
+    workers, slots, threads = p.get("workers") or 1, p.get("slots"), p.get("threads_per_slot")
+    if workers > 1:
+        text = f"{workers} worker processes x {threads} thread{'s' if threads != 1 else ''}"
+    else:
+        text = f"{slots} slot{'s' if slots != 1 else ''} x {threads} thread{'s' if threads != 1 else ''}"
+    if (p.get("batch_max") or 1) > 1:
+        text += f", batch {p['batch_max']}, {p.get('batch_delay_ms') or 0} ms delay"
+    return text
 
 
 def _memory_cell(summary: dict[str, Any]) -> str:
@@ -134,6 +148,8 @@ def _memory_cell(summary: dict[str, Any]) -> str:
 
 def _settings_cell(c: dict[str, Any]) -> str:
     actual = c.get("actual") or {}
+    if c["server"] == "slipway" and isinstance(actual.get("parallelism"), dict):
+        return parallelism_text(actual["parallelism"])
     if c["server"] == "slipway":
         keys = [k for k in ("SLIPWAY_WORKERS", "SLIPWAY_SLOTS", "SLIPWAY_THREADS", "SLIPWAY_BATCH_MAX", "THREADS")
                 if k in actual]

@@ -258,13 +258,26 @@ def _slipway(config: Config, setup: Setup) -> Iterator[Running]:
         wait_answers(url, setup.probe, None, setup.timeout, f"{config.variant} image", log_file)
         env_of = dict(e.split("=", 1) for e in (info.get("Config") or {}).get("Env") or [] if "=" in e)
         _same_export(name, env_of.get("MODEL_DIR", "/model"), image, setup)
-        actual = {k: v for k, v in env_of.items() if k.startswith("SLIPWAY_") or k == "THREADS"}
+        actual: dict[str, Any] = {k: v for k, v in env_of.items() if k.startswith("SLIPWAY_") or k == "THREADS"}
+        reported = _reported_parallelism(f"http://127.0.0.1:{port}/v1/models/{setup.model}")
+        if reported:
+            actual["parallelism"] = reported
         yield Running(url=url, root_pid=pid, ready_s=time.monotonic() - started,
                       actual={"image": image, **actual})
     finally:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log_file.write_text(engine.container_logs(name))
         engine.remove_container(name)
+
+
+def _reported_parallelism(url: str) -> dict[str, Any] | None:
+    """What the service says it runs with (workers, slots, threads per slot, batching), where it says."""
+    try:
+        r = httpx.get(url, timeout=10)
+        found = r.json().get("parallelism") if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def export_mismatch(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
