@@ -291,7 +291,17 @@ def test_the_report_names_the_project_and_how_to_run_it_again(repo_root, recorde
     assert "Written by `make bench-peers PEERS_PROJECT=examples/street`" in md
     # A run recorded before the project was: the plain command, and its memory figure was the RSS sum.
     old = report.markdown(recorded)
-    assert "Written by `make bench-peers`" in old and " MiB (rss) |" in old
+    assert "Written by `make bench-peers`" in old
+    # Its figures are RSS sums: the header and the text say so, and nothing claims PSS.
+    assert "| memory under load (RSS sum) | detections |" in old and "from before PSS was measured" in old
+    assert "peak PSS" not in old
+    # A run that measured PSS says so, and marks a figure that fell back to RSS for some process.
+    configs = [{**c, "summary": {**c["summary"], "memory_measure": "pss", "rss_mib": 999}} for c in recorded["configs"]]
+    configs[0]["summary"]["memory_measure"] = "pss, rss for 1 of 3 processes"
+    new = report.markdown({**recorded, "configs": configs})
+    assert "| memory under load (PSS) | RSS sum |" in new and "peak PSS" in new
+    assert f"| {configs[0]['summary']['memory_mib']} MiB (pss, rss for 1 of 3 processes) | 999 MiB |" in new
+    assert new.count(" | 999 MiB | ") == len(configs)
 
 
 def test_an_image_of_other_weights_is_told_apart_from_the_peers_export():

@@ -56,32 +56,42 @@ def busy_note(data: dict[str, Any]) -> str:
     return ""
 
 
+def recorded_as_rss(configs: list[dict[str, Any]]) -> bool:
+    """A run recorded before PSS was measured: every memory figure is an RSS sum (the report says so once)."""
+    measured = [(c.get("summary") or {}) for c in configs if (c.get("summary") or {}).get("memory_mib") is not None]
+    return bool(measured) and all((m.get("memory_measure") or "rss") == "rss" for m in measured)
+
+
 def markdown(data: dict[str, Any]) -> str:
     s = data.get("settings", {})
     conc = [int(c) for c in s.get("concurrency", [1, 8])]
     top = max(conc)
     configs = data.get("configs", [])
     project = data.get("project")
+    rss_run = recorded_as_rss(configs)
     lines = [
         "# Slipway against TorchServe, LitServe and BentoML" + (f": {project}" if project else ""),
         "",
         f"The same exported TorchScript model ({data.get('model', '?')}), the same golden PNGs, the same "
         "pre/postprocessing (Slipway's `model_export` inside every peer's handler), every server pinned to the "
         f"same CPUs ({s.get('server_cpus', '?')}), one load generator on loopback; {s.get('warmup_s')} s warm-up "
-        f"then {s.get('seconds')} s per concurrency level, {s.get('rounds')} interleaved rounds, medians. "
-        f"Memory: the peak PSS of the server's whole process tree during the c={top} level (median over rounds); "
-        "PSS charges a page shared by several processes to each in part, so shared libraries and the "
-        "copy-on-write pages of forked workers count once, where the RSS sum (beside it) counts them once "
-        "per process. "
+        f"then {s.get('seconds')} s per concurrency level, {s.get('rounds')} interleaved rounds, medians. " +
+        (f"Memory: the peak RSS sum of the server's whole process tree during the c={top} level (median over "
+         "rounds); this run is from before PSS was measured, and the RSS sum counts the pages that the processes "
+         "of a multi-process server share once per process. " if rss_run else
+         f"Memory: the peak PSS of the server's whole process tree during the c={top} level (median over rounds); "
+         "PSS charges a page shared by several processes to each in part, so shared libraries and the "
+         "copy-on-write pages of forked workers count once, where the RSS sum (beside it) counts them once "
+         "per process. ") +
         "Detections: each server's answers on the golden images against the export's reference (the smoke "
         "test's tolerance) and against the first Slipway image's answers. "
         f"Written by `{data.get('command') or COMMAND}` from one run; the numbers are in `peers.json`.",
         "",
     ]
     header = ["server", "settings"] + [f"req/s c={c}" for c in conc] + [f"p50 ms c={c}" for c in conc] + [
-        "memory under load (PSS)", "RSS sum", "detections"]
+        *(["memory under load (RSS sum)"] if rss_run else ["memory under load (PSS)", "RSS sum"]), "detections"]
     lines += ["| " + " | ".join(header) + " |",
-              "|---|---|" + "---:|" * (2 * len(conc) + 2) + "---|"]
+              "|---|---|" + "---:|" * (len(header) - 3) + "---|"]
     best = {c: max((rate(x, c) or 0) for x in configs) for c in conc}
     for c in configs:
         cells = [c["label"], _settings_cell(c)]
@@ -91,8 +101,11 @@ def markdown(data: dict[str, Any]) -> str:
             cells.append(f"**{text}**" if value is not None and value == best[k] and value > 0 else text)
         cells += [_num(_level(c, k, "p50_ms"), 2) for k in conc]
         summary = c.get("summary") or {}
-        cells.append(_memory_cell(summary))
-        cells.append(f"{summary['rss_mib']} MiB" if summary.get("rss_mib") is not None else "-")
+        if rss_run:
+            cells.append(f"{summary['memory_mib']} MiB" if summary.get("memory_mib") is not None else "-")
+        else:
+            cells.append(_memory_cell(summary))
+            cells.append(f"{summary['rss_mib']} MiB" if summary.get("rss_mib") is not None else "-")
         cells.append(detections_equal(c.get("check")))
         lines.append("| " + " | ".join(cells) + " |")
     failures = [(c["key"], f) for c in configs for f in c.get("failures", [])]
@@ -185,7 +198,8 @@ def svg(data: dict[str, Any]) -> str:
            f'<rect width="{width}" height="{height}" fill="white"/>',
            f'<text x="10" y="20" font-size="14" font-weight="bold">{escape(_title(data))}</text>',
            f'<text x="{label_w}" y="44">requests per second (higher is better)</text>',
-           f'<text x="{label_w + panel_w + gap}" y="44">memory under load (PSS), MiB (lower is better)</text>']
+           f'<text x="{label_w + panel_w + gap}" y="44">memory under load ({"RSS sum" if recorded_as_rss(configs) else "PSS"}), MiB '
+           '(lower is better)</text>']
     for i, c in enumerate(configs):
         y0 = top + i * row_h
         if i % 2 == 0:
