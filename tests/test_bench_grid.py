@@ -264,3 +264,26 @@ def test_tune_replaces_each_image_with_its_tuned_one_and_bench_reuses_that_grid(
     rebuilt = bench.EngineImage.model_validate({**record, "id": "sha256:" + "c" * 64})
     bench._grid_for(ctx, entries, {"onnx-cpu": rebuilt}, settings)
     assert measured == ["onnx-cpu"]
+
+
+def test_the_grid_reads_what_the_service_says_it_runs_with(monkeypatch):
+    from types import SimpleNamespace
+
+    import httpx
+
+    from slipway.stages import bench
+
+    answers = {"http://s/v1/models/m": SimpleNamespace(status_code=200, json=lambda: {
+        "name": "m", "parallelism": {"workers": 2, "slots": 2, "threads_per_slot": 1, "batch_max": 1}})}
+
+    def get(url, timeout=None):
+        if url not in answers:
+            raise httpx.ConnectError("refused")
+        return answers[url]
+
+    monkeypatch.setattr(bench.httpx, "get", get)
+    reported = bench._parallelism("http://s", "m")
+    assert reported == {"workers": 2, "slots": 2, "threads_per_slot": 1, "batch_max": 1}
+    assert grid.reported_differs(W(2, 1), reported) == ""
+    assert grid.reported_differs(P(1, 2), reported).startswith("workers=2 (asked 1), slots=2 (asked 1)")
+    assert bench._parallelism("http://other", "m") is None
