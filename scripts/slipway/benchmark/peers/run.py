@@ -38,7 +38,7 @@ class PeerSettings:
     concurrency: tuple[int, ...] = (1, 8)
     cpus: str = ""                       # empty: the first two CPUs this process may use
     peers: tuple[str, ...] = tuple(PEERS)
-    # Slipway's images by variant; empty in from_context: the project's CPU images (PEER_RUNTIMES).
+    # Slipway's images by variant; empty: from_context takes the project's CPU images (PEER_RUNTIMES).
     variants: tuple[str, ...] = SLIPWAY_VARIANTS
     only: tuple[str, ...] = ()           # configuration keys to keep (empty: all)
 
