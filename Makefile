@@ -67,15 +67,20 @@ lint: venv
 	$(BIN)/actionlint .github/workflows/*.yml docs/example-caller.yml
 	$(BIN)/zizmor --persona pedantic $(ZIZMOR_FLAGS) .github docs/example-caller.yml
 
-# The peer benchmark: not part of make test (it installs the peers). It exports the example's
-# PyTorch model (reused when current) and takes the CPU images of the last make release from the
-# engine or the local registry. About 15 minutes. PEERS_ARGS passes options through, e.g.
+# The peer benchmark: not part of make test (it installs the peers). Run in PEERS_PROJECT (a folder
+# with a release.toml; default this one), it exports that project's PyTorch model (reused when
+# current) and takes the project's CPU images of its last release from the engine or its registry.
+# The report goes to docs/bench (this project) or docs/bench/<folder name>, e.g.
+# make bench-peers PEERS_PROJECT=examples/street writes docs/bench/street/peers.md.
+# About 15 minutes. PEERS_ARGS passes options through, e.g.
 # make bench-peers PEERS_ARGS="--rounds 1 --seconds 2 --warmup 1" for a 3-minute look.
 PEERS_ARGS ?=
+PEERS_PROJECT ?= .
+PEERS_REPORT_DIR ?= $(if $(filter .,$(PEERS_PROJECT)),docs/bench,docs/bench/$(notdir $(abspath $(PEERS_PROJECT))))
 bench-peers: venv
 	$(BIN)/slipway services up
-	$(BIN)/slipway export --model shapes-torch
-	$(BIN)/slipway bench --peers --report-dir docs/bench $(PEERS_ARGS)
+	cd $(PEERS_PROJECT) && $(abspath $(BIN))/slipway bench --peers --report-dir $(abspath $(PEERS_REPORT_DIR)) \
+	  $(PEERS_ARGS)
 
 schema: venv
 	$(BIN)/slipway schema > scripts/slipway/release.schema.json

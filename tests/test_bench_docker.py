@@ -11,6 +11,7 @@ from image_cleanup import owns
 from release_configs import small_release
 
 from slipway import engine
+from slipway.benchmark import grid as bench_grid
 from slipway.benchmark import sizes
 from slipway.cli import main
 
@@ -87,10 +88,12 @@ def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, 
     assert results["run_id"] in table and "| pytorch-cpu | torchscript |" in table
     # The serving grid: every point served and loaded, one chosen by the rule, shown in the table.
     grid = results["grid"]["images"]["pytorch-cpu"]
-    assert len(grid["points"]) == 4, grid
+    # Slots x threads, worker processes, batching, and the service's default (flagged) on the smoke CPUs.
+    assert [p["point"] for p in grid["points"]] == bench_grid.points(results["grid"]["cpus"], "torchscript"), grid
     # Batching may be refused by a model that takes no batch (the point then says why); the rest ran.
     assert all(p["load"] or (p["point"]["batch_max"] > 1 and p["reason"]) for p in grid["points"]), grid
     assert grid["chosen"]["point"] in [p["point"] for p in grid["points"]]
-    assert "### Serving grid" in table and "**chosen**" in table
+    assert "### Serving grid" in table and "**chosen**" in table and "default |" in table
+    assert grid["chosen"]["default"]["point"]["default"] is True
     tag = json.loads((out / "images.json").read_text())["pytorch-cpu"]["tag"]
     engine.remove_image(tag)

@@ -39,6 +39,12 @@ def test_medians_over_rounds_and_memory_is_the_median_of_each_rounds_peak():
     assert s["levels"]["1"] == {"rounds": 3, "requests_per_s": 110.0, "p50_ms": 9.0, "p95_ms": 18.0, "errors": 0}
     assert s["levels"]["8"]["requests_per_s"] == 250.0
     assert s["memory_mib"] == 280  # peaks 300, 250, 280
+    # These rounds were recorded before PSS: their figure is the RSS sum, and the summary says so.
+    assert s["memory_measure"] == "rss" and s["rss_mib"] is None
+    for r, rss in zip(rounds, ([400, 500], [350], [380]), strict=True):
+        r.update(memory_measure="pss", rss_bytes=[m * results.MIB for m in rss])
+    s = results.summarize_config(rounds)
+    assert (s["memory_mib"], s["memory_measure"], s["rss_mib"]) == (280, "pss", 380)
     assert s["ready_s"] == 3.0
 
 
@@ -109,7 +115,7 @@ def test_report_says_what_failed():
                          "rounds": [], "summary": None, "check": None,
                          "failures": ["round 1: BentoML did not answer within 180s"]}]}
     md = report.markdown(data)
-    assert "| BentoML | 2 workers | - | - | - | - | - | not checked |" in md
+    assert "| BentoML | 2 workers | - | - | - | - | - | - | not checked |" in md
     assert "- bentoml-per-cpu: round 1: BentoML did not answer within 180s" in md
     assert "no Slipway image was measured" in md
     ET.fromstring(report.svg(data))
@@ -148,6 +154,19 @@ def test_proc_parsing_and_process_trees(tmp_path):
     (fake / "self").mkdir()
     assert sorted(procs.tree(10, fake)) == [10, 11, 12]
     assert procs.tree_rss_bytes(10, fake) == 6000 * 1024
+    # PSS: 10 has smaps_rollup, 11 only smaps (summed per mapping), 12 neither: its RSS, and said so.
+    (fake / "10" / "smaps_rollup").write_text(
+        "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss: 1000 kB\nPss: 400 kB\nPss_Anon: 300 kB\n")
+    (fake / "11" / "smaps").write_text(
+        "7f00-7f10 r-xp 0 08:01 1 /usr/lib/libc.so\nRss: 1500 kB\nPss: 500 kB\nPss_File: 500 kB\n"
+        "7f20-7f30 rw-p 0 00:00 0\nRss: 500 kB\nPss: 250 kB\n")
+    mem = procs.tree_memory(10, fake)
+    assert (mem.bytes, mem.rss_bytes, mem.processes, mem.rss_only) == ((400 + 750 + 3000) * 1024, 6000 * 1024, 3, 1)
+    assert mem.measure == "pss, rss for 1 of 3 processes"
+    assert procs.tree_memory(11, fake).measure == "pss, rss for 1 of 2 processes"
+    assert procs.tree_memory(12, fake).measure == "rss"
+    assert procs.tree_memory(10, fake).bytes < procs.tree_memory(10, fake).rss_bytes
+    assert procs.parse_pss_kib("Rss: 10 kB\nPss_Anon: 3 kB\n") is None
 
 
 def test_memory_of_this_process_tree_is_sampled():
@@ -155,7 +174,42 @@ def test_memory_of_this_process_tree_is_sampled():
 
     with procs.MemorySampler(os.getpid(), interval=0.05) as sampler:
         pass
-    assert sampler.samples and all(s > 10 * 1024 * 1024 for s in sampler.samples)
+    assert sampler.samples and all(s.bytes > 10 * 1024 * 1024 for s in sampler.samples)
+    record = sampler.record()
+    assert record["memory_measure"] == "pss"
+    assert len(record["memory_bytes"]) == len(record["rss_bytes"]) == len(sampler.samples)
+    assert all(p <= r for p, r in zip(record["memory_bytes"], record["rss_bytes"], strict=True))
+
+
+# A parent that fills 64 MiB, then forks: the child shares those pages copy-on-write, never writing them.
+_FORKER = """
+import os, sys, time
+data = bytearray(os.urandom(1 << 20)) * 64
+if os.fork() == 0:
+    time.sleep(60)
+    os._exit(0)
+print("forked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_pss_counts_the_pages_a_forked_worker_shares_with_its_parent_once(tmp_path):
+    """Real /proc: the RSS sum counts the 64 MiB twice (parent and child), the PSS sum once."""
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-c", _FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "forked"
+            mem = procs.tree_memory(proc.pid)
+        finally:
+            procs.stop_tree(proc.pid, grace=5)
+    assert mem.processes == 2 and mem.measure == "pss"
+    mib = 1024 * 1024
+    # Both hold the 64 MiB resident; PSS charges each half of it.
+    assert mem.rss_bytes > 2 * 64 * mib
+    assert mem.bytes < mem.rss_bytes - 48 * mib, (mem.bytes // mib, mem.rss_bytes // mib)
 
 
 def test_peers_get_slipways_own_pins_and_pinned_versions():
@@ -193,3 +247,85 @@ def test_cli_rejects_a_malformed_image_option(repo_root, tmp_path, capsys):
                  "--out", str(tmp_path)])
     assert code == 2
     assert "--image 'pytorch-cpu': expected VARIANT=IMAGE" in capsys.readouterr().err
+
+
+def _plan(config_path: Path):
+    from slipway.config import load_config
+    from slipway.plan import Trigger, make_plan
+
+    config = load_config(config_path)
+    return config, make_plan(config, Trigger(event="local", sha="0" * 40), config_path=str(config_path))
+
+
+def test_the_model_and_images_come_from_the_projects_plan(repo_root):
+    """Run in examples/street, the peers serve the street model and the rows are the street images."""
+    from slipway.benchmark.peers.run import scope
+
+    config, plan = _plan(repo_root / "examples" / "street" / "release.toml")
+    model, entries = scope(plan, config, ())
+    assert model == "street"
+    assert [e.variant for e in entries] == ["pytorch-cpu", "pytorch-cpp-cpu", "onnx-cpu"]
+    assert {e.image for e in entries} == {f"127.0.0.1:5000/street/street-{v}" for v in
+                                          ("pytorch-cpu", "pytorch-cpp-cpu", "onnx-cpu")}
+    assert [e.variant for e in scope(plan, config, ("onnx-cpu",))[1]] == ["onnx-cpu"]
+    with pytest.raises(ConfigError, match="--variant tensorflow-cpu: not a variant of the plan"):
+        scope(plan, config, ("tensorflow-cpu",))
+
+    # The repository's own project: its PyTorch model's CPU images, not the TensorFlow ones.
+    config, plan = _plan(repo_root / "release.toml")
+    model, entries = scope(plan, config, ())
+    assert model == "shapes-torch" and {e.runtime for e in entries} <= set(spec.PEER_RUNTIMES) and entries
+    tf = [e.variant for e in plan.matrix.images if e.model != "shapes-torch"]
+    if tf:
+        with pytest.raises(ConfigError, match="compares one model"):
+            scope(plan, config, (entries[0].variant, tf[0]))
+
+
+def test_the_report_names_the_project_and_how_to_run_it_again(repo_root, recorded):
+    from slipway.benchmark.peers.run import rerun_command
+
+    assert rerun_command(repo_root) == "make bench-peers"
+    assert rerun_command(repo_root / "examples" / "street") == "make bench-peers PEERS_PROJECT=examples/street"
+    md = report.markdown({**recorded, "project": "street", "command": "make bench-peers PEERS_PROJECT=examples/street"})
+    assert md.startswith("# Slipway against TorchServe, LitServe and BentoML: street\n")
+    assert "Written by `make bench-peers PEERS_PROJECT=examples/street`" in md
+    # A run recorded before the project was: the plain command, and its memory figure was the RSS sum.
+    old = report.markdown(recorded)
+    assert "Written by `make bench-peers`" in old
+    # Its figures are RSS sums: the header and the text say so, and nothing claims PSS.
+    assert "| memory under load (RSS sum) | detections |" in old and "from before PSS was measured" in old
+    assert "peak PSS" not in old
+    # A run that measured PSS says so, and marks a figure that fell back to RSS for some process.
+    configs = [{**c, "summary": {**c["summary"], "memory_measure": "pss", "rss_mib": 999}} for c in recorded["configs"]]
+    configs[0]["summary"]["memory_measure"] = "pss, rss for 1 of 3 processes"
+    new = report.markdown({**recorded, "configs": configs})
+    assert "| memory under load (PSS) | RSS sum |" in new and "peak PSS" in new
+    assert f"| {configs[0]['summary']['memory_mib']} MiB (pss, rss for 1 of 3 processes) | 999 MiB |" in new
+    assert new.count(" | 999 MiB | ") == len(configs)
+
+
+def test_an_image_of_other_weights_is_told_apart_from_the_peers_export():
+    """An image built before the weights changed cannot answer as the peers do: the run says why."""
+    ours = {"source": {"weights_sha256": "28d4e83b0f75" + "0" * 52}, "files": {"onnx": {"sha256": "a" * 64}}}
+    same = {"source": {"weights_sha256": "28d4e83b0f75" + "0" * 52}, "files": {"onnx": {"sha256": "b" * 64}}}
+    other = {"source": {"weights_sha256": "41020610a286" + "0" * 52}}
+    # Two exports of the same weights differ in bytes, not in answers.
+    assert servers.export_mismatch(ours, same) == ""
+    assert servers.export_mismatch(ours, other) == "exported from weights sha256 41020610a286, the peers' export " \
+        "from 28d4e83b0f75"
+    assert servers.export_mismatch(ours, {}) == ""
+
+
+def test_slipways_rows_say_how_the_service_ran():
+    """The settings column of a Slipway image: what its service reports, else its knobs."""
+    row = {"key": "slipway-onnx-cpu", "server": "slipway", "label": "Slipway onnx-cpu image",
+           "settings": "the image's defaults", "summary": None, "check": None,
+           "actual": {"image": "r/onnx:1", "THREADS": "2",
+                      "parallelism": {"workers": 2, "slots": 2, "threads_per_slot": 1, "batch_max": 1}}}
+    md = report.markdown({"settings": {"concurrency": [1, 8]}, "machine": {}, "goals": [], "configs": [row]})
+    assert "| Slipway onnx-cpu image | 2 worker processes x 1 thread |" in md
+    assert "(ran with THREADS=2; the service reports 2 worker processes x 1 thread)" in md
+    older = {**row, "actual": {"THREADS": "2", "parallelism": {"slots": 1, "threads_per_slot": 2, "batch_max": 1}}}
+    assert report._settings_cell(older) == "1 slot x 2 threads"
+    assert report._settings_cell({**row, "actual": {"SLIPWAY_WORKERS": "2", "SLIPWAY_THREADS": "1"}}) == \
+        "workers 2, threads 1"

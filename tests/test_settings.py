@@ -21,7 +21,7 @@ DOC = ROOT / "docs" / "settings.md"
 # containers, printed by `slipway services env`, the bench worker's output marker, a constant's
 # name, and the service's own knobs (serving/config.py, read inside the images).
 NOT_READ = {"SLIPWAY_MODEL_DIR", "SLIPWAY_MAX_SIZE_MIB", "SLIPWAY_DOCKER", "SLIPWAY_BENCH_RESULT", "SLIPWAY_NAMES",
-            "SLIPWAY_SLOTS", "SLIPWAY_THREADS", "SLIPWAY_BATCH_MAX", "SLIPWAY_BATCH_DELAY_MS"}
+            "SLIPWAY_WORKERS", "SLIPWAY_SLOTS", "SLIPWAY_THREADS", "SLIPWAY_BATCH_MAX", "SLIPWAY_BATCH_DELAY_MS"}
 
 
 def test_the_documentation_is_generated_from_the_model():

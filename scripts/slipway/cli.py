@@ -98,7 +98,7 @@ def tune_enabled() -> bool:
 
 def cmd_peers(args: argparse.Namespace, ctx: StageContext) -> int:
     from slipway.benchmark.peers.run import PeerSettings, from_context
-    from slipway.benchmark.peers.spec import PEERS, SLIPWAY_VARIANTS
+    from slipway.benchmark.peers.spec import PEERS
 
     images = {}
     for item in args.image or []:
@@ -106,7 +106,8 @@ def cmd_peers(args: argparse.Namespace, ctx: StageContext) -> int:
         if not sep or not variant or not ref:
             raise ConfigError(f"--image {item!r}: expected VARIANT=IMAGE, e.g. pytorch-cpu=slipway-examples:0.1.0")
         images[variant] = ref
-    settings = PeerSettings(peers=tuple(args.peer or PEERS), variants=tuple(args.variant or SLIPWAY_VARIANTS),
+    # No --variant: the project's CPU images that serve its PyTorch model (peers.run.scope).
+    settings = PeerSettings(peers=tuple(args.peer or PEERS), variants=tuple(args.variant or ()),
                             cpus=args.cpus or "", only=tuple(args.only or ()))
     for name in ("rounds", "seconds", "warmup"):
         if getattr(args, name) is not None:

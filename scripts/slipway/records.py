@@ -583,7 +583,9 @@ class BenchGrid(Record):
     seconds: Number
     cpus: int
     rule: str
-    images: dict[str, JsonObject] = Field(description="variant -> grid points measured and the chosen one")
+    images: dict[str, JsonObject] = Field(
+        description="variant -> grid points measured (workers, slots, threads, batching; the service's default "
+        "flagged \"default\"), the chosen one and how it compares with the default")
     measured_by: str | None = None
 
 

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     bench_concurrency: Annotated[tuple[int, ...] | None, NoDecode] = _field(
         None, "Client counts of the served load test, comma-separated (default `1,8`).", "bench")
     bench_served: bool | None = _field(None, "`0`: skip the served benchmark (containers).", "bench")
-    bench_grid: bool | None = _field(None, "`0`: skip the serving grid (slots x threads, batching) of each image.",
+    bench_grid: bool | None = _field(None, "`0`: skip the serving grid (worker processes x slots x threads, batching) of each image.",
                                      "bench")
     bench_grid_seconds: float | None = _field(None, "Seconds per concurrency level of a grid point (default 3).",
                                               "bench", gt=0)

@@ -1,18 +1,26 @@
-"""The serving grid: which slots x threads (and batching) an image should run with by default.
+"""The serving grid: which workers x slots x threads (and batching) an image should run with by default.
 
 For each image, ``slipway bench`` starts the container once per grid point with the service's
-knobs set (``SLIPWAY_SLOTS``, ``SLIPWAY_THREADS``, ``SLIPWAY_BATCH_MAX``, ``SLIPWAY_BATCH_DELAY_MS``),
-loads it at concurrency 1 and at the target concurrency, and ``choose`` picks the best point by the
-rule below. The grid is small on purpose: every split of the container's CPUs into slots x
-threads (slots x threads = CPUs, and the single-thread single-slot point), and, for runtimes whose
-models take a stacked batch, one batching point (one slot with every thread, up to
-``BATCH_MAX`` images per forward, ``BATCH_DELAY_MS`` to fill it).
+knobs set (``SLIPWAY_WORKERS``, ``SLIPWAY_SLOTS``, ``SLIPWAY_THREADS``, ``SLIPWAY_BATCH_MAX``,
+``SLIPWAY_BATCH_DELAY_MS``), loads it at concurrency 1 and at the target concurrency, and
+``choose`` picks the best point by the rule below. The grid is small on purpose:
+
+- every split of the container's CPUs into slots x threads in one process (slots x threads =
+  CPUs), and the single-thread single-slot point;
+- for runtimes whose service can run worker processes (TorchScript, ONNX Runtime), every split
+  into worker processes, each one inference at a time: workers = slots = d, threads = CPUs / d,
+  for every divisor d > 1 of the CPUs (each worker holds its own copy of the model);
+- for runtimes whose models take a stacked batch, one batching point (one slot with every
+  thread, up to ``BATCH_MAX`` images per forward, ``BATCH_DELAY_MS`` to fill it);
+- the service's own default for that runtime on those CPUs (``default_parallelism``, the rule of
+  serving.limits.default_parallelism), flagged ``"default": True``, so the table shows what the
+  measured choice gains over the image left alone.
 
 The rule (``choose``): the highest req/s at the target concurrency among the points whose
 single-client latency (p50 at concurrency 1) is within ``LATENCY_TOLERANCE`` (10%) of the best
 single-client p50 in the grid; ties (within 2%) go to the point with fewer threads in all, then
-without batching. Throughput is what the defaults are for; the tolerance stops a gain in
-throughput being bought with a slower answer for a lone client.
+without batching, then with fewer worker processes. Throughput is what the defaults are for; the
+tolerance stops a gain in throughput being bought with a slower answer for a lone client.
 """
 
 from __future__ import annotations
@@ -23,14 +31,16 @@ from typing import Any
 
 # Runtimes whose model takes a stacked batch in the service (serving.config.BATCHING_BACKENDS).
 BATCHING_RUNTIMES = ("torchscript", "onnx")
+# Runtimes whose service runs inference in worker processes when SLIPWAY_WORKERS > 1.
+WORKER_RUNTIMES = ("torchscript", "onnx")
 BATCH_MAX = 8
 BATCH_DELAY_MS = 2
 LATENCY_TOLERANCE = 0.10
 THROUGHPUT_TIE = 0.02
-KNOBS = ("SLIPWAY_SLOTS", "SLIPWAY_THREADS", "SLIPWAY_BATCH_MAX", "SLIPWAY_BATCH_DELAY_MS")
+KNOBS = ("SLIPWAY_WORKERS", "SLIPWAY_SLOTS", "SLIPWAY_THREADS", "SLIPWAY_BATCH_MAX", "SLIPWAY_BATCH_DELAY_MS")
 RULE = (f"the highest req/s at the target concurrency among the points whose p50 at concurrency 1 is within "
         f"{LATENCY_TOLERANCE:.0%} of the grid's best; ties (within {THROUGHPUT_TIE:.0%}) go to fewer threads in "
-        "all, then to no batching.")
+        "all, then to no batching, then to fewer worker processes.")
 LABEL_PREFIX = "dev.slipway.serving."
 
 
@@ -38,34 +48,76 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def points(cpus: int, runtime: str) -> list[dict[str, int]]:
-    """The grid for a container with ``cpus`` CPUs: slots x threads = CPUs, 1 x 1, and batching where it applies."""
+def default_parallelism(cpus: int, backend: str, device: str = "cpu",
+                        batch_max: int | None = None) -> tuple[int, int, int]:
+    """(workers, slots, threads) the service picks when none of its knobs is set.
+
+    The same rule as ``serving.limits.default_parallelism`` (a test holds the two to agreeing): on
+    CPUs, for TorchScript and ONNX Runtime without batching and with 2 CPUs or more, one worker
+    process per CPU, each one inference on one thread; otherwise one process with a slot per CPU
+    and two threads per slot (one on a single CPU).
+    """
     cpus = max(1, int(cpus))
-    grid = [{"slots": s, "threads": cpus // s, "batch_max": 1, "batch_delay_ms": 0} for s in _divisors(cpus)]
+    if backend in WORKER_RUNTIMES and device == "cpu" and (batch_max or 1) <= 1 and cpus >= 2:
+        return cpus, cpus, 1
+    return 1, cpus, min(2, cpus)
+
+
+def point(slots: int, threads: int, *, workers: int = 1, batch_max: int = 1, batch_delay_ms: int = 0,
+          default: bool = False) -> dict[str, Any]:
+    """A grid point; ``default`` only when it is the service's own choice."""
+    out: dict[str, Any] = {"workers": workers, "slots": slots, "threads": threads, "batch_max": batch_max,
+                           "batch_delay_ms": batch_delay_ms}
+    if default:
+        out["default"] = True
+    return out
+
+
+def knobs(p: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """What the service runs with at a point (the ``default`` flag aside); a point without ``workers`` has 1."""
+    return (int(p.get("workers", 1)), int(p["slots"]), int(p["threads"]), int(p.get("batch_max", 1)),
+            int(p.get("batch_delay_ms", 0)))
+
+
+def points(cpus: int, runtime: str, device: str = "cpu") -> list[dict[str, Any]]:
+    """The grid for a container with ``cpus`` CPUs (see the module's docstring); the service's default is flagged."""
+    cpus = max(1, int(cpus))
+    grid = [point(s, cpus // s) for s in _divisors(cpus)]
     if cpus > 1:
-        grid.insert(0, {"slots": 1, "threads": 1, "batch_max": 1, "batch_delay_ms": 0})
+        grid.insert(0, point(1, 1))
+    if runtime in WORKER_RUNTIMES:
+        grid += [point(d, cpus // d, workers=d) for d in _divisors(cpus) if d > 1]
     if runtime in BATCHING_RUNTIMES:
-        grid.append({"slots": 1, "threads": cpus, "batch_max": BATCH_MAX, "batch_delay_ms": BATCH_DELAY_MS})
+        grid.append(point(1, cpus, batch_max=BATCH_MAX, batch_delay_ms=BATCH_DELAY_MS))
+    workers, slots, threads = default_parallelism(cpus, runtime, device)
+    default = point(slots, threads, workers=workers)
+    for p in grid:
+        if knobs(p) == knobs(default):
+            p["default"] = True
+            break
+    else:
+        grid.append({**default, "default": True})
     return grid
 
 
-def env(point: dict[str, int]) -> dict[str, str]:
+def env(point: dict[str, Any]) -> dict[str, str]:
     """The service's environment for a grid point (THREADS too, which older services read)."""
-    return {"SLIPWAY_SLOTS": str(point["slots"]), "SLIPWAY_THREADS": str(point["threads"]),
-            "THREADS": str(point["threads"]), "SLIPWAY_BATCH_MAX": str(point["batch_max"]),
-            "SLIPWAY_BATCH_DELAY_MS": str(point["batch_delay_ms"])}
+    workers, slots, threads, batch_max, delay = knobs(point)
+    return {"SLIPWAY_WORKERS": str(workers), "SLIPWAY_SLOTS": str(slots), "SLIPWAY_THREADS": str(threads),
+            "THREADS": str(threads), "SLIPWAY_BATCH_MAX": str(batch_max), "SLIPWAY_BATCH_DELAY_MS": str(delay)}
 
 
-def image_env(point: dict[str, int]) -> dict[str, str]:
+def image_env(point: dict[str, Any]) -> dict[str, str]:
     """What a tuned image sets: the service's knobs only (THREADS is the older name of SLIPWAY_THREADS)."""
     return {k: v for k, v in env(point).items() if k in KNOBS}
 
 
-def image_labels(point: dict[str, int], tuned_from: str, cpus: int | None = None) -> dict[str, str]:
+def image_labels(point: dict[str, Any], tuned_from: str, cpus: int | None = None) -> dict[str, str]:
+    workers, slots, threads, batch_max, delay = knobs(point)
     measured_on = {f"{LABEL_PREFIX}measured-cpus": str(cpus)} if cpus else {}
-    return {**measured_on, f"{LABEL_PREFIX}slots": str(point["slots"]), f"{LABEL_PREFIX}threads": str(point["threads"]),
-            f"{LABEL_PREFIX}batch-max": str(point["batch_max"]),
-            f"{LABEL_PREFIX}batch-delay-ms": str(point["batch_delay_ms"]),
+    return {**measured_on, f"{LABEL_PREFIX}workers": str(workers), f"{LABEL_PREFIX}slots": str(slots),
+            f"{LABEL_PREFIX}threads": str(threads), f"{LABEL_PREFIX}batch-max": str(batch_max),
+            f"{LABEL_PREFIX}batch-delay-ms": str(delay),
             f"{LABEL_PREFIX}tuned-from": tuned_from, f"{LABEL_PREFIX}rule": "slipway bench grid: " + RULE}
 
 
@@ -77,6 +129,21 @@ def dockerfile(base: str, point: dict[str, int], tuned_from: str, cpus: int | No
     env_line = " ".join(f"{k}={v}" for k, v in image_env(point).items())
     label_line = " \\\n      ".join(f"{k}={quote(v)}" for k, v in image_labels(point, tuned_from, cpus).items())
     return f"FROM {base}\nENV {env_line}\nLABEL {label_line}\n"
+
+
+# The service's names in the ``parallelism`` of /v1/models/<name> for a point's knobs.
+REPORTED = {"workers": "workers", "slots": "slots", "threads_per_slot": "threads", "batch_max": "batch_max"}
+
+
+def reported_differs(point: dict[str, Any], reported: dict[str, Any]) -> str:
+    """What the service says it runs with, where that differs from the point it was started at (an
+    older service ignores knobs it does not know); empty when it agrees on every knob it reports."""
+    wanted = dict(zip(("workers", "slots", "threads", "batch_max"), knobs(point)[:4], strict=True))
+    diffs = [f"{ours}={reported[theirs]} (asked {wanted[ours]})" for theirs, ours in REPORTED.items()
+             if theirs in reported and str(reported[theirs]) != str(wanted[ours])]
+    if wanted["workers"] > 1 and "workers" not in reported:
+        diffs.append("no worker processes (it reports none: a service from before SLIPWAY_WORKERS)")
+    return ", ".join(diffs)
 
 
 def untuned_tag(tag: str) -> str:
@@ -103,11 +170,17 @@ def derive_image(base_id: str, tag: str, point: dict[str, int], cpus: int | None
         return engine.build(Path(tmp), tag, timeout=300)
 
 
-def label(point: dict[str, int]) -> str:
-    text = f"{point['slots']} slot{'s' if point['slots'] != 1 else ''} x {point['threads']} thread" + (
-        "s" if point["threads"] != 1 else "")
-    if point.get("batch_max", 1) > 1:
-        text += f", batch {point['batch_max']} / {point['batch_delay_ms']} ms"
+def label(point: dict[str, Any]) -> str:
+    workers, slots, threads, batch_max, delay = knobs(point)
+    plural = "s" if threads != 1 else ""
+    if workers > 1:
+        text = f"{workers} workers x {threads} thread{plural}"
+        if slots != workers:
+            text += f" ({slots} slots)"
+    else:
+        text = f"{slots} slot{'s' if slots != 1 else ''} x {threads} thread{plural}"
+    if batch_max > 1:
+        text += f", batch {batch_max} / {delay} ms"
     return text
 
 
@@ -141,13 +214,31 @@ def choose(results: list[dict[str, Any]], target: int, tolerance: float = LATENC
     top = max(_rate(r, target) for r in eligible)
     near = [r for r in eligible if _rate(r, target) >= top * (1 - THROUGHPUT_TIE)]
     near.sort(key=lambda r: (r["point"]["slots"] * r["point"]["threads"], r["point"].get("batch_max", 1) > 1,
-                             -_rate(r, target)))
+                             r["point"].get("workers", 1), -_rate(r, target)))
     pick = near[0]
     why = (f"{label(pick['point'])}: {_rate(pick, target):.0f} req/s at c={target} (best {top:.0f}), "
            f"p50 {_p50(pick, 1):.2f} ms at c=1 (best {best_single:.2f} ms, limit {limit:.2f} ms: "
            f"+{tolerance:.0%})")
-    return {"point": pick["point"], "why": why, "eligible": [label(r["point"]) for r in eligible],
-            "requests_per_s": _rate(pick, target), "p50_ms_c1": _p50(pick, 1)}
+    out = {"point": pick["point"], "why": why, "eligible": [label(r["point"]) for r in eligible],
+           "requests_per_s": _rate(pick, target), "p50_ms_c1": _p50(pick, 1)}
+    default = next((r for r in results if r["point"].get("default")), None)
+    if default is not None:
+        out["default"] = vs_default(pick, default, target)
+    return out
+
+
+def vs_default(pick: dict[str, Any], default: dict[str, Any], target: int) -> dict[str, Any]:
+    """The chosen point against the service's default: each one's numbers and the ratios (chosen / default)."""
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    got = {"point": default["point"], "requests_per_s": _rate(default, target), "p50_ms_c1": _p50(default, 1),
+           "is_chosen": knobs(default["point"]) == knobs(pick["point"])}
+    if default.get("reason"):
+        got["reason"] = default["reason"]
+    got["throughput_ratio"] = ratio(_rate(pick, target), got["requests_per_s"])
+    got["p50_ratio"] = ratio(_p50(pick, 1), got["p50_ms_c1"])
+    return got
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +299,20 @@ def stage_delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, 
 STAGE_ORDER = ("read", "decode", "preprocess", "infer", "inference", "postprocess", "encode", "total")
 
 
+def default_text(chosen: dict[str, Any], target: int) -> str:
+    """One line: the choice against the default, in req/s at the target and single-client p50."""
+    d = chosen["default"]
+    if d.get("is_chosen"):
+        return f"the default, {label(d['point'])}, is the choice"
+    if d.get("throughput_ratio") is None or d.get("p50_ratio") is None:
+        return f"{label(chosen['point'])} chosen; the default {label(d['point'])} was not measured" + (
+            f" ({d['reason'][:80]})" if d.get("reason") else "")
+    return (f"{label(chosen['point'])} chosen over the default {label(d['point'])}: "
+            f"{chosen['requests_per_s']:.0f} vs {d['requests_per_s']:.0f} req/s at c={target} "
+            f"({d['throughput_ratio']:.2f}x), p50 at c=1 {chosen['p50_ms_c1']:.2f} vs {d['p50_ms_c1']:.2f} ms "
+            f"({d['p50_ratio']:.2f}x)")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -245,13 +350,23 @@ def markdown(results: dict[str, Any]) -> list[str]:
                 rows.append([variant, "-", "-", "-", "-", g.get("reason", "not measured")])
                 continue
             for i, p in enumerate(g["points"]):
-                mark = "**chosen**" if chosen == p["point"] else ""
+                marks = ["**chosen**"] if chosen is not None and knobs(chosen) == knobs(p["point"]) else []
+                if p["point"].get("default"):
+                    marks.append("default")
                 if p.get("reason"):
-                    mark = f"failed: {p['reason'][:80]}"
+                    marks.append(f"failed: {p['reason'][:80]}")
+                elif isinstance(p.get("reported"), dict) and reported_differs(p["point"], p["reported"]):
+                    marks.append(f"ran with {reported_differs(p['point'], p['reported'])}")
                 rows.append([variant if i == 0 else "", label(p["point"]), _f(_rate(p, 1), 0),
-                             _f(_rate(p, grid.get("target", 8)), 0), _f(_p50(p, 1)), mark])
-        lines += _table(["image", "slots x threads", "req/s c=1", f"req/s c={grid.get('target')}", "p50 ms c=1",
-                         ""], rows)
+                             _f(_rate(p, grid.get("target", 8)), 0), _f(_p50(p, 1)), ", ".join(marks)])
+        lines += _table(["image", "workers x slots x threads", "req/s c=1", f"req/s c={grid.get('target')}",
+                         "p50 ms c=1", ""], rows)
+        compared = [(v, g["chosen"]) for v, g in grid["images"].items()
+                    if isinstance(g.get("chosen"), dict) and g["chosen"].get("point") and g["chosen"].get("default")]
+        if compared:
+            lines += ["", "The chosen point against the service's default (\"default\": what the image runs with "
+                      "when none of its knobs is set, on these CPUs):", ""]
+            lines += [f"- {v}: {default_text(c, grid.get('target', 8))}" for v, c in compared]
         tuned = [(v, g) for v, g in grid["images"].items() if g.get("tuned_image")]
         if tuned:
             lines += ["", "These images carry their chosen point as defaults: a layer of ENV and LABEL on the "

@@ -23,8 +23,8 @@ Settings come from keyword arguments, else the ``SLIPWAY_BENCH_*`` variables of
 containers, ``GRID`` = 0 to leave out the serving grid, ``GRID_SECONDS``; see docs/settings.md),
 else the defaults below.
 
-The serving grid (``slipway.benchmark.grid``): each image once per point of slots x threads (and
-batching where the runtime batches), at concurrency 1 and the highest concurrency; the best point
+The serving grid (``slipway.benchmark.grid``): each image once per point of slots x threads, worker
+processes where the runtime has them, batching where it batches, and the service's own default, at concurrency 1 and the highest concurrency; the best point
 by the rule stated there is recorded per image. ``slipway bench --tune``, run between ``images``
 and ``smoke``, measures the grid on the built images and makes the best point each image's
 defaults: a layer of ENV and LABEL on the built image (``FROM <image ID>``, nothing else), which
@@ -351,6 +351,17 @@ def _stage_metrics(url: str) -> dict[str, dict[str, float]] | None:
     return grid.parse_stage_metrics(r.text) if r.status_code == 200 else None
 
 
+def _parallelism(url: str, model_name: str) -> dict[str, Any] | None:
+    """What the service says it runs with (``parallelism`` of /v1/models/<name>), or None where it does not say."""
+    try:
+        r = httpx.get(f"{url}/v1/models/{model_name}", timeout=10)
+        body = r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    found = body.get("parallelism") if isinstance(body, dict) else None
+    return found if isinstance(found, dict) else None
+
+
 def _grid_skip(image: EngineImage | None) -> str | None:
     if image is None:
         return "no image built for this variant (run 'slipway images')"
@@ -384,10 +395,16 @@ def measure_grid(ctx: StageContext, entries: list[records.ImageEntry], images: d
         bodies = [p.read_bytes() for p in golden]
         model_name = records.read(model_dir / "model.json", records.ModelManifest).name
         points = []
-        for point in grid.points(cpus, image.runtime):
+        for point in grid.points(cpus, image.runtime, image.device):
             rec: dict[str, Any] = {"point": point, "load": []}
             try:
                 with _start(image, ctx, variant, grid.env(point)) as running:
+                    reported = _parallelism(running.url, model_name)
+                    if reported is not None:
+                        rec["reported"] = reported
+                        differs = grid.reported_differs(point, reported)
+                        if differs:
+                            ctx.log(f"{variant}: grid {grid.label(point)}: the service runs {differs}")
                     for conc in sorted({1, target}):
                         rec["load"].append(served.load_test(running.url, model_name, bodies, concurrency=conc,
                                                             seconds=settings.grid_seconds))

@@ -1,14 +1,16 @@
 """The peer benchmark: Slipway's CPU images against TorchServe, LitServe and BentoML.
 
     make bench-peers                      (= slipway bench --peers --report-dir docs/bench)
+    make bench-peers PEERS_PROJECT=examples/street   (the same in that project: docs/bench/street)
     slipway bench --peers --rounds 1 --seconds 2 --warmup 1     (a quick look, about 3 minutes)
 
 Like uv's benchmarks against pip and poetry, it runs the real peers: each is installed at a pinned
 version (``spec``) in its own virtualenv (``envs``), beside the same torch, numpy and pillow as
-Slipway's images, and serves the same exported TorchScript model of the release with Slipway's own
+Slipway's images, and serves the same exported TorchScript model of the project's release (the
+model, images and golden set come from the project's plan: ``run.scope``) with Slipway's own
 ``model_export`` pre/postprocessing inside its handler (``handlers/``). Every server is pinned to
 the same CPUs; one load generator on loopback (``load``) drives c=1 and c=8, after a warm-up, in
-interleaved rounds (``run``), while the RSS of the server's process tree is sampled (``procs``).
+interleaved rounds (``run``), while the memory (PSS) of the server's process tree is sampled (``procs``).
 Each server's detections on the golden images must equal the export's reference. The summary
 (medians, goals: ``results``) and the report (Markdown and SVG: ``report``) are rebuilt from the
 recorded ``peers.json`` alone, which the tests do with a recorded run.

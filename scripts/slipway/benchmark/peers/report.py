@@ -56,28 +56,42 @@ def busy_note(data: dict[str, Any]) -> str:
     return ""
 
 
+def recorded_as_rss(configs: list[dict[str, Any]]) -> bool:
+    """A run recorded before PSS was measured: every memory figure is an RSS sum (the report says so once)."""
+    measured = [(c.get("summary") or {}) for c in configs if (c.get("summary") or {}).get("memory_mib") is not None]
+    return bool(measured) and all((m.get("memory_measure") or "rss") == "rss" for m in measured)
+
+
 def markdown(data: dict[str, Any]) -> str:
     s = data.get("settings", {})
     conc = [int(c) for c in s.get("concurrency", [1, 8])]
     top = max(conc)
     configs = data.get("configs", [])
+    project = data.get("project")
+    rss_run = recorded_as_rss(configs)
     lines = [
-        "# Slipway against TorchServe, LitServe and BentoML",
+        "# Slipway against TorchServe, LitServe and BentoML" + (f": {project}" if project else ""),
         "",
         f"The same exported TorchScript model ({data.get('model', '?')}), the same golden PNGs, the same "
         "pre/postprocessing (Slipway's `model_export` inside every peer's handler), every server pinned to the "
         f"same CPUs ({s.get('server_cpus', '?')}), one load generator on loopback; {s.get('warmup_s')} s warm-up "
-        f"then {s.get('seconds')} s per concurrency level, {s.get('rounds')} interleaved rounds, medians. "
-        f"Memory: the peak RSS of the server's whole process tree during the c={top} level (median over rounds). "
+        f"then {s.get('seconds')} s per concurrency level, {s.get('rounds')} interleaved rounds, medians. " +
+        (f"Memory: the peak RSS sum of the server's whole process tree during the c={top} level (median over "
+         "rounds); this run is from before PSS was measured, and the RSS sum counts the pages that the processes "
+         "of a multi-process server share once per process. " if rss_run else
+         f"Memory: the peak PSS of the server's whole process tree during the c={top} level (median over rounds); "
+         "PSS charges a page shared by several processes to each in part, so shared libraries and the "
+         "copy-on-write pages of forked workers count once, where the RSS sum (beside it) counts them once "
+         "per process. ") +
         "Detections: each server's answers on the golden images against the export's reference (the smoke "
         "test's tolerance) and against the first Slipway image's answers. "
-        f"Written by `{COMMAND}` from one run; the numbers are in `peers.json`.",
+        f"Written by `{data.get('command') or COMMAND}` from one run; the numbers are in `peers.json`.",
         "",
     ]
     header = ["server", "settings"] + [f"req/s c={c}" for c in conc] + [f"p50 ms c={c}" for c in conc] + [
-        "memory under load", "detections"]
+        *(["memory under load (RSS sum)"] if rss_run else ["memory under load (PSS)", "RSS sum"]), "detections"]
     lines += ["| " + " | ".join(header) + " |",
-              "|---|---|" + "---:|" * (2 * len(conc) + 1) + "---|"]
+              "|---|---|" + "---:|" * (len(header) - 3) + "---|"]
     best = {c: max((rate(x, c) or 0) for x in configs) for c in conc}
     for c in configs:
         cells = [c["label"], _settings_cell(c)]
@@ -86,8 +100,12 @@ def markdown(data: dict[str, Any]) -> str:
             text = _num(value)
             cells.append(f"**{text}**" if value is not None and value == best[k] and value > 0 else text)
         cells += [_num(_level(c, k, "p50_ms"), 2) for k in conc]
-        mem = (c.get("summary") or {}).get("memory_mib")
-        cells.append(f"{mem} MiB" if mem is not None else "-")
+        summary = c.get("summary") or {}
+        if rss_run:
+            cells.append(f"{summary['memory_mib']} MiB" if summary.get("memory_mib") is not None else "-")
+        else:
+            cells.append(_memory_cell(summary))
+            cells.append(f"{summary['rss_mib']} MiB" if summary.get("rss_mib") is not None else "-")
         cells.append(detections_equal(c.get("check")))
         lines.append("| " + " | ".join(cells) + " |")
     failures = [(c["key"], f) for c in configs for f in c.get("failures", [])]
@@ -109,19 +127,45 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Settings", ""]
     for c in configs:
         actual = c.get("actual") or {}
-        detail = ", ".join(f"{k}={v}" for k, v in actual.items() if k != "image")
+        detail = ", ".join(f"{k}={v}" for k, v in actual.items() if k not in ("image", "parallelism"))
         where = f" `{actual['image']}`" if actual.get("image") else ""
-        lines.append(f"- {c['key']}: {c['settings']}{where}" + (f" (ran with {detail})" if detail else ""))
+        said = (f"; the service reports {parallelism_text(actual['parallelism'])}"
+                if isinstance(actual.get("parallelism"), dict) else "")
+        lines.append(f"- {c['key']}: {c['settings']}{where}" + (f" (ran with {detail}{said})" if detail or said else ""))
     peers = s.get("peers", {})
     lines += ["", "Peers, each in its own virtualenv: " + ", ".join(f"{k} {v}" for k, v in peers.items()) + ".",
               "", "## Machine", "", *machine_text(data), ""]
     return "\n".join(lines)
 
 
+def parallelism_text(p: dict[str, Any]) -> str:
+    """The service's own account of how it runs (``parallelism`` of /v1/models/<name>), in words."""
+    workers, slots, threads = p.get("workers") or 1, p.get("slots"), p.get("threads_per_slot")
+    if workers > 1:
+        text = f"{workers} worker processes x {threads} thread{'s' if threads != 1 else ''}"
+    else:
+        text = f"{slots} slot{'s' if slots != 1 else ''} x {threads} thread{'s' if threads != 1 else ''}"
+    if (p.get("batch_max") or 1) > 1:
+        text += f", batch {p['batch_max']}, {p.get('batch_delay_ms') or 0} ms delay"
+    return text
+
+
+def _memory_cell(summary: dict[str, Any]) -> str:
+    """The memory figure; where it is not PSS alone (a process's smaps unreadable, an older run), how it was had."""
+    mem = summary.get("memory_mib")
+    if mem is None:
+        return "-"
+    measure = summary.get("memory_measure") or "rss"  # a run recorded before PSS was measured
+    return f"{mem} MiB" if measure == "pss" else f"{mem} MiB ({measure})"
+
+
 def _settings_cell(c: dict[str, Any]) -> str:
     actual = c.get("actual") or {}
+    if c["server"] == "slipway" and isinstance(actual.get("parallelism"), dict):
+        return parallelism_text(actual["parallelism"])
     if c["server"] == "slipway":
-        keys = [k for k in ("SLIPWAY_SLOTS", "SLIPWAY_THREADS", "SLIPWAY_BATCH_MAX", "THREADS") if k in actual]
+        keys = [k for k in ("SLIPWAY_WORKERS", "SLIPWAY_SLOTS", "SLIPWAY_THREADS", "SLIPWAY_BATCH_MAX", "THREADS")
+                if k in actual]
         return ", ".join(f"{k.removeprefix('SLIPWAY_').lower()} {actual[k]}" for k in keys) or "image defaults"
     parts = []
     if "workers" in actual:
@@ -154,7 +198,8 @@ def svg(data: dict[str, Any]) -> str:
            f'<rect width="{width}" height="{height}" fill="white"/>',
            f'<text x="10" y="20" font-size="14" font-weight="bold">{escape(_title(data))}</text>',
            f'<text x="{label_w}" y="44">requests per second (higher is better)</text>',
-           f'<text x="{label_w + panel_w + gap}" y="44">memory under load, MiB (lower is better)</text>']
+           f'<text x="{label_w + panel_w + gap}" y="44">memory under load ({"RSS sum" if recorded_as_rss(configs) else "PSS"}), MiB '
+           '(lower is better)</text>']
     for i, c in enumerate(configs):
         y0 = top + i * row_h
         if i % 2 == 0:

@@ -24,7 +24,9 @@ def round_order(keys: list[str], round_index: int) -> list[str]:
 
 def summarize_config(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds, per concurrency: req/s, p50 and p95 latency; memory: the median of each
-    round's peak RSS of the process tree under load."""
+    round's peak PSS of the process tree under load (``memory_mib``), and of its peak RSS sum
+    (``rss_mib``). ``memory_measure`` says how the figure was had: ``pss``, or where a process's
+    smaps could not be read, with RSS for it; a run recorded before PSS has ``rss``."""
     by_conc: dict[int, list[dict[str, Any]]] = {}
     for r in rounds:
         for lv in r.get("levels", []):
@@ -40,10 +42,15 @@ def summarize_config(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "errors": sum(sum(lv.get("errors", {}).values()) for lv in lvs),
         }
     peaks = [max(r["memory_bytes"]) for r in rounds if r.get("memory_bytes")]
+    rss_peaks = [max(r["rss_bytes"]) for r in rounds if r.get("rss_bytes")]
+    # Runs recorded before PSS was measured hold the RSS sum in memory_bytes and have no measure.
+    measures = sorted({r.get("memory_measure", "rss") for r in rounds if r.get("memory_bytes")})
     ready = [r["ready_s"] for r in rounds if isinstance(r.get("ready_s"), (int, float))]
     return {
         "levels": levels,
         "memory_mib": round(median(peaks) / MIB) if peaks else None,
+        "memory_measure": "; ".join(measures) if measures else None,
+        "rss_mib": round(median(rss_peaks) / MIB) if rss_peaks else None,
         "ready_s": round(median(ready), 2) if ready else None,
     }
 

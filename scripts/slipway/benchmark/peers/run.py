@@ -1,8 +1,9 @@
 """Run the peer benchmark: every configuration, pinned to the same CPUs, in interleaved rounds.
 
 For each round, each configuration (in an order rotated every round) is started fresh, checked
-answering, and loaded at each concurrency (warm-up, then the timed window), with the RSS of its
-process tree sampled during the highest concurrency; then stopped. In the first round every
+answering, and loaded at each concurrency (warm-up, then the timed window), with the memory of its
+process tree (PSS, and the RSS sum beside it: ``procs``) sampled during the highest concurrency;
+then stopped. In the first round every
 server's detections on the golden images are compared with the export's reference detections
 (the ones Slipway's smoke test holds every image to) and with the first Slipway image's answers. Results: ``peers.json``, ``peers.md`` and
 ``peers.svg`` in the report folder.
@@ -23,7 +24,7 @@ from typing import Any
 from slipway import engine, services
 from slipway.benchmark import machine
 from slipway.benchmark.peers import envs, load, procs, report, results, servers
-from slipway.benchmark.peers.spec import PEERS, SLIPWAY_VARIANTS, configs
+from slipway.benchmark.peers.spec import PEER_RUNTIMES, PEERS, SLIPWAY_VARIANTS, configs
 from slipway.errors import CheckError, ConfigError, SlipwayError
 
 SCHEMA = 1
@@ -37,6 +38,7 @@ class PeerSettings:
     concurrency: tuple[int, ...] = (1, 8)
     cpus: str = ""                       # empty: the first two CPUs this process may use
     peers: tuple[str, ...] = tuple(PEERS)
+    # Slipway's images by variant; empty: from_context takes the project's CPU images (PEER_RUNTIMES).
     variants: tuple[str, ...] = SLIPWAY_VARIANTS
     only: tuple[str, ...] = ()           # configuration keys to keep (empty: all)
 
@@ -87,6 +89,8 @@ class Inputs:
     work: Path
     tolerance: dict[str, float] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    project: str = ""                    # the release.toml's project name
+    command: str = report.COMMAND        # how to run this benchmark again, for the report
 
 
 def run(inputs: Inputs, settings: PeerSettings) -> dict[str, Any]:
@@ -151,6 +155,8 @@ def run(inputs: Inputs, settings: PeerSettings) -> dict[str, Any]:
         "schema": SCHEMA,
         **run_info,
         "model": manifest["name"],
+        "project": inputs.project or None,
+        "command": inputs.command,
         "machine": {**machine.machine_info(), "java": _java_version(), "load_average_before": load_before,
                     "load_average_after": machine.load_average()},
         "settings": {"seconds": settings.seconds, "warmup_s": settings.warmup, "rounds": settings.rounds,
@@ -192,24 +198,25 @@ def _measure(config, setup: servers.Setup, settings: PeerSettings, bodies: list[
             if not rec["check"].get("ok"):
                 raise CheckError(f"{config.key}: detections differ from the reference: {rec['check']}")
         levels = []
-        memory: list[int] = []
+        memory: dict[str, Any] = {}
         top = max(settings.concurrency)
         for conc in settings.concurrency:
             if conc == top:
                 with procs.MemorySampler(running.root_pid) as sampler:
                     lv = load.level(running.url, bodies, concurrency=conc, seconds=settings.seconds,
                                     warmup=settings.warmup)
-                memory = sampler.samples
+                memory = sampler.record()
             else:
                 lv = load.level(running.url, bodies, concurrency=conc, seconds=settings.seconds,
                                 warmup=settings.warmup)
             levels.append(lv)
             log(f"round {r + 1} {config.key}: c={conc} {lv['requests_per_s']:.0f} req/s, "
                 f"p50 {lv['latency_ms'].get('p50', 0):.1f} ms, errors {sum(lv['errors'].values())}")
-        peak = max(memory) if memory else 0
-        log(f"round {r + 1} {config.key}: memory under load {peak / results.MIB:.0f} MiB "
-            f"(median sample {statistics.median(memory) / results.MIB if memory else 0:.0f})")
-        return {"round": r + 1, "ready_s": round(running.ready_s, 2), "levels": levels, "memory_bytes": memory}
+        figure, rss = memory.get("memory_bytes") or [0], memory.get("rss_bytes") or [0]
+        log(f"round {r + 1} {config.key}: memory under load {max(figure) / results.MIB:.0f} MiB "
+            f"({memory.get('memory_measure', 'pss')}; median sample {statistics.median(figure) / results.MIB:.0f} MiB, "
+            f"RSS sum {max(rss) / results.MIB:.0f} MiB)")
+        return {"round": r + 1, "ready_s": round(running.ready_s, 2), "levels": levels, **memory}
 
 
 def _pulled(ref: str) -> bool:
@@ -221,26 +228,77 @@ def _pulled(ref: str) -> bool:
     return True
 
 
-def from_context(ctx, settings: PeerSettings, report_dir: Path | None = None,
-                 image_overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """The peer benchmark of a release's output folder: its export of the PyTorch model and its CPU images.
+def scope(plan, config, variants: tuple[str, ...]) -> tuple[str, list]:
+    """The model the peers serve and the Slipway image entries of the plan to compare them with.
 
-    Images are those ``slipway images`` recorded (as ``slipway bench`` finds them), else the plan's
-    image name at the release's version when the engine has it; ``image_overrides`` (variant ->
-    reference) win over both.
+    ``variants`` named: those images (of one model). None named: the plan's CPU images whose runtime
+    serves the exported PyTorch model (``PEER_RUNTIMES``), of the first model that has any. The
+    model must export TorchScript: that file is what every peer serves.
     """
-    from slipway.stages.bench import images_in_engine
-
-    entries = [e for e in ctx.plan.matrix.images if e.variant in settings.variants]
-    if not entries:
-        raise ConfigError(f"the plan has none of the variants {', '.join(settings.variants)}")
+    images = list(plan.matrix.images)
+    if variants:
+        unknown = sorted(set(variants) - {e.variant for e in images})
+        if unknown:
+            raise ConfigError(f"--variant {', '.join(unknown)}: not a variant of the plan "
+                              f"({', '.join(e.variant for e in images) or 'none'})")
+        entries = [e for e in images if e.variant in variants]
+    else:
+        entries = [e for e in images if e.device == "cpu" and e.runtime in PEER_RUNTIMES]
+        if not entries:
+            raise ConfigError(f"the plan has no CPU image of a {', '.join(PEER_RUNTIMES)} runtime "
+                              "([[variants]] in release.toml): name the images with --variant")
+        first = entries[0].model
+        entries = [e for e in entries if e.model == first]
     models = sorted({e.model for e in entries})
     if len(models) != 1:
-        raise ConfigError(f"the peer bench compares one model; variants {', '.join(settings.variants)} "
+        raise ConfigError(f"the peer bench compares one model; variants {', '.join(e.variant for e in entries)} "
                           f"serve {', '.join(models)}: choose variants of one model with --variant")
-    model_dir = ctx.out / "models" / models[0]
+    model = models[0]
+    try:
+        spec = config.model(model)
+    except KeyError:
+        raise ConfigError(f"model {model!r} of the plan is not in the configuration") from None
+    if "torchscript" not in config.exporters_for(spec):
+        raise ConfigError(f"model {model!r}: the peers serve its TorchScript export, and its exporters are "
+                          f"{', '.join(config.exporters_for(spec)) or 'none'} (add \"torchscript\" to exporters)")
+    return model, entries
+
+
+def rerun_command(root: Path) -> str:
+    """``make bench-peers``, with ``PEERS_PROJECT`` when the project is not the checkout's own."""
+    res = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                         check=False)
+    top = Path(res.stdout.strip()) if res.returncode == 0 and res.stdout.strip() else None
+    if top is None or root.resolve() == top.resolve():
+        return report.COMMAND
+    try:
+        folder = root.resolve().relative_to(top.resolve())
+    except ValueError:
+        return f"slipway bench --peers (in {root.name})"
+    return f"{report.COMMAND} PEERS_PROJECT={folder.as_posix()}"
+
+
+def from_context(ctx, settings: PeerSettings, report_dir: Path | None = None,
+                 image_overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """The peer benchmark of a project's release: its export of the PyTorch model and its CPU images.
+
+    The model, its images, golden images, labels and pre/postprocessing all come from the project's
+    plan and configuration (``scope``): run in ``examples/street`` it compares the street images on
+    the street model. The export is made (or reused when current) by ``slipway export`` for that
+    model. Images are those ``slipway images`` recorded (as ``slipway bench`` finds them), else the
+    plan's image name at the release's version when the engine has it or the registry gives it;
+    ``image_overrides`` (variant -> reference) win over both.
+    """
+    from slipway.stages import export
+    from slipway.stages.bench import images_in_engine
+
+    model, entries = scope(ctx.plan, ctx.config, settings.variants)
+    settings.variants = tuple(e.variant for e in entries)
+    ctx.log(f"peer bench: model {model}, Slipway images {', '.join(settings.variants)}")
+    export.run(ctx, models=[model])
+    model_dir = ctx.out / "models" / model
     if not (model_dir / "model.json").is_file():
-        raise ConfigError(f"no export in {model_dir} (run 'slipway export')")
+        raise ConfigError(f"no export in {model_dir} (run 'slipway export --model {model}')")
     images: dict[str, str] = {}
     overrides = image_overrides or {}
     if settings.variants and set(settings.variants) - set(overrides):
@@ -258,7 +316,8 @@ def from_context(ctx, settings: PeerSettings, report_dir: Path | None = None,
     images.update(overrides)
     tolerance = ctx.config.smoke.tolerance_for("torchscript").model_dump()
     inputs = Inputs(model_dir=model_dir, images=images, report_dir=report_dir or ctx.out / "bench" / "peers",
-                    work=ctx.out / "bench" / "peers-work", tolerance=tolerance, log=ctx.log)
+                    work=ctx.out / "bench" / "peers-work", tolerance=tolerance, log=ctx.log,
+                    project=ctx.plan.project, command=rerun_command(ctx.root))
     try:
         return run(inputs, settings)
     finally:

@@ -256,14 +256,57 @@ def _slipway(config: Config, setup: Setup) -> Iterator[Running]:
         pid = int(info["State"]["Pid"])
         url = f"http://127.0.0.1:{port}/v1/models/{setup.model}:predict"
         wait_answers(url, setup.probe, None, setup.timeout, f"{config.variant} image", log_file)
-        actual = {k: v for k, v in (e.split("=", 1) for e in (info.get("Config") or {}).get("Env") or [] if "=" in e)
-                  if k.startswith("SLIPWAY_") or k == "THREADS"}
+        env_of = dict(e.split("=", 1) for e in (info.get("Config") or {}).get("Env") or [] if "=" in e)
+        _same_export(name, env_of.get("MODEL_DIR", "/model"), image, setup)
+        actual: dict[str, Any] = {k: v for k, v in env_of.items() if k.startswith("SLIPWAY_") or k == "THREADS"}
+        reported = _reported_parallelism(f"http://127.0.0.1:{port}/v1/models/{setup.model}")
+        if reported:
+            actual["parallelism"] = reported
         yield Running(url=url, root_pid=pid, ready_s=time.monotonic() - started,
                       actual={"image": image, **actual})
     finally:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log_file.write_text(engine.container_logs(name))
         engine.remove_container(name)
+
+
+def _reported_parallelism(url: str) -> dict[str, Any] | None:
+    """What the service says it runs with (workers, slots, threads per slot, batching), where it says."""
+    try:
+        r = httpx.get(url, timeout=10)
+        found = r.json().get("parallelism") if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def export_mismatch(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """How two export manifests differ in what decides the answers, the weights they were exported from
+    (sha256); empty when they agree or either does not say. (Model files are not compared: two exports
+    of the same weights differ in bytes, not in answers.)"""
+    a, b = (ours.get("source") or {}).get("weights_sha256"), (theirs.get("source") or {}).get("weights_sha256")
+    if a and b and a != b:
+        return f"exported from weights sha256 {b[:12]}, the peers' export from {a[:12]}"
+    return ""
+
+
+def _same_export(container: str, model_dir: str, image: str, setup: Setup) -> None:
+    """CheckError when the image serves another export of the model than the one the peers serve
+    (an image built before the weights changed): its answers could not equal theirs."""
+    code, text = engine.exec_in(container, ["cat", f"{model_dir}/model.json"])
+    if code != 0:
+        setup.log(f"{image}: cannot read {model_dir}/model.json in the container; not compared with the export")
+        return
+    try:
+        theirs = json.loads(text)
+    except ValueError:
+        return
+    ours = json.loads((setup.model_dir / "model.json").read_text())
+    differs = export_mismatch(ours, theirs)
+    if differs:
+        raise CheckError(f"{image} serves another export of {setup.model} than {setup.model_dir}: "
+                         f"{differs}. Rebuild the project's images ('slipway images' in its folder) "
+                         "or name an image of this export with --image VARIANT=REF")
 
 
 STARTERS = {"slipway": _slipway, "torchserve": _torchserve, "litserve": _litserve, "bentoml": _bentoml}

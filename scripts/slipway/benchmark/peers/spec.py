@@ -34,8 +34,12 @@ PEERS: dict[str, Peer] = {
     "bentoml": Peer("bentoml", BENTOML, (f"bentoml=={BENTOML}",)),
 }
 
-# Slipway's CPU images, by variant, as `slipway images` built them for the example model.
+# Slipway's CPU images, by variant, as `slipway images` built them for the example models.
 SLIPWAY_VARIANTS = ("pytorch-cpu", "pytorch-cpp-cpu", "onnx-cpu")
+# The runtimes of the Slipway images a peer run compares: those that serve the exported PyTorch
+# model (TorchScript, the C++ runtime on the TorchScript file, ONNX Runtime on its ONNX export).
+# Without --variant, a project's CPU images of these runtimes are its rows.
+PEER_RUNTIMES = ("torchscript", "cpp", "onnx")
 
 
 @dataclass(frozen=True)
