@@ -341,7 +341,7 @@ class Service:
             "labels": m.get("labels"),
             "output": m.get("output"),
             **public(self.backend.describe()),
-            "parallelism": {"worker_processes": self.processes, "slots": self.slots, "threads_per_slot": self.threads,
+            "parallelism": {"workers": self.processes, "slots": self.slots, "threads_per_slot": self.threads,
                             "batch_max": self.settings.batch_max,
                             "batch_delay_ms": self.settings.batch_delay_ms if self.batcher else None},
             "limits": self.limits.describe(),
