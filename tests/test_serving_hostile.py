@@ -163,6 +163,7 @@ def test_service_holds_under_hostile_load(service_images, variant, capsys):
             watch.stop()
         peak = int(_cgroup(running.name, "memory.peak", "memory.max_usage_in_bytes") or 0)
         metrics = httpx.get(f"{running.url}/metrics", timeout=5).text
+        limits = httpx.get(f"{running.url}/v1/models", timeout=5).json()["models"][0]["limits"]
         info = engine.container_inspect(running.name)
         state = [str(info["State"]["OOMKilled"]).lower(), str(info["State"]["Running"]).lower(),
                  str(info["RestartCount"])]
@@ -179,8 +180,11 @@ def test_service_holds_under_hostile_load(service_images, variant, capsys):
     assert state == ["false", "true", "0"], state
     assert set(statuses) <= {200, 503}, statuses
     assert all(retry == "1" for s, retry in answers if s == 503)
-    # The service serves under load, it does not just refuse.
-    assert ok["png"] >= 2 and ok["jpeg"] >= 10, ok
+    # The service serves under load, it does not just refuse: at least the requests it can hold at
+    # once (in flight and queued) of the 50 small-to-decode JPEGs sent together (draft-decoded at
+    # 1/8), and a couple of the large PNGs, which the decode budget admits a few at a time.
+    held = limits["max_inflight"] + limits["max_queue"]
+    assert ok["png"] >= 2 and ok["jpeg"] >= min(held, 50), (ok, limits)
     assert not watch.failures, watch.failures[:5]
     assert watch.latencies and max(watch.latencies) < 0.2, sorted(watch.latencies)[-5:]
     assert open_left == 0

@@ -1,0 +1,177 @@
+"""Inference worker processes (serving/workers.py): the layout rule, the same answers as slots on
+threads, image errors carried back, a worker that dies replaced, a model that cannot load refused.
+
+Every test runs real processes (forked from the fork server) on a real TorchScript or ONNX model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import warnings
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.app import create_app
+from serving.config import ConfigurationError, Settings
+from serving.limits import default_parallelism
+from slipway.request_cases import encode, sample_image, write_tiny_model
+
+with warnings.catch_warnings():
+    # Starlette asks for its httpx fork; the TestClient works the same with httpx meanwhile.
+    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
+    from fastapi.testclient import TestClient
+
+MODEL = "tiny-workers"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("model"), name=MODEL, onnx=True)
+
+
+def _env(model_dir, **extra) -> dict[str, str]:
+    return {"MODEL_DIR": str(model_dir), "BACKEND": "torchscript", "DEVICE": "cpu", **extra}
+
+
+def _wait_ready(client, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get("/readyz")
+        if r.status_code == 200 or r.json().get("state") == "error":
+            return r
+        time.sleep(0.1)
+    raise AssertionError(f"not ready after {timeout}s: {r.json()}")
+
+
+def _predict(client, body: bytes, content_type: str = "image/png"):
+    return client.post(f"/v1/models/{MODEL}:predict", content=body, headers={"content-type": content_type})
+
+
+def _metric(client, name: str) -> float:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"no metric {name}")
+
+
+# --- the layout rule -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cpus", "backend", "device", "batch", "expected"), [
+    (2, "torchscript", "cpu", 1, (2, 2, 1)),
+    (4, "onnx", "cpu", 1, (4, 4, 1)),
+    (1, "torchscript", "cpu", 1, (1, 1, 1)),       # one CPU: nothing to gain from a second process
+    (2, "torchscript", "gpu", 1, (1, 2, 2)),       # a GPU batches instead
+    (2, "torchscript", "auto", 1, (1, 2, 2)),      # the device is not known to be the CPU
+    (2, "torchscript", "cpu", 8, (1, 2, 2)),       # batching stacks images of one process
+    (2, "cpp", "cpu", 1, (1, 2, 2)),               # the C++ runtime releases the lock
+    (2, "tensorflow", "cpu", 1, (1, 2, 2)),
+])
+def test_default_layout(cpus, backend, device, batch, expected):
+    assert default_parallelism(cpus, backend, device, batch) == expected
+
+
+def test_explicit_settings_override_the_default(model_dir, monkeypatch):
+    monkeypatch.setattr("serving.limits.available_cpus", lambda *a, **k: 4)
+    layout = lambda **env: Settings.from_env(_env(model_dir, **env)).layout()  # noqa: E731
+    assert layout() == (4, 4, 1)
+    assert layout(SLIPWAY_WORKERS="1") == (1, 4, 2)
+    assert layout(SLIPWAY_SLOTS="2") == (1, 2, 2)
+    assert layout(SLIPWAY_THREADS="4") == (1, 1, 4)
+    assert layout(SLIPWAY_WORKERS="2") == (2, 2, 2)
+    assert layout(SLIPWAY_WORKERS="3", SLIPWAY_THREADS="1") == (3, 3, 1)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SLIPWAY_WORKERS": "0"}, "SLIPWAY_WORKERS=0"),
+    ({"SLIPWAY_WORKERS": "two"}, "SLIPWAY_WORKERS='two'"),
+    ({"SLIPWAY_WORKERS": "2", "SLIPWAY_BATCH_MAX": "4"}, "SLIPWAY_WORKERS=2 with SLIPWAY_BATCH_MAX=4"),
+    ({"SLIPWAY_WORKERS": "2", "SLIPWAY_SLOTS": "3"}, "SLIPWAY_SLOTS=3 with SLIPWAY_WORKERS=2"),
+    ({"SLIPWAY_WORKERS": "2", "BACKEND": "tfserving", "TFSERVING_URL": "http://127.0.0.1:1"}, "BACKEND=tfserving"),
+])
+def test_bad_worker_settings_are_refused_naming_the_variable(model_dir, env, message):
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
+        Settings.from_env(_env(model_dir, **env))
+
+
+# --- real worker processes -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["torchscript", "onnx"])
+def test_workers_answer_like_slots_on_threads(model_dir, backend):
+    images = [encode(sample_image(96, 80, seed), "png") for seed in range(4)]
+    answers = {}
+    for workers in ("1", "2"):
+        app = create_app(Settings.from_env(_env(model_dir, BACKEND=backend, SLIPWAY_WORKERS=workers)))
+        with TestClient(app) as client:
+            assert _wait_ready(client).status_code == 200
+            info = client.get(f"/v1/models/{MODEL}").json()
+            assert info["parallelism"]["workers"] == int(workers)
+            results = [_predict(client, body) for body in images]
+            assert all(r.status_code == 200 for r in results), [r.text for r in results]
+            answers[workers] = [r.json()["detections"] for r in results]
+            timing = results[0].headers["server-timing"]
+            assert all(stage in timing for stage in ("decode", "preprocess", "infer", "postprocess"))
+            if workers == "2":
+                assert info["worker_processes"] == 2
+                assert _metric(client, "slipway_worker_processes") == 2
+                processes = list(app.state.service.process_backend._alive.values())
+        if workers == "2":
+            # Closing the app ends every worker.
+            assert all(not w.process.is_alive() for w in processes)
+    assert answers["1"] == answers["2"]
+    assert any(answers["2"]), "the sample images should give detections"
+
+
+def test_image_errors_come_back_from_a_worker(model_dir):
+    app = create_app(Settings.from_env(_env(model_dir, SLIPWAY_WORKERS="2")))
+    png = encode(sample_image(96, 80, 1), "png")
+    with TestClient(app) as client:
+        _wait_ready(client)
+        # The header is fine (so the service admits it), the pixel data is cut: only the worker's
+        # decode finds it, and its 400 must come back as such, not as a 500.
+        r = _predict(client, png[: len(png) // 2])
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "invalid_image"
+        assert _predict(client, png).status_code == 200
+
+
+def test_a_worker_that_dies_is_replaced(model_dir):
+    app = create_app(Settings.from_env(_env(model_dir, SLIPWAY_WORKERS="2")))
+    body = encode(sample_image(96, 80, 2), "png")
+    with TestClient(app) as client:
+        _wait_ready(client)
+        backend = app.state.service.process_backend
+        victim = next(iter(backend._alive.values())).process
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(5)
+        codes = [_predict(client, body).status_code for _ in range(6)]
+        # The request that met the dead worker is a 500; the other worker answers the rest.
+        assert codes.count(500) == 1 and codes.count(200) == 5, codes
+        deadline = time.monotonic() + 60
+        while backend.restarts < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert backend.restarts == 1
+        assert _metric(client, "slipway_worker_restarts") == 1
+        assert _metric(client, "slipway_worker_processes") == 2
+        assert all(_predict(client, body).status_code == 200 for _ in range(4))
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_model_the_workers_cannot_load_is_not_ready(model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model_dir.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.torchscript.pt").write_bytes(b"not a TorchScript archive")
+    app = create_app(Settings.from_env(_env(broken, SLIPWAY_WORKERS="2")))
+    with TestClient(app) as client:
+        r = _wait_ready(client)
+        assert r.status_code == 503
+        assert r.json()["state"] == "error"
+        r = _predict(client, encode(sample_image(96, 80, 3), "png"))
+        assert r.status_code == 503, r.text
