@@ -13,6 +13,13 @@ BATCHING_BACKENDS = ("torchscript", "onnx")
 DEVICES = ("auto", "cpu", "gpu")
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class ConfigurationError(ValueError):
     """The environment does not describe a service that can start; the message names the variable."""
 
@@ -71,14 +78,29 @@ class Settings:
         SLIPWAY_WORKERS=N > 1: N processes, one slot each. SLIPWAY_WORKERS=1, or SLIPWAY_SLOTS,
         SLIPWAY_THREADS or MAX_INFLIGHT set alone: one process (serving.limits.parallelism).
         Nothing set: serving.limits.default_parallelism."""
-        from serving.limits import available_cpus, default_parallelism, parallelism
+        from serving.limits import available_cpus, cgroup_memory_limit, default_parallelism, parallelism
 
         cpus = available_cpus()
         if self.workers and self.workers > 1:
             return self.workers, self.workers, self.threads or max(1, cpus // self.workers)
         if self.workers == 1 or self.slots or self.threads or self.max_inflight:
             return (1, *parallelism(cpus, self.slots or self.max_inflight, self.threads))
-        return default_parallelism(cpus, self.backend, self.device, self.batch_max)
+        memory = self.memory_limit_bytes or cgroup_memory_limit() or _physical_memory()
+        return default_parallelism(cpus, self.backend, self.device, self.batch_max,
+                                   model_bytes=self._model_bytes(), memory_bytes=memory)
+
+    def _model_bytes(self) -> int:
+        """Size of the model file this backend loads (0 when it cannot be read here)."""
+        from serving.manifest import load_manifest, model_file
+
+        kind, default = {"torchscript": ("torchscript", "model.torchscript.pt"),
+                         "onnx": ("onnx", "model.onnx")}.get(self.backend, ("", ""))
+        if not kind:
+            return 0
+        try:
+            return (self.model_dir / model_file(load_manifest(self.model_dir), kind, default)).stat().st_size
+        except (OSError, ValueError, KeyError):
+            return 0
 
     def limits(self):
         from serving.limits import Limits

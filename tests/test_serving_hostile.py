@@ -137,15 +137,18 @@ def _cgroup(name: str, v2: str, v1: str) -> str:
     return ""
 
 
+@pytest.mark.parametrize("layout", ["threads", "workers"])
 @pytest.mark.parametrize("variant", ["pytorch-cpu", "onnx-cpu"])
-def test_service_holds_under_hostile_load(service_images, variant, capsys):
+def test_service_holds_under_hostile_load(service_images, variant, layout, capsys):
     image = service_images[variant]
     from slipway import engine
     from slipway.smoketest import run_container
 
     png = _png(6000)
     jpegs = [_jpeg(4000, 3000, seed) for seed in range(4)]
-    env = {"THREADS": "2", "HEADER_TIMEOUT_S": "5", "BODY_TIMEOUT_S": "8"}
+    # threads: one process, one slot of 2 threads (THREADS, the older name); workers: the image's
+    # default on 2 CPUs, a worker process per CPU.
+    env = {"HEADER_TIMEOUT_S": "5", "BODY_TIMEOUT_S": "8", **({"THREADS": "2"} if layout == "threads" else {})}
     with run_container(image, memory="2g", cpus=2.0, timeout=120, env=env, keep_logs=False) as running:
         port = int(running.url.rsplit(":", 1)[1])
         assert _cgroup(running.name, "memory.max", "memory.limit_in_bytes") == str(LIMIT)
@@ -172,7 +175,7 @@ def test_service_holds_under_hostile_load(service_images, variant, capsys):
     statuses = sorted({s for s, _ in answers})
     ok = {"png": sum(s == 200 for s, _ in pngs), "jpeg": sum(s == 200 for s, _ in jpgs)}
     with capsys.disabled():
-        print(f"\nhostile load on {variant}: PNG 200s {ok['png']}/50, JPEG 200s {ok['jpeg']}/50, statuses {statuses}, "
+        print(f"\nhostile load on {variant} ({layout}): PNG 200s {ok['png']}/50, JPEG 200s {ok['jpeg']}/50, statuses {statuses}, "
               f"peak memory {peak / 2**20:.0f} MiB of {LIMIT / 2**20:.0f} MiB, /healthz max "
               f"{max(watch.latencies) * 1000:.0f} ms over {len(watch.latencies)} probes (slowest "
               f"{[round(x * 1000) for x in sorted(watch.latencies)[-5:]]}), half-sent left open "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-
 import warnings
 
 import pytest
@@ -75,9 +74,29 @@ def test_default_layout(cpus, backend, device, batch, expected):
     assert default_parallelism(cpus, backend, device, batch) == expected
 
 
+def test_workers_are_capped_by_the_memory_their_models_take():
+    mib, gib = 2**20, 2**30
+    # 8 CPUs, 2 GiB, a 10 MiB model: 256 + 30 MiB per worker in half of 2 GiB -> 3 workers x 2 threads.
+    assert default_parallelism(8, "torchscript", "cpu", model_bytes=10 * mib, memory_bytes=2 * gib) == (3, 3, 2)
+    # A 1 GiB model in 4 GiB: not even two copies fit; one process, slots on threads.
+    assert default_parallelism(8, "onnx", "cpu", model_bytes=gib, memory_bytes=4 * gib) == (1, 8, 2)
+    # No limit known: one per CPU.
+    assert default_parallelism(8, "onnx", "cpu", model_bytes=gib) == (8, 8, 1)
+
+
+def test_the_service_reads_its_model_size_and_memory_limit(model_dir, monkeypatch):
+    monkeypatch.setattr("serving.limits.available_cpus", lambda *a, **k: 8)
+    size = (model_dir / "model.torchscript.pt").stat().st_size
+    room = 2 * (256 * 2**20 + 3 * size)  # exactly two workers' worth in half of the limit
+    settings = Settings.from_env(_env(model_dir, MEMORY_LIMIT_BYTES=str(room * 2)))
+    assert settings.layout() == (2, 2, 4)
+    settings = Settings.from_env(_env(model_dir, MEMORY_LIMIT_BYTES=str(room * 2 - 4096)))
+    assert settings.layout() == (1, 8, 2)
+
+
 def test_explicit_settings_override_the_default(model_dir, monkeypatch):
     monkeypatch.setattr("serving.limits.available_cpus", lambda *a, **k: 4)
-    layout = lambda **env: Settings.from_env(_env(model_dir, **env)).layout()  # noqa: E731
+    layout = lambda **env: Settings.from_env(_env(model_dir, MEMORY_LIMIT_BYTES=str(2**34), **env)).layout()  # noqa: E731
     assert layout() == (4, 4, 1)
     assert layout(SLIPWAY_WORKERS="1") == (1, 4, 2)
     assert layout(SLIPWAY_SLOTS="2") == (1, 2, 2)
