@@ -300,7 +300,7 @@ class Service:
         processes = self.process_backend
         if processes is not None:
             probe.close()  # a worker decodes the image from the bytes
-            future = loop.run_in_executor(self.workers, processes.run, data)
+            future = processes.submit(data)
         else:
             future = loop.run_in_executor(self.workers, run_slot, self.backend, self.batcher, probe)
 
