@@ -93,7 +93,7 @@ class Settings:
         """Size of the model file this backend loads (0 when it cannot be read here)."""
         from serving.manifest import load_manifest, model_file
 
-        kind, default = {"torchscript": ("torchscript", "model.torchscript.pt"),
+        kind, default = {"torchscript": ("torchscript", "model.torchscript.pt"), "cpp": ("torchscript", "model.torchscript.pt"),
                          "onnx": ("onnx", "model.onnx")}.get(self.backend, ("", ""))
         if not kind:
             return 0

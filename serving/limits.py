@@ -114,9 +114,10 @@ def parallelism(cpus: int, slots: int | None, threads: int | None) -> tuple[int,
     return cpus, min(2, cpus)
 
 
-# Runtimes whose decoding, preprocessing and postprocessing run in Python (under its lock):
-# their slots are worker processes by default (serving/workers.py).
-PROCESS_BACKENDS = ("torchscript", "onnx")
+# Runtimes whose slots are worker processes by default (serving/workers.py): decoding,
+# preprocessing and postprocessing run in Python (under its lock) for TorchScript and ONNX Runtime,
+# and decoding for the C++ runtime, beside the web side's own Python.
+PROCESS_BACKENDS = ("torchscript", "onnx", "cpp")
 
 
 # What one worker process is assumed to hold beyond its model's file (interpreter, framework heap,
@@ -132,12 +133,13 @@ def default_parallelism(cpus: int, backend: str, device: str, batch_max: int | N
     """(worker processes, slots, threads per slot) when none of SLIPWAY_WORKERS, SLIPWAY_SLOTS,
     SLIPWAY_THREADS is set.
 
-    TorchScript and ONNX Runtime on the CPU, unbatched, on 2 or more CPUs: one worker process per
-    CPU, one thread each. Measured on 2 CPUs (shapes example, 8 clients): threads sharing one
-    model stopped at 1.1-1.4x one client's throughput, held back by Python's lock; a process per
-    CPU does not share it. Everything else keeps one process: the C++ runtime releases the lock
-    for the whole inference, TensorFlow's graph holds its own pre- and postprocessing, a GPU gains
-    from batching rather than from copies of the model, and one CPU gains nothing.
+    TorchScript, ONNX Runtime and the C++ runtime on the CPU, unbatched, on 2 or more CPUs: one
+    worker process per CPU, one thread each. Measured on 2 CPUs (shapes example, 8 clients, the
+    images' req/s): threads sharing one model stopped at 1.4x one client's throughput (273 against
+    189 for TorchScript), held back by Python's lock; a process per CPU does not share it (346
+    against 202; C++ 412 against 362 on threads). Everything else keeps one process: TensorFlow
+    (its runtime is large to copy, and its graph holds the pre- and postprocessing), a GPU (it
+    gains from batching rather than from copies of the model), and one CPU (nothing to gain).
 
     A worker holds a copy of the model: with ``memory_bytes`` (the container's memory limit) the
     workers are capped so that each may take ``WORKER_BASE_BYTES`` plus three times

@@ -41,7 +41,7 @@ log = logging.getLogger("serving.workers")
 PRELOAD = {
     "torchscript": ("torch", "serving.backends.torchscript"),
     "onnx": ("onnxruntime", "serving.backends.onnx"),
-    "cpp": ("serving.backends.cpp",),
+    "cpp": ("slipway_runtime", "serving.backends.cpp"),
     "tensorflow": ("tensorflow", "serving.backends.tensorflow"),
 }
 # Images below this size go to a worker as one frame (header and bytes joined); larger ones in pieces.

@@ -26,8 +26,10 @@ def W(workers: int, threads: int, default: bool = False) -> dict:
 
 
 def test_points_split_the_cpus_into_workers_where_the_runtime_has_them_and_batch_where_it_batches():
-    # cpp: one process; the service's default there (2 slots x 2 threads) is a point of its own.
-    assert grid.points(2, "cpp") == [P(1, 1), P(1, 2), P(2, 1), P(2, 2, default=True)]
+    # cpp: worker processes too (its decoding is Python); it does not batch.
+    assert grid.points(2, "cpp") == [P(1, 1), P(1, 2), P(2, 1), W(2, 1, default=True)]
+    # tensorflow: one process; the service's default there (2 slots x 2 threads) is a point of its own.
+    assert grid.points(2, "tensorflow") == [P(1, 1), P(1, 2), P(2, 1), P(2, 2, default=True)]
     # onnx and torchscript on CPUs: the default is one worker process per CPU, one thread each.
     assert grid.points(2, "onnx") == [P(1, 1), P(1, 2), P(2, 1), W(2, 1, default=True), P(1, 2, 8)]
     assert grid.points(4, "torchscript") == [P(1, 1), P(1, 4), P(2, 2), P(4, 1), W(2, 2), W(4, 1, default=True),
@@ -57,7 +59,7 @@ def test_points_split_the_cpus_into_workers_where_the_runtime_has_them_and_batch
     (2, "onnx", "cpu", 8, (1, 2, 2)),         # batching: one process
     (2, "torchscript", "gpu", None, (1, 2, 2)),
     (1, "torchscript", "cpu", None, (1, 1, 1)),
-    (2, "cpp", "cpu", None, (1, 2, 2)),
+    (2, "cpp", "cpu", None, (2, 2, 1)),
     (4, "tensorflow", "cpu", None, (1, 4, 2)),
 ])
 def test_the_grid_mirrors_the_services_default(cpus, backend, device, batch_max, expected):

@@ -29,10 +29,14 @@ import contextlib
 import re
 from typing import Any
 
+from serving.limits import PROCESS_BACKENDS
+from serving.limits import default_parallelism as service_default_parallelism
+
 # Runtimes whose model takes a stacked batch in the service (serving.config.BATCHING_BACKENDS).
 BATCHING_RUNTIMES = ("torchscript", "onnx")
-# Runtimes whose service runs inference in worker processes when SLIPWAY_WORKERS > 1.
-WORKER_RUNTIMES = ("torchscript", "onnx")
+# Runtimes whose grid has worker-process points (SLIPWAY_WORKERS > 1): those the service runs in
+# worker processes by default.
+WORKER_RUNTIMES = PROCESS_BACKENDS
 BATCH_MAX = 8
 BATCH_DELAY_MS = 2
 LATENCY_TOLERANCE = 0.10
@@ -50,17 +54,10 @@ def _divisors(n: int) -> list[int]:
 
 def default_parallelism(cpus: int, backend: str, device: str = "cpu",
                         batch_max: int | None = None) -> tuple[int, int, int]:
-    """(workers, slots, threads) the service picks when none of its knobs is set.
-
-    The same rule as ``serving.limits.default_parallelism`` (a test holds the two to agreeing): on
-    CPUs, for TorchScript and ONNX Runtime without batching and with 2 CPUs or more, one worker
-    process per CPU, each one inference on one thread; otherwise one process with a slot per CPU
-    and two threads per slot (one on a single CPU).
-    """
-    cpus = max(1, int(cpus))
-    if backend in WORKER_RUNTIMES and device == "cpu" and (batch_max or 1) <= 1 and cpus >= 2:
-        return cpus, cpus, 1
-    return 1, cpus, min(2, cpus)
+    """(workers, slots, threads) the service picks when none of its knobs is set: the service's own
+    rule (``serving.limits.default_parallelism``), without its memory cap (which only lowers the
+    worker count for models too large to copy into every worker)."""
+    return service_default_parallelism(cpus, backend, device, batch_max)
 
 
 def point(slots: int, threads: int, *, workers: int = 1, batch_max: int = 1, batch_delay_ms: int = 0,
