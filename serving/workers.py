@@ -2,16 +2,18 @@
 
 A TorchScript module or an ONNX Runtime session runs concurrent inferences on one loaded model,
 but decoding, preprocessing and postprocessing in Python hold the interpreter's lock; with the
-web server's own Python on the same lock, slots on threads stop scaling at about 1.1x one
-client's throughput (measured on 2 CPUs: 227 req/s at 8 clients against 187 at one). Here each
+web server's own Python on the same lock, slots on threads stop scaling at about 1.4x one
+client's throughput (measured on 2 CPUs: 273 req/s at 8 clients against 189 at one). Here each
 slot is a process of its own, with its own copy of the model, running one inference at a time:
 the service's process keeps the HTTP side, admission, metrics and every protocol; a worker gets
 the encoded image and sends back its detections and stage timings.
 
-Workers are forked from a fork server that imported the framework once, so the framework's
-pages are shared between them (copy-on-write) and a worker that dies is replaced without
-forking the multi-threaded service process. A worker ignores SIGINT and ends when the
-service's end of its pipe closes.
+The service imports the framework once and forks the workers while it still has one thread (when
+the app is created, before the server starts), so the framework's pages are shared between them
+(copy-on-write) and no third process holds a copy. A worker that dies is replaced by a fork of
+the running service, which closes the sockets it inherited (the service's listening socket and
+client connections) before anything else. A worker ignores SIGINT and ends when the service's
+end of its socket closes.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import os
 import pickle
 import signal
+import stat
 import struct
 import threading
 import time
@@ -36,8 +40,8 @@ from serving.images import ImageRejected
 
 log = logging.getLogger("serving.workers")
 
-# What the fork server imports once for every worker, per backend (a module that is missing is
-# skipped by the fork server; the worker then imports it itself).
+# What the service imports once for every worker before forking them, per backend (a module that
+# cannot be imported is left to the worker, which then says why it cannot start).
 PRELOAD = {
     "torchscript": ("torch", "serving.backends.torchscript"),
     "onnx": ("onnxruntime", "serving.backends.onnx"),
@@ -64,9 +68,23 @@ class WorkerSpec:
     max_pixels: int
 
 
+def _close_inherited_sockets(keep: int) -> None:
+    """Close every socket but ``keep``: a worker forked from the running service must not hold its
+    listening socket or its clients' connections open (a client would never see them closed).
+    Pipes stay: multiprocessing's sentinels are pipes."""
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        fd = int(name)
+        if fd <= 2 or fd == keep:
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+
+
 def worker_main(conn, spec: WorkerSpec, index: int) -> None:
     """A worker process: load and warm up the model, say so, then answer images until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _close_inherited_sockets(keep=conn.fileno())
     from PIL import Image
 
     from serving.backends import create_backend
@@ -146,17 +164,19 @@ class ProcessBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.restarts = 0
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["serving.workers", "serving.slot", *PRELOAD.get(spec.backend, ())])
-        self._ctx = ctx
+        self._ctx = multiprocessing.get_context("fork")
+        for module in ("serving.slot", *PRELOAD.get(spec.backend, ())):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
+        # Forked now, while the service has one thread; they load and warm up their models while
+        # the service starts, and ``load`` waits for them.
+        self._forked = [self._spawn(i) for i in range(workers)]
 
     # --- Backend ---------------------------------------------------------------------------------
     def load(self) -> None:
-        try:
+        started, self._forked = self._forked, []
+        if not started:
             started = [self._spawn(i) for i in range(self.workers)]
-        except OSError as exc:
-            raise BackendError(f"cannot start worker processes ({exc}); they need a writable temporary folder "
-                               "(TMPDIR or /tmp), or set SLIPWAY_WORKERS=1") from None
         failures = []
         for worker in started:
             problem = self._await_ready(worker, timeout=None)

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,6 +208,12 @@ def test_a_worker_that_dies_is_replaced(model_dir):
         assert _metric(client, "slipway_worker_processes") == 2
         assert all(_predict(client, body).status_code == 200 for _ in range(4))
         assert client.get("/readyz").status_code == 200
+        # Every worker, the replacements forked from the running service too, holds one socket:
+        # its own to the service (none of the service's connections).
+        for worker in backend._alive.values():
+            fds = Path(f"/proc/{worker.process.pid}/fd")
+            sockets = [fd for fd in fds.iterdir() if os.readlink(fd).startswith("socket:")]
+            assert len(sockets) == 1, (worker.index, [os.readlink(fd) for fd in sockets])
 
 
 def test_a_model_the_workers_cannot_load_is_not_ready(model_dir, tmp_path):
