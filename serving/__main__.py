@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     # Pillow's own decompression-bomb guard (process-wide), in line with the service's pixel limit.
     Image.MAX_IMAGE_PIXELS = app.state.service.limits.max_image_pixels
 
-    # One worker: a second process would load a second copy of the model and split the cores.
+    # One uvicorn process: inferences run in the service's slots (threads, or the worker processes
+    # of serving/workers.py, forked when the app was created above).
     # The h11 protocol with a header timeout; limit_concurrency answers 503 (with Retry-After)
     # beyond MAX_CONNECTIONS connections or requests, before any of them is read.
     uvicorn.run(

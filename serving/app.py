@@ -194,7 +194,8 @@ class Service:
         yield ("slipway_decode_bytes", "Bytes of decoded pixels the admitted requests may hold.",
                self.admission.used, {})
         yield "slipway_body_bytes", "Bytes of request bodies being received or held.", self.bodies.used, {}
-        yield "slipway_inference_slots", "Parallel inference slots on the one loaded model.", self.slots, {}
+        yield ("slipway_inference_slots", "Parallel inference slots (threads on the one loaded model, or worker "
+               "processes).", self.slots, {})
         yield "slipway_threads_per_slot", "Intra-op threads of each inference.", self.threads, {}
         if self.process_backend is not None:
             yield ("slipway_worker_processes", "Inference worker processes alive (one slot each).",
