@@ -7,6 +7,7 @@ run: 2 rounds of 3 s, on a busy 2-CPU machine); the report is rebuilt from it al
 from __future__ import annotations
 
 import json
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -329,3 +330,30 @@ def test_slipways_rows_say_how_the_service_ran():
     assert report._settings_cell(older) == "1 slot x 2 threads"
     assert report._settings_cell({**row, "actual": {"SLIPWAY_WORKERS": "2", "SLIPWAY_THREADS": "1"}}) == \
         "workers 2, threads 1"
+
+
+def test_a_busy_machine_is_judged_by_the_cpus_in_use_before_the_run():
+    from slipway.benchmark.peers.report import busy_note
+
+    # A load average left by a benchmark that just ended, on a machine that is quiet now: no warning.
+    quiet = {"machine": {"usable_cpus": 2, "load_average_before": [3.1, 2.7, 2.3], "cpus_in_use_before": 0.1}}
+    assert busy_note(quiet) == ""
+    busy = {"machine": {"usable_cpus": 2, "load_average_before": [0.2, 0.2, 0.2], "cpus_in_use_before": 0.9}}
+    assert "0.90 of 2 CPUs in use" in busy_note(busy)
+    # A run recorded before the measurement: judged by its load average.
+    assert "load average 3.1" in busy_note({"machine": {"usable_cpus": 2, "load_average_before": [3.1, 1, 1]}})
+
+
+def test_cpus_in_use_sees_a_busy_process():
+    import subprocess
+    import sys
+
+    from slipway.benchmark.machine import cpus_in_use
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert cpus_in_use(1.0) >= 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -28,6 +28,7 @@ from packaging.tags import sys_tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from slipway import records
+from slipway.benchmark.machine import busy_cpu_seconds
 from slipway.benchmark.stats import summarize
 from slipway.benchmark.worker import MARKER, STAGES
 
@@ -88,17 +89,6 @@ def _subprocess_env(extra: dict[str, str] | None, threads: int) -> dict[str, str
             value = os.pathsep.join((value, env["PYTHONPATH"]))
         env[key] = value
     return env
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU time all processes on the machine have used so far (the non-idle part of /proc/stat)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    # guest time is already counted in user time
-    return (sum(fields[:8]) - idle) / CLOCK_TICKS
 
 
 class Worker:

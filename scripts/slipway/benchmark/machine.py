@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import time
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -80,6 +81,29 @@ def machine_info(libraries: dict[str, str] | None = None) -> dict[str, Any]:
     identity = {**info, "machine": hashlib.sha256(machine_id.encode()).hexdigest()}
     info["fingerprint"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return info
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU time all processes on the machine have used so far (the non-idle part of /proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    # guest time is already counted in user time
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def cpus_in_use(seconds: float = 3.0) -> float | None:
+    """CPUs the machine's processes keep busy, on average over the next ``seconds``: what other work
+    takes now (a load average still carries the last minutes, such as a benchmark that just ended)."""
+    before = busy_cpu_seconds()
+    time.sleep(seconds)
+    after = busy_cpu_seconds()
+    return None if before is None or after is None else round(max(0.0, after - before) / seconds, 2)
 
 
 def load_average() -> list[float] | None:

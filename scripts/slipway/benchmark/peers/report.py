@@ -36,6 +36,8 @@ def machine_text(data: dict[str, Any]) -> list[str]:
         f"numpy {libs.get('numpy', '?')}, pillow {libs.get('pillow', '?')}",
         f"- Servers pinned to CPUs {s.get('server_cpus', '?')}; load generator: "
         + (f"CPUs {s['client_cpus']}" if str(s.get("client_cpus", "")[:1]).isdigit() else "shared with the servers"),
+        *([f"- CPUs in use by other work in the 3 s before the start: {m['cpus_in_use_before']}"]
+          if m.get("cpus_in_use_before") is not None else []),
         f"- Load average at the start: {' '.join(str(x) for x in load) if load else '?'}; "
         f"at the end: {' '.join(str(x) for x in m.get('load_average_after') or []) or '?'}",
         f"- Run {data.get('run_id', '?')} ({data.get('date', '?')}), machine fingerprint {m.get('fingerprint', '?')}, "
@@ -43,16 +45,25 @@ def machine_text(data: dict[str, Any]) -> list[str]:
     ]
 
 
+BUSY_SHARE = 0.25
+
+
 def busy_note(data: dict[str, Any]) -> str:
-    """A warning when the machine had other work: a 1-minute load average above half its CPUs at the
-    start. (The load at the end is the benchmark's own: its last level keeps every CPU busy.)"""
+    """A warning when the machine had other work at the start: other processes using more than a
+    quarter of its CPUs in the seconds before the run (a run recorded without that measurement: a
+    1-minute load average above half its CPUs). The load at the end is the benchmark's own."""
     m = data.get("machine", {})
     cpus = m.get("usable_cpus") or m.get("logical_cpus") or 1
+    in_use = m.get("cpus_in_use_before")
     before = m.get("load_average_before")
-    if before and before[0] > cpus / 2:
-        return (f"**The machine was busy** (load average {before[0]:.1f} on {cpus} CPUs at the start): other work "
-                "competed for the CPUs, so these numbers show that the benchmark runs, not how the servers "
-                "compare. Run it on a quiet machine for a result.")
+    if in_use is not None:
+        busy, what = in_use > cpus * BUSY_SHARE, f"{in_use:.2f} of {cpus} CPUs in use just before the start"
+    else:
+        busy = bool(before) and before[0] > cpus / 2
+        what = f"load average {before[0]:.1f} on {cpus} CPUs at the start" if before else ""
+    if busy:
+        return (f"**The machine was busy** ({what}): other work competed for the CPUs, so these numbers show "
+                "that the benchmark runs, not how the servers compare. Run it on a quiet machine for a result.")
     return ""
 
 
@@ -129,9 +140,10 @@ def markdown(data: dict[str, Any]) -> str:
         actual = c.get("actual") or {}
         detail = ", ".join(f"{k}={v}" for k, v in actual.items() if k not in ("image", "parallelism"))
         where = f" `{actual['image']}`" if actual.get("image") else ""
-        said = (f"; the service reports {parallelism_text(actual['parallelism'])}"
-                if isinstance(actual.get("parallelism"), dict) else "")
-        lines.append(f"- {c['key']}: {c['settings']}{where}" + (f" (ran with {detail}{said})" if detail or said else ""))
+        said_parts = [f"ran with {detail}"] if detail else []
+        if isinstance(actual.get("parallelism"), dict):
+            said_parts.append(f"the service reports {parallelism_text(actual['parallelism'])}")
+        lines.append(f"- {c['key']}: {c['settings']}{where}" + (f" ({'; '.join(said_parts)})" if said_parts else ""))
     peers = s.get("peers", {})
     lines += ["", "Peers, each in its own virtualenv: " + ", ".join(f"{k} {v}" for k, v in peers.items()) + ".",
               "", "## Machine", "", *machine_text(data), ""]

@@ -128,6 +128,7 @@ def run(inputs: Inputs, settings: PeerSettings) -> dict[str, Any]:
     setup = servers.Setup(model_dir=inputs.model_dir, model=manifest["name"], cpus=cpus, work=inputs.work,
                           venvs=venvs, images=inputs.images, probe=bodies[0], log=log)
     load_before = machine.load_average()
+    busy_before = machine.cpus_in_use()
     started = time.monotonic()
     records: dict[str, dict[str, Any]] = {
         c.key: {"key": c.key, "server": c.server, "label": c.label, "settings": c.settings,
@@ -158,6 +159,7 @@ def run(inputs: Inputs, settings: PeerSettings) -> dict[str, Any]:
         "project": inputs.project or None,
         "command": inputs.command,
         "machine": {**machine.machine_info(), "java": _java_version(), "load_average_before": load_before,
+                    "cpus_in_use_before": busy_before,
                     "load_average_after": machine.load_average()},
         "settings": {"seconds": settings.seconds, "warmup_s": settings.warmup, "rounds": settings.rounds,
                      "concurrency": list(settings.concurrency), "server_cpus": cpus,
