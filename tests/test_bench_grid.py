@@ -62,13 +62,12 @@ def test_points_split_the_cpus_into_workers_where_the_runtime_has_them_and_batch
     (2, "cpp", "cpu", None, (2, 2, 1)),
     (4, "tensorflow", "cpu", None, (1, 4, 2)),
 ])
-def test_the_grid_mirrors_the_services_default(cpus, backend, device, batch_max, expected):
-    """The bench's copy of the rule, and the service's own where this checkout has it."""
+def test_the_grid_takes_the_services_default(cpus, backend, device, batch_max, expected):
+    """The bench's default point is the service's own rule."""
+    from serving import limits
+
     assert grid.default_parallelism(cpus, backend, device, batch_max) == expected
-    limits = pytest.importorskip("serving.limits")
-    if not hasattr(limits, "default_parallelism"):
-        pytest.skip("serving.limits has no default_parallelism yet (the service before SLIPWAY_WORKERS)")
-    assert tuple(limits.default_parallelism(cpus, backend, device, batch_max)) == expected
+    assert limits.default_parallelism(cpus, backend, device, batch_max) == expected
 
 
 def test_what_the_service_reports_is_checked_against_the_point():
