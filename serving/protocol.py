@@ -55,24 +55,53 @@ if httptools_impl is not None:
     httptools_impl.service_unavailable = overloaded
 
 
-class GuardedH11Protocol(H11Protocol):
-    """H11Protocol that closes a connection whose request headers do not arrive in time."""
+class HeaderTimeout:
+    """The header timer both protocols share: armed when a connection opens (and, by the protocol,
+    when a request begins), disarmed when its headers are complete; on expiry the connection is
+    closed if ``reading_headers()`` still says the client is sending them."""
 
     header_timeout_s: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def reading_headers(self) -> bool:
+        raise NotImplementedError
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
-        self._header_timer: asyncio.TimerHandle | None = None
-        super().connection_made(transport)
+        self._header_timer = None
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm_header_timer()
 
     def connection_lost(self, exc) -> None:
         self._disarm_header_timer()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)  # type: ignore[attr-defined]
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self.reading_headers() and not self.transport.is_closing():  # type: ignore[attr-defined]
+            self.logger.info(  # type: ignore[attr-defined]
+                "closed a connection whose request headers did not arrive in %.0fs", self.header_timeout_s)
+            self.transport.close()  # type: ignore[attr-defined]
+
+
+class GuardedH11Protocol(HeaderTimeout, H11Protocol):
+    """H11Protocol that closes a connection whose request headers do not arrive in time."""
+
+    def reading_headers(self) -> bool:
+        # IDLE: the client is (still) sending a request line and headers.
+        return self.conn.their_state is h11.IDLE
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        # IDLE: the client is (still) sending a request line and headers.
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self.reading_headers() and not self.transport.is_closing():
             self._arm_header_timer()
         else:
             self._disarm_header_timer()
@@ -82,66 +111,28 @@ class GuardedH11Protocol(H11Protocol):
         self._disarm_header_timer()
         super().on_response_complete()
 
-    def _arm_header_timer(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
-
-    def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _on_header_timeout(self) -> None:
-        self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.logger.info("closed a connection whose request headers did not arrive in %.0fs", self.header_timeout_s)
-            self.transport.close()
-
 
 if HttpToolsProtocol is not None:
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    class GuardedHttpToolsProtocol(HeaderTimeout, HttpToolsProtocol):
         """HttpToolsProtocol that closes a connection whose request headers do not arrive in time:
         the timer runs from the connection (first request) or the request's first byte (later
         ones) to the end of its headers."""
 
-        header_timeout_s: float = 10.0
+        _reading = True
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
-            self._header_timer: asyncio.TimerHandle | None = None
-            self._reading_headers = True
-            super().connection_made(transport)
-            self._arm_header_timer()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm_header_timer()
-            super().connection_lost(exc)
+        def reading_headers(self) -> bool:
+            return self._reading
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._reading_headers = True
+            self._reading = True
             self._arm_header_timer()
 
         def on_headers_complete(self) -> None:
-            self._reading_headers = False
+            self._reading = False
             self._disarm_header_timer()
             super().on_headers_complete()
-
-        def _arm_header_timer(self) -> None:
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
-
-        def _disarm_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _on_header_timeout(self) -> None:
-            self._header_timer = None
-            if self._reading_headers and not self.transport.is_closing():
-                self.logger.info("closed a connection whose request headers did not arrive in %.0fs",
-                                 self.header_timeout_s)
-                self.transport.close()
 
 
 def protocol_class(header_timeout_s: float) -> type:

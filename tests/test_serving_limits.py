@@ -392,3 +392,46 @@ def test_a_client_gone_during_inference_is_a_499(model_dir):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.mark.parametrize("protocol", ["GuardedH11Protocol", "GuardedHttpToolsProtocol"])
+def test_both_http_protocols_cut_off_slow_headers(protocol):
+    """The header timer is one mechanism for uvicorn's httptools protocol and its h11 fallback: a
+    silent connection, a trickled request line, and a second request on a kept-alive connection
+    whose headers stall are all closed."""
+    import threading
+
+    import uvicorn
+
+    from serving import protocol as protocols
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guarded = type("Guarded", (getattr(protocols, protocol),), {"header_timeout_s": 1.0})
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=guarded,
+                                           lifespan="off", timeout_keep_alive=30))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout=30)
+        with socket.create_connection(("127.0.0.1", port)) as silent, \
+                socket.create_connection(("127.0.0.1", port)) as trickle, \
+                socket.create_connection(("127.0.0.1", port)) as kept:
+            trickle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            kept.settimeout(5)
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+            kept.sendall(b"GET / HTTP/1.1\r\n")  # the next request's headers never end
+            started = time.monotonic()
+            for sock in (trickle, silent, kept):
+                closed, _ = _closed_within(sock, 4)
+                assert closed, protocol
+            assert time.monotonic() - started < 4
+    finally:
+        server.should_exit = True
+        thread.join(10)
