@@ -10,12 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from readiness import wait_http
+from testclient import TestClient
 
 from serving.app import create_app
 from serving.backends.torchscript import TorchScriptBackend
@@ -32,11 +32,6 @@ from slipway.request_cases import (
     sample_image,
     write_tiny_model,
 )
-
-with warnings.catch_warnings():
-    # Starlette asks for its httpx fork; the TestClient works the same with httpx meanwhile.
-    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
-    from fastapi.testclient import TestClient
 
 MODEL = "tiny-torch"
 

@@ -9,13 +9,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from native_fixtures import ROOT, TEST_VERSION, last_json, run_python
 from readiness import wait_until
+from testclient import TestClient
 
 from model_export.compare import compare_detections
 from serving.app import create_app
@@ -24,11 +24,6 @@ from serving.config import Settings
 from serving.manifest import load_manifest
 from slipway.request_cases import encode, run_cases, sample_image, write_tiny_model
 from slipway.tfserving_standin import SERVER, make_server
-
-with warnings.catch_warnings():
-    # Starlette asks for its httpx fork; the TestClient works the same with httpx meanwhile.
-    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
-    from fastapi.testclient import TestClient
 
 MODEL = "tiny-torch"
 

@@ -13,21 +13,17 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import httpx
 import pytest
 from readiness import wait_http, wait_until
+from testclient import TestClient
 
 from serving.app import create_app
 from serving.config import Settings
 from serving.limits import Admission, Limits, Overloaded, cgroup_memory_limit, decode_cost
 from slipway.request_cases import encode, sample_image, write_tiny_model
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
-    from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tiny-torch"

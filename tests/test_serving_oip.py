@@ -15,23 +15,19 @@ import struct
 import subprocess
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from readiness import wait_http
+from testclient import TestClient
 
 from serving.app import create_app
 from serving.backends.torchscript import TorchScriptBackend
 from serving.config import Settings
 from serving.manifest import load_manifest
 from slipway.request_cases import encode, sample_image, write_tiny_model
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
-    from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tiny-torch"

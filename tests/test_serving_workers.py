@@ -10,23 +10,18 @@ import concurrent.futures
 import os
 import signal
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from testclient import TestClient
 
 from serving.app import create_app
 from serving.config import ConfigurationError, Settings
 from serving.limits import default_parallelism
 from serving.workers import SMALL_FRAME
 from slipway.request_cases import encode, sample_image, write_tiny_model
-
-with warnings.catch_warnings():
-    # Starlette asks for its httpx fork; the TestClient works the same with httpx meanwhile.
-    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
-    from fastapi.testclient import TestClient
 
 MODEL = "tiny-workers"
 
