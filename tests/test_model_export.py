@@ -69,6 +69,37 @@ def test_numpy_preprocessing_matches_torch_interpolate(h, w):
     assert np.abs(got - preprocess_torch(image, SPEC).numpy()).max() < 1e-4
 
 
+def _preprocess_by_the_formula(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The contract written out the slow way: every output pixel from its four source pixels, in
+    float32, rows blended first, then columns, then (x / 255 - mean) / std."""
+    f32 = np.float32
+
+    def weights(n_in, n_out):
+        src = np.maximum((np.arange(n_out, dtype=f32) + f32(0.5)) * f32(n_in / n_out) - f32(0.5), f32(0))
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        w1 = (src - i0.astype(f32)).astype(f32)
+        return i0, np.minimum(i0 + 1, n_in - 1), (f32(1) - w1).astype(f32), w1
+
+    (y0, y1, wy0, wy1), (x0, x1, wx0, wx1) = weights(image.shape[0], spec.height), weights(image.shape[1], spec.width)
+    out = np.empty((3, spec.height, spec.width), dtype=f32)
+    px = image.astype(f32)
+    for c in range(3):
+        for i in range(spec.height):
+            row = px[y0[i], :, c] * wy0[i] + px[y1[i], :, c] * wy1[i]
+            out[c, i] = row[x0] * wx0 + row[x1] * wx1
+        out[c] = (out[c] / f32(255) - f32(spec.mean[c])) / f32(spec.std[c])
+    return out[None]
+
+
+@pytest.mark.parametrize(("h", "w"), [(96, 160), (128, 128), (300, 40), (40, 300), (1, 1), (129, 257), (64, 1000)])
+def test_preprocessing_equals_the_formula_bit_for_bit_at_every_size(h, w):
+    # The fast path gathers bytes before converting, and narrows to the columns it reads for an
+    # image over twice the model's width (64x1000): the same float32 operations in the same order.
+    spec = InputSpec(height=64, width=96, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    image = np.random.default_rng(h * 7 + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    assert np.array_equal(preprocess(image, spec), _preprocess_by_the_formula(image, spec))
+
+
 def test_preprocessing_rejects_non_rgb_images():
     with pytest.raises(ValueError, match="uint8 RGB"):
         preprocess(np.zeros((10, 10), dtype=np.uint8), SPEC)
