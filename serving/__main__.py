@@ -8,6 +8,7 @@ import sys
 
 from serving.config import ConfigurationError, Settings
 from serving.manifest import ManifestError
+from serving.memory import MMAP_THRESHOLD, TRIM_THRESHOLD, tune_allocator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     # the event loop and the other slots: measured on a busy 2-CPU machine, one slot x 2 threads
     # answered 8 req/s spinning and 93 sleeping. ONNX Runtime's spinning is off in its backend.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Freed memory stays in the process (no page fault per request; serving/memory.py). Forked
+    # workers inherit it.
+    allocator_tuned = tune_allocator()
     try:
         settings = Settings.from_env()
     except ConfigurationError as exc:
@@ -25,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper() if settings.log_level.upper() in logging._nameToLevel else "INFO",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if allocator_tuned:
+        logging.getLogger("serving.memory").info(
+            "allocator: blocks up to %d MiB from the heap, %d MiB of free heap kept (MALLOC_MMAP_THRESHOLD_ "
+            "and MALLOC_TRIM_THRESHOLD_ choose otherwise)", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20)
     import uvicorn
 
     from serving.app import create_app

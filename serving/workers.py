@@ -164,6 +164,7 @@ class ProcessBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.restarts = 0
+        self.released_bytes = 0
         self._ctx = multiprocessing.get_context("fork")
         for module in ("serving.slot", *PRELOAD.get(spec.backend, ())):
             with contextlib.suppress(ImportError):
@@ -187,6 +188,12 @@ class ProcessBackend(Backend):
             raise BackendError("; ".join(failures))
         for worker in started:
             self._add_idle(worker)
+        # The service runs no inference: the framework's code only its import used goes (serving/memory.py).
+        framework = PRELOAD.get(self.spec.backend, ())
+        if framework:
+            from serving.memory import release_framework_pages
+
+            self.released_bytes = release_framework_pages(framework[0])
 
     def warmup(self) -> None:
         """Each worker warmed up its own model before it said it was ready."""

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 from testclient import TestClient
 
 from serving.app import create_app
 from serving.config import ConfigurationError, Settings
 from serving.limits import default_parallelism
+from serving.memory import _mappings
 from serving.workers import SMALL_FRAME
 from slipway.request_cases import encode, sample_image, write_tiny_model
 
@@ -225,3 +227,17 @@ def test_a_model_the_workers_cannot_load_is_not_ready(model_dir, tmp_path):
         assert r.json()["state"] == "error"
         r = _predict(client, encode(sample_image(96, 80, 3), "png"))
         assert r.status_code == 503, r.text
+
+
+def test_the_service_drops_the_frameworks_import_only_pages_once_its_workers_are_ready(model_dir):
+    app = create_app(Settings.from_env(_env(model_dir, SLIPWAY_WORKERS="2")))
+    with TestClient(app) as client:
+        assert _wait_ready(client).status_code == 200
+        # What this process (the service) still maps of libtorch's unmodified pages: not the tens of
+        # MiB its import touched (an earlier test in this process may have released them already).
+        torch_dir = str(Path(torch.__file__).resolve().parent) + os.sep
+        clean = sum(rss for _, _, perms, path, rss, anon in _mappings()
+                    if path.startswith(torch_dir) and "w" not in perms and not anon)
+        assert clean < 16 << 20, f"{clean >> 20} MiB of libtorch's pages still mapped"
+        # The service still answers (its own and the workers' framework code intact).
+        assert _predict(client, encode(sample_image(96, 80, 3), "png")).status_code == 200
