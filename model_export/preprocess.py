@@ -73,8 +73,8 @@ def resize_bilinear(image: np.ndarray, height: int, width: int, out: np.ndarray 
 
     Only the pixels the interpolation reads are converted to float32: the two source rows of each
     output row, and (for an image more than twice as wide as the output) the two source columns of
-    each output column, gathered as bytes first. A 6000x6000 photo costs about 2 x height x 2 x
-    width pixels, not a 432 MB float copy. Each value is computed exactly as
+    each output column, gathered as bytes first. A 6000x6000 photo converts about 2 x height x
+    2 x width pixels, not a 432 MB float copy of itself. Each value is computed exactly as
     ``(row0 * wy0 + row1 * wy1)[x0] * wx0 + (...)[x1] * wx1`` in float32, the same operations in
     the same order whatever the path, so the result does not depend on the image's size class.
     ``out``, if given, is the float32 [C, height, width] array to write into.
