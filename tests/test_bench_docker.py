@@ -80,12 +80,16 @@ def test_bench_serves_an_image_and_checks_its_budgets(local_services, tmp_path, 
     assert [load["concurrency"] for load in served["load"]] == [1, 2]
     for load in served["load"]:
         assert load["requests"] > 0 and not load["errors"]
+        # The container's own CPU per request and its memory, read from its processes on this machine.
+        assert 0 < load["cpu_ms_per_request"] < 10_000, load
+        assert 10 < load["memory_mib"] < 2048 and load["memory_measure"], load
     image = results["sizes"]["images"]["pytorch-cpu"]
     assert 0 < image["compressed_bytes"] < image["uncompressed_bytes"]
     assert results["machine"]["docker_server"]
     assert results["budgets"]["ok"] and {c["status"] for c in results["budgets"]["checks"]} == {"ok"}
     table = (out / "bench" / "table.md").read_text()
     assert results["run_id"] in table and "| pytorch-cpu | torchscript |" in table
+    assert "CPU ms / request" in table and f"{served['load'][0]['cpu_ms_per_request']:.2f}" in table
     # The serving grid: every point served and loaded, one chosen by the rule, shown in the table.
     grid = results["grid"]["images"]["pytorch-cpu"]
     # Slots x threads, worker processes, batching, and the service's default (flagged) on the smoke CPUs.

@@ -7,13 +7,17 @@ run: 2 rounds of 3 s, on a busy 2-CPU machine); the report is rebuilt from it al
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from slipway.benchmark.peers import envs, procs, report, results, servers, spec
+from slipway.benchmark import procs
+from slipway.benchmark.peers import envs, report, results, servers, spec
 from slipway.benchmark.peers.run import PeerSettings, check_against_reference
 from slipway.cli import main
 from slipway.errors import ConfigError
@@ -168,6 +172,25 @@ def test_proc_parsing_and_process_trees(tmp_path):
     assert procs.tree_memory(12, fake).measure == "rss"
     assert procs.tree_memory(10, fake).bytes < procs.tree_memory(10, fake).rss_bytes
     assert procs.parse_pss_kib("Rss: 10 kB\nPss_Anon: 3 kB\n") is None
+    # CPU: utime, stime, cutime, cstime (fields 14-17), after a name that holds ") (".
+    stat = "7 (a) (b c) S 1 7 7 0 -1 4194560 100 0 0 0 {} {} {} {} 20 0 1 0 5 1000 50"
+    assert procs.parse_cpu_ticks(stat.format(300, 40, 5, 1)) == 346
+    for pid, ticks in ((10, 100), (11, 250), (12, 50)):
+        (fake / str(pid) / "stat").write_text(stat.replace("7 (a)", f"{pid} (a)").replace("S 1 7", f"S {tree[pid][0]} 7")
+                                              .format(ticks, 0, 0, 0))
+    assert procs.tree_cpu_seconds(10, fake) == pytest.approx(400 / os.sysconf("SC_CLK_TCK"))
+
+
+def test_cpu_of_a_real_process_tree_grows_with_its_work():
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                              "while time.process_time() - t < 0.6: pass\nimport sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        time.sleep(1.5)
+        spent = procs.tree_cpu_seconds(os.getpid())
+        assert spent >= procs.tree_cpu_seconds(child.pid) >= 0.5
+    finally:
+        child.communicate(b"", timeout=30)
 
 
 def test_memory_of_this_process_tree_is_sampled():

@@ -169,19 +169,30 @@ def markdown(results: dict[str, Any]) -> str:
                 runtime += " ²"
                 notes.append(f"² {variant} forwards to an external model server: {r['external_server']}.")
             if not r.get("load"):
-                rows.append([variant, runtime, _s(ready), "-", "-", "-", "-",
+                rows.append([variant, runtime, _s(ready), "-", "-", "-", "-", "-", "-",
                              _short(r.get("reason", "not measured"), 100)])
                 continue
             for i, load in enumerate(r["load"]):
                 lat = load["latency_ms"]
                 errors = sum(load["errors"].values())
+                cpu = load.get("cpu_ms_per_request")
+                memory = load.get("memory_mib")
+                if memory is not None and load.get("memory_measure", "pss") != "pss":
+                    notes.append(f"⁷ {variant}: memory is {load['memory_measure']} (the processes' smaps could "
+                                 "not be read from here).")
                 rows.append([variant if i == 0 else "", runtime if i == 0 else "",
                              _s(ready) if i == 0 else "", str(load["concurrency"]), f"{load['requests_per_s']:.1f}",
-                             _ms(lat.get("p50")), _ms(lat.get("p95")), str(errors) if errors else "0"])
+                             _ms(lat.get("p50")), _ms(lat.get("p95")), "-" if cpu is None else f"{cpu:.2f}",
+                             "-" if memory is None else f"{memory:.0f}", str(errors) if errors else "0"])
         lines += _table(["variant", "runtime", "ready (s)", "concurrency", "requests/s", "p50 ms", "p95 ms",
-                         "errors"], rows, "llrrrrrl")
+                         "CPU ms / request ⁵", "memory MiB ⁶", "errors"], rows, "llrrrrrrrl")
+        if any(load.get("cpu_ms_per_request") is not None for r in served.values() for load in r.get("load", [])):
+            notes.append("⁵ CPU time of every process in the container while the level ran, divided by the requests "
+                         "sent in that time (its warm-up requests included); the load generator's CPU is not in it.")
+            notes.append("⁶ peak PSS of the container's processes during the level, sampled twice a second "
+                         "(a page its processes share is counted once across them).")
         if notes:
-            lines += ["", *notes]
+            lines += ["", *dict.fromkeys(notes)]
         lines.append("")
 
     lines += grid.markdown(results)

@@ -72,6 +72,8 @@ async def _load(url: str, model: str, bodies: list[bytes], concurrency: int, sec
         "concurrency": concurrency,
         "seconds": round(wall, 3),
         "requests": len(latencies),
+        # Sent before the clock started (not in the rates; in a CPU count taken around the call).
+        "warmup_requests": max(warmup, concurrency),
         "requests_per_s": round(len(latencies) / wall, 2) if wall > 0 else 0.0,
         "latency_ms": summarize(latencies),
         "server_total_ms": summarize(server_ms) if server_ms else None,

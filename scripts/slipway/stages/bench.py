@@ -36,6 +36,7 @@ reuses the grid measured by ``--tune`` instead of measuring it again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -50,7 +51,7 @@ import httpx
 
 from slipway import engine, records, services, smoketest
 from slipway.benchmark import budgets as budget_checks
-from slipway.benchmark import grid, inprocess, machine, report, served, sizes
+from slipway.benchmark import grid, inprocess, machine, procs, report, served, sizes
 from slipway.context import StageContext, StageResult
 from slipway.engine_images import materialize
 from slipway.errors import CheckError, ConfigError, SlipwayError
@@ -318,10 +319,12 @@ def measure_served(ctx: StageContext, entries: list[records.ImageEntry], images:
                                 f"{running.ready_seconds:.2f}s")
                         if i > 0:
                             continue
+                        pid = _container_pid(running.name)
                         for conc in settings.concurrency:
                             before = _stage_metrics(running.url)
-                            load = served.load_test(running.url, model_name, bodies, concurrency=conc,
-                                                    seconds=settings.seconds)
+                            load = _measured_load(pid, functools.partial(
+                                served.load_test, running.url, model_name, bodies, concurrency=conc,
+                                seconds=settings.seconds))
                             after = _stage_metrics(running.url)
                             if before is not None and after:
                                 load["stage_metrics_ms"] = grid.stage_delta(before, after)
@@ -329,7 +332,11 @@ def measure_served(ctx: StageContext, entries: list[records.ImageEntry], images:
                             lat = load["latency_ms"]
                             ctx.log(f"{variant}: concurrency {conc}: {load['requests_per_s']:.1f} req/s, "
                                     f"p50 {lat.get('p50', 0):.1f} ms, p95 {lat.get('p95', 0):.1f} ms, "
-                                    f"errors {sum(load['errors'].values())}")
+                                    f"errors {sum(load['errors'].values())}"
+                                    + (f", {load['cpu_ms_per_request']:.2f} ms CPU a request"
+                                       if "cpu_ms_per_request" in load else "")
+                                    + (f", {load['memory_mib']:.0f} MiB ({load['memory_measure']})"
+                                       if "memory_mib" in load else ""))
         except SlipwayError as exc:
             result["reason"] = str(exc).splitlines()[0]
             ctx.log(f"{variant}: {result['reason']}")
@@ -340,6 +347,35 @@ def measure_served(ctx: StageContext, entries: list[records.ImageEntry], images:
             result.pop("ready_s")
         out[variant] = result
     return out
+
+
+def _container_pid(name: str) -> int | None:
+    """The host pid of the container's first process, where this machine's /proc shows it."""
+    try:
+        pid = int(engine.container_inspect(name)["State"]["Pid"])
+    except (SlipwayError, KeyError, TypeError, ValueError):
+        return None
+    return pid if pid > 0 and Path(f"/proc/{pid}").exists() else None
+
+
+def _measured_load(pid: int | None, run_load) -> dict[str, Any]:
+    """``run_load()``'s result, with the container's CPU per request (every process in it, warm-up
+    requests counted) and its peak memory (PSS of its processes, sampled twice a second) when the
+    container's processes can be read from here."""
+    if pid is None:
+        return run_load()
+    cpu_before = procs.tree_cpu_seconds(pid)
+    with procs.MemorySampler(pid) as sampler:
+        load = run_load()
+    cpu = procs.tree_cpu_seconds(pid) - cpu_before
+    sent = load.get("requests", 0) + load.get("warmup_requests", 0)
+    if sent and cpu > 0:
+        load["cpu_ms_per_request"] = round(cpu * 1000 / sent, 3)
+    peak = max((s.bytes for s in sampler.samples), default=0)
+    if peak:
+        load["memory_mib"] = round(peak / 2**20, 1)
+        load["memory_measure"] = sampler.record()["memory_measure"]
+    return load
 
 
 def _stage_metrics(url: str) -> dict[str, dict[str, float]] | None:

@@ -10,7 +10,8 @@ Slipway's images, and serves the same exported TorchScript model of the project'
 model, images and golden set come from the project's plan: ``run.scope``) with Slipway's own
 ``model_export`` pre/postprocessing inside its handler (``handlers/``). Every server is pinned to
 the same CPUs; one load generator on loopback (``load``) drives c=1 and c=8, after a warm-up, in
-interleaved rounds (``run``), while the memory (PSS) of the server's process tree is sampled (``procs``).
+interleaved rounds (``run``), while the memory (PSS) of the server's process tree is sampled
+(``slipway.benchmark.procs``, which the served bench uses too).
 Each server's detections on the golden images must equal the export's reference. The summary
 (medians, goals: ``results``) and the report (Markdown and SVG: ``report``) are rebuilt from the
 recorded ``peers.json`` alone, which the tests do with a recorded run.

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from slipway import engine, services
-from slipway.benchmark import machine
-from slipway.benchmark.peers import envs, load, procs, report, results, servers
+from slipway.benchmark import machine, procs
+from slipway.benchmark.peers import envs, load, report, results, servers
 from slipway.benchmark.peers.spec import PEER_RUNTIMES, PEERS, SLIPWAY_VARIANTS, configs
 from slipway.errors import CheckError, ConfigError, SlipwayError
 

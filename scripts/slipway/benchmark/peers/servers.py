@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from slipway import engine, paths
-from slipway.benchmark.peers import procs
+from slipway.benchmark import procs
 from slipway.benchmark.peers.spec import Config
 from slipway.errors import CheckError, SlipwayError
 

@@ -28,6 +28,24 @@ def parse_ppid(stat: str) -> int:
     return int(stat[stat.rindex(")") + 2:].split()[1])
 
 
+def parse_cpu_ticks(stat: str) -> int:
+    """utime + stime + cutime + cstime (the process and its children it waited for), in clock ticks,
+    from the text of /proc/<pid>/stat."""
+    fields = stat[stat.rindex(")") + 2:].split()
+    return sum(int(v) for v in fields[11:15])
+
+
+def tree_cpu_seconds(root: int, proc: Path = PROC) -> float:
+    """CPU seconds used so far by ``root``'s tree (live processes, and the children they waited for)."""
+    ticks = 0
+    for pid in tree(root, proc):
+        try:
+            ticks += parse_cpu_ticks((proc / str(pid) / "stat").read_text())
+        except (OSError, ValueError):
+            continue  # gone while it was read
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def parse_rss_kib(status: str) -> int:
     """VmRSS in KiB from the text of /proc/<pid>/status; 0 for a process without one (a zombie)."""
     for line in status.splitlines():
